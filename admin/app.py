@@ -1,0 +1,46 @@
+"""The admin port's aiohttp application (control plane). It reads the data plane's Runtime;
+the data plane never imports this package."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from proxy.errors import error_response
+from proxy.health import healthz, readyz
+from proxy.runtime import RUNTIME, Runtime
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_admin_app(runtime: Runtime) -> web.Application:
+    app = web.Application(middlewares=[_openai_shaped_http_errors])
+    app[RUNTIME] = runtime
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format. Labels carry endpoints and statuses, never users or secrets."""
+    registry = request.app[RUNTIME].metrics.registry
+    return web.Response(
+        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+@web.middleware
+async def _openai_shaped_http_errors(
+    request: web.Request,
+    handler: Handler,
+) -> web.StreamResponse:
+    try:
+        response: web.StreamResponse = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return error_response(404, f"Unknown admin route {request.path}.", code="unknown_url")
+        return error_response(exc.status, exc.reason)
+    return response

@@ -1,0 +1,60 @@
+"""The stored-entry format: compact msgpack (never pickle), with what invalidation and the
+ledger need to know about an entry besides its body."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class EntryMeta(msgspec.Struct, array_like=True, frozen=True):
+    tenant: str
+    endpoint: str
+    model: str
+    scope: str  # persona | user | tenant
+    user_id: str | None
+    persona: dict[str, str]  # the persona dimensions that keyed the entry
+
+
+class StoredResponse(msgspec.Struct, array_like=True):
+    """A whole JSON answer (chat.completion, text_completion, moderation), as the client gets it
+    for `stream: false`; streamed hits are replayed from it as SSE."""
+
+    body: bytes
+    stored_at: float  # epoch seconds
+    meta: EntryMeta
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+
+class StoredVector(msgspec.Struct, array_like=True):
+    """One embedding input's vector as little-endian float32 bytes."""
+
+    vector: bytes
+    tokens: int
+    stored_at: float
+    meta: EntryMeta
+
+
+_encoder = msgspec.msgpack.Encoder()
+_response_decoder = msgspec.msgpack.Decoder(StoredResponse)
+_vector_decoder = msgspec.msgpack.Decoder(StoredVector)
+
+
+def encode_entry(entry: StoredResponse | StoredVector) -> bytes:
+    return _encoder.encode(entry)
+
+
+def decode_response(raw: bytes) -> StoredResponse | None:
+    """None for bytes that are not a stored response: a broken entry is a miss, never a 500."""
+    try:
+        return _response_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return None
+
+
+def decode_vector(raw: bytes) -> StoredVector | None:
+    try:
+        return _vector_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return None

@@ -1,0 +1,81 @@
+"""The embedded default store: in-process LRU with per-entry TTL, bounded by stored bytes."""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+# Bookkeeping bytes charged per entry on top of key and value (dict slot, tuple, floats).
+_OVERHEAD = 120
+
+
+class MemoryStore:
+    backend = "memory"
+
+    def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+        self._bytes = 0
+
+    @property
+    def available(self) -> bool:
+        return True
+
+    async def get(self, key: str) -> bytes | None:
+        return self._get(key, self._clock())
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        now = self._clock()
+        return [self._get(key, now) for key in keys]
+
+    async def put(self, key: str, value: bytes, ttl_s: int) -> None:
+        self._put(key, value, self._clock() + ttl_s)
+
+    async def put_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        now = self._clock()
+        for key, value, ttl_s in items:
+            self._put(key, value, now + ttl_s)
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        return sum(self._drop(key) for key in keys)
+
+    async def ping(self) -> bool:
+        return True
+
+    def usage(self) -> tuple[int, int]:
+        return len(self._entries), self._bytes
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self._bytes = 0
+
+    def _get(self, key: str, now: float) -> bytes | None:
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        value, expires_at = found
+        if expires_at <= now:
+            self._drop(key)
+            return None
+        self._entries.move_to_end(key)
+        return value
+
+    def _put(self, key: str, value: bytes, expires_at: float) -> None:
+        size = len(key) + len(value) + _OVERHEAD
+        if size > self._max_bytes:
+            return  # larger than the whole cache: never stored
+        self._drop(key)
+        self._entries[key] = (value, expires_at)
+        self._bytes += size
+        while self._bytes > self._max_bytes:
+            oldest = next(iter(self._entries))
+            self._drop(oldest)
+
+    def _drop(self, key: str) -> bool:
+        found = self._entries.pop(key, None)
+        if found is None:
+            return False
+        self._bytes -= len(key) + len(found[0]) + _OVERHEAD
+        return True

@@ -1,0 +1,125 @@
+"""The shared store: Redis through redis-py with hiredis, one round trip per hit.
+
+Timeouts are a fraction of a second and there are no retries (DESIGN §9): a slow or absent
+Redis turns reads into misses rather than stalling requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+log = logging.getLogger("sidecache.cache")
+
+# How often a failing Redis is reported in the log (the metric counts every failure).
+_LOG_EVERY_S = 10.0
+
+
+def connect_redis(url: str, timeout_ms: int, max_connections: int) -> Redis:
+    """A client tuned for the request path; also used by other services sharing the server."""
+    timeout = timeout_ms / 1000
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+    return Redis(connection_pool=pool)
+
+
+class RedisStore:
+    backend = "redis"
+
+    def __init__(self, client: Redis, on_error: Callable[[str], None] | None = None) -> None:
+        self._client = client
+        self._on_error = on_error
+        self._available = True
+        self._last_logged = 0.0
+
+    @property
+    def available(self) -> bool:
+        return self._available
+
+    async def get(self, key: str) -> bytes | None:
+        try:
+            value = await self._client.get(key)
+        except (RedisError, OSError) as exc:
+            self._failed("get", exc)
+            return None
+        self._available = True
+        return value  # type: ignore[return-value]  # bytes: the client does not decode
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        try:
+            # A pipeline of GETs rather than MGET: the keys need not share a cluster slot.
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                values: list[bytes | None] = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed("get", exc)
+            return [None] * len(keys)
+        self._available = True
+        return values
+
+    async def put(self, key: str, value: bytes, ttl_s: int) -> None:
+        try:
+            await self._client.set(key, value, ex=ttl_s)
+        except (RedisError, OSError) as exc:
+            self._failed("put", exc)
+
+    async def put_many(self, items: Sequence[tuple[str, bytes, int]]) -> None:
+        if not items:
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value, ttl_s in items:
+                    pipe.set(key, value, ex=ttl_s)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed("put", exc)
+
+    async def delete(self, keys: Sequence[str]) -> int:
+        if not keys:
+            return 0
+        try:
+            deleted: int = await self._client.unlink(*keys)
+        except (RedisError, OSError) as exc:
+            self._failed("delete", exc)
+            return 0
+        return deleted
+
+    async def ping(self) -> bool:
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as exc:
+            self._failed("ping", exc)
+            return False
+        self._available = True
+        return True
+
+    def usage(self) -> tuple[int, int]:
+        return -1, -1
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+    def _failed(self, op: str, exc: BaseException) -> None:
+        self._available = False
+        if self._on_error is not None:
+            self._on_error(op)
+        now = time.monotonic()
+        if now - self._last_logged >= _LOG_EVERY_S:
+            self._last_logged = now
+            log.warning("redis %s failed, serving as pass-through: %s", op, type(exc).__name__)

@@ -1,0 +1,150 @@
+"""Between the two shapes of a generative answer: a whole JSON object and a stream of chunks.
+
+`assemble` turns the chunks of a streamed miss into the object a `stream: false` request would
+have received (that is what is stored); `replay` turns a stored object back into chunks for a
+streamed hit, so both shapes are served from one entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CHAT = "chat.completion"
+TEXT = "text_completion"
+
+
+def assemble(chunks: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    """The whole answer from its chunks (chat.completion.chunk or text_completion)."""
+    first = chunks[0]
+    choices: dict[int, dict[str, Any]] = {}
+    usage = None
+    for chunk in chunks:
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for part in chunk.get("choices") or ():
+            index = part.get("index", 0)
+            choice = choices.setdefault(index, _empty_choice(index, kind))
+            if kind == CHAT:
+                _merge_delta(choice["message"], part.get("delta") or {})
+            else:
+                choice["text"] += part.get("text") or ""
+            if part.get("finish_reason") is not None:
+                choice["finish_reason"] = part["finish_reason"]
+            if part.get("logprobs"):
+                _merge_logprobs(choice, part["logprobs"])
+    answer: dict[str, Any] = {
+        "id": first.get("id"),
+        "object": kind,
+        "created": first.get("created"),
+        "model": first.get("model"),
+        "choices": [choices[i] for i in sorted(choices)],
+    }
+    for optional in ("system_fingerprint", "service_tier"):
+        if first.get(optional) is not None:
+            answer[optional] = first[optional]
+    if usage is not None:
+        answer["usage"] = usage
+    return answer
+
+
+def replay(answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
+    """The chunks of a stored answer, as the upstream would have streamed them."""
+    chat = answer.get("object") == CHAT
+    head = {
+        "id": answer.get("id"),
+        "object": "chat.completion.chunk" if chat else TEXT,
+        "created": answer.get("created"),
+        "model": answer.get("model"),
+    }
+    for optional in ("system_fingerprint", "service_tier"):
+        if answer.get(optional) is not None:
+            head[optional] = answer[optional]
+    tail: dict[str, Any] = {"usage": None} if include_usage else {}
+    chunks: list[dict[str, Any]] = []
+    for choice in answer.get("choices") or ():
+        index = choice.get("index", 0)
+        logprobs = choice.get("logprobs")
+        if chat:
+            message = choice.get("message") or {}
+            opening = {"role": message.get("role", "assistant"), "content": ""}
+            chunks.append({**head, "choices": [_part(index, opening)], **tail})
+            delta = {k: v for k, v in message.items() if k != "role" and v is not None}
+            if "tool_calls" in delta:
+                delta["tool_calls"] = [
+                    {"index": i, **call} for i, call in enumerate(delta["tool_calls"])
+                ]
+            if delta:
+                chunks.append({**head, "choices": [_part(index, delta, logprobs)], **tail})
+            closing = _part(index, {}, finish_reason=choice.get("finish_reason"))
+        else:
+            text = {
+                "index": index,
+                "text": choice.get("text", ""),
+                "logprobs": logprobs,
+                "finish_reason": None,
+            }
+            chunks.append({**head, "choices": [text], **tail})
+            closing = {
+                "index": index,
+                "text": "",
+                "logprobs": None,
+                "finish_reason": choice.get("finish_reason"),
+            }
+        chunks.append({**head, "choices": [closing], **tail})
+    if include_usage:
+        chunks.append({**head, "choices": [], "usage": answer.get("usage")})
+    return chunks
+
+
+def _part(
+    index: int, delta: dict[str, Any], logprobs: Any = None, finish_reason: str | None = None
+) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
+
+
+def _empty_choice(index: int, kind: str) -> dict[str, Any]:
+    if kind == CHAT:
+        message = {"role": "assistant", "content": None, "refusal": None}
+        return {"index": index, "message": message, "logprobs": None, "finish_reason": None}
+    return {"index": index, "text": "", "logprobs": None, "finish_reason": None}
+
+
+def _merge_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
+    for field, value in delta.items():
+        if value is None:
+            continue
+        if field == "role":
+            message["role"] = value
+        elif field in ("content", "refusal"):
+            message[field] = (message.get(field) or "") + value
+        elif field == "tool_calls":
+            _merge_tool_calls(message.setdefault("tool_calls", []), value)
+        else:
+            message[field] = value  # e.g. audio, annotations: last one wins
+
+
+def _merge_tool_calls(calls: list[dict[str, Any]], deltas: list[dict[str, Any]]) -> None:
+    for delta in deltas:
+        position = delta.get("index", len(calls))
+        while len(calls) <= position:
+            calls.append(
+                {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+            )
+        call = calls[position]
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        if delta.get("type"):
+            call["type"] = delta["type"]
+        function = delta.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
+
+
+def _merge_logprobs(choice: dict[str, Any], logprobs: dict[str, Any]) -> None:
+    merged = choice["logprobs"] or {}
+    for field, values in logprobs.items():
+        if isinstance(values, list):
+            merged[field] = (merged.get(field) or []) + values
+        elif values is not None:
+            merged[field] = values
+    choice["logprobs"] = merged

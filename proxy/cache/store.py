@@ -1,0 +1,36 @@
+"""The cache store contract shared by the memory and Redis stores.
+
+Stores never raise for a backend failure: a failed read is a miss and a failed write is
+dropped, so the proxy keeps serving as a pass-through; the store counts the failure and
+reports `available = False` until the backend answers again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class CacheStore(Protocol):
+    backend: str
+
+    @property
+    def available(self) -> bool: ...
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
+
+    async def put(self, key: str, value: bytes, ttl_s: int) -> None: ...
+
+    async def put_many(self, items: Sequence[tuple[str, bytes, int]]) -> None: ...
+
+    async def delete(self, keys: Sequence[str]) -> int: ...
+
+    async def ping(self) -> bool: ...
+
+    def usage(self) -> tuple[int, int]:
+        """(entries, bytes) where the store can tell cheaply; (-1, -1) where it cannot."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,113 @@
+"""`sidecache` command line, and the composition root that starts the proxy and admin ports.
+
+This is the one module of `proxy` that imports `admin` (DESIGN §1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import msgspec
+from aiohttp import web
+
+from admin.app import create_admin_app
+from proxy.fake_upstream import FakeUpstream, start_fake_upstream
+from proxy.logs import configure_logging
+from proxy.runtime import close_runtime, open_runtime
+from proxy.server import create_proxy_app
+from proxy.settings import Settings, SettingsError, load_settings
+
+log = logging.getLogger("sidecache")
+SHUTDOWN_GRACE_S = 10.0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sidecache", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the proxy and admin ports")
+    serve_cmd.add_argument(
+        "--upstream",
+        metavar="URL|fake",
+        help="upstream base URL (overrides UPSTREAM_BASE_URL), or 'fake' for the built-in "
+        "fake OpenAI-compatible upstream (no API key needed)",
+    )
+    args = parser.parse_args(argv)
+    environ = dict(os.environ)
+    fake = args.upstream == "fake"
+    if args.upstream and not fake:
+        environ["UPSTREAM_BASE_URL"] = args.upstream
+    try:
+        settings = load_settings(environ)
+    except SettingsError as exc:
+        print(f"sidecache: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.server.log_level)
+    try:
+        _run(serve(settings, fake=fake))
+    except OSError as exc:
+        print(f"sidecache: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(coro: object) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)  # type: ignore[arg-type]
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(coro)  # type: ignore[arg-type]
+
+
+async def serve(settings: Settings, *, fake: bool = False) -> None:
+    """Runs until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish (up to
+    SHUTDOWN_GRACE_S) and closes every service."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runners: list[web.AppRunner] = []
+    if fake:
+        fake_runner, fake_url = await start_fake_upstream(FakeUpstream())
+        runners.append(fake_runner)
+        upstream = msgspec.structs.replace(settings.upstream, base_url=fake_url, api_key=None)
+        settings = msgspec.structs.replace(settings, upstream=upstream)
+        log.info("using the built-in fake upstream at %s", fake_url)
+    runtime = await open_runtime(settings)
+    try:
+        server = settings.server
+        access_log = logging.getLogger("aiohttp.access") if server.access_log else None
+        for app, host, port in (
+            (create_proxy_app(runtime), server.proxy_host, server.proxy_port),
+            (create_admin_app(runtime), server.admin_host, server.admin_port),
+        ):
+            runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=SHUTDOWN_GRACE_S)
+            await runner.setup()
+            runners.insert(0, runner)
+            await web.TCPSite(runner, host, port, backlog=1024).start()
+        log.info(
+            "sidecache ready: proxy http://%s:%d/v1, admin http://%s:%d (cache: %s, upstream: %s)",
+            server.proxy_host,
+            server.proxy_port,
+            server.admin_host,
+            server.admin_port,
+            runtime.store.backend,
+            "fake" if fake else settings.upstream.base_url,
+        )
+        gc.collect()
+        gc.freeze()  # long-lived start-up objects leave the GC's scans (DESIGN §9)
+        await stop.wait()
+        log.info("shutting down: draining in-flight requests")
+    finally:
+        for runner in runners:
+            await runner.cleanup()
+        await close_runtime(runtime)
+    log.info("stopped")

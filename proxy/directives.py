@@ -1,0 +1,95 @@
+"""What a request asks of the cache: Cache-Control, X-Cache-Scope, X-Cache-Persona-Dims."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+
+import msgspec
+
+from proxy.errors import bad_request
+from proxy.settings import PERSONA_DIMENSIONS
+
+SCOPE_HEADER = "X-Cache-Scope"
+DIMS_HEADER = "X-Cache-Persona-Dims"
+
+
+class Scope(StrEnum):
+    PERSONA = "persona"  # shared by every user of the tenant with the same persona (default)
+    USER = "user"  # private to one X-User-Id
+    TENANT = "tenant"  # persona ignored
+
+
+class Directives(msgspec.Struct, frozen=True):
+    read: bool = True
+    write: bool = True
+    max_age: int | None = None
+    scope: Scope = Scope.PERSONA
+    # None: the configured default for the endpoint/model; () means "none".
+    dims: tuple[str, ...] | None = None
+
+    @property
+    def bypass(self) -> bool:
+        return not self.read and not self.write
+
+
+DEFAULT_DIRECTIVES = Directives()
+_SCOPES = {s.value: s for s in Scope}
+_DIMENSION_SET = frozenset(PERSONA_DIMENSIONS)
+
+
+def parse_directives(headers: Mapping[str, str]) -> Directives:
+    cache_control = headers.get("Cache-Control")
+    scope_raw = headers.get(SCOPE_HEADER)
+    dims_raw = headers.get(DIMS_HEADER)
+    if cache_control is None and scope_raw is None and dims_raw is None:
+        return DEFAULT_DIRECTIVES
+    read, write, max_age = _parse_cache_control(cache_control or "")
+    scope = Scope.PERSONA
+    if scope_raw is not None:
+        found = _SCOPES.get(scope_raw.strip().lower())
+        if found is None:
+            raise bad_request(
+                f"{SCOPE_HEADER} must be one of: persona, user, tenant (got {scope_raw.strip()!r})",
+                param=SCOPE_HEADER,
+            )
+        scope = found
+    return Directives(read, write, max_age, scope, _parse_dims(dims_raw))
+
+
+def _parse_cache_control(value: str) -> tuple[bool, bool, int | None]:
+    read = write = True
+    max_age: int | None = None
+    for directive in value.split(","):
+        name, _, argument = directive.strip().partition("=")
+        name = name.strip().lower()
+        if name == "no-cache":
+            read = False
+        elif name == "no-store":
+            read = write = False
+        elif name == "max-age":
+            argument = argument.strip().strip('"')
+            if not argument.isdigit():
+                raise bad_request(
+                    f"Cache-Control max-age must be a whole number of seconds (got {argument!r})",
+                    param="Cache-Control",
+                )
+            max_age = int(argument)
+        # Other directives (private, no-transform, ...) mean nothing to this cache.
+    return read, write, max_age
+
+
+def _parse_dims(raw: str | None) -> tuple[str, ...] | None:
+    if raw is None:
+        return None
+    names = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    if names == ["none"]:
+        return ()
+    unknown = [n for n in names if n not in _DIMENSION_SET]
+    if unknown or not names:
+        raise bad_request(
+            f"{DIMS_HEADER} takes 'none' or a comma-separated subset of: "
+            f"{', '.join(PERSONA_DIMENSIONS)} (got {raw.strip()!r})",
+            param=DIMS_HEADER,
+        )
+    return tuple(d for d in PERSONA_DIMENSIONS if d in names)

@@ -1,0 +1,73 @@
+"""Every other `/v1/*` route: streamed through unchanged in both directions, never cached.
+
+Bodies are not buffered: the request streams upstream as it arrives (its size still capped by
+MAX_BODY_MB) and the answer streams back byte for byte, compressed or not.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from proxy.errors import ApiError
+from proxy.runtime import RUNTIME
+from proxy.upstream.headers import client_response_headers, upstream_request_headers
+
+PASSTHROUGH = "other"
+_READ_CHUNK = 64 * 1024
+
+
+async def passthrough(request: web.Request) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    identity = runtime.tenants.resolve(request.headers)
+    limit = int(runtime.settings.server.max_body_mb * 1024 * 1024)
+    if request.content_length is not None and request.content_length > limit:
+        raise body_too_large(limit)
+    headers = upstream_request_headers(
+        request.headers, identity.upstream_authorization, keep_encoding=True
+    )
+    body = _capped(request.content, limit) if request.body_exists else None
+    started = time.perf_counter()
+    upstream = await runtime.upstream.send(
+        request.method, request.path, headers, body, query=request.query_string, decompress=False
+    )
+    runtime.metrics.observe_upstream(PASSTHROUGH, upstream.status, time.perf_counter() - started)
+    response = web.StreamResponse(
+        status=upstream.status,
+        reason=upstream.reason,
+        headers=client_response_headers(upstream.headers, decoded=False),
+    )
+    try:
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_chunked(_READ_CHUNK):
+            await response.write(chunk)
+        await response.write_eof()
+    except ConnectionResetError:
+        upstream.close()  # the client left: drop the upstream connection rather than drain it
+    except (TimeoutError, aiohttp.ClientError):
+        upstream.close()  # the upstream failed mid-answer: the client must see a cut response
+        if request.transport is not None:
+            request.transport.close()
+    else:
+        upstream.release()
+    return response
+
+
+async def _capped(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
+    sent = 0
+    async for chunk in content.iter_chunked(_READ_CHUNK):
+        sent += len(chunk)
+        if sent > limit:
+            raise body_too_large(limit)
+        yield chunk
+
+
+def body_too_large(limit: int) -> ApiError:
+    return ApiError(
+        413,
+        f"The request body is larger than the {limit // (1024 * 1024)} MB this sidecar accepts.",
+        code="request_too_large",
+    )

@@ -1,0 +1,90 @@
+"""Cache keys and tenant ids (DESIGN §3).
+
+A key is a SHA-256 over the tenant, the endpoint, the scope part and the canonical request body
+(decoded values re-encoded with sorted keys, so JSON key order and whitespace never matter;
+every field counts except the non-semantic ones). Keys are fixed length, hold no prompt text and
+carry a Redis Cluster hash tag so an entry and its single-flight lock share one slot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import msgspec
+
+from proxy.directives import Directives, Scope
+from proxy.persona import Persona
+from proxy.settings import CacheSettings
+
+NON_SEMANTIC_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store"})
+ScopePart = tuple[Any, ...]
+
+
+class CacheKey(NamedTuple):
+    digest: str  # 64 hex characters
+
+    @property
+    def entry(self) -> str:
+        return f"sc:e:{{{self.digest}}}"
+
+    @property
+    def lock(self) -> str:
+        return f"sc:l:{{{self.digest}}}"
+
+    @property
+    def short_id(self) -> str:
+        """The non-secret id shown to clients as X-Cache-Key."""
+        return self.digest[:16]
+
+
+class KeyMaker:
+    """Builds tenant ids and cache keys; one per process, built at start-up."""
+
+    def __init__(self, secret: bytes, cache: CacheSettings) -> None:
+        self._secret = secret
+        self._encode = msgspec.msgpack.Encoder(order="deterministic").encode
+        self._default_dims = tuple(cache.persona_dims)
+        self._dims_by = {name: tuple(dims) for name, dims in cache.persona_dims_by.items()}
+
+    def tenant_id(self, credential: str) -> str:
+        """A keyed hash of the credential: stable, short, and useless for recovering it."""
+        mac = hmac.new(self._secret, credential.encode(), hashlib.sha256)
+        return "t_" + mac.hexdigest()[:20]
+
+    def persona_dims(self, endpoint: str, model: str | None) -> tuple[str, ...]:
+        """The configured dimensions for a request that names none: model, endpoint, default."""
+        if model is not None and model in self._dims_by:
+            return self._dims_by[model]
+        return self._dims_by.get(endpoint, self._default_dims)
+
+    def scope_part(
+        self,
+        directives: Directives,
+        persona: Persona,
+        user_id: str | None,
+        default_dims: tuple[str, ...],
+    ) -> ScopePart:
+        if directives.scope is Scope.USER:
+            return ("u", user_id)
+        if directives.scope is Scope.TENANT:
+            return ("t",)
+        dims = default_dims if directives.dims is None else directives.dims
+        return ("p", dims, persona.project(dims))
+
+    def request_key(
+        self, tenant: str, endpoint: str, body: Mapping[str, Any], scope: ScopePart
+    ) -> CacheKey:
+        semantic = {k: v for k, v in body.items() if k not in NON_SEMANTIC_FIELDS}
+        return self._key((tenant, endpoint, scope, semantic))
+
+    def item_key(
+        self, tenant: str, endpoint: str, params: Mapping[str, Any], item: Any, scope: ScopePart
+    ) -> CacheKey:
+        """The key of one input of a multi-input request (embeddings are cached per item)."""
+        return self._key((tenant, endpoint, scope, params, item))
+
+    def _key(self, parts: tuple[Any, ...]) -> CacheKey:
+        return CacheKey(hashlib.sha256(self._encode(parts)).hexdigest())

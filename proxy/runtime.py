@@ -1,0 +1,100 @@
+"""The services a running sidecar is made of, built once at start-up and passed to handlers
+through the aiohttp app (`RUNTIME` key). Nothing here is a module-level singleton."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from proxy.cache.memory import MemoryStore
+from proxy.cache.redis import RedisStore, connect_redis
+from proxy.cache.store import CacheStore
+from proxy.keys import KeyMaker
+from proxy.metrics import Metrics
+from proxy.persona import PersonaParser
+from proxy.settings import Settings
+from proxy.tenancy import TenantResolver
+from proxy.ttl import TtlPolicy
+from proxy.upstream.client import UpstreamClient
+
+log = logging.getLogger("sidecache")
+
+# Where replicas sharing a Redis agree on the tenant-hash secret when none is configured.
+SHARED_SECRET_KEY = "sc:secret"
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    settings: Settings
+    store: CacheStore
+    upstream: UpstreamClient
+    keys: KeyMaker
+    personas: PersonaParser
+    ttl: TtlPolicy
+    tenants: TenantResolver
+    metrics: Metrics
+    redis: Redis | None
+
+
+RUNTIME = web.AppKey("runtime", Runtime)
+
+
+async def open_runtime(settings: Settings, registry: CollectorRegistry | None = None) -> Runtime:
+    metrics = Metrics(registry or CollectorRegistry())
+    redis: Redis | None = None
+    store: CacheStore
+    if settings.cache.redis_url:
+        redis = connect_redis(
+            settings.cache.redis_url,
+            settings.cache.redis_timeout_ms,
+            settings.cache.redis_max_connections,
+        )
+        errors = metrics.cache_errors
+        store = RedisStore(redis, on_error=lambda op: errors.labels(op).inc())
+    else:
+        store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
+    metrics.cache_up.labels(store.backend).set_function(lambda: float(store.available))
+    metrics.cache_entries.set_function(lambda: float(store.usage()[0]))
+    metrics.cache_bytes.set_function(lambda: float(store.usage()[1]))
+    secret = await _key_secret(settings, redis)
+    keys = KeyMaker(secret, settings.cache)
+    return Runtime(
+        settings=settings,
+        store=store,
+        upstream=UpstreamClient.open(settings.upstream),
+        keys=keys,
+        personas=PersonaParser(settings.persona),
+        ttl=TtlPolicy(settings),
+        tenants=TenantResolver(settings, keys),
+        metrics=metrics,
+        redis=redis,
+    )
+
+
+async def close_runtime(runtime: Runtime) -> None:
+    await runtime.upstream.close()
+    await runtime.store.close()
+
+
+async def _key_secret(settings: Settings, redis: Redis | None) -> bytes:
+    """The configured secret, else one shared through Redis, else a random one per process."""
+    if settings.tenancy.key_secret:
+        return settings.tenancy.key_secret.encode()
+    candidate = secrets.token_hex(32)
+    if redis is None:
+        return candidate.encode()
+    try:
+        await redis.set(SHARED_SECRET_KEY, candidate, nx=True)
+        shared = await redis.get(SHARED_SECRET_KEY)
+    except (RedisError, OSError):
+        shared = None
+    if shared is None:
+        log.warning("Redis unreachable at start-up: tenant ids use a per-process secret")
+        return candidate.encode()
+    return shared if isinstance(shared, bytes) else shared.encode()

@@ -1,0 +1,257 @@
+"""Settings: built-in defaults <- TOML file <- environment (DESIGN §2).
+
+The TOML file is `config/default.toml` (shipped inside the wheel as `proxy/_config`) unless
+`SIDECACHE_CONFIG` names another one. Every environment variable maps onto one field; an invalid
+value raises `SettingsError` with one line naming the setting, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+Seconds = Annotated[float, msgspec.Meta(gt=0)]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+# The persona dimensions, in the fixed order every key and API uses (DESIGN §3).
+PERSONA_DIMENSIONS = ("experience", "learning_style", "tone", "density", "interests")
+
+
+class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
+    proxy_host: str = "0.0.0.0"
+    proxy_port: Port = 8080
+    admin_host: str = "127.0.0.1"
+    admin_port: Port = 8081
+    max_body_mb: Annotated[float, msgspec.Meta(gt=0, le=1024)] = 32
+    log_level: LogLevel = "INFO"
+    access_log: bool = False
+
+
+class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True):
+    base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+")] = (
+        "https://api.openai.com/v1"
+    )
+    api_key: str | None = None
+    connect_timeout_s: Seconds = 5.0
+    read_timeout_s: Seconds = 120.0
+    max_connections: Positive = 256
+
+
+class TenancySettings(msgspec.Struct, forbid_unknown_fields=True):
+    # Managed mode only: sidecar key -> tenant name. Never logged.
+    sidecar_keys: dict[str, str] = {}
+    key_secret: str | None = None
+
+
+class AdminSettings(msgspec.Struct, forbid_unknown_fields=True):
+    tokens: list[str] = []
+    user_ids: list[str] = []
+
+
+class CacheSettings(msgspec.Struct, forbid_unknown_fields=True):
+    redis_url: Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")] | None = None
+    memory_mb: Annotated[float, msgspec.Meta(gt=0)] = 256
+    default_ttl: Positive = 300
+    redis_timeout_ms: Positive = 250
+    redis_max_connections: Positive = 64
+    # Persona dimensions that key an entry when the request does not say (X-Cache-Persona-Dims),
+    # and per-endpoint or per-model overrides ("chat.completions", "gpt-4o-mini", ...).
+    persona_dims: list[str] = msgspec.field(
+        default_factory=lambda: ["experience", "learning_style", "tone", "density", "interests"]
+    )
+    persona_dims_by: dict[str, list[str]] = {}
+
+
+class TtlSettings(msgspec.Struct, forbid_unknown_fields=True):
+    embeddings: Positive = 7 * 86400
+    moderations: Positive = 86400
+    deterministic_factor: Annotated[float, msgspec.Meta(ge=1)] = 12.0
+    personalisation_cut: Annotated[float, msgspec.Meta(ge=0, le=0.95)] = 0.5
+    min: Positive = 10
+    max: Positive = 30 * 86400
+
+
+class PersonaSettings(msgspec.Struct, forbid_unknown_fields=True):
+    experience: list[str] = msgspec.field(
+        default_factory=lambda: ["beginner", "intermediate", "advanced", "expert"]
+    )
+    learning_style: list[str] = msgspec.field(
+        default_factory=lambda: ["visual", "auditory", "reading", "kinesthetic"]
+    )
+    tone: list[str] = msgspec.field(
+        default_factory=lambda: ["formal", "friendly", "encouraging", "direct"]
+    )
+    density: list[str] = msgspec.field(default_factory=lambda: ["concise", "balanced", "detailed"])
+    interests_max: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+
+
+class BatchSettings(msgspec.Struct, forbid_unknown_fields=True):
+    size: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 10
+    wait_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 5.0
+
+
+class LedgerSettings(msgspec.Struct, forbid_unknown_fields=True):
+    database_url: str | None = None
+    path: str = "./sidecache.db"
+    alert_webhook_url: str | None = None
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True):
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
+    tenancy: TenancySettings = msgspec.field(default_factory=TenancySettings)
+    admin: AdminSettings = msgspec.field(default_factory=AdminSettings)
+    cache: CacheSettings = msgspec.field(default_factory=CacheSettings)
+    ttl: TtlSettings = msgspec.field(default_factory=TtlSettings)
+    persona: PersonaSettings = msgspec.field(default_factory=PersonaSettings)
+    batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
+    ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
+
+    @property
+    def managed_mode(self) -> bool:
+        return self.upstream.api_key is not None
+
+
+# Environment name -> (section, field). The names are part of the contract (DESIGN §2).
+ENV_FIELDS: dict[str, tuple[str, str]] = {
+    "UPSTREAM_BASE_URL": ("upstream", "base_url"),
+    "UPSTREAM_API_KEY": ("upstream", "api_key"),
+    "UPSTREAM_CONNECT_TIMEOUT": ("upstream", "connect_timeout_s"),
+    "UPSTREAM_READ_TIMEOUT": ("upstream", "read_timeout_s"),
+    "UPSTREAM_MAX_CONNECTIONS": ("upstream", "max_connections"),
+    "SIDECAR_KEYS": ("tenancy", "sidecar_keys"),
+    "CACHE_KEY_SECRET": ("tenancy", "key_secret"),
+    "REDIS_URL": ("cache", "redis_url"),
+    "CACHE_DEFAULT_TTL": ("cache", "default_ttl"),
+    "CACHE_MEMORY_MB": ("cache", "memory_mb"),
+    "DATABASE_URL": ("ledger", "database_url"),
+    "LEDGER_PATH": ("ledger", "path"),
+    "ALERT_WEBHOOK_URL": ("ledger", "alert_webhook_url"),
+    "PROXY_HOST": ("server", "proxy_host"),
+    "PROXY_PORT": ("server", "proxy_port"),
+    "ADMIN_HOST": ("server", "admin_host"),
+    "ADMIN_PORT": ("server", "admin_port"),
+    "MAX_BODY_MB": ("server", "max_body_mb"),
+    "LOG_LEVEL": ("server", "log_level"),
+    "ADMIN_TOKENS": ("admin", "tokens"),
+    "ADMIN_USER_IDS": ("admin", "user_ids"),
+    "AI_BATCH_SIZE": ("batch", "size"),
+    "AI_BATCH_WAIT_MS": ("batch", "wait_ms"),
+}
+SECRET_ENV = frozenset({"UPSTREAM_API_KEY", "SIDECAR_KEYS", "CACHE_KEY_SECRET", "ADMIN_TOKENS"})
+_FIELD_ENV = {field: env for env, field in ENV_FIELDS.items()}
+
+
+class SettingsError(ValueError):
+    """A setting has a value that is not allowed; the message is one line for the operator."""
+
+
+def default_config_path() -> Path:
+    """`config/default.toml`: inside the installed wheel, or at the top of a source checkout."""
+    packaged = resources.files("proxy") / "_config" / "default.toml"
+    if packaged.is_file():
+        return Path(str(packaged))
+    return Path(__file__).resolve().parent.parent / "config" / "default.toml"
+
+
+def config_dir() -> Path:
+    return default_config_path().parent
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    path = Path(env["SIDECACHE_CONFIG"]) if env.get("SIDECACHE_CONFIG") else default_config_path()
+    try:
+        with path.open("rb") as fh:
+            merged: dict[str, Any] = tomllib.load(fh)
+    except OSError as exc:
+        raise SettingsError(
+            f"SIDECACHE_CONFIG={str(path)!r}: cannot read it ({exc.strerror})"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"SIDECACHE_CONFIG={str(path)!r}: not valid TOML ({exc})") from None
+    for name, (section, field) in ENV_FIELDS.items():
+        raw = env.get(name)
+        if raw is None or raw == "":
+            continue
+        merged.setdefault(section, {})[field] = _parse_env(name, raw)
+    try:
+        settings = msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_explain(exc, merged, env)) from None
+    _check_consistency(settings, env)
+    return settings
+
+
+def _parse_env(name: str, raw: str) -> Any:
+    if name in ("ADMIN_TOKENS", "ADMIN_USER_IDS"):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if name == "SIDECAR_KEYS":
+        pairs: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in raw.split(","))):
+            key, sep, tenant = item.partition("=")
+            if not sep or not key.strip() or not tenant.strip():
+                raise SettingsError(
+                    "invalid setting SIDECAR_KEYS=<redacted>: expected key=tenant[,key=tenant...]"
+                )
+            pairs[key.strip()] = tenant.strip()
+        return pairs
+    if name == "LOG_LEVEL":
+        return raw.upper()
+    return raw
+
+
+def _explain(exc: msgspec.ValidationError, merged: dict[str, Any], env: Mapping[str, str]) -> str:
+    message, _, where = str(exc).partition(" - at `$.")
+    parts = tuple(where.rstrip("`").split(".")) if where else ()
+    field = parts[:2] if len(parts) >= 2 else parts
+    env_name = _FIELD_ENV.get((field[0], field[1])) if len(field) == 2 else None
+    if env_name and env.get(env_name):
+        shown = "<redacted>" if env_name in SECRET_ENV else repr(env[env_name])
+        return f"invalid setting {env_name}={shown}: {_allowed(message)}"
+    value: Any = merged
+    for part in parts:
+        value = value.get(part) if isinstance(value, dict) else None
+    name = ".".join(parts) or "config"
+    return f"invalid setting {name}={value!r} (config file): {_allowed(message)}"
+
+
+def _allowed(message: str) -> str:
+    return message.replace("Expected", "expected").replace("`", "")
+
+
+def _check_consistency(settings: Settings, env: Mapping[str, str]) -> None:
+    admin_host = settings.server.admin_host
+    if admin_host not in ("127.0.0.1", "::1", "localhost") and not settings.admin.tokens:
+        raise SettingsError(
+            f"invalid setting ADMIN_HOST={admin_host!r}: a non-loopback admin bind needs "
+            "ADMIN_TOKENS (or bind 127.0.0.1)"
+        )
+    if settings.managed_mode and not settings.tenancy.sidecar_keys:
+        raise SettingsError(
+            "invalid setting SIDECAR_KEYS=<empty>: managed mode (UPSTREAM_API_KEY set) needs "
+            "at least one sidecar key, as key=tenant[,key=tenant...]"
+        )
+    known = {
+        *settings.cache.persona_dims,
+        *(d for v in settings.cache.persona_dims_by.values() for d in v),
+    }
+    unknown = known - set(PERSONA_DIMENSIONS)
+    if unknown:
+        raise SettingsError(
+            f"invalid setting cache.persona_dims={sorted(unknown)!r} (config file): "
+            f"allowed dimensions are {', '.join(PERSONA_DIMENSIONS)}"
+        )
+    if settings.ttl.min > settings.ttl.max:
+        raise SettingsError(
+            f"invalid setting ttl.min={settings.ttl.min!r} (config file): must not exceed "
+            f"ttl.max={settings.ttl.max}"
+        )

@@ -1,0 +1,95 @@
+"""The one HTTP client session to the upstream, with keep-alive and explicit timeouts.
+
+Connection failures become 502 and timeouts 504, OpenAI-shaped (DESIGN §7). There is no total
+timeout: a long SSE stream is fine as long as bytes keep coming (`read_timeout_s` between two).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Mapping
+
+import aiohttp
+
+from proxy.errors import ApiError
+from proxy.settings import UpstreamSettings
+
+
+class UpstreamClient:
+    def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession) -> None:
+        self._base = settings.base_url.rstrip("/")
+        if self._base.endswith("/v1"):
+            self._base = self._base[:-3]
+        self._session = session
+
+    @classmethod
+    def open(cls, settings: UpstreamSettings) -> UpstreamClient:
+        connector = aiohttp.TCPConnector(
+            limit=settings.max_connections, keepalive_timeout=30, ttl_dns_cache=300
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.read_timeout_s
+        )
+        session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        return cls(settings, session)
+
+    def url(self, path: str, query: str = "") -> str:
+        """`path` is the client's path, starting with /v1 (kept as-is below the base URL)."""
+        return f"{self._base}{path}?{query}" if query else f"{self._base}{path}"
+
+    async def send(
+        self,
+        method: str,
+        path: str,
+        headers: Mapping[str, str],
+        body: bytes | AsyncIterable[bytes] | None,
+        *,
+        query: str = "",
+        decompress: bool = True,
+    ) -> aiohttp.ClientResponse:
+        """Sends the request and returns once the answer's headers are in; the caller reads
+        the body (`read_body` or streaming) and must release the response."""
+        try:
+            return await self._session.request(
+                method,
+                self.url(path, query),
+                headers=headers,
+                data=body,
+                auto_decompress=decompress,
+                allow_redirects=False,
+            )
+        except TimeoutError as exc:
+            raise upstream_timeout() from exc
+        except aiohttp.ClientError as exc:
+            raise upstream_unreachable(exc) from exc
+
+    async def close(self) -> None:
+        await self._session.close()
+
+
+async def read_body(response: aiohttp.ClientResponse) -> bytes:
+    try:
+        return await response.read()
+    except TimeoutError as exc:
+        raise upstream_timeout() from exc
+    except aiohttp.ClientError as exc:
+        raise upstream_unreachable(exc) from exc
+    finally:
+        response.release()
+
+
+def upstream_timeout() -> ApiError:
+    return ApiError(504, "The upstream API did not answer in time.", code="upstream_timeout")
+
+
+def upstream_unreachable(exc: BaseException) -> ApiError:
+    return ApiError(
+        502,
+        f"The upstream API could not be reached ({type(exc).__name__}).",
+        code="upstream_unreachable",
+    )

@@ -1,0 +1,73 @@
+"""Which headers cross the proxy, in each direction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from multidict import CIMultiDict
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus the ones the HTTP client sets for itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+# Sidecar-only request headers: they steer the cache and never go upstream (they carry user ids).
+_SIDECAR_PREFIXES = ("x-persona-", "x-cache-")
+_SIDECAR_HEADERS = frozenset({"x-user-id", "x-priority", "authorization", "cache-control"})
+# Answers of understood routes are decompressed and re-framed by the sidecar.
+_DECODED_BODY = frozenset({"content-encoding", "content-length"})
+
+
+def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
+    listed = headers.get("Connection")
+    if not listed:
+        return frozenset()
+    return frozenset(token.strip().lower() for token in listed.split(","))
+
+
+def upstream_request_headers(
+    client_headers: Mapping[str, str], authorization: str | None, *, keep_encoding: bool
+) -> CIMultiDict[str]:
+    """Client headers fit to send upstream, with `authorization` as the credential."""
+    dropped = _connection_listed(client_headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in client_headers.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in _SIDECAR_HEADERS or lower in dropped:
+            continue
+        if lower.startswith(_SIDECAR_PREFIXES):
+            continue
+        if lower == "accept-encoding" and not keep_encoding:
+            continue
+        out.add(name, value)
+    if authorization:
+        out["Authorization"] = authorization
+    return out
+
+
+def client_response_headers(
+    upstream_headers: Mapping[str, str], *, decoded: bool
+) -> CIMultiDict[str]:
+    """Upstream answer headers fit to relay; `decoded` when the body was decompressed here."""
+    dropped = _connection_listed(upstream_headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in upstream_headers.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP and lower != "content-length":
+            continue
+        if lower in dropped or (decoded and lower in _DECODED_BODY):
+            continue
+        out.add(name, value)
+    return out

@@ -1,0 +1,77 @@
+"""msgspec views of the parts of OpenAI bodies the sidecar reads; everything else is forwarded."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+
+class StreamOptions(msgspec.Struct):
+    include_usage: bool | None = None
+
+
+class GenerativeRequest(msgspec.Struct):
+    """`/v1/chat/completions` and `/v1/completions`: the fields that steer caching."""
+
+    model: str
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    seed: int | None = None
+
+
+class EmbeddingRequest(msgspec.Struct):
+    model: str
+    input: str | list[Any]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = None
+
+
+class ModerationRequest(msgspec.Struct):
+    input: str | list[Any]
+    model: str | None = None
+
+
+class PromptTokensDetails(msgspec.Struct):
+    cached_tokens: int | None = 0
+
+
+class Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int | None = 0
+    total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails | None = None
+
+    @property
+    def cached_tokens(self) -> int:
+        details = self.prompt_tokens_details
+        return (details.cached_tokens or 0) if details else 0
+
+
+class GenerativeAnswer(msgspec.Struct):
+    """Enough of a chat.completion / text_completion to know it is whole and what it cost."""
+
+    object: Literal["chat.completion", "text_completion"]
+    choices: list[Any]
+    model: str = ""
+    usage: Usage | None = None
+
+
+class ModerationAnswer(msgspec.Struct):
+    results: list[Any]
+    model: str = ""
+
+
+class EmbeddingItem(msgspec.Struct):
+    index: int
+    embedding: str | list[float]
+
+
+class EmbeddingAnswer(msgspec.Struct):
+    data: list[EmbeddingItem]
+    model: str = ""
+    usage: Usage | None = None
+
+
+EMPTY_USAGE = Usage()
