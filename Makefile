@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run run-fake test lint bench clean
+.PHONY: install run run-fake test test-servers lint bench clean
 
 install: $(STAMP)
 
@@ -29,8 +29,29 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 
-test: lint
+test: lint test-servers
 	$(BIN)/pytest -q
+
+## The tests start private Redis and PostgreSQL servers from these Debian packages' binaries.
+test-servers:
+	@command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+	  || (apt-get update -qq && apt-get install -y -qq redis-server postgresql)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache
+
+## Container image with podman, no Docker engine or registry needed (DESIGN §9):
+## deploy/podman/ makes a local python:3.11-slim base, then builds ./Dockerfile.
+.PHONY: docker-image docker-smoke
+docker-image:
+	bash deploy/podman/build-image.sh
+
+## Build, run and probe the image: MISS then HIT through the openai SDK, /metrics, SIGTERM.
+docker-smoke: install
+	$(BIN)/python deploy/smoke.py
+
+## Measure the sidecar with real load generators on loopback (installs Debian's wrk and hey once).
+bench: install
+	@command -v wrk >/dev/null && command -v hey >/dev/null || \
+		{ apt-get update && apt-get install -y wrk hey; }
+	$(BIN)/python -m bench.run
