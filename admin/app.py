@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from proxy.errors import error_response
 from proxy.health import healthz, readyz
@@ -20,16 +20,10 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    # Prometheus text format, negotiated from Accept (0.0.4 unless the scraper asks for more).
+    # Labels carry endpoints and statuses, never users or secrets.
+    app.router.add_get("/metrics", make_aiohttp_handler(runtime.metrics.registry))
     return app
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text format. Labels carry endpoints and statuses, never users or secrets."""
-    registry = request.app[RUNTIME].metrics.registry
-    return web.Response(
-        body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-    )
 
 
 @web.middleware

@@ -29,7 +29,9 @@ SHUTDOWN_GRACE_S = 10.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sidecache", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="sidecache", description="Caching sidecar for OpenAI-compatible AI calls."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the proxy and admin ports")
     serve_cmd.add_argument(
@@ -52,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _run(serve(settings, fake=fake))
     except OSError as exc:
-        print(f"sidecache: cannot start: {exc.strerror or exc}", file=sys.stderr)
+        print(f"sidecache: {exc}", file=sys.stderr)
         return 1
     return 0
 
@@ -85,14 +87,18 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
     try:
         server = settings.server
         access_log = logging.getLogger("aiohttp.access") if server.access_log else None
-        for app, host, port in (
-            (create_proxy_app(runtime), server.proxy_host, server.proxy_port),
-            (create_admin_app(runtime), server.admin_host, server.admin_port),
+        for app, host, port, setting in (
+            (create_proxy_app(runtime), server.proxy_host, server.proxy_port, "PROXY_PORT"),
+            (create_admin_app(runtime), server.admin_host, server.admin_port, "ADMIN_PORT"),
         ):
             runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=SHUTDOWN_GRACE_S)
             await runner.setup()
             runners.insert(0, runner)
-            await web.TCPSite(runner, host, port, backlog=1024).start()
+            try:
+                await web.TCPSite(runner, host, port, backlog=1024).start()
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                raise OSError(f"cannot listen on {host}:{port} ({setting}): {reason}") from None
         log.info(
             "sidecache ready: proxy http://%s:%d/v1, admin http://%s:%d (cache: %s, upstream: %s)",
             server.proxy_host,

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from proxy.directives import Directives, Scope
+from proxy.errors import bad_request
 from proxy.persona import Persona
 from proxy.settings import CacheSettings
 
@@ -87,4 +88,8 @@ class KeyMaker:
         return self._key((tenant, endpoint, scope, params, item))
 
     def _key(self, parts: tuple[Any, ...]) -> CacheKey:
-        return CacheKey(hashlib.sha256(self._encode(parts)).hexdigest())
+        try:
+            packed = self._encode(parts)
+        except OverflowError:  # JSON allows integers that msgpack cannot hold
+            raise bad_request("The request holds an integer outside the 64-bit range.") from None
+        return CacheKey(hashlib.sha256(packed).hexdigest())

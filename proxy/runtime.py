@@ -3,6 +3,7 @@ through the aiohttp app (`RUNTIME` key). Nothing here is a module-level singleto
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
@@ -56,7 +57,11 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
             settings.cache.redis_max_connections,
         )
         errors = metrics.cache_errors
-        store = RedisStore(redis, on_error=lambda op: errors.labels(op).inc())
+        store = RedisStore(
+            redis,
+            on_error=lambda op: errors.labels(op).inc(),
+            timeout_ms=settings.cache.redis_timeout_ms,
+        )
     else:
         store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
     metrics.cache_up.labels(store.backend).set_function(lambda: float(store.available))
@@ -90,8 +95,9 @@ async def _key_secret(settings: Settings, redis: Redis | None) -> bytes:
     if redis is None:
         return candidate.encode()
     try:
-        await redis.set(SHARED_SECRET_KEY, candidate, nx=True)
-        shared = await redis.get(SHARED_SECRET_KEY)
+        async with asyncio.timeout(2):
+            await redis.set(SHARED_SECRET_KEY, candidate, nx=True)
+            shared = await redis.get(SHARED_SECRET_KEY)
     except (RedisError, OSError):
         shared = None
     if shared is None:

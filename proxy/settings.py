@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import msgspec
 
@@ -211,20 +211,30 @@ def _parse_env(name: str, raw: str) -> Any:
 
 def _explain(exc: msgspec.ValidationError, merged: dict[str, Any], env: Mapping[str, str]) -> str:
     message, _, where = str(exc).partition(" - at `$.")
-    parts = tuple(where.rstrip("`").split(".")) if where else ()
+    # The dotted path up to the first subscript (msgspec shows map keys as `[...]`).
+    parts = tuple(where.rstrip("`").split("[", 1)[0].split(".")) if where else ()
     field = parts[:2] if len(parts) >= 2 else parts
     env_name = _FIELD_ENV.get((field[0], field[1])) if len(field) == 2 else None
+    allowed = _allowed(message, parts)
     if env_name and env.get(env_name):
         shown = "<redacted>" if env_name in SECRET_ENV else repr(env[env_name])
-        return f"invalid setting {env_name}={shown}: {_allowed(message)}"
+        return f"invalid setting {env_name}={shown}: {allowed}"
+    if env_name in SECRET_ENV:
+        return f"invalid setting {'.'.join(field)}=<redacted> (config file): {allowed}"
     value: Any = merged
     for part in parts:
         value = value.get(part) if isinstance(value, dict) else None
     name = ".".join(parts) or "config"
-    return f"invalid setting {name}={value!r} (config file): {_allowed(message)}"
+    return f"invalid setting {name}={value!r} (config file): {allowed}"
 
 
-def _allowed(message: str) -> str:
+def _allowed(message: str, parts: tuple[str, ...]) -> str:
+    if message.startswith("Invalid enum value"):
+        kind: Any = Settings
+        for part in parts:
+            kind = get_type_hints(kind).get(part) if isinstance(kind, type) else None
+        if get_origin(kind) is Literal:
+            return f"expected one of {', '.join(map(str, get_args(kind)))}"
     return message.replace("Expected", "expected").replace("`", "")
 
 

@@ -6,11 +6,12 @@ Redis turns reads into misses rather than stalling requests.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
@@ -22,14 +23,17 @@ _LOG_EVERY_S = 10.0
 
 
 def connect_redis(url: str, timeout_ms: int, max_connections: int) -> Redis:
-    """A client tuned for the request path; also used by other services sharing the server."""
-    timeout = timeout_ms / 1000
-    pool = BlockingConnectionPool.from_url(
+    """A client tuned for the request path; also used by other services sharing the server.
+
+    No socket timeout: redis-py wraps every send in `asyncio.wait_for` when one is set, which
+    costs a Task per command. Callers bound each operation with `asyncio.timeout` instead.
+    A plain pool (not the blocking one) for the same reason; past `max_connections` a command
+    fails at once and is served as a miss.
+    """
+    pool = ConnectionPool.from_url(
         url,
         max_connections=max_connections,
-        timeout=timeout,
-        socket_timeout=timeout,
-        socket_connect_timeout=timeout,
+        socket_connect_timeout=timeout_ms / 1000,
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
     )
@@ -39,8 +43,15 @@ def connect_redis(url: str, timeout_ms: int, max_connections: int) -> Redis:
 class RedisStore:
     backend = "redis"
 
-    def __init__(self, client: Redis, on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        client: Redis,
+        on_error: Callable[[str], None] | None = None,
+        *,
+        timeout_ms: int = 250,
+    ) -> None:
         self._client = client
+        self._timeout_s = timeout_ms / 1000
         self._on_error = on_error
         self._available = True
         self._last_logged = 0.0
@@ -51,7 +62,8 @@ class RedisStore:
 
     async def get(self, key: str) -> bytes | None:
         try:
-            value = await self._client.get(key)
+            async with asyncio.timeout(self._timeout_s):
+                value = await self._client.get(key)
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return None
@@ -62,11 +74,12 @@ class RedisStore:
         if not keys:
             return []
         try:
-            # A pipeline of GETs rather than MGET: the keys need not share a cluster slot.
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.get(key)
-                values: list[bytes | None] = await pipe.execute()
+            async with asyncio.timeout(self._timeout_s):
+                # A pipeline of GETs rather than MGET: the keys need not share a cluster slot.
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.get(key)
+                    values: list[bytes | None] = await pipe.execute()
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return [None] * len(keys)
@@ -75,7 +88,8 @@ class RedisStore:
 
     async def put(self, key: str, value: bytes, ttl_s: int) -> None:
         try:
-            await self._client.set(key, value, ex=ttl_s)
+            async with asyncio.timeout(self._timeout_s):
+                await self._client.set(key, value, ex=ttl_s)
         except (RedisError, OSError) as exc:
             self._failed("put", exc)
 
@@ -83,10 +97,11 @@ class RedisStore:
         if not items:
             return
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key, value, ttl_s in items:
-                    pipe.set(key, value, ex=ttl_s)
-                await pipe.execute()
+            async with asyncio.timeout(self._timeout_s):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key, value, ttl_s in items:
+                        pipe.set(key, value, ex=ttl_s)
+                    await pipe.execute()
         except (RedisError, OSError) as exc:
             self._failed("put", exc)
 
@@ -94,7 +109,8 @@ class RedisStore:
         if not keys:
             return 0
         try:
-            deleted: int = await self._client.unlink(*keys)
+            async with asyncio.timeout(self._timeout_s):
+                deleted: int = await self._client.unlink(*keys)
         except (RedisError, OSError) as exc:
             self._failed("delete", exc)
             return 0
@@ -102,7 +118,8 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            await self._client.ping()
+            async with asyncio.timeout(self._timeout_s):
+                await self._client.ping()
         except (RedisError, OSError) as exc:
             self._failed("ping", exc)
             return False

@@ -42,7 +42,7 @@ async def understand(
     raw = await request.read()
     try:
         body = _decode_json(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise bad_request(
             f"The request body is not valid JSON: {exc}", code="invalid_json"
         ) from None

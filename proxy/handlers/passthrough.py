@@ -29,11 +29,20 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     headers = upstream_request_headers(
         request.headers, identity.upstream_authorization, keep_encoding=True
     )
-    body = _capped(request.content, limit) if request.body_exists else None
+    body = _CappedBody(request.content, limit) if request.body_exists else None
+    # The path and query as the client encoded them: decoding and re-encoding would change
+    # what the upstream reads (an escaped `/` or `+`, for one).
+    path, query = request.rel_url.raw_path, request.rel_url.raw_query_string
     started = time.perf_counter()
-    upstream = await runtime.upstream.send(
-        request.method, request.path, headers, body, query=request.query_string, decompress=False
-    )
+    try:
+        upstream = await runtime.upstream.send(
+            request.method, path, headers, body, query=query, decompress=False
+        )
+    except ApiError:
+        if body is not None and body.exceeded:
+            # The HTTP client reports the aborted upload as a connection error: it was ours.
+            raise body_too_large(limit) from None
+        raise
     runtime.metrics.observe_upstream(PASSTHROUGH, upstream.status, time.perf_counter() - started)
     response = web.StreamResponse(
         status=upstream.status,
@@ -56,13 +65,23 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _capped(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[bytes]:
-    sent = 0
-    async for chunk in content.iter_chunked(_READ_CHUNK):
-        sent += len(chunk)
-        if sent > limit:
-            raise body_too_large(limit)
-        yield chunk
+class _CappedBody:
+    """The request body as it arrives, cut off with a 413 past `limit` bytes (a chunked body
+    has no Content-Length to check up front)."""
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self.exceeded = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        sent = 0
+        async for chunk in self._content.iter_chunked(_READ_CHUNK):
+            sent += len(chunk)
+            if sent > self._limit:
+                self.exceeded = True
+                raise body_too_large(self._limit)
+            yield chunk
 
 
 def body_too_large(limit: int) -> ApiError:

@@ -33,7 +33,9 @@ class UpstreamClient:
             connector=connector,
             timeout=timeout,
             auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Content-Type"),
+            # Accept-Encoding is chosen per request (upstream_request_headers): a pass-through
+            # client that asked for no compression must not be sent a compressed body.
+            skip_auto_headers=("User-Agent", "Content-Type", "Accept-Encoding"),
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         return cls(settings, session)

@@ -26,7 +26,9 @@ HOP_BY_HOP = frozenset(
 # Sidecar-only request headers: they steer the cache and never go upstream (they carry user ids).
 _SIDECAR_PREFIXES = ("x-persona-", "x-cache-")
 _SIDECAR_HEADERS = frozenset({"x-user-id", "x-priority", "authorization", "cache-control"})
-# Answers of understood routes are decompressed and re-framed by the sidecar.
+# Answers of understood routes are decompressed and re-framed by the sidecar, so it asks for
+# the encodings its HTTP client decodes, whatever the client accepts.
+DECODABLE_ENCODINGS = "gzip, deflate"
 _DECODED_BODY = frozenset({"content-encoding", "content-length"})
 
 
@@ -40,7 +42,10 @@ def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
 def upstream_request_headers(
     client_headers: Mapping[str, str], authorization: str | None, *, keep_encoding: bool
 ) -> CIMultiDict[str]:
-    """Client headers fit to send upstream, with `authorization` as the credential."""
+    """Client headers fit to send upstream, with `authorization` as the credential.
+
+    `keep_encoding`: the answer is relayed as is, so the client's Accept-Encoding (or its
+    absence) goes upstream unchanged; otherwise the sidecar decodes the answer itself."""
     dropped = _connection_listed(client_headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in client_headers.items():
@@ -52,6 +57,8 @@ def upstream_request_headers(
         if lower == "accept-encoding" and not keep_encoding:
             continue
         out.add(name, value)
+    if not keep_encoding:
+        out["Accept-Encoding"] = DECODABLE_ENCODINGS
     if authorization:
         out["Authorization"] = authorization
     return out
