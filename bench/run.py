@@ -1,0 +1,160 @@
+"""`make bench`: measure the sidecar with real load generators on loopback and print one table.
+
+Usage (from the repository root): `python -m bench.run [--quick]`. Needs `hey`, `wrk` and
+`redis-server` on PATH (`make bench` installs Debian's `wrk` and `hey`). It starts a private
+redis-server, the fake upstream (`python -m proxy.fake_upstream`, no added latency) and the
+sidecar (`python -m proxy serve`, same interpreter as this driver) on free loopback ports, stores
+one ~600 B chat request's ~1.2 KB answer, then runs each function of `MEASUREMENTS` in order:
+cache-hit latency with hey (evenly paced, then bursts), the maximum hit rate with wrk (plus the
+sidecar's CPU time per hit and, as a same-run reference, bench/floor.py's minimal hit server
+under the same load), the miss overhead (Cache-Control: no-store through the sidecar vs direct
+to the fake upstream) and the sidecar's peak RSS. A footnote says how many cores other
+processes used meanwhile: on a shared machine that moves every figure.
+
+Each measurement takes the `Bench` context and returns table rows (`report.Row`), with targets
+as `report.Check`s; add a new one by appending a function to `MEASUREMENTS`. A measurement that
+raises `HarnessError` becomes an ERROR row and the others still run.
+
+The table is printed and also written to bench/results/latest.json. The exit status is 0 when
+everything was measured, even if a target was missed (this is a measurement, not a test), and
+1 when the harness itself failed (a server did not start, no cache hit after warm-up, non-200
+answers under load, requests of a hit run reaching the upstream). The whole run takes about a
+minute; `--quick` scales every count and duration down to a fifth, for trying changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from . import hits, loadgen, memory, misses
+from .machine import CpuMeter
+from .procs import REPO, HarnessError, log_tail
+from .report import Row, format_table, rows_json, write_json
+from .stack import Bench, start_fake_upstream, start_redis, start_sidecar, warm_cache
+
+Measurement = Callable[[Bench], list[Row]]
+
+# In run order; peak RSS comes last so it covers every load before it.
+MEASUREMENTS: tuple[Measurement, ...] = (
+    hits.hit_paced,
+    hits.hit_bursts,
+    hits.hit_max_rate,
+    misses.miss_overhead,
+    memory.peak_rss,
+)
+RESULTS = REPO / "bench" / "results" / "latest.json"
+NOTES = [
+    "hey prints latencies in 0.1 ms steps; wrk's are in us. Load generators share the "
+    f"{os.cpu_count()} cores with the sidecar.",
+    "Targets: issue 2 / DESIGN.md section 9. Bursts: 20 requests every 20 ms, so p50 measures "
+    "burst draining.",
+]
+
+
+def _unwind_on_signals() -> None:
+    """SIGINT and SIGTERM unwind the driver (even where the shell started it with SIGINT
+    ignored), so every started process is stopped; further signals are ignored meanwhile, so
+    a second Ctrl-C cannot cut that clean-up short."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
+def _measure(bench: Bench, measurement: Measurement) -> list[Row]:
+    label = measurement.__name__.replace("_", " ")
+    started = time.monotonic()
+    print(f"bench: {label} ...", file=sys.stderr, flush=True)
+    try:
+        rows = measurement(bench)
+    except HarnessError as err:
+        print(f"bench: {label} failed: {err}", file=sys.stderr, flush=True)
+        return [Row(label, "", error=f"failed: {str(err).splitlines()[0]}")]
+    print(f"bench: {label} done in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    return rows
+
+
+def run_all(scale: float, measurements: Sequence[Measurement]) -> list[Row]:
+    """Starts the servers, warms the cache and runs `measurements`; stops every process."""
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sidecache-bench-")))
+        print("bench: starting redis-server, fake upstream, sidecar ...", file=sys.stderr)
+        redis_url = start_redis(stack, workdir)
+        upstream = start_fake_upstream(stack, workdir)
+        bench = start_sidecar(stack, workdir, redis_url=redis_url, upstream=upstream)
+        bench.scale = scale
+        warm_cache(bench)
+        rows: list[Row] = []
+        for measurement in measurements:
+            rows += _measure(bench, measurement)
+            bench.check_sidecar()
+        logged = log_tail(bench.sidecar_log, 20)
+        if logged:
+            print(f"bench: the sidecar logged (last lines):\n{logged}", file=sys.stderr)
+        return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a fifth of the counts and durations")
+    parser.add_argument("--json", type=Path, default=RESULTS, help=f"default {RESULTS}")
+    args = parser.parse_args(argv)
+    missing = loadgen.missing_tools()
+    if missing:
+        print(
+            f"bench: not on PATH: {', '.join(missing)} (make bench installs wrk and hey; "
+            "redis-server comes from Debian's redis-server package)",
+            file=sys.stderr,
+        )
+        return 1
+    _unwind_on_signals()
+    started = datetime.now(UTC)
+    meter = CpuMeter()
+    scale = 0.2 if args.quick else 1.0
+    try:
+        rows = run_all(scale, MEASUREMENTS)
+    except HarnessError as err:
+        print(f"bench: harness failed: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; all servers stopped", file=sys.stderr)
+        return 130
+    foreign = meter.foreign_cores()
+    print(format_table(rows, [*NOTES, meter.note(foreign)]))
+    document: dict[str, Any] = {
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
+        "scale": scale,
+        "host": {
+            "cpus": os.cpu_count(),
+            "machine": platform.machine(),
+            "python": sys.version,
+            "load_before": meter.load_before,
+            "foreign_cores": round(foreign, 3),
+        },
+        "ok": all(row.error is None for row in rows),
+        "rows": rows_json(rows),
+    }
+    write_json(args.json, document)
+    print(f"bench: wrote {args.json}", file=sys.stderr)
+    return 0 if document["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
