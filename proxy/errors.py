@@ -64,6 +64,13 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = No
     return ApiError(400, message, param=param, code=code or "invalid_value")
 
 
+def error_body(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> bytes:
+    detail = ErrorDetail(message, _TYPE_BY_STATUS.get(status, "api_error"), param, code)
+    return _ENCODE(ErrorBody(detail))
+
+
 def error_response(
     status: int,
     message: str,
@@ -72,10 +79,9 @@ def error_response(
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
-    detail = ErrorDetail(message, _TYPE_BY_STATUS.get(status, "api_error"), param, code)
     return web.Response(
         status=status,
-        body=_ENCODE(ErrorBody(detail)),
+        body=error_body(status, message, param=param, code=code),
         content_type="application/json",
         headers=headers,
     )

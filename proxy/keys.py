@@ -52,8 +52,8 @@ class KeyMaker:
 
     def tenant_id(self, credential: str) -> str:
         """A keyed hash of the credential: stable, short, and useless for recovering it."""
-        mac = hmac.new(self._secret, credential.encode(), hashlib.sha256)
-        return "t_" + mac.hexdigest()[:20]
+        mac = hmac.digest(self._secret, credential.encode(), "sha256")
+        return "t_" + mac.hex()[:20]
 
     def persona_dims(self, endpoint: str, model: str | None) -> tuple[str, ...]:
         """The configured dimensions for a request that names none: model, endpoint, default."""

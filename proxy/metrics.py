@@ -6,7 +6,15 @@ backends. Never user ids, tenants or anything a client chooses freely.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from proxy.upstream.breakers import BreakerBoard
+
+_STATE_VALUE = {"closed": 0.0, "half-open": 1.0, "open": 2.0}
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -84,6 +92,15 @@ class Metrics:
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._upstream_children: dict[tuple[str, int], Counter] = {}
 
+    def watch_breakers(self, board: BreakerBoard) -> None:
+        self.registry.register(_BreakerCollector(board))
+        self.coalesced = Counter(
+            "sidecache_coalesced_requests_total",
+            "Requests answered from another request's upstream call (X-Cache: COALESCED).",
+            ["endpoint"],
+            registry=self.registry,
+        )
+
     def observe_request(self, endpoint: str, cache: str, status: int, seconds: float) -> None:
         children = self._request_children.get((endpoint, cache, status))
         if children is None:
@@ -102,3 +119,34 @@ class Metrics:
             self._upstream_children[(endpoint, status)] = counter
         counter.inc()
         self.upstream_seconds.labels(endpoint).observe(seconds)
+
+
+class _BreakerCollector(Collector):
+    """Breaker state read at scrape time: nothing to keep in step on the request path."""
+
+    def __init__(self, board: BreakerBoard) -> None:
+        self._board = board
+
+    def collect(self) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            "sidecache_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open.",
+            labels=["breaker"],
+        )
+        failures = GaugeMetricFamily(
+            "sidecache_breaker_failures",
+            "Consecutive failures counted by the breaker.",
+            labels=["breaker"],
+        )
+        opened = CounterMetricFamily(
+            "sidecache_breaker_opened", "Times the breaker opened.", labels=["breaker"]
+        )
+        for name, breaker in self._board.breakers.items():
+            state.add_metric([name], _STATE_VALUE.get(breaker.state, 2.0))
+            failures.add_metric([name], float(breaker.failures))
+            opened.add_metric([name], float(self._board.opened_count.get(name, 0)))
+        transitions = CounterMetricFamily(
+            "sidecache_breaker_transitions", "Breaker state changes, all breakers together."
+        )
+        transitions.add_metric([], float(self._board.transitions))
+        yield from (state, failures, opened, transitions)

@@ -14,14 +14,19 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from proxy.cache.memory import MemoryStore
+from proxy.cache.pipe import RedisPipe
 from proxy.cache.redis import RedisStore, connect_redis
 from proxy.cache.store import CacheStore
+from proxy.dispatch.flight import FlightTable
+from proxy.dispatch.gate import UpstreamGate
+from proxy.dispatch.peers import PeerFlights
 from proxy.keys import KeyMaker
 from proxy.metrics import Metrics
 from proxy.persona import PersonaParser
 from proxy.settings import Settings
 from proxy.tenancy import TenantResolver
 from proxy.ttl import TtlPolicy
+from proxy.upstream.breakers import BreakerBoard
 from proxy.upstream.client import UpstreamClient
 
 log = logging.getLogger("sidecache")
@@ -41,6 +46,10 @@ class Runtime:
     tenants: TenantResolver
     metrics: Metrics
     redis: Redis | None
+    flights: FlightTable
+    gate: UpstreamGate
+    breakers: BreakerBoard
+    peers: PeerFlights | None  # cross-replica single-flight, with Redis
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -57,10 +66,12 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
             settings.cache.redis_max_connections,
         )
         errors = metrics.cache_errors
+        url, timeout_ms = settings.cache.redis_url, settings.cache.redis_timeout_ms
         store = RedisStore(
             redis,
             on_error=lambda op: errors.labels(op).inc(),
-            timeout_ms=settings.cache.redis_timeout_ms,
+            timeout_ms=timeout_ms,
+            pipe=RedisPipe(url, timeout_ms / 1000) if url.startswith("redis://") else None,
         )
     else:
         store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
@@ -69,6 +80,18 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
     metrics.cache_bytes.set_function(lambda: float(store.usage()[1]))
     secret = await _key_secret(settings, redis)
     keys = KeyMaker(secret, settings.cache)
+    upstream = settings.upstream
+    peers = None
+    if redis is not None:
+        peers = PeerFlights(
+            redis,
+            upstream.coalesce_lock_ms,
+            upstream.coalesce_max_wait_ms,
+            settings.cache.redis_timeout_ms,
+        )
+        await peers.start()
+    breakers = BreakerBoard(upstream.base_url, upstream.breaker_fail_max, upstream.breaker_reset_s)
+    metrics.watch_breakers(breakers)
     return Runtime(
         settings=settings,
         store=store,
@@ -79,10 +102,19 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
         tenants=TenantResolver(settings, keys),
         metrics=metrics,
         redis=redis,
+        flights=FlightTable(),
+        gate=UpstreamGate(upstream.max_in_flight),
+        breakers=breakers,
+        peers=peers,
     )
 
 
 async def close_runtime(runtime: Runtime) -> None:
+    flights = [f.task for f in list(runtime.flights.flights.values()) if f.task is not None]
+    if flights:
+        await asyncio.wait(flights, timeout=5)  # let shared calls land (and be stored)
+    if runtime.peers is not None:
+        await runtime.peers.close()
     await runtime.upstream.close()
     await runtime.store.close()
 

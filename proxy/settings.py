@@ -43,6 +43,15 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True):
     connect_timeout_s: Seconds = 5.0
     read_timeout_s: Seconds = 120.0
     max_connections: Positive = 256
+    # Upstream calls in flight at once; the rest wait by X-Priority, then FIFO.
+    max_in_flight: Positive = 64
+    breaker_fail_max: Positive = 5
+    breaker_reset_s: Seconds = 30.0
+    # Cross-replica single-flight (with Redis): the leader's lock lives this long unless
+    # renewed, so a crashed leader delays followers at most about this much.
+    coalesce_lock_ms: Annotated[int, msgspec.Meta(ge=100)] = 3000
+    # How long a follower on another replica waits in all before calling upstream itself.
+    coalesce_max_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 60_000
 
 
 class TenancySettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -102,6 +111,49 @@ class LedgerSettings(msgspec.Struct, forbid_unknown_fields=True):
     database_url: str | None = None
     path: str = "./sidecache.db"
     alert_webhook_url: str | None = None
+    # Append-only journal for flushes the database refused; default: next to `path`.
+    journal_path: str | None = None
+    migrate_on_start: bool = True
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 500
+    flush_interval_s: Seconds = 1.0
+    queue_max: Annotated[int, msgspec.Meta(ge=1)] = 100_000
+    retry_max_s: Seconds = 30.0
+    connect_timeout_s: Seconds = 5.0
+    pool_max_size: Annotated[int, msgspec.Meta(ge=1, le=100)] = 4
+
+
+Usd = Annotated[float, msgspec.Meta(ge=0)]
+Share = Annotated[float, msgspec.Meta(gt=0, le=1)]
+
+
+class BudgetSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """USD limits per UTC day and calendar month; 0 means unlimited."""
+
+    tenant_daily_usd: Usd = 0.0
+    tenant_monthly_usd: Usd = 0.0
+    user_daily_usd: Usd = 0.0
+    user_monthly_usd: Usd = 0.0
+    alert_thresholds: list[Share] = msgspec.field(default_factory=lambda: [0.5, 0.8, 1.0])
+    webhook_timeout_s: Seconds = 3.0
+    overrides_refresh_s: Seconds = 30.0
+
+
+class ModelPriceSetting(msgspec.Struct, forbid_unknown_fields=True):
+    """USD per million tokens; `cached_input` defaults to `input`."""
+
+    input: Usd
+    output: Usd = 0.0
+    cached_input: Usd | None = None
+    taken: str | None = None
+    source: str | None = None
+
+
+class PricingSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # A price table replacing config/pricing.toml; `models` below are applied on top of it.
+    file: str | None = None
+    models: dict[str, ModelPriceSetting] = {}
+    chars_per_token: Annotated[float, msgspec.Meta(gt=0)] = 4.0
+    default_output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 512
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
@@ -114,6 +166,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     persona: PersonaSettings = msgspec.field(default_factory=PersonaSettings)
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
+    budget: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
+    pricing: PricingSettings = msgspec.field(default_factory=PricingSettings)
 
     @property
     def managed_mode(self) -> bool:
@@ -127,6 +181,11 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "UPSTREAM_CONNECT_TIMEOUT": ("upstream", "connect_timeout_s"),
     "UPSTREAM_READ_TIMEOUT": ("upstream", "read_timeout_s"),
     "UPSTREAM_MAX_CONNECTIONS": ("upstream", "max_connections"),
+    "UPSTREAM_MAX_IN_FLIGHT": ("upstream", "max_in_flight"),
+    "BREAKER_FAIL_MAX": ("upstream", "breaker_fail_max"),
+    "BREAKER_RESET_S": ("upstream", "breaker_reset_s"),
+    "COALESCE_LOCK_MS": ("upstream", "coalesce_lock_ms"),
+    "COALESCE_MAX_WAIT_MS": ("upstream", "coalesce_max_wait_ms"),
     "SIDECAR_KEYS": ("tenancy", "sidecar_keys"),
     "CACHE_KEY_SECRET": ("tenancy", "key_secret"),
     "REDIS_URL": ("cache", "redis_url"),
@@ -135,6 +194,15 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "DATABASE_URL": ("ledger", "database_url"),
     "LEDGER_PATH": ("ledger", "path"),
     "ALERT_WEBHOOK_URL": ("ledger", "alert_webhook_url"),
+    "LEDGER_JOURNAL": ("ledger", "journal_path"),
+    "LEDGER_MIGRATE_ON_START": ("ledger", "migrate_on_start"),
+    "LEDGER_BATCH_SIZE": ("ledger", "batch_size"),
+    "LEDGER_FLUSH_INTERVAL_S": ("ledger", "flush_interval_s"),
+    "BUDGET_TENANT_DAILY_USD": ("budget", "tenant_daily_usd"),
+    "BUDGET_TENANT_MONTHLY_USD": ("budget", "tenant_monthly_usd"),
+    "BUDGET_USER_DAILY_USD": ("budget", "user_daily_usd"),
+    "BUDGET_USER_MONTHLY_USD": ("budget", "user_monthly_usd"),
+    "PRICING_FILE": ("pricing", "file"),
     "PROXY_HOST": ("server", "proxy_host"),
     "PROXY_PORT": ("server", "proxy_port"),
     "ADMIN_HOST": ("server", "admin_host"),
@@ -146,7 +214,17 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "AI_BATCH_SIZE": ("batch", "size"),
     "AI_BATCH_WAIT_MS": ("batch", "wait_ms"),
 }
-SECRET_ENV = frozenset({"UPSTREAM_API_KEY", "SIDECAR_KEYS", "CACHE_KEY_SECRET", "ADMIN_TOKENS"})
+# DATABASE_URL may carry a password and webhook URLs often carry a token.
+SECRET_ENV = frozenset(
+    {
+        "UPSTREAM_API_KEY",
+        "SIDECAR_KEYS",
+        "CACHE_KEY_SECRET",
+        "ADMIN_TOKENS",
+        "DATABASE_URL",
+        "ALERT_WEBHOOK_URL",
+    }
+)
 _FIELD_ENV = {field: env for env, field in ENV_FIELDS.items()}
 
 
@@ -259,6 +337,12 @@ def _check_consistency(settings: Settings, env: Mapping[str, str]) -> None:
         raise SettingsError(
             f"invalid setting cache.persona_dims={sorted(unknown)!r} (config file): "
             f"allowed dimensions are {', '.join(PERSONA_DIMENSIONS)}"
+        )
+    thresholds = settings.budget.alert_thresholds
+    if thresholds != sorted(set(thresholds)):
+        raise SettingsError(
+            f"invalid setting budget.alert_thresholds={thresholds!r} (config file): "
+            "expected distinct shares of the budget in increasing order, e.g. [0.5, 0.8, 1.0]"
         )
     if settings.ttl.min > settings.ttl.max:
         raise SettingsError(

@@ -248,7 +248,7 @@ def test_no_secret_reaches_logs_keys_metrics_or_answers(
         redis_keys = [k.decode() for k in redis.keys("*")]
         redis_values = [redis.get(k) or b"" for k in redis_keys]
     assert len(redis_keys) > 10
-    # A client that leaves mid-stream, and a Redis outage, make the sidecar log.
+    # A Redis outage makes the sidecar log (the cache and the cross-replica flights).
     stub.fake.chunk_delay_ms = 5
     leave_mid_stream(managed, stub, KEY_ONE)
     stub.fake.chunk_delay_ms = 0
@@ -257,7 +257,7 @@ def test_no_secret_reaches_logs_keys_metrics_or_answers(
     private_redis.start()
 
     names = {r.name for r in caplog.records}
-    assert {"sidecache.stream", "sidecache.cache"} <= names
+    assert {"sidecache.peers", "sidecache.cache"} <= names
     logged = caplog.text + "".join(
         f"{r.getMessage()} {r.args!r} {r.exc_text or ''}" for r in caplog.records
     )

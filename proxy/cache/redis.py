@@ -16,6 +16,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from proxy.cache.pipe import PipeError, RedisPipe
+
 log = logging.getLogger("sidecache.cache")
 
 # How often a failing Redis is reported in the log (the metric counts every failure).
@@ -49,8 +51,10 @@ class RedisStore:
         on_error: Callable[[str], None] | None = None,
         *,
         timeout_ms: int = 250,
+        pipe: RedisPipe | None = None,
     ) -> None:
         self._client = client
+        self._pipe = pipe  # the hit path's GET, when the URL allows it
         self._timeout_s = timeout_ms / 1000
         self._on_error = on_error
         self._available = True
@@ -61,6 +65,14 @@ class RedisStore:
         return self._available
 
     async def get(self, key: str) -> bytes | None:
+        if self._pipe is not None:
+            try:
+                found = await self._pipe.get(key)
+            except PipeError as exc:
+                self._failed("get", exc)
+                return None
+            self._available = True
+            return found
         try:
             async with asyncio.timeout(self._timeout_s):
                 value = await self._client.get(key)
@@ -130,6 +142,8 @@ class RedisStore:
         return -1, -1
 
     async def close(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
         await self._client.aclose()
 
     def _failed(self, op: str, exc: BaseException) -> None:

@@ -8,14 +8,17 @@ from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy.cache.entry import EntryMeta
 from proxy.directives import Directives, Scope, parse_directives
+from proxy.dispatch.gate import PRIORITY_HEADER, Priority, parse_priority
 from proxy.errors import bad_request
 from proxy.keys import CacheKey, ScopePart
 from proxy.persona import NO_PERSONA, Persona, parse_user_id
 from proxy.runtime import Runtime
 from proxy.tenancy import Identity
+from proxy.upstream.headers import upstream_request_headers
 
 _decode_json = msgspec.json.Decoder().decode
 T = TypeVar("T")
@@ -32,6 +35,7 @@ class Understood:
     persona: Persona
     user_id: str | None
     directives: Directives
+    priority: Priority
 
 
 async def understand(
@@ -56,7 +60,8 @@ async def understand(
             param="X-Cache-Scope",
         )
     persona = runtime.personas.parse(headers) if persona_aware else NO_PERSONA
-    return Understood(endpoint, raw, body, identity, persona, user_id, directives)
+    priority = parse_priority(headers.get(PRIORITY_HEADER))
+    return Understood(endpoint, raw, body, identity, persona, user_id, directives, priority)
 
 
 def view(kind: type[T], body: dict[str, Any]) -> T:
@@ -94,6 +99,18 @@ def cache_headers(
     if stored_at is not None:
         headers["Age"] = str(max(0, int(time.time() - stored_at)))
     return headers
+
+
+def upstream_headers(request: web.Request, u: Understood) -> CIMultiDict[str]:
+    """The client's headers fit for the upstream, with this request's upstream credential."""
+    return upstream_request_headers(
+        request.headers, u.identity.upstream_authorization, keep_encoding=False
+    )
+
+
+def client_connected(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is not None and not transport.is_closing()
 
 
 def miss_status(u: Understood) -> str:

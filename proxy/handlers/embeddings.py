@@ -23,6 +23,7 @@ from proxy.handlers.common import (
     MISS,
     Understood,
     cache_headers,
+    client_connected,
     entry_meta,
     understand,
     view,
@@ -30,6 +31,7 @@ from proxy.handlers.common import (
 from proxy.keys import NON_SEMANTIC_FIELDS
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
+from proxy.upstream.breakers import UpstreamFailure
 from proxy.upstream.client import read_body
 from proxy.upstream.headers import client_response_headers, upstream_request_headers
 from proxy.vectors import apportion, from_wire, to_wire
@@ -135,10 +137,19 @@ async def _fetch(
     headers = upstream_request_headers(
         request.headers, u.identity.upstream_authorization, keep_encoding=False
     )
-    started = time.perf_counter()
-    upstream = await runtime.upstream.send("POST", request.path, headers, _encode(body))
-    runtime.metrics.observe_upstream(ENDPOINT, upstream.status, time.perf_counter() - started)
-    payload = await read_body(upstream)
+    breaker = runtime.breakers.for_endpoint(ENDPOINT)
+    async with runtime.gate.slot(u.priority, lambda: client_connected(request)):
+        try:
+            with breaker.guard():
+                started = time.perf_counter()
+                upstream = await runtime.upstream.send("POST", request.path, headers, _encode(body))
+                elapsed = time.perf_counter() - started
+                runtime.metrics.observe_upstream(ENDPOINT, upstream.status, elapsed)
+                payload = await read_body(upstream)
+                if upstream.status >= 500:
+                    raise UpstreamFailure(upstream.status, payload)
+        except UpstreamFailure:
+            pass  # counted by the breaker; relayed below like any other error
     if upstream.status != 200:
         relayed = client_response_headers(upstream.headers, decoded=True)
         return web.Response(status=upstream.status, body=payload, headers=relayed)

@@ -1,18 +1,31 @@
-"""`/v1/chat/completions` and `/v1/completions`: persona-aware cache, JSON or SSE either way."""
+"""`/v1/chat/completions` and `/v1/completions`: persona-aware cache, JSON or SSE either way,
+and identical concurrent misses sharing one upstream call."""
 
 from __future__ import annotations
 
+import msgspec
 from aiohttp import web
 
 from proxy.cache.replay import CHAT, TEXT
-from proxy.handlers.answers import StorePlan, fetch_json, lookup, serve_stored, validator
-from proxy.handlers.common import entry_meta, understand, view
-from proxy.handlers.streaming import relay_stream
+from proxy.dispatch.call import StorePlan, UpstreamCall, validator
+from proxy.dispatch.fly import launch
+from proxy.handlers.answers import lookup, serve_stored
+from proxy.handlers.common import (
+    COALESCED,
+    Understood,
+    entry_meta,
+    miss_status,
+    understand,
+    upstream_headers,
+    view,
+)
+from proxy.handlers.flights import flight_for, respond
 from proxy.runtime import RUNTIME
 from proxy.ttl import chat_kind
 from proxy.wire import GenerativeAnswer, GenerativeRequest
 
 _validate = validator(GenerativeAnswer)
+_encode = msgspec.json.Encoder().encode
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -37,12 +50,38 @@ async def _generative(request: web.Request, endpoint: str, kind: str) -> web.Str
     entry = await lookup(runtime, u, key)
     if entry is not None:
         return await serve_stored(request, entry, key, stream=stream, include_usage=include_usage)
+
     plan = None
     if u.directives.write:
         ttl = runtime.ttl.seconds(
             chat_kind(req.temperature, req.seed), u.persona.score, u.directives.max_age
         )
         plan = StorePlan(key, ttl, entry_meta(u, req.model, scope))
+    flight, leader = flight_for(runtime, u, key)
+    if leader:
+        launch(runtime, flight, _call(request, u, kind, stream, plan))
+    label = miss_status(u) if leader else COALESCED
+    return await respond(request, flight, key, label, stream=stream, include_usage=include_usage)
+
+
+def _call(
+    request: web.Request, u: Understood, kind: str, stream: bool, plan: StorePlan | None
+) -> UpstreamCall:
+    body = u.raw
     if stream:
-        return await relay_stream(request, runtime, u, kind, plan, key, include_usage)
-    return await fetch_json(request, runtime, u, _validate, plan, key)
+        # Always ask for the usage chunk (the ledger needs it); clients that did not ask for
+        # it never see it.
+        options = {**(u.body.get("stream_options") or {}), "include_usage": True}
+        body = _encode({**u.body, "stream_options": options})
+    return UpstreamCall(
+        endpoint=u.endpoint,
+        path=request.path,
+        headers=upstream_headers(request, u),
+        body=body,
+        priority=u.priority,
+        validate=_validate,
+        plan=plan,
+        stream=stream,
+        kind=kind,
+        coalesce=u.directives.read,
+    )

@@ -4,8 +4,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.handlers.answers import StorePlan, fetch_json, lookup, serve_stored, validator
-from proxy.handlers.common import entry_meta, understand, view
+from proxy.dispatch.call import StorePlan, UpstreamCall, validator
+from proxy.dispatch.fly import launch
+from proxy.handlers.answers import lookup, serve_stored
+from proxy.handlers.common import (
+    COALESCED,
+    entry_meta,
+    miss_status,
+    understand,
+    upstream_headers,
+    view,
+)
+from proxy.handlers.flights import flight_for, respond
 from proxy.runtime import RUNTIME
 from proxy.ttl import Kind
 from proxy.wire import ModerationAnswer, ModerationRequest
@@ -27,4 +37,17 @@ async def moderations(request: web.Request) -> web.StreamResponse:
     if u.directives.write:
         ttl = runtime.ttl.seconds(Kind.MODERATIONS, 0.0, u.directives.max_age)
         plan = StorePlan(key, ttl, entry_meta(u, req.model or "", scope))
-    return await fetch_json(request, runtime, u, _validate, plan, key)
+    flight, leader = flight_for(runtime, u, key)
+    if leader:
+        call = UpstreamCall(
+            endpoint=ENDPOINT,
+            path=request.path,
+            headers=upstream_headers(request, u),
+            body=u.raw,
+            priority=u.priority,
+            validate=_validate,
+            plan=plan,
+            coalesce=u.directives.read,
+        )
+        launch(runtime, flight, call)
+    return await respond(request, flight, key, miss_status(u) if leader else COALESCED)

@@ -1,0 +1,161 @@
+"""A pipelined Redis connection for the hit path's one command, GET.
+
+redis-py spends most of a hit's time in its pool, its per-command bookkeeping and (with a
+socket timeout) a Task per command (DESIGN §9). Here every GET is written to one connection as
+it comes and replies are matched in order by hiredis: no pool, no lock, no extra task. Anything
+else (writes, pipelines, scripts, pub/sub) stays with redis-py. A failure or timeout closes
+the connection, failing what is pending; the next GET reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+
+
+class PipeError(ConnectionError):
+    """The connection failed, timed out, or Redis answered with an error."""
+
+
+class _Protocol(asyncio.Protocol):
+    """One connection: commands go out in order, replies are matched to them in order.
+
+    Every command must be answered within `timeout_s`; a watchdog (one timer per connection,
+    not one per command) aborts the connection when the oldest is late, failing all pending.
+    """
+
+    def __init__(self, timeout_s: float) -> None:
+        self.reader = hiredis.Reader()
+        self.pending: collections.deque[tuple[asyncio.Future[Any], float]] = collections.deque()
+        self.transport: asyncio.Transport | None = None
+        self._timeout_s = timeout_s
+        self._outgoing: list[bytes] = []
+        self._watchdog: asyncio.TimerHandle | None = None
+        self._lost_reason = "connection to Redis lost"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check here.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def send(self, request: bytes) -> asyncio.Future[Any]:
+        """Queues a command; every command queued in one turn of the loop goes out in one
+        write (a syscall costs more than a GET on this path)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self.pending.append((future, loop.time() + self._timeout_s))
+        if not self._outgoing:
+            loop.call_soon(self._flush)
+        self._outgoing.append(request)
+        if self._watchdog is None:
+            self._watchdog = loop.call_later(self._timeout_s, self._check_late)
+        return future
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        if self.transport is not None:
+            self.transport.write(b"".join(outgoing))
+
+    def _check_late(self) -> None:
+        self._watchdog = None
+        if not self.pending or self.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        late_by = loop.time() - self.pending[0][1]
+        if late_by >= 0:
+            self._lost_reason = "Redis did not answer in time"
+            self.transport.abort()
+        else:
+            self._watchdog = loop.call_later(-late_by, self._check_late)
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while (reply := self.reader.gets()) is not False:
+            future, _ = self.pending.popleft()
+            if future.done():
+                continue  # its caller gave up; the reply still kept the order
+            if isinstance(reply, hiredis.ReplyError):
+                future.set_exception(PipeError(str(reply)))
+            else:
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+        while self.pending:
+            future, _ = self.pending.popleft()
+            if not future.done():
+                future.set_exception(PipeError(self._lost_reason))
+
+
+def command(*parts: bytes) -> bytes:
+    out = [b"*%d\r\n" % len(parts)]
+    for part in parts:
+        out.append(b"$%d\r\n%s\r\n" % (len(part), part))
+    return b"".join(out)
+
+
+class RedisPipe:
+    def __init__(self, url: str, timeout_s: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "redis":
+            raise ValueError("RedisPipe speaks plain redis:// only")
+        self._host = parts.hostname or "localhost"
+        self._port = parts.port or 6379
+        self._hello: list[bytes] = []
+        if parts.password is not None:
+            user = unquote(parts.username or "default").encode()
+            self._hello.append(command(b"AUTH", user, unquote(parts.password).encode()))
+        db = parts.path.lstrip("/")
+        if db and db != "0":
+            self._hello.append(command(b"SELECT", db.encode()))
+        self._timeout_s = timeout_s
+        self._protocol: _Protocol | None = None
+        self._connecting: asyncio.Task[_Protocol] | None = None
+
+    async def get(self, key: str) -> bytes | None:
+        key_bytes = key.encode()
+        request = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key_bytes), key_bytes)
+        protocol = self._protocol
+        try:
+            if protocol is None or protocol.transport is None:
+                async with asyncio.timeout(self._timeout_s):
+                    protocol = await self._connect()
+            reply = await protocol.send(request)
+        except TimeoutError:
+            raise PipeError("Redis did not accept a connection in time") from None
+        except PipeError:
+            raise
+        except OSError as exc:
+            raise PipeError(str(exc)) from None
+        return reply if reply is None or isinstance(reply, bytes) else None
+
+    def close(self) -> None:
+        if self._protocol is not None and self._protocol.transport is not None:
+            self._protocol.transport.abort()
+        self._protocol = None
+
+    async def _connect(self) -> _Protocol:
+        """One connection attempt at a time, shared by every GET that needs it."""
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._open())
+        try:
+            return await asyncio.shield(self._connecting)
+        finally:
+            if self._connecting is not None and self._connecting.done():
+                self._connecting = None
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        timeout_s = self._timeout_s
+        _, protocol = await loop.create_connection(
+            lambda: _Protocol(timeout_s), self._host, self._port
+        )
+        for hello in self._hello:
+            await protocol.send(hello)
+        self._protocol = protocol
+        return protocol

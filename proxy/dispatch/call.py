@@ -1,0 +1,81 @@
+"""What a flight needs to know about the upstream call it makes and the answer it stores."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import msgspec
+from multidict import CIMultiDict
+
+from proxy.cache.entry import EntryMeta, StoredResponse, encode_entry
+from proxy.cache.store import CacheStore
+from proxy.dispatch.gate import Priority
+from proxy.keys import CacheKey
+from proxy.wire import Usage
+
+# Checks an upstream answer body before it is stored: its usage when whole, None when not.
+Validator = Callable[[bytes], Usage | None]
+
+
+@dataclass(frozen=True, slots=True)
+class StorePlan:
+    """Where and for how long a successful answer is stored (absent when the request must not
+    write, e.g. `Cache-Control: no-store`)."""
+
+    key: CacheKey
+    ttl_s: int
+    meta: EntryMeta
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    endpoint: str  # chat.completions | completions | embeddings | moderations
+    path: str
+    headers: CIMultiDict[str]
+    body: bytes
+    priority: Priority
+    validate: Validator
+    plan: StorePlan | None
+    stream: bool = False  # asks the upstream for SSE
+    kind: str = ""  # chat.completion | text_completion: how to assemble a stream
+    coalesce: bool = True  # may share with peers on other replicas
+
+
+def validator(kind: type[msgspec.Struct]) -> Validator:
+    """A Validator for answers of `kind`, a Struct with an optional `usage` field."""
+    decoder = msgspec.json.Decoder(kind)
+
+    def validate(body: bytes) -> Usage | None:
+        try:
+            answer = decoder.decode(body)
+        except msgspec.DecodeError:
+            return None
+        usage: Usage | None = getattr(answer, "usage", None)
+        return usage or Usage()
+
+    return validate
+
+
+def stored_response(body: bytes, meta: EntryMeta, usage: Usage) -> StoredResponse:
+    return StoredResponse(
+        body=body,
+        stored_at=time.time(),
+        meta=meta,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens or 0,
+        cached_tokens=usage.cached_tokens,
+    )
+
+
+async def store_answer(store: CacheStore, call: UpstreamCall, body: bytes) -> bool:
+    """Stores a successful answer per the call's plan if it is whole; whether it was."""
+    if call.plan is None:
+        return False
+    usage = call.validate(body)
+    if usage is None:
+        return False
+    entry = stored_response(body, call.plan.meta, usage)
+    await store.put(call.plan.key.entry, encode_entry(entry), call.plan.ttl_s)
+    return True

@@ -1,0 +1,108 @@
+"""Single-flight: identical concurrent misses share one upstream call (DESIGN §4).
+
+A `Flight` is the upstream call for one cache key. It runs in its own task, so no client's
+disconnect cancels what other waiters share. Every client — the one that started it and the
+ones that joined — reads the same flight: a whole answer (`result`) or, for a streamed call,
+the SSE events in order as they arrive, from the first one (late joiners catch up, then
+follow live).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from multidict import CIMultiDict
+
+
+@dataclass(slots=True)
+class Answer:
+    """What every waiter of a flight is answered with (when not following a live stream)."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+    streamed: bool = False  # the body is the assembled form of an SSE stream
+    stored: bool = False
+    from_peer: bool = False  # another replica made the call; this one read its entry
+
+
+@dataclass(slots=True)
+class Event:
+    raw: bytes
+    usage_only: bool = False  # the usage chunk the sidecar asked for on every client's behalf
+
+
+@dataclass(slots=True)
+class StreamHead:
+    """The upstream answered a streamed call with 200 and these relayable headers."""
+
+    headers: CIMultiDict[str]
+
+
+class Flight:
+    def __init__(self, key: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.key = key
+        self.events: list[Event] = []
+        self.waiters = 0
+        # Resolves once: a StreamHead when a live stream starts, else the final Answer.
+        self.head: asyncio.Future[StreamHead | Answer] = loop.create_future()
+        self.result: asyncio.Future[Answer] = loop.create_future()
+        self._next: asyncio.Future[None] = loop.create_future()
+        self.task: asyncio.Task[None] | None = None
+
+    # -- the flight's own task fills it --------------------------------------------------
+
+    def start_stream(self, headers: CIMultiDict[str]) -> None:
+        if not self.head.done():
+            self.head.set_result(StreamHead(headers))
+
+    def push(self, event: Event) -> None:
+        self.events.append(event)
+        self._wake()
+
+    def finish(self, answer: Answer) -> None:
+        if not self.head.done():
+            self.head.set_result(answer)
+        if not self.result.done():
+            self.result.set_result(answer)
+        self._wake()
+
+    def _wake(self) -> None:
+        woken, self._next = self._next, asyncio.get_running_loop().create_future()
+        woken.set_result(None)
+
+    # -- waiters read it ------------------------------------------------------------------
+
+    async def follow(self) -> AsyncIterator[Event]:
+        """Every event of a live stream from the first, then each as it comes, until the end."""
+        index = 0
+        while True:
+            while index < len(self.events):
+                yield self.events[index]
+                index += 1
+            if self.result.done():
+                return
+            await asyncio.shield(self._next)
+
+
+@dataclass(slots=True)
+class FlightTable:
+    """The flights in progress in this process, by cache key."""
+
+    flights: dict[str, Flight] = field(default_factory=dict)
+
+    def join(self, key: str) -> tuple[Flight, bool]:
+        """The flight for `key` and whether the caller leads it (must start its task)."""
+        flight = self.flights.get(key)
+        if flight is not None and not flight.result.done():
+            return flight, False
+        flight = Flight(key)
+        self.flights[key] = flight
+        return flight, True
+
+    def land(self, flight: Flight) -> None:
+        if self.flights.get(flight.key) is flight:
+            del self.flights[flight.key]

@@ -1,0 +1,87 @@
+"""Answering a client from a flight: live SSE from the first event, or the whole answer as
+JSON (or replayed as SSE when the flight was not streamed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.dispatch.flight import Answer, Flight, StreamHead
+from proxy.handlers.answers import SSE_HEADERS, write_replay
+from proxy.handlers.common import COALESCED, Understood, cache_headers
+from proxy.keys import CacheKey
+from proxy.runtime import Runtime
+
+
+def flight_for(runtime: Runtime, u: Understood, key: CacheKey) -> tuple[Flight, bool]:
+    """Requests that may read the cache share flights; one that must not (no-cache, no-store)
+    wants an answer of its own, so it flies alone."""
+    if u.directives.read:
+        return runtime.flights.join(key.digest)
+    return Flight(key.digest), True
+
+
+async def respond(
+    request: web.Request,
+    flight: Flight,
+    key: CacheKey,
+    label: str,
+    *,
+    stream: bool = False,
+    include_usage: bool = False,
+) -> web.StreamResponse:
+    """`label` is MISS/BYPASS for the client whose miss started the flight, COALESCED for the
+    others. Waiting never cancels the flight: it belongs to every waiter."""
+    flight.waiters += 1
+    try:
+        head = await asyncio.shield(flight.head)
+        if isinstance(head, StreamHead):
+            if stream:
+                return await _follow(
+                    request, flight, head, cache_headers(label, key), include_usage
+                )
+            head = await asyncio.shield(flight.result)
+        return await _whole(request, head, key, label, stream, include_usage)
+    finally:
+        flight.waiters -= 1
+
+
+async def _whole(
+    request: web.Request,
+    answer: Answer,
+    key: CacheKey,
+    label: str,
+    stream: bool,
+    include_usage: bool,
+) -> web.StreamResponse:
+    headers = cache_headers(COALESCED if answer.from_peer else label, key)
+    if stream and answer.status == 200:
+        return await write_replay(request, answer.body, include_usage, headers)
+    relayed = CIMultiDict(answer.headers)
+    relayed.update(headers)
+    return web.Response(status=answer.status, body=answer.body, headers=relayed)
+
+
+async def _follow(
+    request: web.Request,
+    flight: Flight,
+    head: StreamHead,
+    headers: dict[str, str],
+    include_usage: bool,
+) -> web.StreamResponse:
+    relayed = CIMultiDict(head.headers)
+    relayed.update(SSE_HEADERS)
+    relayed.update(headers)
+    response = web.StreamResponse(headers=relayed)
+    await response.prepare(request)
+    try:
+        async for event in flight.follow():
+            if event.usage_only and not include_usage:
+                continue
+            await response.write(event.raw)
+        await response.write_eof()
+    except ConnectionResetError:
+        pass  # this client left; the flight goes on for the others (and the cache)
+    return response

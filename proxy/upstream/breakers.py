@@ -1,0 +1,144 @@
+"""Circuit breakers (pybreaker), one per upstream endpoint family (DESIGN §4, §9).
+
+pybreaker has no asyncio support, so calls are guarded with `with breaker.calling():` around
+the awaited upstream call only (never around writes to a client). 5xx answers, timeouts and
+connection errors count as failures; 4xx answers return normally and do not. While a breaker
+is open, misses fail fast with 503 + Retry-After. Half-open lets exactly one probe through:
+pybreaker alone would let every concurrent call through.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import pybreaker
+
+from proxy.errors import ApiError
+
+FAMILIES = ("chat", "embeddings", "moderation", "other")
+_FAMILY_BY_ENDPOINT = {
+    "chat.completions": "chat",
+    "completions": "chat",
+    "embeddings": "embeddings",
+    "moderations": "moderation",
+}
+
+
+class UpstreamFailure(Exception):
+    """Raised inside a guarded block for an answer that counts against the breaker (5xx);
+    carries what to relay to the client."""
+
+    def __init__(self, status: int, payload: object) -> None:
+        super().__init__(f"upstream answered {status}")
+        self.status = status
+        self.payload = payload
+
+
+class _Transitions(pybreaker.CircuitBreakerListener):
+    def __init__(self, board: BreakerBoard) -> None:
+        self._board = board
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old: object, new: object) -> None:
+        name = str(cb.name)
+        self._board.transitions += 1
+        self._board.last_change[name] = time.time()
+        if getattr(new, "name", None) == pybreaker.STATE_OPEN:
+            self._board.opened_count[name] = self._board.opened_count.get(name, 0) + 1
+
+    def failure(self, cb: pybreaker.CircuitBreaker, exc: BaseException) -> None:
+        self._board.last_failure[str(cb.name)] = (time.time(), type(exc).__name__)
+
+
+class Breaker:
+    def __init__(
+        self, name: str, fail_max: int, reset_timeout_s: float, listener: _Transitions
+    ) -> None:
+        self.name = name
+        self.reset_timeout_s = reset_timeout_s
+        self.cb = pybreaker.CircuitBreaker(
+            fail_max=fail_max,
+            reset_timeout=reset_timeout_s,
+            name=name,
+            listeners=[listener],
+            throw_new_error_on_trip=False,
+        )
+        self._probing = False
+
+    @property
+    def state(self) -> str:
+        return str(self.cb.current_state)
+
+    @property
+    def failures(self) -> int:
+        return int(self.cb.fail_counter)
+
+    def opened_at(self) -> datetime | None:
+        opened: datetime | None = self.cb._state_storage.opened_at
+        return opened if self.state != pybreaker.STATE_CLOSED else None
+
+    def retry_after_s(self) -> int:
+        opened = self.opened_at()
+        if opened is None:
+            return 1
+        left = self.reset_timeout_s - (datetime.now(UTC) - opened).total_seconds()
+        return max(1, math.ceil(left))
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """The block is one upstream call; raises 503 at once while the breaker is open."""
+        probing = False
+        if self.state != pybreaker.STATE_CLOSED:
+            if self._probing:
+                raise self._open_error()
+            probing = self._probing = True
+        try:
+            with self.cb.calling():
+                yield
+        except pybreaker.CircuitBreakerError:
+            raise self._open_error() from None
+        finally:
+            if probing:
+                self._probing = False
+
+    def reset(self) -> None:
+        self.cb.close()
+        self._probing = False
+
+    def _open_error(self) -> ApiError:
+        wait = self.retry_after_s()
+        return ApiError(
+            503,
+            f"The upstream is failing; Sidecache stopped sending {self.name} calls for a "
+            f"while. Cached answers are still served. Retry in {wait} s.",
+            code="circuit_open",
+            headers={"Retry-After": str(wait)},
+        )
+
+
+class BreakerBoard:
+    """Every breaker of this process (state is per process, DESIGN §9)."""
+
+    def __init__(self, upstream: str, fail_max: int, reset_timeout_s: float) -> None:
+        self.transitions = 0
+        self.last_change: dict[str, float] = {}
+        self.last_failure: dict[str, tuple[float, str]] = {}
+        self.opened_count: dict[str, int] = {}
+        listener = _Transitions(self)
+        self.upstream = upstream
+        self.breakers = {
+            family: Breaker(family, fail_max, reset_timeout_s, listener) for family in FAMILIES
+        }
+
+    def for_endpoint(self, endpoint: str) -> Breaker:
+        return self.breakers[_FAMILY_BY_ENDPOINT.get(endpoint, "other")]
+
+    def reset(self, name: str | None = None) -> dict[str, str]:
+        """Closes one breaker (or all); the new states, by name."""
+        for breaker in self.breakers.values():
+            if name is None or breaker.name == name:
+                breaker.reset()
+        return {b.name: b.state for b in self.breakers.values()}
