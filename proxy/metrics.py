@@ -94,12 +94,6 @@ class Metrics:
 
     def watch_breakers(self, board: BreakerBoard) -> None:
         self.registry.register(_BreakerCollector(board))
-        self.coalesced = Counter(
-            "sidecache_coalesced_requests_total",
-            "Requests answered from another request's upstream call (X-Cache: COALESCED).",
-            ["endpoint"],
-            registry=self.registry,
-        )
 
     def observe_request(self, endpoint: str, cache: str, status: int, seconds: float) -> None:
         children = self._request_children.get((endpoint, cache, status))

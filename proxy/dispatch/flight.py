@@ -10,7 +10,7 @@ follow live).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
@@ -46,7 +46,8 @@ class Flight:
         loop = asyncio.get_running_loop()
         self.key = key
         self.events: list[Event] = []
-        self.waiters = 0
+        # One "is this client still connected?" check per waiting client.
+        self.watchers: list[Callable[[], bool]] = []
         # Resolves once: a StreamHead when a live stream starts, else the final Answer.
         self.head: asyncio.Future[StreamHead | Answer] = loop.create_future()
         self.result: asyncio.Future[Answer] = loop.create_future()
@@ -75,6 +76,11 @@ class Flight:
         woken.set_result(None)
 
     # -- waiters read it ------------------------------------------------------------------
+
+    def wanted(self) -> bool:
+        """Whether any client still waits for this flight (aiohttp does not cancel handlers
+        whose client left, so each waiter's connection is asked)."""
+        return any(connected() for connected in self.watchers)
 
     async def follow(self) -> AsyncIterator[Event]:
         """Every event of a live stream from the first, then each as it comes, until the end."""

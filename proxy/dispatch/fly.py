@@ -63,8 +63,7 @@ async def _coordinated(runtime: Runtime, flight: Flight, call: UpstreamCall) -> 
                 return Answer(200, CIMultiDict(JSON_HEADERS), entry.body, from_peer=True)
             lease = await peers.try_lead(call.plan.key)
     try:
-        wanted = lambda: flight.waiters > 0 or call.plan is not None  # noqa: E731
-        async with runtime.gate.slot(call.priority, wanted):
+        async with runtime.gate.slot(call.priority, flight.wanted):
             return await _call_upstream(runtime, flight, call)
     finally:
         if lease is not None and peers is not None:
@@ -125,7 +124,7 @@ async def _relay_stream(
                         chunks.append(chunk)
                         usage_only = not chunk.get("choices") and bool(chunk.get("usage"))
                 flight.push(Event(event.raw, usage_only))
-            if flight.waiters == 0 and call.plan is None:
+            if call.plan is None and not flight.wanted():
                 upstream.close()  # nobody to answer and nothing to store: stop paying
                 raise Abandoned()
     except (TimeoutError, aiohttp.ClientError) as exc:

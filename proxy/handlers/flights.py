@@ -4,13 +4,14 @@ JSON (or replayed as SSE when the flight was not streamed)."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.dispatch.flight import Answer, Flight, StreamHead
 from proxy.handlers.answers import SSE_HEADERS, write_replay
-from proxy.handlers.common import COALESCED, Understood, cache_headers
+from proxy.handlers.common import COALESCED, Understood, cache_headers, client_connected
 from proxy.keys import CacheKey
 from proxy.runtime import Runtime
 
@@ -34,7 +35,8 @@ async def respond(
 ) -> web.StreamResponse:
     """`label` is MISS/BYPASS for the client whose miss started the flight, COALESCED for the
     others. Waiting never cancels the flight: it belongs to every waiter."""
-    flight.waiters += 1
+    watcher = partial(client_connected, request)
+    flight.watchers.append(watcher)
     try:
         head = await asyncio.shield(flight.head)
         if isinstance(head, StreamHead):
@@ -45,7 +47,7 @@ async def respond(
             head = await asyncio.shield(flight.result)
         return await _whole(request, head, key, label, stream, include_usage)
     finally:
-        flight.waiters -= 1
+        flight.watchers.remove(watcher)
 
 
 async def _whole(
