@@ -19,6 +19,7 @@ from aiohttp import web
 
 from admin.app import create_admin_app
 from proxy.fake_upstream import FakeUpstream, start_fake_upstream
+from proxy.ledger.factory import migrate_ledger
 from proxy.logs import configure_logging
 from proxy.runtime import close_runtime, open_runtime
 from proxy.server import create_proxy_app
@@ -40,7 +41,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="upstream base URL (overrides UPSTREAM_BASE_URL), or 'fake' for the built-in "
         "fake OpenAI-compatible upstream (no API key needed)",
     )
+    commands.add_parser(
+        "migrate",
+        help="apply the ledger's SQL migrations to DATABASE_URL (else the SQLite LEDGER_PATH)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "migrate":
+        return migrate_command(dict(os.environ))
     environ = dict(os.environ)
     fake = args.upstream == "fake"
     if args.upstream and not fake:
@@ -56,6 +63,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"sidecache: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+def migrate_command(environ: dict[str, str]) -> int:
+    """`sidecache migrate`: 0 when the schema is current, 1 when the database failed."""
+    try:
+        settings = load_settings(environ)
+    except SettingsError as exc:
+        print(f"sidecache: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.server.log_level)
+    try:
+        where, applied = asyncio.run(migrate_ledger(settings))
+    except Exception as exc:  # any database failure: one line, never the DSN's password
+        print(f"sidecache: migrate failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    done = f"applied {', '.join(map(str, applied))}" if applied else "already up to date"
+    print(f"sidecache: ledger schema at {where}: {done}")
     return 0
 
 

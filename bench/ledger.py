@@ -1,0 +1,177 @@
+"""Ledger ingest: rows/s through the PostgresSink (COPY into a staging table, then insert the new
+ids and upsert the hourly roll-up, one transaction per batch of 1,000) against one autocommit
+`INSERT` per row (`execute` per row, no roll-up), on a private PostgreSQL started here. A second
+row compares like with like: per row, the very statement a flush runs (insert if new, roll-up
+upsert), with one row's VALUES instead of the staging table.
+
+A third row times the COPY step alone, to show where a flush's time goes.
+
+Records are varied (2 tenants, 4 users, 3 models, 4 request types, hits and misses) and stamped
+in arrival order, as live traffic is. The server runs with fsync off (the test fixture's
+settings), which spares per-row commits their flush, so the ratios are conservative.
+Standalone: `python -m bench.ledger [--quick]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from proxy.ledger.postgres import _INSERT as FLUSH_SQL
+from proxy.ledger.postgres import STAGE, PostgresSink, init_connection
+from proxy.ledger.records import COLUMNS, LedgerRecord, as_row
+from tests.fixtures.postgres_server import PostgresServer
+from tests.ledger_db import make_records
+
+from .procs import HarnessError
+from .report import Check, Row, format_table
+from .stack import Bench
+
+TARGET_RATIO = 20.0
+BATCH = 1000
+_COPY_ROWS, _INSERT_ROWS = 100_000, 10_000
+_VALUES = f"VALUES ({', '.join(f'${n}' for n in range(1, len(COLUMNS) + 1))})"
+_INSERT = f"INSERT INTO ai_requests ({', '.join(COLUMNS)}) {_VALUES}"
+_INSERT_AND_ROLL = FLUSH_SQL.replace(f"SELECT {', '.join(COLUMNS)} FROM {STAGE}", _VALUES)
+
+
+def _live(n: int, seed: int) -> list[LedgerRecord]:
+    """Varied records stamped in arrival order, 0.1 ms apart, as live traffic is."""
+    start = datetime.now(UTC)
+    return [
+        msgspec.structs.replace(rec, created_at=start + timedelta(microseconds=100 * i))
+        for i, rec in enumerate(make_records(n, seed=seed))
+    ]
+
+
+async def _copy_rate(dsn: str, records: list[LedgerRecord]) -> float:
+    sink = PostgresSink(dsn)
+    await sink.write(records[:BATCH])  # migrations, pool and staging table: not timed
+    timed = records[BATCH:]
+    started = time.perf_counter()
+    for start in range(0, len(timed), BATCH):
+        await sink.write(timed[start : start + BATCH])
+    elapsed = time.perf_counter() - started
+    await sink.close()
+    return len(timed) / elapsed
+
+
+async def _copy_only_rate(dsn: str, records: list[LedgerRecord]) -> float:
+    """COPY into the staging table only (rolled back): the floor of a flush's cost."""
+    conn: Any = await asyncpg.connect(dsn)
+    try:
+        await init_connection(conn)
+        rows = [as_row(rec) for rec in records]
+        elapsed = 0.0
+        for start in range(0, len(rows), BATCH):
+            transaction = conn.transaction()
+            await transaction.start()
+            began = time.perf_counter()
+            await conn.copy_records_to_table(
+                STAGE, records=rows[start : start + BATCH], columns=COLUMNS
+            )
+            elapsed += time.perf_counter() - began
+            await transaction.rollback()
+    finally:
+        await conn.close()
+    return len(rows) / elapsed
+
+
+async def _row_rate(dsn: str, sql: str, records: list[LedgerRecord]) -> float:
+    conn: Any = await asyncpg.connect(dsn)
+    try:
+        await init_connection(conn)
+        rows = [as_row(rec) for rec in records]
+        await conn.execute(sql, *rows[0])  # statement prepared: not timed
+        started = time.perf_counter()
+        for row in rows[1:]:
+            await conn.execute(sql, *row)
+        elapsed = time.perf_counter() - started
+    finally:
+        await conn.close()
+    return (len(rows) - 1) / elapsed
+
+
+async def _measure(dsn: str, copy_rows: int, row_rows: int) -> tuple[float, ...]:
+    assert _INSERT_AND_ROLL != FLUSH_SQL
+    copy_rate = await _copy_rate(dsn, _live(copy_rows + BATCH, seed=1))
+    copy_only = await _copy_only_rate(dsn, _live(copy_rows // 2, seed=4))
+    insert_rate = await _row_rate(dsn, _INSERT, _live(row_rows + 1, seed=2))
+    same_rate = await _row_rate(dsn, _INSERT_AND_ROLL, _live(row_rows + 1, seed=3))
+    conn: Any = await asyncpg.connect(dsn)
+    try:
+        stored: int = await conn.fetchval("SELECT count(*) FROM ai_requests")
+    finally:
+        await conn.close()
+    return copy_rate, insert_rate, same_rate, copy_only, stored
+
+
+def measure_ingest(stack: ExitStack, scale: float) -> list[Row]:
+    copy_rows = max(int(_COPY_ROWS * scale), 5 * BATCH)
+    insert_rows = max(int(_INSERT_ROWS * scale), 1000)
+    try:
+        server = stack.enter_context(PostgresServer())
+    except (RuntimeError, OSError, KeyError) as err:
+        raise HarnessError(f"cannot start a private PostgreSQL: {err}") from err
+    copy_rate, insert_rate, same_rate, copy_only, stored = asyncio.run(
+        _measure(server.dsn, copy_rows, insert_rows)
+    )
+    expected = copy_rows + BATCH + 2 * (insert_rows + 1)
+    if stored != expected:
+        raise HarnessError(f"the ledger bench stored {stored} rows, not {expected}")
+    ratio = copy_rate / insert_rate
+    return [
+        Row(
+            f"ledger ingest COPY vs row INSERTs (batches of {BATCH})",
+            f"x{ratio:.1f} ({copy_rate:,.0f} vs {insert_rate:,.0f} rows/s)",
+            (Check("ratio", ratio, TARGET_RATIO, "x", at_least=True),),
+            data={
+                "copy_rows_per_s": copy_rate,
+                "insert_rows_per_s": insert_rate,
+                "ratio": ratio,
+                "copy_rows": copy_rows,
+                "insert_rows": insert_rows,
+            },
+        ),
+        Row(
+            "  same work per row (insert if new + roll-up upsert)",
+            f"x{copy_rate / same_rate:.1f} ({same_rate:,.0f} rows/s per row)",
+            data={"same_work_rows_per_s": same_rate, "ratio": copy_rate / same_rate},
+        ),
+        Row(
+            "  COPY step alone (staging table, no indexes) vs row INSERTs",
+            f"x{copy_only / insert_rate:.1f} ({copy_only:,.0f} rows/s)",
+            data={"copy_only_rows_per_s": copy_only, "ratio": copy_only / insert_rate},
+        ),
+    ]
+
+
+def ledger_ingest(bench: Bench) -> list[Row]:
+    return measure_ingest(bench.stack, bench.scale)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ledger", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="a fifth of the rows")
+    args = parser.parse_args(argv)
+    with ExitStack() as stack:
+        try:
+            rows = measure_ingest(stack, 0.2 if args.quick else 1.0)
+        except HarnessError as err:
+            print(f"bench: {err}", file=sys.stderr)
+            return 1
+    print(format_table(rows, ["PostgreSQL with fsync off (test settings); see bench/ledger.py"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Prometheus view of the ledger, the price table and the budgets.
+
+A collector that reads the services' own counters at scrape time, so the services stay free of
+metric objects and nothing is counted twice. Labels are fixed sets only: no tenant, user or
+model names (model names are client-chosen). Register once per registry with
+`register_ledger_metrics(registry, writer=..., prices=..., budgets=...)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from proxy.budget.book import BudgetBook
+    from proxy.ledger.pricing import PriceTable
+    from proxy.ledger.writer import LedgerWriter
+
+_OUTCOMES = ("written", "duplicates", "journaled", "replayed", "dropped", "rejected")
+
+
+class LedgerCollector(Collector):
+    def __init__(
+        self,
+        writer: LedgerWriter | None = None,
+        prices: PriceTable | None = None,
+        budgets: BudgetBook | None = None,
+    ) -> None:
+        self.writer = writer
+        self.prices = prices
+        self.budgets = budgets
+
+    def collect(self) -> Iterator[Metric]:
+        if self.writer is not None:
+            yield from self._ledger(self.writer)
+        if self.prices is not None:
+            unpriced = CounterMetricFamily(
+                "sidecache_unpriced_requests",
+                "Requests for models missing from the price table (costed at 0); the model "
+                "names are on the admin overview.",
+            )
+            unpriced.add_metric([], self.prices.unpriced_requests)
+            yield unpriced
+        if self.budgets is not None:
+            yield from self._budgets(self.budgets)
+
+    def _ledger(self, writer: LedgerWriter) -> Iterator[Metric]:
+        stats = writer.stats
+        records = CounterMetricFamily(
+            "sidecache_ledger_records",
+            "Ledger records by what became of them (written: new rows in the database; "
+            "dropped: the in-memory queue was full; rejected: refused by the database as bad "
+            "data and kept in the rejects file).",
+            labels=["outcome"],
+        )
+        for outcome in _OUTCOMES:
+            records.add_metric([outcome], getattr(stats, outcome))
+        yield records
+        failures = CounterMetricFamily(
+            "sidecache_ledger_db_failures", "Failed attempts to write to the ledger database."
+        )
+        failures.add_metric([], stats.failures)
+        yield failures
+        for name, doc, value in (
+            ("sidecache_ledger_queue_depth", "Records waiting in memory.", stats.queued),
+            (
+                "sidecache_ledger_journal_pending",
+                "Records in the journal waiting for the database.",
+                stats.journal_pending,
+            ),
+            (
+                "sidecache_ledger_db_up",
+                "1 while the ledger database takes writes, 0 while records are journaled.",
+                int(stats.sink_up),
+            ),
+        ):
+            gauge = GaugeMetricFamily(name, doc)
+            gauge.add_metric([], value)
+            yield gauge
+
+    def _budgets(self, budgets: BudgetBook) -> Iterator[Metric]:
+        alerts = CounterMetricFamily(
+            "sidecache_budget_alerts",
+            "Budget alerts fired, by budget scope and threshold (percent of the limit).",
+            labels=["scope", "threshold"],
+        )
+        for (scope, threshold), count in sorted(budgets.alerter.counts.items()):
+            alerts.add_metric([scope, threshold], count)
+        yield alerts
+        for name, doc, value in (
+            (
+                "sidecache_budget_store_errors",
+                "Budget spend-store failures (requests were allowed: fail open).",
+                budgets.store_errors,
+            ),
+            (
+                "sidecache_budget_webhook_failures",
+                "Alert webhook POSTs that failed.",
+                budgets.alerter.webhook_failures,
+            ),
+        ):
+            counter = CounterMetricFamily(name, doc)
+            counter.add_metric([], value)
+            yield counter
+
+
+def register_ledger_metrics(
+    registry: CollectorRegistry,
+    *,
+    writer: LedgerWriter | None = None,
+    prices: PriceTable | None = None,
+    budgets: BudgetBook | None = None,
+) -> LedgerCollector:
+    collector = LedgerCollector(writer, prices, budgets)
+    registry.register(collector)
+    return collector

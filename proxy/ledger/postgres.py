@@ -1,0 +1,216 @@
+"""The PostgreSQL ledger sink: COPY into a per-connection staging table, then one statement
+inserts the new ids and upserts the hourly roll-up from exactly the rows it inserted, in the
+same transaction, so replaying a batch never double-counts (DESIGN §5, §9)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import urlsplit
+
+import asyncpg
+import msgspec
+
+from proxy.ledger.migrate import migrate_postgres
+from proxy.ledger.records import COLUMNS, BudgetOverride, LedgerRecord, as_row
+
+log = logging.getLogger("sidecache.ledger")
+STAGE = "sidecache_ai_requests_stage"
+_COLS = ", ".join(COLUMNS)
+
+# Created once per pooled connection (asyncpg's reset on release keeps temp tables).
+_STAGE_DDL = f"""
+CREATE TEMP TABLE IF NOT EXISTS {STAGE} (
+    id uuid, tenant text, user_id text, persona jsonb, request_type text, model text,
+    prompt_tokens integer, completion_tokens integer, cached_tokens integer,
+    cost double precision, saved_cost double precision, response_time_ms double precision,
+    upstream_ms double precision, cache_hit boolean, cache_status text, status integer,
+    created_at timestamptz
+) ON COMMIT DELETE ROWS"""
+
+# `{conflict}`: empty on the first try (a plain insert is about a quarter cheaper), or
+# `ON CONFLICT (id) DO NOTHING` when the first try met an id the table already has (a replay).
+_INSERT_TEMPLATE = f"""
+WITH inserted AS (
+    INSERT INTO ai_requests ({_COLS})
+    SELECT {_COLS} FROM {STAGE}
+    {{conflict}}
+    RETURNING created_at, tenant, user_id, model, request_type, cache_hit, status,
+              prompt_tokens, completion_tokens, cached_tokens, cost, saved_cost,
+              response_time_ms
+), rolled AS (
+    INSERT INTO ai_usage_hourly AS h (
+        hour, tenant, user_id, model, request_type, requests, hits, errors,
+        prompt_tokens, completion_tokens, cached_tokens, cost, saved_cost, response_ms_sum
+    )
+    SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+           tenant, coalesce(user_id, ''), model, request_type,
+           count(*), count(*) FILTER (WHERE cache_hit), count(*) FILTER (WHERE status >= 400),
+           sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),
+           sum(cost), sum(saved_cost), sum(response_time_ms)
+    FROM inserted
+    GROUP BY 1, 2, 3, 4, 5
+    ON CONFLICT (hour, tenant, user_id, model, request_type) DO UPDATE SET
+        requests = h.requests + EXCLUDED.requests,
+        hits = h.hits + EXCLUDED.hits,
+        errors = h.errors + EXCLUDED.errors,
+        prompt_tokens = h.prompt_tokens + EXCLUDED.prompt_tokens,
+        completion_tokens = h.completion_tokens + EXCLUDED.completion_tokens,
+        cached_tokens = h.cached_tokens + EXCLUDED.cached_tokens,
+        cost = h.cost + EXCLUDED.cost,
+        saved_cost = h.saved_cost + EXCLUDED.saved_cost,
+        response_ms_sum = h.response_ms_sum + EXCLUDED.response_ms_sum
+)
+SELECT count(*) FROM inserted"""
+_INSERT_NEW = _INSERT_TEMPLATE.replace("{conflict}", "")
+_INSERT = _INSERT_TEMPLATE.replace("{conflict}", "ON CONFLICT (id) DO NOTHING")
+
+_UPSERT_OVERRIDE = """
+INSERT INTO budget_overrides (scope, subject, daily_usd, monthly_usd, updated_at)
+VALUES ($1, $2, $3, $4, $5)
+ON CONFLICT (scope, subject) DO UPDATE SET
+    daily_usd = EXCLUDED.daily_usd,
+    monthly_usd = EXCLUDED.monthly_usd,
+    updated_at = EXCLUDED.updated_at"""
+
+# The connection went away or never came: the batch is journaled and retried.
+_UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder().decode
+
+
+async def init_connection(conn: Any) -> None:
+    """jsonb as a binary codec (a text codec breaks copy_records_to_table, DESIGN §9), and the
+    staging table."""
+    await conn.set_type_codec(
+        "jsonb",
+        schema="pg_catalog",
+        format="binary",
+        encoder=lambda value: b"\x01" + _json_encode(value),
+        decoder=lambda data: _json_decode(data[1:]),
+    )
+    await conn.execute(_STAGE_DDL)
+
+
+def describe_dsn(dsn: str) -> str:
+    """`postgres://host:port/db` without user or password, for logs."""
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"postgres://{host}{port}{parts.path}"
+
+
+class PostgresSink:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        migrate: bool = True,
+        connect_timeout_s: float = 5.0,
+        command_timeout_s: float = 60.0,
+        pool_max_size: int = 4,
+    ) -> None:
+        self._dsn = dsn
+        self._migrate = migrate
+        self._migrated = False
+        self._connect_timeout_s = connect_timeout_s
+        self._command_timeout_s = command_timeout_s
+        self._pool_max_size = pool_max_size
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+
+    @property
+    def name(self) -> str:
+        return "postgres"
+
+    @property
+    def description(self) -> str:
+        return describe_dsn(self._dsn)
+
+    async def pool(self) -> asyncpg.Pool:
+        """The pool, made on first use; min_size=0, so it connects only when asked
+        (a pool with min_size>0 raises at start-up while Postgres is down, DESIGN §9)."""
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn,
+                    min_size=0,
+                    max_size=self._pool_max_size,
+                    init=init_connection,
+                    timeout=self._connect_timeout_s,
+                    command_timeout=self._command_timeout_s,
+                    server_settings={"application_name": "sidecache-ledger"},
+                )
+            return self._pool
+
+    async def migrate(self) -> list[int]:
+        pool = await self.pool()
+        async with pool.acquire() as conn:
+            applied = await migrate_postgres(conn)
+        self._migrated = True
+        return applied
+
+    async def _ready(self) -> asyncpg.Pool:
+        if self._migrate and not self._migrated:
+            await self.migrate()
+        return await self.pool()
+
+    async def write(self, records: list[LedgerRecord]) -> int:
+        if not records:
+            return 0
+        pool = await self._ready()
+        rows = [as_row(rec) for rec in records]
+        try:
+            return await self._write_rows(pool, rows)
+        except _UNAVAILABLE:
+            # A pooled connection may have died with a restarted server: one fresh try.
+            return await self._write_rows(pool, rows)
+
+    async def _write_rows(self, pool: asyncpg.Pool, rows: list[tuple[Any, ...]]) -> int:
+        """One transaction; if an id is already there, it rolls back whole and the batch is
+        written again skipping the ids the table has."""
+        try:
+            return await self._copy_and_insert(pool, rows, _INSERT_NEW)
+        except asyncpg.UniqueViolationError:
+            return await self._copy_and_insert(pool, rows, _INSERT)
+
+    async def _copy_and_insert(
+        self, pool: asyncpg.Pool, rows: list[tuple[Any, ...]], sql: str
+    ) -> int:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.copy_records_to_table(STAGE, records=rows, columns=COLUMNS)
+            inserted: int = await conn.fetchval(sql)
+            return inserted
+
+    def is_poison(self, exc: BaseException) -> bool:
+        # Classes 22 and 23 from the server, or a value asyncpg could not encode.
+        if isinstance(exc, asyncpg.DataError | asyncpg.IntegrityConstraintViolationError):
+            return True
+        return isinstance(exc, ValueError | TypeError | UnicodeError | OverflowError)
+
+    async def fetch_overrides(self) -> list[BudgetOverride]:
+        pool = await self._ready()
+        rows = await pool.fetch(
+            "SELECT scope, subject, daily_usd, monthly_usd, updated_at FROM budget_overrides"
+        )
+        return [BudgetOverride(**dict(row)) for row in rows]
+
+    async def save_override(self, override: BudgetOverride) -> None:
+        pool = await self._ready()
+        await pool.execute(
+            _UPSERT_OVERRIDE,
+            override.scope,
+            override.subject,
+            override.daily_usd,
+            override.monthly_usd,
+            override.updated_at,
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), self._connect_timeout_s)
+            except (TimeoutError, *_UNAVAILABLE):
+                pool.terminate()

@@ -1,0 +1,303 @@
+"""The ledger writer: `record()` queues in O(1) on the request path; a background task flushes
+by size or time to the sink; what the sink refuses goes to the journal and is replayed, in
+order, when the sink works again (DESIGN §5).
+
+Nothing is lost on the way: a batch is taken off the queue only by the task that then writes
+or journals it, and put back if that task is cancelled; a batch the database may already have
+taken is written again at worst, which the sinks ignore by record id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+
+import msgspec
+
+from proxy.ledger.journal import Journal, encode_frame
+from proxy.ledger.records import LedgerRecord
+from proxy.ledger.sink import LedgerSink
+
+log = logging.getLogger("sidecache.ledger")
+WARN_INTERVAL_S = 60.0
+
+
+class WriterStats(msgspec.Struct, frozen=True):
+    sink: str
+    sink_up: bool
+    queued: int  # in memory, waiting for a flush
+    written: int  # rows the database took as new
+    duplicates: int  # records it already had (a replay of something it had taken)
+    journaled: int  # records appended to the journal
+    replayed: int  # journaled records since handed to the database
+    journal_pending: int  # records in the journal now
+    dropped: int  # refused because the queue was full
+    rejected: int  # refused by the database as bad data; kept in the rejects file
+    failures: int  # failed attempts to reach the database
+
+
+class LedgerWriter:
+    def __init__(
+        self,
+        sink: LedgerSink,
+        journal: Journal,
+        *,
+        batch_size: int = 500,
+        flush_interval_s: float = 1.0,
+        queue_max: int = 100_000,
+        retry_min_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        rejects: Journal | None = None,
+    ) -> None:
+        self.sink = sink
+        self.journal = journal
+        self.rejects = rejects or Journal(journal.path.with_name(journal.path.name + ".rejected"))
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self.queue_max = queue_max
+        self._retry_min_s = retry_min_s
+        self._retry_max_s = retry_max_s
+        self._backoff_s = retry_min_s
+        self._retry_at = 0.0
+        self._queue: deque[LedgerRecord] = deque()
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False  # close() has begun: the background task stops
+        self._closed = False  # close() has drained the queue: records go to the journal
+        self._sink_up = True
+        self._replay_offset = 0
+        self._dropped_since_warning = 0
+        self._warned_at = -WARN_INTERVAL_S
+        self.written = self.duplicates = self.journaled = self.replayed = 0
+        self.dropped = self.rejected = self.failures = 0
+
+    @property
+    def stats(self) -> WriterStats:
+        return WriterStats(
+            sink=self.sink.name,
+            sink_up=self._sink_up,
+            queued=len(self._queue),
+            written=self.written,
+            duplicates=self.duplicates,
+            journaled=self.journaled,
+            replayed=self.replayed,
+            journal_pending=self.journal.pending_records,
+            dropped=self.dropped,
+            rejected=self.rejected,
+            failures=self.failures,
+        )
+
+    def record(self, rec: LedgerRecord) -> None:
+        """Queues one record; never blocks, never raises. Once close() has finished, the record
+        goes straight to the journal (a blocking append: shutdown only)."""
+        try:
+            if self._closed:
+                self._journal_now(rec)
+            elif len(self._queue) >= self.queue_max:
+                self._drop()
+            else:
+                self._queue.append(rec)
+                if len(self._queue) >= self.batch_size:
+                    self._wake.set()
+        except Exception:
+            log.exception("ledger: could not queue a record")
+
+    async def start(self) -> None:
+        await self.journal.open()
+        await self.rejects.open()
+        if self._task is None:
+            if self.journal.pending:
+                self._wake.set()
+            self._task = asyncio.create_task(self._run(), name="sidecache-ledger-writer")
+
+    async def flush(self) -> None:
+        """Writes everything queued now, first replaying the journal; whatever the database
+        refuses is journaled. Tries the database even inside a retry pause. A no-op after
+        close()."""
+        if not self._closed:
+            await self._flush(force=True)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Stops the background task and flushes everything: to the database if it answers
+        within `timeout_s`, else to the journal. Records that arrive meanwhile are included.
+        Safe to call twice, and from a SIGTERM shutdown path."""
+        if self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        if self._task is not None:
+            # The loop sees `_closing` after its current flush; cancel it only if that hangs.
+            done, _ = await asyncio.wait({self._task}, timeout=timeout_s)
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task}, timeout=1.0)
+            self._task = None
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._flush(force=True)
+        except TimeoutError:
+            log.warning("ledger: database too slow at shutdown; journaling the rest")
+        async with self._lock:
+            while self._queue:
+                batch = self._take()
+                if not await self._journal(batch):
+                    log.error("ledger: %d records could not be journaled at shutdown", len(batch))
+                    self._queue.extendleft(reversed(batch))
+                    break
+            self._closed = True
+        with contextlib.suppress(Exception):
+            await self.sink.close()
+
+    async def _run(self) -> None:
+        while not self._closing:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.flush_interval_s):
+                    await self._wake.wait()
+            self._wake.clear()
+            if self._closing:
+                return
+            try:
+                await self._flush(force=False)
+            except Exception:
+                log.exception("ledger: flush failed")
+
+    async def _flush(self, *, force: bool) -> None:
+        async with self._lock:
+            use_sink = force or time.monotonic() >= self._retry_at
+            if use_sink and self.journal.pending:
+                use_sink = await self._replay()
+            while self._queue:
+                batch = self._take()
+                try:
+                    if use_sink and not self.journal.pending:
+                        if await self._write(batch):
+                            continue
+                        use_sink = False
+                    journaled = await self._journal(batch)
+                except asyncio.CancelledError:
+                    self._queue.extendleft(reversed(batch))
+                    raise
+                if not journaled:
+                    self._queue.extendleft(reversed(batch))
+                    return
+
+    def _take(self) -> list[LedgerRecord]:
+        count = min(self.batch_size, len(self._queue))
+        return [self._queue.popleft() for _ in range(count)]
+
+    async def _write(self, batch: list[LedgerRecord]) -> bool:
+        """True once the database holds every record of `batch` (or refused some as bad data,
+        which are set aside); False when it is unavailable."""
+        try:
+            inserted = await self.sink.write(batch)
+        except Exception as exc:
+            if self.sink.is_poison(exc) and len(batch) > 1:
+                return await self._write_singly(batch)
+            if self.sink.is_poison(exc):
+                await self._reject(batch, exc)
+                return True
+            self._unavailable(exc)
+            return False
+        self.written += inserted
+        self.duplicates += len(batch) - inserted
+        self._available()
+        return True
+
+    async def _write_singly(self, batch: list[LedgerRecord]) -> bool:
+        for rec in batch:
+            if not await self._write([rec]):
+                return False
+        return True
+
+    async def _reject(self, batch: list[LedgerRecord], exc: BaseException) -> None:
+        self.rejected += len(batch)
+        log.error(
+            "ledger: the database refused record %s as bad data (%s); kept in %s",
+            batch[0].id,
+            type(exc).__name__,
+            self.rejects.path,
+        )
+        try:
+            await self.rejects.append(batch)
+        except OSError as err:
+            log.error("ledger: cannot keep refused records in %s: %s", self.rejects.path, err)
+
+    async def _replay(self) -> bool:
+        """Writes the journal to the database from where the last attempt stopped; empties it
+        when all of it is in. False if the database failed on the way."""
+        offset = self._replay_offset
+        while True:
+            try:
+                records, end = await self.journal.read_from(offset, self.batch_size)
+            except OSError as exc:
+                log.error("ledger: cannot read the journal %s: %s", self.journal.path, exc)
+                return False
+            if not records:
+                break
+            if not await self._write(records):
+                self._replay_offset = offset
+                return False
+            self.replayed += len(records)
+            offset = end
+        try:
+            await self.journal.clear(expected_end=offset)
+        except OSError as exc:
+            log.error("ledger: cannot empty the journal %s: %s", self.journal.path, exc)
+            self._replay_offset = offset
+            return False
+        self._replay_offset = 0
+        log.info("ledger: journal replayed into %s", self.sink.description)
+        return True
+
+    async def _journal(self, batch: list[LedgerRecord]) -> bool:
+        try:
+            await self.journal.append(batch)
+        except OSError as exc:
+            log.error("ledger: cannot append to the journal %s: %s", self.journal.path, exc)
+            return False
+        self.journaled += len(batch)
+        return True
+
+    def _journal_now(self, rec: LedgerRecord) -> None:
+        self.journal.append_sync(encode_frame([rec]))
+        self.journal.pending_records += 1
+        self.journaled += 1
+
+    def _unavailable(self, exc: BaseException) -> None:
+        self.failures += 1
+        self._retry_at = time.monotonic() + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, self._retry_max_s)
+        if self._sink_up:
+            self._sink_up = False
+            log.warning(
+                "ledger: %s unavailable (%s: %s); journaling to %s until it returns",
+                self.sink.description,
+                type(exc).__name__,
+                exc,
+                self.journal.path,
+            )
+
+    def _available(self) -> None:
+        self._backoff_s = self._retry_min_s
+        self._retry_at = 0.0
+        if not self._sink_up:
+            self._sink_up = True
+            log.info("ledger: %s is back", self.sink.description)
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        self._dropped_since_warning += 1
+        now = time.monotonic()
+        if now - self._warned_at >= WARN_INTERVAL_S:
+            log.warning(
+                "ledger: queue full (%d records): dropped %d records since the last warning",
+                self.queue_max,
+                self._dropped_since_warning,
+            )
+            self._warned_at = now
+            self._dropped_since_warning = 0

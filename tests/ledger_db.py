@@ -1,0 +1,136 @@
+"""Test helpers for the ledger: one interface over a Postgres database and a SQLite file, to
+read back raw rows, the writer's roll-up and the same roll-up computed by GROUP BY."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from proxy.ledger.postgres import PostgresSink
+from proxy.ledger.records import LedgerRecord, new_record_id
+from proxy.ledger.sink import LedgerSink
+from proxy.ledger.sqlite import SqliteSink
+
+SUMS = ("requests", "hits", "errors", "prompt_tokens", "completion_tokens", "cached_tokens")
+FLOAT_SUMS = ("cost", "saved_cost", "response_ms_sum")
+_PG_GROUPED = """
+SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
+       tenant, coalesce(user_id, '') AS user_id, model, request_type,
+       count(*) AS requests, count(*) FILTER (WHERE cache_hit) AS hits,
+       count(*) FILTER (WHERE status >= 400) AS errors,
+       sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+       sum(cached_tokens) AS cached_tokens, sum(cost) AS cost, sum(saved_cost) AS saved_cost,
+       sum(response_time_ms) AS response_ms_sum
+FROM ai_requests GROUP BY 1, 2, 3, 4, 5"""
+_SQLITE_GROUPED = """
+SELECT strftime('%Y-%m-%dT%H:00:00.000000Z', created_at) AS hour,
+       tenant, coalesce(user_id, '') AS user_id, model, request_type,
+       count(*) AS requests, sum(cache_hit) AS hits, sum(status >= 400) AS errors,
+       sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
+       sum(cached_tokens) AS cached_tokens, sum(cost) AS cost, sum(saved_cost) AS saved_cost,
+       sum(response_time_ms) AS response_ms_sum
+FROM ai_requests GROUP BY 1, 2, 3, 4, 5"""
+_ROLLUP = "SELECT * FROM ai_usage_hourly"
+
+RollupMap = dict[tuple[Any, ...], dict[str, Any]]
+
+
+class LedgerDb:
+    def __init__(self, kind: str, target: str) -> None:
+        self.kind = kind
+        self.target = target  # DSN or file path
+
+    def sink(self, **kwargs: Any) -> LedgerSink:
+        if self.kind == "postgres":
+            return PostgresSink(self.target, **kwargs)
+        return SqliteSink(self.target, **kwargs)
+
+    async def fetch(self, sql: str) -> list[dict[str, Any]]:
+        if self.kind == "postgres":
+            conn = await asyncpg.connect(self.target)
+            try:
+                return [dict(row) for row in await conn.fetch(sql)]
+            finally:
+                await conn.close()
+        with sqlite3.connect(self.target) as conn:
+            conn.row_factory = sqlite3.Row
+            return [dict(row) for row in conn.execute(sql)]
+
+    async def count(self) -> int:
+        rows = await self.fetch("SELECT count(*) AS n, count(DISTINCT id) AS d FROM ai_requests")
+        assert rows[0]["n"] == rows[0]["d"], "an id was written twice"
+        return int(rows[0]["n"])
+
+    async def rows_by_id(self) -> dict[str, dict[str, Any]]:
+        return {str(row["id"]): row for row in await self.fetch("SELECT * FROM ai_requests")}
+
+    async def rollup(self) -> RollupMap:
+        return _keyed(await self.fetch(_ROLLUP))
+
+    async def grouped(self) -> RollupMap:
+        sql = _PG_GROUPED if self.kind == "postgres" else _SQLITE_GROUPED
+        return _keyed(await self.fetch(sql))
+
+
+def _keyed(rows: list[dict[str, Any]]) -> RollupMap:
+    out: RollupMap = {}
+    for row in rows:
+        hour = row["hour"]
+        if isinstance(hour, str):
+            hour = datetime.fromisoformat(hour)
+        key = (hour, row["tenant"], row["user_id"], row["model"], row["request_type"])
+        out[key] = {name: row[name] for name in (*SUMS, *FLOAT_SUMS)}
+    return out
+
+
+def assert_rollup_matches(rollup: RollupMap, grouped: RollupMap) -> None:
+    assert rollup.keys() == grouped.keys()
+    for key, totals in grouped.items():
+        for name in SUMS:
+            assert int(rollup[key][name]) == int(totals[name]), (key, name)
+        for name in FLOAT_SUMS:
+            assert abs(float(rollup[key][name]) - float(totals[name])) <= 1e-9 * max(
+                1.0, abs(float(totals[name]))
+            ), (key, name)
+
+
+def make_records(n: int, *, seed: int = 7, start: datetime | None = None) -> list[LedgerRecord]:
+    """`n` varied records over three hours: tenants, users (some none), models, kinds, hits."""
+    rng = random.Random(seed)
+    base = start or datetime(2026, 11, 24, 9, 0, tzinfo=UTC)
+    kinds = ("chat.completions", "completions", "embeddings", "moderations")
+    out = []
+    for i in range(n):
+        hit = rng.random() < 0.4
+        status = 200 if rng.random() < 0.9 else 502
+        out.append(
+            LedgerRecord(
+                id=new_record_id(),
+                tenant=rng.choice(("t-alpha", "t-bravo")),
+                user_id=rng.choice(("u1", "u2", "u3", None)),
+                persona={"experience": rng.choice(("beginner", "expert"))} if i % 3 else {},
+                request_type=rng.choice(kinds),  # type: ignore[arg-type]
+                model=rng.choice(("gpt-4o-mini", "text-embedding-3-small", "o4-mini")),
+                prompt_tokens=rng.randint(1, 4000),
+                completion_tokens=rng.randint(0, 800),
+                cached_tokens=rng.randint(0, 500),
+                cost=0.0 if hit else rng.random() / 100,
+                saved_cost=rng.random() / 100 if hit else 0.0,
+                response_time_ms=rng.random() * 900,
+                upstream_ms=None if hit else rng.random() * 800,
+                cache_hit=hit,
+                cache_status="HIT" if hit else rng.choice(("MISS", "BYPASS", "COALESCED")),
+                status=status,
+                created_at=base + timedelta(seconds=rng.randint(0, 3 * 3600 - 1)),
+            )
+        )
+    return out
+
+
+def sqlite_path(tmp_path: Path) -> str:
+    return str(tmp_path / "ledger.db")

@@ -1,0 +1,163 @@
+"""Budgets on both spend stores (DESIGN §4, §5): pre-flight refuses what would cross a limit,
+settle adds real cost atomically, periods reset, overrides win over defaults and persist."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from proxy.budget.book import BudgetBook
+from proxy.budget.spend import SpendStore
+from proxy.errors import ApiError
+from proxy.ledger.postgres import PostgresSink
+from proxy.ledger.sink import LedgerSink
+from proxy.ledger.sqlite import SqliteSink
+from proxy.settings import BudgetSettings
+from tests.budget_support import Clock, spend_store
+
+TENANT = "3f1c9a7d5e2b4c60"  # a tenant id as the proxy makes them (a keyed hash)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def spend(request: pytest.FixtureRequest) -> AsyncIterator[SpendStore]:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    async with spend_store(request.param, url) as store:
+        yield store
+
+
+def book_for(spend: SpendStore, clock: Clock | None = None, **limits: float) -> BudgetBook:
+    return BudgetBook(msgspec.convert(limits, BudgetSettings), spend, clock=clock or Clock())
+
+
+async def refusal(book: BudgetBook, user: str | None, estimate: float) -> ApiError:
+    with pytest.raises(ApiError) as caught:
+        await book.preflight(TENANT, user, estimate)
+    return caught.value
+
+
+async def test_preflight_refuses_what_would_cross_the_tenant_budget(spend: SpendStore) -> None:
+    book = book_for(spend, tenant_daily_usd=1.0)
+    await book.preflight(TENANT, None, 0.5)
+    await book.settle(TENANT, None, 0.7)
+    await book.preflight(TENANT, "u1", 0.3)  # exactly what is left still fits
+    error = await refusal(book, "u1", 0.31)
+    assert (error.status, error.code) == (429, "budget_exceeded")
+    assert "tenant's daily budget of $1.00" in error.message
+    assert "2026-11-24" in error.message and "$0.3000 left" in error.message
+    assert TENANT not in error.message
+    assert 0 < int(error.headers["Retry-After"]) <= 9 * 3600  # until 00:00 UTC
+    body = error.response().body
+    assert isinstance(body, bytes) and b'"code":"budget_exceeded"' in body
+
+
+async def test_a_used_up_budget_refuses_even_free_requests(spend: SpendStore) -> None:
+    book = book_for(spend, tenant_daily_usd=0.5)
+    await book.settle(TENANT, None, 0.6)  # the real cost came in above the estimate
+    assert (await refusal(book, None, 0.0)).code == "budget_exceeded"
+
+
+async def test_user_budgets_are_per_user_within_the_tenant(spend: SpendStore) -> None:
+    book = book_for(spend, user_daily_usd=0.10)
+    await book.settle(TENANT, "u1", 0.09)
+    error = await refusal(book, "u1", 0.02)
+    assert "user's daily budget of $0.10" in error.message
+    await book.preflight(TENANT, "u2", 0.02)
+    await book.preflight(TENANT, None, 5.0)  # no user: only tenant budgets apply
+    await book.preflight("another-tenant", "u1", 0.02)
+
+
+async def test_days_reset_and_months_accumulate(spend: SpendStore) -> None:
+    clock = Clock()
+    book = book_for(spend, clock, tenant_daily_usd=1.0, tenant_monthly_usd=2.5)
+    for _ in range(2):
+        await book.settle(TENANT, None, 0.9)
+        await refusal(book, None, 0.2)
+        clock.advance(days=1)
+    await book.settle(TENANT, None, 0.6)  # 2.4 this month, 0.6 today
+    error = await refusal(book, None, 0.2)
+    assert "monthly budget of $2.50" in error.message and "(2026-11, UTC)" in error.message
+    clock.advance(days=7)  # December: a new month
+    await book.preflight(TENANT, None, 0.9)
+    spent = {(b.scope, b.period): total for b, total in await book.spent(TENANT, None)}
+    assert spent == {("tenant", "daily"): 0.0, ("tenant", "monthly"): 0.0}
+
+
+async def test_settle_counts_every_budget_even_unlimited_ones(spend: SpendStore) -> None:
+    book = book_for(spend)
+    await book.preflight(TENANT, "u1", 1e9)  # no limits configured: nothing is refused
+    await book.settle(TENANT, "u1", 0.25)
+    await book.settle(TENANT, "u1", 0.5)
+    await book.settle(TENANT, "u1", 0.0)  # hits cost nothing and are not counted
+    spent = {(b.scope, b.period): total for b, total in await book.spent(TENANT, "u1")}
+    assert spent == pytest.approx(
+        {
+            ("tenant", "daily"): 0.75,
+            ("tenant", "monthly"): 0.75,
+            ("user", "daily"): 0.75,
+            ("user", "monthly"): 0.75,
+        }
+    )
+
+
+async def test_concurrent_settles_from_two_replicas_add_up_exactly(spend: SpendStore) -> None:
+    replicas = [book_for(spend), book_for(spend)]  # same store, as two sidecars on one Redis
+    await asyncio.gather(
+        *(replicas[n % 2].settle(TENANT, "u1", 0.01) for n in range(200)),
+    )
+    spent = dict(((b.scope, b.period), t) for b, t in await replicas[0].spent(TENANT, "u1"))
+    assert spent[("tenant", "daily")] == pytest.approx(2.0, abs=1e-9)
+    assert spent[("user", "monthly")] == pytest.approx(2.0, abs=1e-9)
+
+
+async def test_ids_with_key_syntax_cannot_collide(spend: SpendStore) -> None:
+    book = book_for(spend, user_daily_usd=1.0)
+    tricky = ["a:d:2026-11-24", "a}{b", "a", "x" * 500]
+    for user in tricky:
+        await book.settle(TENANT, user, 0.6)
+    for user in tricky:
+        spent = dict(((b.scope, b.period), t) for b, t in await book.spent(TENANT, user))
+        assert spent[("user", "daily")] == pytest.approx(0.6)
+    keys = [b.key for user in tricky for b in book.budgets(TENANT, user)]
+    assert all(key.count("{") == 1 and key.count("}") == 1 for key in keys)
+
+
+async def overrides_sink(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> LedgerSink:
+    if kind == "postgres":
+        return PostgresSink(request.getfixturevalue("postgres_dsn"))
+    return SqliteSink(str(tmp_path / "ledger.db"))
+
+
+@pytest.mark.parametrize("database", ["postgres", "sqlite"])
+async def test_overrides_win_over_defaults_and_persist(
+    spend: SpendStore, database: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    sink = await overrides_sink(database, request, tmp_path)
+    settings = BudgetSettings(user_daily_usd=1.0, tenant_daily_usd=3.0)
+    book = BudgetBook(settings, spend, overrides=sink, clock=Clock())
+    await book.start()
+    await book.set_override("user", "vip", daily_usd=10.0, monthly_usd=None)
+    await book.set_override("tenant", TENANT, daily_usd=0.0, monthly_usd=None)  # unlimited
+    await book.preflight(TENANT, "vip", 5.0)
+    assert "user's daily budget of $1.00" in (await refusal(book, "u2", 5.0)).message
+    await book.set_override("user", "u2", daily_usd=None, monthly_usd=0.2)
+    assert "monthly budget of $0.20" in (await refusal(book, "u2", 0.5)).message
+    with pytest.raises(ValueError):
+        await book.set_override("user", "u3", daily_usd=-1.0, monthly_usd=None)
+    await book.close()
+
+    # Another replica (or a restart) reads them back from the database.
+    again = BudgetBook(settings, spend, overrides=sink, clock=Clock())
+    await again.start()
+    assert {(o.scope, o.subject, o.daily_usd, o.monthly_usd) for o in again.overrides} == {
+        ("user", "vip", 10.0, None),
+        ("tenant", TENANT, 0.0, None),
+        ("user", "u2", None, 0.2),
+    }
+    await again.preflight(TENANT, "vip", 5.0)
+    await refusal(again, "u1", 5.0)
+    await again.close()
+    await sink.close()

@@ -1,0 +1,128 @@
+"""Versioned migrations (issue 4): applied once, idempotent, safe when two replicas start at
+once, shipped with the package, and runnable as `sidecache migrate`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from proxy.ledger.migrate import load_migrations, split_sqlite
+from proxy.settings import ENV_FIELDS
+from tests.ledger_db import LedgerDb
+
+REPO = Path(__file__).resolve().parent.parent
+TABLES = {"ai_requests", "ai_usage_hourly", "admin_audit", "budget_overrides", "schema_migrations"}
+INDEXES = {"ai_requests_user_created", "ai_requests_tenant_created"}
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerDb:
+    if request.param == "postgres":
+        return LedgerDb("postgres", request.getfixturevalue("postgres_dsn"))
+    return LedgerDb("sqlite", str(tmp_path / "ledger.db"))
+
+
+async def schema(db: LedgerDb) -> tuple[set[str], set[str]]:
+    if db.kind == "postgres":
+        tables = await db.fetch("SELECT tablename AS name FROM pg_tables WHERE schemaname='public'")
+        indexes = await db.fetch("SELECT indexname AS name FROM pg_indexes")
+    else:
+        tables = await db.fetch("SELECT name FROM sqlite_master WHERE type='table'")
+        indexes = await db.fetch("SELECT name FROM sqlite_master WHERE type='index'")
+    return {r["name"] for r in tables}, {r["name"] for r in indexes}
+
+
+async def test_migrations_apply_once_and_rerun_cleanly(db: LedgerDb) -> None:
+    sink = db.sink()
+    assert await sink.migrate() == [1]
+    assert await sink.migrate() == []
+    await sink.close()
+    again = db.sink()
+    assert await again.migrate() == []
+    await again.close()
+    tables, indexes = await schema(db)
+    assert tables >= TABLES
+    assert indexes >= INDEXES
+    versions = await db.fetch("SELECT version FROM schema_migrations")
+    assert [r["version"] for r in versions] == [1]
+
+
+async def test_two_replicas_migrating_at_once(db: LedgerDb) -> None:
+    sinks = [db.sink() for _ in range(3)]  # separate pools / connections and threads
+    results = await asyncio.gather(*(sink.migrate() for sink in sinks))
+    assert sorted(results) == [[], [], [1]]
+    for sink in sinks:
+        await sink.close()
+    versions = await db.fetch("SELECT version FROM schema_migrations")
+    assert [r["version"] for r in versions] == [1]
+
+
+async def test_the_user_and_tenant_indexes_serve_their_queries(postgres_dsn: str) -> None:
+    db = LedgerDb("postgres", postgres_dsn)
+    sink = db.sink()
+    await sink.migrate()
+    await sink.close()
+    plan = await db.fetch(
+        "EXPLAIN SELECT * FROM ai_requests WHERE user_id = 'u1' ORDER BY created_at DESC LIMIT 5"
+    )
+    text = "\n".join(r["QUERY PLAN"] for r in plan)
+    assert "ai_requests_user_created" in text
+
+
+def test_both_dialects_ship_the_same_versions() -> None:
+    postgres, sqlite = load_migrations("postgres"), load_migrations("sqlite")
+    assert [m.version for m in postgres] == [m.version for m in sqlite] == [1]
+    assert [m.name for m in postgres] == [m.name for m in sqlite]
+    statements = split_sqlite(sqlite[0].sql)
+    assert len(statements) >= 9
+    assert all(s.rstrip().endswith(";") for s in statements)
+
+
+def run_migrate(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    names = {*ENV_FIELDS, "SIDECACHE_CONFIG"}
+    environ = {k: v for k, v in os.environ.items() if k not in names}
+    environ.update(PYTHONPATH=str(REPO), **env)
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "migrate"],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_cli_migrate_on_sqlite(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "ledger.db"
+    first = run_migrate(tmp_path, LEDGER_PATH=str(path))
+    assert first.returncode == 0, first.stderr
+    assert f"sqlite:{path}: applied 1" in first.stdout
+    second = run_migrate(tmp_path, LEDGER_PATH=str(path))
+    assert second.returncode == 0, second.stderr
+    assert "already up to date" in second.stdout
+
+
+def test_cli_migrate_on_postgres(postgres_dsn: str, tmp_path: Path) -> None:
+    dsn = postgres_dsn.replace("postgres@", "postgres:not-a-real-secret@")  # trust auth
+    done = run_migrate(tmp_path, DATABASE_URL=dsn)
+    assert done.returncode == 0, done.stderr
+    assert "applied 1" in done.stdout
+    assert "not-a-real-secret" not in done.stdout + done.stderr
+    assert not (tmp_path / "sidecache.db").exists()
+
+
+def test_cli_migrate_fails_with_one_line_when_the_database_is_down(tmp_path: Path) -> None:
+    from tests.fixtures.server_base import free_port
+
+    dsn = f"postgresql://sc:hunter2-secret@127.0.0.1:{free_port()}/nowhere"
+    failed = run_migrate(tmp_path, DATABASE_URL=dsn)
+    assert failed.returncode == 1
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sidecache: migrate failed:")
+    assert "hunter2" not in failed.stderr + failed.stdout
