@@ -38,7 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import hits, loadgen, memory, misses
+from . import batching, coalescing, hits, ledger, loadgen, memory, misses
 from .machine import CpuMeter
 from .procs import REPO, HarnessError, log_tail
 from .report import Row, format_table, rows_json, write_json
@@ -52,6 +52,9 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     hits.hit_bursts,
     hits.hit_max_rate,
     misses.miss_overhead,
+    batching.embeddings_batching,
+    coalescing.coalescing_savings,
+    ledger.ledger_ingest,
     memory.peak_rss,
 )
 RESULTS = REPO / "bench" / "results" / "latest.json"

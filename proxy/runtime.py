@@ -17,6 +17,7 @@ from proxy.cache.memory import MemoryStore
 from proxy.cache.pipe import RedisPipe
 from proxy.cache.redis import RedisStore, connect_redis
 from proxy.cache.store import CacheStore
+from proxy.dispatch.batcher import Batcher
 from proxy.dispatch.flight import FlightTable
 from proxy.dispatch.gate import UpstreamGate
 from proxy.dispatch.peers import PeerFlights
@@ -50,6 +51,7 @@ class Runtime:
     gate: UpstreamGate
     breakers: BreakerBoard
     peers: PeerFlights | None  # cross-replica single-flight, with Redis
+    batcher: Batcher  # micro-batches of single-input embeddings and moderations
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -92,10 +94,12 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
         await peers.start()
     breakers = BreakerBoard(upstream.base_url, upstream.breaker_fail_max, upstream.breaker_reset_s)
     metrics.watch_breakers(breakers)
+    client = UpstreamClient.open(settings.upstream)
+    gate = UpstreamGate(upstream.max_in_flight)
     return Runtime(
         settings=settings,
         store=store,
-        upstream=UpstreamClient.open(settings.upstream),
+        upstream=client,
         keys=keys,
         personas=PersonaParser(settings.persona),
         ttl=TtlPolicy(settings),
@@ -103,9 +107,10 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
         metrics=metrics,
         redis=redis,
         flights=FlightTable(),
-        gate=UpstreamGate(upstream.max_in_flight),
+        gate=gate,
         breakers=breakers,
         peers=peers,
+        batcher=Batcher(settings.batch, gate, breakers, client, metrics),
     )
 
 
@@ -113,6 +118,7 @@ async def close_runtime(runtime: Runtime) -> None:
     flights = [f.task for f in list(runtime.flights.flights.values()) if f.task is not None]
     if flights:
         await asyncio.wait(flights, timeout=5)  # let shared calls land (and be stored)
+    await runtime.batcher.close()
     if runtime.peers is not None:
         await runtime.peers.close()
     await runtime.upstream.close()

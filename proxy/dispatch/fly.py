@@ -63,6 +63,7 @@ async def _coordinated(runtime: Runtime, flight: Flight, call: UpstreamCall) -> 
                 return Answer(200, CIMultiDict(JSON_HEADERS), entry.body, from_peer=True)
             lease = await peers.try_lead(call.plan.key)
     try:
+        runtime.breakers.for_endpoint(call.endpoint).admit()
         async with runtime.gate.slot(call.priority, flight.wanted):
             return await _call_upstream(runtime, flight, call)
     finally:
@@ -74,28 +75,31 @@ async def _call_upstream(runtime: Runtime, flight: Flight, call: UpstreamCall) -
     breaker = runtime.breakers.for_endpoint(call.endpoint)
     try:
         with breaker.guard():
-            started = time.perf_counter()
-            upstream = await runtime.upstream.send("POST", call.path, call.headers, call.body)
-            elapsed = time.perf_counter() - started
-            runtime.metrics.observe_upstream(call.endpoint, upstream.status, elapsed)
-            relayed = client_response_headers(upstream.headers, decoded=True)
-            if upstream.status >= 500:
-                answer = Answer(upstream.status, relayed, await read_body(upstream))
-                raise UpstreamFailure(upstream.status, answer)
-            if (
-                call.stream
-                and upstream.status == 200
-                and upstream.content_type == "text/event-stream"
-            ):
-                return await _relay_stream(runtime, flight, call, upstream, relayed)
-            body = await read_body(upstream)
+            answer = await _guarded(runtime, flight, call)
     except UpstreamFailure as failure:
         assert isinstance(failure.payload, Answer)
         return failure.payload
-    answer = Answer(upstream.status, relayed, body)
-    if upstream.status == 200:
-        answer.stored = await store_answer(runtime.store, call, body)
+    if answer is None:
+        # Raised outside the breaker: everyone leaving a healthy stream is no upstream failure.
+        raise Abandoned()
+    if answer.status == 200 and not answer.streamed:
+        answer.stored = await store_answer(runtime.store, call, answer.body)
     return answer
+
+
+async def _guarded(runtime: Runtime, flight: Flight, call: UpstreamCall) -> Answer | None:
+    """The upstream call itself, inside the breaker; None when a stream lost every reader."""
+    started = time.perf_counter()
+    upstream = await runtime.upstream.send("POST", call.path, call.headers, call.body)
+    elapsed = time.perf_counter() - started
+    runtime.metrics.observe_upstream(call.endpoint, upstream.status, elapsed)
+    relayed = client_response_headers(upstream.headers, decoded=True)
+    if upstream.status >= 500:
+        answer = Answer(upstream.status, relayed, await read_body(upstream))
+        raise UpstreamFailure(upstream.status, answer)
+    if call.stream and upstream.status == 200 and upstream.content_type == "text/event-stream":
+        return await _relay_stream(runtime, flight, call, upstream, relayed)
+    return Answer(upstream.status, relayed, await read_body(upstream))
 
 
 async def _relay_stream(
@@ -104,8 +108,9 @@ async def _relay_stream(
     call: UpstreamCall,
     upstream: aiohttp.ClientResponse,
     relayed: CIMultiDict[str],
-) -> Answer:
-    """Pushes each SSE event to the flight as it arrives; assembles and stores the whole."""
+) -> Answer | None:
+    """Pushes each SSE event to the flight as it arrives; assembles and stores the whole.
+    None when nobody reads it any more and nothing is to be stored (the upstream is closed)."""
     flight.start_stream(relayed)
     parser = SseParser()
     chunks: list[dict[str, Any]] = []
@@ -126,7 +131,7 @@ async def _relay_stream(
                 flight.push(Event(event.raw, usage_only))
             if call.plan is None and not flight.wanted():
                 upstream.close()  # nobody to answer and nothing to store: stop paying
-                raise Abandoned()
+                return None
     except (TimeoutError, aiohttp.ClientError) as exc:
         upstream.close()
         failed = stream_failure(f"The upstream stream failed ({type(exc).__name__}).")

@@ -4,18 +4,33 @@ A request of 100 inputs of which 70 are cached sends only the 30 others upstream
 base64, and answers in the original order in the requested `encoding_format`. The answer's
 `usage` counts only what went upstream; each stored item keeps its share of those tokens so a
 later hit knows what it saved.
+
+A single-input request whose input is not cached is micro-batched (proxy/dispatch/batcher.py):
+it may share one upstream call with others of the same model, parameters and upstream account;
+its `usage` is then its own part of that call's, and the answer says `X-Batch-Size: N`.
+A multi-input request makes one upstream call of its own.
 """
 
 from __future__ import annotations
 
 import binascii
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from aiohttp import web
+from multidict import CIMultiDict
 
-from proxy.cache.entry import StoredVector, decode_vector, encode_entry
+from proxy.cache.entry import EntryMeta, StoredVector, decode_vector, encode_entry
+from proxy.dispatch.batch_shapes import (
+    BATCH_SIZE_HEADER,
+    UNBATCHED_FIELDS,
+    BatchKind,
+    Split,
+    batch_key,
+)
+from proxy.dispatch.flight import Answer
 from proxy.errors import ApiError, bad_request
 from proxy.handlers.common import (
     BYPASS,
@@ -26,6 +41,7 @@ from proxy.handlers.common import (
     client_connected,
     entry_meta,
     understand,
+    upstream_headers,
     view,
 )
 from proxy.keys import NON_SEMANTIC_FIELDS
@@ -33,12 +49,13 @@ from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
 from proxy.upstream.breakers import UpstreamFailure
 from proxy.upstream.client import read_body
-from proxy.upstream.headers import client_response_headers, upstream_request_headers
+from proxy.upstream.headers import client_response_headers
 from proxy.vectors import apportion, from_wire, to_wire
 from proxy.wire import EmbeddingAnswer, EmbeddingRequest
 
 ENDPOINT = "embeddings"
 MAX_INPUTS = 2048
+MAX_CALL_TOKENS = 300_000  # the upstream's limit on one call's inputs together
 _encode = msgspec.json.Encoder().encode
 _decode_answer = msgspec.json.Decoder(EmbeddingAnswer).decode
 _NOT_KEYED = NON_SEMANTIC_FIELDS | {"input", "encoding_format"}
@@ -65,16 +82,19 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     runtime.metrics.embedding_items.labels(HIT).inc(hits)
     runtime.metrics.embedding_items.labels(MISS).inc(len(missing))
 
-    model, spent, relayed = req.model, 0, None
+    model, spent, relayed, shared = req.model, 0, None, 0
     if missing:
-        fetched = await _fetch(request, runtime, u, [items[i] for i in missing])
-        if isinstance(fetched, web.Response):
-            fetched.headers.update(cache_headers(MISS, request_key))
-            return fetched  # the upstream's error, unchanged
-        answer, relayed = fetched
-        model = answer.model or model
-        spent = answer.usage.prompt_tokens if answer.usage else 0
-        new = _stored_vectors(answer, missing, items, u, req.model, scope)
+        if len(items) == 1:
+            outcome = await _fetch_batched(request, runtime, u, items[0])
+        else:
+            outcome = await _fetch(request, runtime, u, [items[i] for i in missing])
+        if isinstance(outcome, web.Response):
+            outcome.headers.update(cache_headers(MISS, request_key))
+            return outcome  # the upstream's error, unchanged
+        fetched, relayed, shared = outcome
+        model = fetched.model or model
+        spent = fetched.spent
+        new = fetched.vectors(entry_meta(u, req.model, scope))
         for i, vector in zip(missing, new, strict=True):
             found[i] = vector
         if u.directives.write:
@@ -101,6 +121,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     response.headers.update(headers)
     response.headers.update(cache_headers(status, request_key))
     response.headers["X-Cache-Hits"] = f"{hits}/{len(items)}"
+    if shared:
+        response.headers[BATCH_SIZE_HEADER] = str(shared)
     return response
 
 
@@ -130,13 +152,28 @@ def input_items(value: str | list[Any]) -> list[Any]:
     return items
 
 
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    model: str
+    spent: int  # the prompt tokens this request is charged
+    parts: list[tuple[bytes, int]]  # per missing item: its float32 vector and its tokens
+
+    def vectors(self, meta: EntryMeta) -> list[StoredVector]:
+        now = time.time()
+        return [StoredVector(vector, tokens, now, meta) for vector, tokens in self.parts]
+
+
+# What a fetch gives: the vectors, relayable upstream headers and how many requests shared
+# the call (0: not batched); or the upstream's error, to relay.
+_Outcome = tuple[_Fetched, CIMultiDict[str], int] | web.Response
+
+
 async def _fetch(
     request: web.Request, runtime: Runtime, u: Understood, inputs: list[Any]
-) -> tuple[EmbeddingAnswer, Any] | web.Response:
+) -> _Outcome:
+    """The inputs of a multi-input request, in one upstream call of their own."""
     body = {**u.body, "input": inputs, "encoding_format": "base64"}
-    headers = upstream_request_headers(
-        request.headers, u.identity.upstream_authorization, keep_encoding=False
-    )
+    headers = upstream_headers(request, u)
     breaker = runtime.breakers.for_endpoint(ENDPOINT)
     async with runtime.gate.slot(u.priority, lambda: client_connected(request)):
         try:
@@ -150,39 +187,62 @@ async def _fetch(
                     raise UpstreamFailure(upstream.status, payload)
         except UpstreamFailure:
             pass  # counted by the breaker; relayed below like any other error
+    relayed = client_response_headers(upstream.headers, decoded=True)
     if upstream.status != 200:
-        relayed = client_response_headers(upstream.headers, decoded=True)
         return web.Response(status=upstream.status, body=payload, headers=relayed)
+    try:
+        split = split_answer(payload, len(inputs))
+    except ValueError as exc:
+        raise ApiError(502, f"The upstream API sent {exc}.", code="bad_upstream_answer") from None
+    spent = split.prompt_tokens or 0
+    shares = apportion(spent, [len(item) for item in inputs])
+    fetched = _Fetched(split.rest["model"], spent, list(zip(split.parts, shares, strict=True)))
+    return fetched, relayed, 0
+
+
+async def _fetch_batched(
+    request: web.Request, runtime: Runtime, u: Understood, item: Any
+) -> _Outcome:
+    """The one input of a single-input request, in a call it may share (micro-batching)."""
+    params = {k: v for k, v in u.body.items() if k not in UNBATCHED_FIELDS}
+    headers = upstream_headers(request, u)
+    key = batch_key(ENDPOINT, request.path, params, u.identity.upstream_authorization, headers)
+    outcome = await runtime.batcher.submit(
+        key,
+        BATCHED,
+        item,
+        params=params,
+        headers=headers,
+        priority=u.priority,
+        wanted=lambda: client_connected(request),
+    )
+    if isinstance(outcome, Answer):
+        return web.Response(status=outcome.status, body=outcome.body, headers=outcome.headers)
+    fetched = _Fetched(outcome.rest["model"], outcome.tokens, [(outcome.part, outcome.item_tokens)])
+    return fetched, outcome.headers, outcome.requests
+
+
+def split_answer(payload: bytes, count: int) -> Split:
+    """An embeddings answer for `count` inputs as float32 vectors in input order."""
     try:
         answer = _decode_answer(payload)
     except msgspec.DecodeError as exc:
-        raise _bad_upstream(f"an unreadable embeddings answer ({exc})") from None
-    indices = sorted(item.index for item in answer.data)
-    if indices != list(range(len(inputs))):
-        raise _bad_upstream(f"{len(answer.data)} embeddings for {len(inputs)} inputs")
-    return answer, upstream.headers
-
-
-def _stored_vectors(
-    answer: EmbeddingAnswer,
-    missing: list[int],
-    items: list[Any],
-    u: Understood,
-    model: str,
-    scope: tuple[Any, ...],
-) -> list[StoredVector]:
-    spent = answer.usage.prompt_tokens if answer.usage else 0
-    shares = apportion(spent, [len(items[i]) for i in missing])
-    meta = entry_meta(u, model, scope)
-    now = time.time()
+        raise ValueError(f"an unreadable embeddings answer ({exc})") from None
     by_index = {item.index: item.embedding for item in answer.data}
+    if len(answer.data) != count or sorted(by_index) != list(range(count)):
+        raise ValueError(f"{len(answer.data)} embeddings for {count} inputs")
     try:
-        return [
-            StoredVector(from_wire(by_index[n]), shares[n], now, meta) for n in range(len(missing))
-        ]
+        vectors = [from_wire(by_index[n]) for n in range(count)]
     except (binascii.Error, ValueError, TypeError) as exc:
-        raise _bad_upstream(f"an embedding that is not float32 data ({exc})") from None
+        raise ValueError(f"an embedding that is not float32 data ({exc})") from None
+    tokens = answer.usage.prompt_tokens if answer.usage else None
+    return Split(vectors, {"model": answer.model}, tokens)
 
 
-def _bad_upstream(what: str) -> ApiError:
-    return ApiError(502, f"The upstream API sent {what}.", code="bad_upstream_answer")
+BATCHED = BatchKind(
+    endpoint=ENDPOINT,
+    split=split_answer,
+    max_inputs=MAX_INPUTS,
+    max_tokens=MAX_CALL_TOKENS,
+    extra={"encoding_format": "base64"},
+)

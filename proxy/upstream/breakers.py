@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pybreaker
 
@@ -43,6 +43,8 @@ class _Transitions(pybreaker.CircuitBreakerListener):
         self._board = board
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old: object, new: object) -> None:
+        if getattr(old, "name", None) == getattr(new, "name", None):
+            return  # pybreaker also notifies a reset of a closed breaker: no transition
         name = str(cb.name)
         self._board.transitions += 1
         self._board.last_change[name] = time.time()
@@ -86,6 +88,18 @@ class Breaker:
             return 1
         left = self.reset_timeout_s - (datetime.now(UTC) - opened).total_seconds()
         return max(1, math.ceil(left))
+
+    def admit(self) -> None:
+        """Raises the 503 at once when a call now would be refused, so that a miss never
+        waits for an upstream slot (behind the probe, say) only to be refused then."""
+        if self.state == pybreaker.STATE_CLOSED:
+            return
+        opened = self.opened_at()
+        due = opened is None or datetime.now(UTC) >= opened + timedelta(
+            seconds=self.reset_timeout_s
+        )
+        if self._probing or not due:
+            raise self._open_error()
 
     @contextmanager
     def guard(self) -> Iterator[None]:

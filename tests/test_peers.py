@@ -1,0 +1,182 @@
+"""Single-flight across replicas (issue 3, item 2): two `python -m proxy serve` processes sharing
+one Redis and one stub upstream. Identical concurrent misses on both make one upstream call; a
+follower never waits on a dead or failed leader past the lock's lifetime."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx2
+import openai
+import pytest
+
+from proxy.settings import ENV_FIELDS
+from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.server_base import free_port
+from tests.fixtures.sidecar import API_KEY, Stub, http_request
+from tests.test_single_flight import WAIT_S, Asked, ask, until
+
+REPO = Path(__file__).resolve().parent.parent
+LOCK_MS = 1000
+START_TIMEOUT_S = 20.0
+SETTLE_S = 1.0  # after the last request left the client, for the replicas to take it in
+
+
+class Replica:
+    """One sidecar process on free loopback ports."""
+
+    def __init__(self, workdir: Path, name: str, redis_url: str, upstream: str) -> None:
+        port, admin = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{port}/v1"
+        self.admin = f"http://127.0.0.1:{admin}"
+        self.log = (workdir / f"{name}.log").open("w+b")
+        env = {k: v for k, v in os.environ.items() if k not in {*ENV_FIELDS, "SIDECACHE_CONFIG"}}
+        env.update(
+            PYTHONPATH=str(REPO),
+            PROXY_HOST="127.0.0.1",
+            PROXY_PORT=str(port),
+            ADMIN_PORT=str(admin),
+            REDIS_URL=redis_url,
+            UPSTREAM_BASE_URL=upstream,
+            LEDGER_PATH=str(workdir / f"{name}.db"),
+            COALESCE_LOCK_MS=str(LOCK_MS),
+            COALESCE_MAX_WAIT_MS="60000",  # far beyond every bound asserted here
+            LOG_LEVEL="INFO",
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "proxy", "serve"],
+            env=env,
+            cwd=workdir,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log,
+        )
+
+    def wait_healthy(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"a replica exited with {self.proc.returncode}: {self.stderr()}")
+            try:
+                if http_request(self.admin, "GET", "/readyz").status == 200:
+                    return
+            except OSError:
+                time.sleep(0.05)
+        pytest.fail(f"a replica was not ready within {START_TIMEOUT_S} s: {self.stderr()}")
+
+    def stderr(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
+
+    def client(self, on_send: Callable[[], None] | None = None) -> openai.AsyncOpenAI:
+        async def sent(request: httpx2.Request) -> None:
+            if on_send is not None:
+                on_send()
+
+        http = httpx2.AsyncClient(event_hooks={"request": [sent]}, timeout=30)
+        return openai.AsyncOpenAI(
+            base_url=self.url, api_key=API_KEY, max_retries=0, http_client=http
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self.log.close()
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, private_redis: RedisServer, stub: Stub) -> Iterator[list[Replica]]:
+    started = [Replica(tmp_path, name, private_redis.url, stub.url) for name in ("a", "b")]
+    try:
+        for replica in started:
+            replica.wait_healthy()
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+def peer_polls(redis: RedisServer) -> int:
+    """MGETs Redis has served: a follower waiting on another replica's flight polls with one
+    (nothing else in these tests sends one)."""
+    stats = redis.client().info("commandstats")
+    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+
+
+async def test_100_misses_over_two_replicas_make_one_upstream_call(
+    replicas: list[Replica], stub: Stub
+) -> None:
+    a, b = replicas
+    sent = Counter[str]()
+    clients = [a.client(lambda: sent.update("a")), b.client(lambda: sent.update("b"))]
+    stub.fake.hang = True
+    lead = asyncio.ensure_future(ask(clients[0]))
+    await until(lambda: stub.fake.in_flight == 1, "replica a's leader reached the upstream")
+    rest = [asyncio.ensure_future(ask(clients[n % 2])) for n in range(1, 100)]
+    await until(lambda: sum(sent.values()) == 100, "100 requests sent")
+    await asyncio.sleep(SETTLE_S)
+    stub.fake.hang = False
+    answers: list[Asked] = await asyncio.wait_for(asyncio.gather(lead, *rest), WAIT_S)
+    on_a, on_b = [answers[0], *answers[2::2]], answers[1::2]
+    assert stub.calls == 1
+    assert Counter(x.cache for x in on_a) == {"MISS": 1, "COALESCED": 49}
+    assert Counter(x.cache for x in on_b) == {"COALESCED": 50}
+    assert len({x.text for x in answers}) == 1
+    for client in clients:  # both read the entry the leader stored
+        assert (await ask(client)).cache == "HIT"
+    assert stub.calls == 1
+
+
+async def test_a_killed_leader_holds_followers_no_longer_than_its_lock(
+    replicas: list[Replica], stub: Stub, private_redis: RedisServer
+) -> None:
+    a, b = replicas
+    stub.fake.hang = True
+    doomed = asyncio.ensure_future(ask(a.client()))
+    await until(lambda: stub.fake.in_flight == 1, "replica a's leader reached the upstream")
+    follower = asyncio.ensure_future(ask(b.client()))
+    await until(lambda: peer_polls(private_redis) >= 1, "replica b waits on a's flight")
+    assert stub.calls == 1
+
+    a.proc.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    stub.fake.hang = False
+    answer = await asyncio.wait_for(follower, WAIT_S)
+    waited = time.monotonic() - killed
+    assert answer.cache == "MISS"  # b called the upstream itself ...
+    assert stub.calls == 2
+    assert waited < 3 * (LOCK_MS / 1000 + 0.5)  # ... once a's lock expired, not after 60 s
+    with pytest.raises(openai.APIConnectionError):
+        await doomed
+
+
+async def test_a_follower_calls_upstream_itself_after_the_leader_failed(
+    replicas: list[Replica], stub: Stub, private_redis: RedisServer
+) -> None:
+    a, b = replicas
+    stub.fake.hang = True
+    stub.fake.fail_next, stub.fake.fail_status = 1, 500
+    leader = asyncio.ensure_future(ask(a.client()))
+    await until(lambda: stub.fake.in_flight == 1, "replica a's leader reached the upstream")
+    follower = asyncio.ensure_future(ask(b.client()))
+    await until(lambda: peer_polls(private_redis) >= 1, "replica b waits on a's flight")
+
+    released = time.monotonic()
+    stub.fake.hang = False
+    with pytest.raises(openai.InternalServerError) as failed:
+        await asyncio.wait_for(leader, WAIT_S)
+    assert failed.value.status_code == 500
+    answer = await asyncio.wait_for(follower, WAIT_S)
+    assert answer.cache == "MISS"
+    assert len(answer.text.split()) == 24
+    assert stub.calls == 2  # nothing was stored, so b asked the upstream itself ...
+    assert time.monotonic() - released < 3 * (LOCK_MS / 1000 + 0.5)  # ... at once
+    assert (await ask(a.client())).cache == "HIT"  # and stored what it got, for both
