@@ -183,6 +183,7 @@ class Batcher:
             return
         priority = min(w.priority for s in slots for w in s.waiters)
         try:
+            self._breakers.for_endpoint(batch.kind.endpoint).admit()
             async with self._gate.slot(priority, lambda: _wanted(slots)):
                 slots = _live(slots)  # clients may have left while the call waited its turn
                 if not slots:

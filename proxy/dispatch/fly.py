@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -30,15 +31,23 @@ _decode = msgspec.json.Decoder().decode
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-def launch(runtime: Runtime, flight: Flight, call: UpstreamCall) -> None:
+# How a flight gets its answer once it may call the upstream: `call_upstream` by default,
+# a share of a micro-batch for batched endpoints.
+Sender = Callable[[Runtime, Flight, UpstreamCall], Awaitable[Answer]]
+
+
+def launch(
+    runtime: Runtime, flight: Flight, call: UpstreamCall, send: Sender | None = None
+) -> None:
     """Starts the flight's task: it outlives any one client, so a client that leaves never
     cancels what other waiters share."""
-    flight.task = asyncio.create_task(_fly(runtime, flight, call), name=f"flight-{flight.key}")
+    task = _fly(runtime, flight, call, send or call_upstream)
+    flight.task = asyncio.create_task(task, name=f"flight-{flight.key}")
 
 
-async def _fly(runtime: Runtime, flight: Flight, call: UpstreamCall) -> None:
+async def _fly(runtime: Runtime, flight: Flight, call: UpstreamCall, send: Sender) -> None:
     try:
-        answer = await _coordinated(runtime, flight, call)
+        answer = await _coordinated(runtime, flight, call, send)
     except ApiError as exc:  # Abandoned included: nobody is left to read it
         answer = error_answer(exc)
     except Exception:
@@ -49,7 +58,9 @@ async def _fly(runtime: Runtime, flight: Flight, call: UpstreamCall) -> None:
     flight.finish(answer)
 
 
-async def _coordinated(runtime: Runtime, flight: Flight, call: UpstreamCall) -> Answer:
+async def _coordinated(
+    runtime: Runtime, flight: Flight, call: UpstreamCall, send: Sender
+) -> Answer:
     """With peers (Redis), only one replica calls upstream for a key; the others read the entry
     it stores. Without, this process's single-flight is all there is."""
     peers = runtime.peers
@@ -63,12 +74,17 @@ async def _coordinated(runtime: Runtime, flight: Flight, call: UpstreamCall) -> 
                 return Answer(200, CIMultiDict(JSON_HEADERS), entry.body, from_peer=True)
             lease = await peers.try_lead(call.plan.key)
     try:
-        runtime.breakers.for_endpoint(call.endpoint).admit()
-        async with runtime.gate.slot(call.priority, flight.wanted):
-            return await _call_upstream(runtime, flight, call)
+        return await send(runtime, flight, call)
     finally:
         if lease is not None and peers is not None:
             await peers.release(lease)
+
+
+async def call_upstream(runtime: Runtime, flight: Flight, call: UpstreamCall) -> Answer:
+    """The flight's own upstream call: an open breaker refuses before the gate is queued for."""
+    runtime.breakers.for_endpoint(call.endpoint).admit()
+    async with runtime.gate.slot(call.priority, flight.wanted):
+        return await _call_upstream(runtime, flight, call)
 
 
 async def _call_upstream(runtime: Runtime, flight: Flight, call: UpstreamCall) -> Answer:

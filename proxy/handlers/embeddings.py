@@ -175,6 +175,7 @@ async def _fetch(
     body = {**u.body, "input": inputs, "encoding_format": "base64"}
     headers = upstream_headers(request, u)
     breaker = runtime.breakers.for_endpoint(ENDPOINT)
+    breaker.admit()  # an open breaker answers 503 before the call queues for a slot
     async with runtime.gate.slot(u.priority, lambda: client_connected(request)):
         try:
             with breaker.guard():

@@ -10,7 +10,6 @@ is. A list of texts, or of multi-modal parts, makes one upstream call of its own
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -18,7 +17,7 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.cache.entry import decode_response, encode_entry
+from proxy.cache.entry import encode_entry
 from proxy.dispatch.batch_shapes import (
     BATCH_SIZE_HEADER,
     UNBATCHED_FIELDS,
@@ -27,12 +26,10 @@ from proxy.dispatch.batch_shapes import (
     Share,
     Split,
     batch_key,
-    error_answer,
 )
 from proxy.dispatch.call import StorePlan, UpstreamCall, stored_response, validator
 from proxy.dispatch.flight import Answer, Flight
 from proxy.dispatch.fly import launch
-from proxy.errors import ApiError
 from proxy.handlers.answers import lookup, serve_stored
 from proxy.handlers.common import (
     COALESCED,
@@ -70,22 +67,18 @@ async def moderations(request: web.Request) -> web.StreamResponse:
         plan = StorePlan(key, ttl, entry_meta(u, req.model or "", scope))
     flight, leader = flight_for(runtime, u, key)
     if leader:
+        call = UpstreamCall(
+            endpoint=ENDPOINT,
+            path=request.path,
+            headers=upstream_headers(request, u),
+            body=u.raw,
+            priority=u.priority,
+            validate=_validate,
+            plan=plan,
+            coalesce=u.directives.read,
+        )
         text = _single_text(req.input)
-        if text is not None:
-            job = _Batched(request, u, text, plan)
-            flight.task = asyncio.create_task(job.fly(runtime, flight), name=f"flight-{key.digest}")
-        else:
-            call = UpstreamCall(
-                endpoint=ENDPOINT,
-                path=request.path,
-                headers=upstream_headers(request, u),
-                body=u.raw,
-                priority=u.priority,
-                validate=_validate,
-                plan=plan,
-                coalesce=u.directives.read,
-            )
-            launch(runtime, flight, call)
+        launch(runtime, flight, call, _BatchedSend(request, u, text) if text is not None else None)
     return await respond(request, flight, key, miss_status(u) if leader else COALESCED)
 
 
@@ -97,63 +90,35 @@ def _single_text(value: str | list[Any]) -> str | None:
     return None
 
 
-class _Batched:
-    """The task behind a flight whose upstream call is a share of a micro-batch."""
+class _BatchedSend:
+    """A flight's upstream call made as a share of a micro-batch (the batcher gates it)."""
 
-    def __init__(self, request: web.Request, u: Understood, text: str, plan: StorePlan | None):
+    def __init__(self, request: web.Request, u: Understood, text: str) -> None:
         self.text = text
-        self.plan = plan
-        self.coalesce = u.directives.read
-        self.priority = u.priority
         self.params = {k: v for k, v in u.body.items() if k not in UNBATCHED_FIELDS}
-        self.headers = upstream_headers(request, u)
         self.key: BatchKey = batch_key(
-            ENDPOINT, request.path, self.params, u.identity.upstream_authorization, self.headers
+            ENDPOINT,
+            request.path,
+            self.params,
+            u.identity.upstream_authorization,
+            upstream_headers(request, u),
         )
 
-    async def fly(self, runtime: Runtime, flight: Flight) -> None:
-        try:
-            answer = await self._coordinated(runtime, flight)
-        except ApiError as exc:
-            answer = error_answer(exc)
-        except Exception:
-            log.exception("a batched moderation flight failed unexpectedly")
-            answer = error_answer(ApiError(502, "The sidecar failed calling the upstream."))
-        finally:
-            runtime.flights.land(flight)
-        flight.finish(answer)
+    async def __call__(self, runtime: Runtime, flight: Flight, call: UpstreamCall) -> Answer:
+        outcome = await runtime.batcher.submit(
+            self.key,
+            BATCHED,
+            self.text,
+            params=self.params,
+            headers=call.headers,
+            priority=call.priority,
+            wanted=flight.wanted,
+        )
+        if isinstance(outcome, Share):
+            return await self._answer(runtime, call.plan, outcome)
+        return outcome
 
-    async def _coordinated(self, runtime: Runtime, flight: Flight) -> Answer:
-        """As for any flight: with peers (Redis), one replica calls upstream for a key and the
-        others read the entry it stores."""
-        peers, plan, lease = runtime.peers, self.plan, None
-        if peers is not None and self.coalesce and plan is not None:
-            lease = await peers.try_lead(plan.key)
-            if lease is None:
-                raw = await peers.await_peer(plan.key)
-                entry = decode_response(raw) if raw is not None else None
-                if entry is not None:
-                    headers = CIMultiDict({"Content-Type": "application/json"})
-                    return Answer(200, headers, entry.body, from_peer=True)
-                lease = await peers.try_lead(plan.key)
-        try:
-            outcome = await runtime.batcher.submit(
-                self.key,
-                BATCHED,
-                self.text,
-                params=self.params,
-                headers=self.headers,
-                priority=self.priority,
-                wanted=flight.wanted,
-            )
-            if isinstance(outcome, Share):
-                return await self._answer(runtime, outcome)
-            return outcome
-        finally:
-            if lease is not None and peers is not None:
-                await peers.release(lease)
-
-    async def _answer(self, runtime: Runtime, share: Share) -> Answer:
+    async def _answer(self, runtime: Runtime, plan: StorePlan | None, share: Share) -> Answer:
         """This request's answer, shaped as if it had been asked alone, and stored as such."""
         answer: dict[str, Any] = {**share.rest, "results": [share.part]}
         if share.has_usage:
@@ -162,10 +127,10 @@ class _Batched:
         headers = CIMultiDict(share.headers)
         headers[BATCH_SIZE_HEADER] = str(share.requests)
         stored = False
-        if self.plan is not None:
+        if plan is not None:
             usage = Usage(prompt_tokens=share.item_tokens, total_tokens=share.item_tokens)
-            entry = stored_response(body, self.plan.meta, usage)
-            await runtime.store.put(self.plan.key.entry, encode_entry(entry), self.plan.ttl_s)
+            entry = stored_response(body, plan.meta, usage)
+            await runtime.store.put(plan.key.entry, encode_entry(entry), plan.ttl_s)
             stored = True
         return Answer(200, headers, body, stored=stored)
 
