@@ -11,6 +11,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -84,6 +85,15 @@ def migrate_command(environ: dict[str, str]) -> int:
     return 0
 
 
+def _listen(host: str, port: int, setting: str) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(f"cannot listen on {host}:{port} ({setting}): {reason}") from None
+
+
 def _run(coro: object) -> None:
     try:
         import uvloop
@@ -101,6 +111,12 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    server = settings.server
+    # Both ports are taken before anything starts, so a port in use fails with one line.
+    sockets = (
+        _listen(server.proxy_host, server.proxy_port, "PROXY_PORT"),
+        _listen(server.admin_host, server.admin_port, "ADMIN_PORT"),
+    )
     runners: list[web.AppRunner] = []
     if fake:
         fake_runner, fake_url = await start_fake_upstream(FakeUpstream())
@@ -110,20 +126,13 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
         log.info("using the built-in fake upstream at %s", fake_url)
     runtime = await open_runtime(settings)
     try:
-        server = settings.server
         access_log = logging.getLogger("aiohttp.access") if server.access_log else None
-        for app, host, port, setting in (
-            (create_proxy_app(runtime), server.proxy_host, server.proxy_port, "PROXY_PORT"),
-            (create_admin_app(runtime), server.admin_host, server.admin_port, "ADMIN_PORT"),
-        ):
+        apps = (create_proxy_app(runtime), create_admin_app(runtime))
+        for app, sock in zip(apps, sockets, strict=True):
             runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=SHUTDOWN_GRACE_S)
             await runner.setup()
             runners.insert(0, runner)
-            try:
-                await web.TCPSite(runner, host, port, backlog=1024).start()
-            except OSError as exc:
-                reason = exc.strerror or str(exc)
-                raise OSError(f"cannot listen on {host}:{port} ({setting}): {reason}") from None
+            await web.SockSite(runner, sock).start()
         log.info(
             "sidecache ready: proxy http://%s:%d/v1, admin http://%s:%d (cache: %s, upstream: %s)",
             server.proxy_host,

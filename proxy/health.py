@@ -14,14 +14,21 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready to serve. A cache backend that does not answer leaves the sidecar serving as a
-    pass-through (misses only), so it is reported as `degraded` with status 200: taking the
-    pod out of service would take the app down with it."""
+    pass-through (misses only), and a ledger database that does not answer leaves records in
+    the journal, so either is reported as `degraded` with status 200: taking the pod out of
+    service would take the app down with it."""
     runtime = request.app[RUNTIME]
     reachable = await runtime.store.ping()
+    ledger = runtime.ledger.stats
     return web.json_response(
         {
-            "status": "ready" if reachable else "degraded",
+            "status": "ready" if reachable and ledger.sink_up else "degraded",
             "cache": {"backend": runtime.store.backend, "reachable": reachable},
+            "ledger": {
+                "sink": ledger.sink,
+                "reachable": ledger.sink_up,
+                "journal_pending": ledger.journal_pending,
+            },
             "mode": "managed" if runtime.settings.managed_mode else "pass-through",
         }
     )

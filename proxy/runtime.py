@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy.budget import BudgetBook
 from proxy.cache.memory import MemoryStore
 from proxy.cache.pipe import RedisPipe
 from proxy.cache.redis import RedisStore, connect_redis
@@ -22,6 +23,8 @@ from proxy.dispatch.flight import FlightTable
 from proxy.dispatch.gate import UpstreamGate
 from proxy.dispatch.peers import PeerFlights
 from proxy.keys import KeyMaker
+from proxy.ledger import LedgerWriter, PriceTable, open_ledger
+from proxy.ledger.collector import register_ledger_metrics
 from proxy.metrics import Metrics
 from proxy.persona import PersonaParser
 from proxy.settings import Settings
@@ -52,6 +55,9 @@ class Runtime:
     breakers: BreakerBoard
     peers: PeerFlights | None  # cross-replica single-flight, with Redis
     batcher: Batcher  # micro-batches of single-input embeddings and moderations
+    prices: PriceTable
+    ledger: LedgerWriter
+    budgets: BudgetBook
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -96,6 +102,11 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
     metrics.watch_breakers(breakers)
     client = UpstreamClient.open(settings.upstream)
     gate = UpstreamGate(upstream.max_in_flight)
+    prices = PriceTable.from_settings(settings.pricing)
+    ledger = await open_ledger(settings)
+    budgets = BudgetBook.from_settings(settings, redis=redis, sink=ledger.sink)
+    await budgets.start()
+    register_ledger_metrics(metrics.registry, writer=ledger, prices=prices, budgets=budgets)
     return Runtime(
         settings=settings,
         store=store,
@@ -111,6 +122,9 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
         breakers=breakers,
         peers=peers,
         batcher=Batcher(settings.batch, gate, breakers, client, metrics),
+        prices=prices,
+        ledger=ledger,
+        budgets=budgets,
     )
 
 
@@ -122,6 +136,8 @@ async def close_runtime(runtime: Runtime) -> None:
     if runtime.peers is not None:
         await runtime.peers.close()
     await runtime.upstream.close()
+    await runtime.budgets.close()
+    await runtime.ledger.close()  # flushes every record (to the journal if the DB is down)
     await runtime.store.close()
 
 

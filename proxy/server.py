@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proxy.accounting import record_outcome
 from proxy.errors import ApiError, error_response
 from proxy.handlers.embeddings import embeddings
 from proxy.handlers.generative import chat_completions, completions
@@ -61,12 +62,11 @@ async def _answer_and_observe(request: web.Request, handler: Handler) -> web.Str
     if endpoint is None and request.path.startswith("/v1/"):
         endpoint = PASSTHROUGH
     if endpoint is not None:
-        request.app[RUNTIME].metrics.observe_request(
-            endpoint,
-            response.headers.get("X-Cache", "NONE"),
-            response.status,
-            time.perf_counter() - started,
-        )
+        runtime = request.app[RUNTIME]
+        elapsed = time.perf_counter() - started
+        cache = response.headers.get("X-Cache", "NONE")
+        runtime.metrics.observe_request(endpoint, cache, response.status, elapsed)
+        record_outcome(runtime.ledger, request, response, elapsed)
     return response
 
 

@@ -52,11 +52,12 @@ class Receiver:
             await self._runner.cleanup()
 
     def thresholds(self, **match: Any) -> list[float]:
-        return [
+        """The thresholds alerted, sorted: alerts are posted concurrently, in no set order."""
+        return sorted(
             body["threshold"]
             for body in self.bodies
             if all(body.get(k) == v for k, v in match.items())
-        ]
+        )
 
 
 @asynccontextmanager

@@ -73,6 +73,7 @@ def test_redis_down_means_pass_through_then_recovery(
     assert readiness(sidecar) == {
         "status": "ready",
         "cache": {"backend": "redis", "reachable": True},
+        "ledger": {"sink": "sqlite", "reachable": True, "journal_pending": 0},
         "mode": "pass-through",
     }
     metrics = sidecar.request("GET", "/metrics", admin=True).body.decode()

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from proxy.budget.alerts import Alerter, BudgetAlert, Scope, threshold_label
-from proxy.budget.limits import Budget, exceeded, key_part, limit_for, seconds
+from proxy.budget.limits import Budget, exceeded, hashed_part, key_part, limit_for, seconds
 from proxy.budget.spend import MemorySpend, RedisSpend, SpendStore, SpendUnavailable
 from proxy.ledger.records import BudgetOverride
 from proxy.settings import BudgetSettings, Settings
@@ -155,7 +155,7 @@ class BudgetBook:
         ]  # fmt: skip
         if user_id:
             user_row = self._overrides.get(("user", user_id))
-            ukey = f"{base}:u:{key_part(user_id)}"
+            ukey = f"{base}:u:{hashed_part(user_id)}"  # user ids never appear in Redis keys
             out += [
                 Budget("user", "daily", day, limit_for(user_row, "daily", cfg.user_daily_usd),
                        f"{ukey}:d:{day}", _DAY_TTL_S, to_day),

@@ -30,6 +30,11 @@ def key_part(value: str) -> str:
     """A key-safe form of an id: as is when plain, else a hash (never `:`, `{` or `}`)."""
     if _SAFE.match(value):
         return value
+    return hashed_part(value)
+
+
+def hashed_part(value: str) -> str:
+    """A key part that reveals nothing of the id it stands for."""
     return "~" + hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:32]
 
 

@@ -69,12 +69,12 @@ def stored_response(body: bytes, meta: EntryMeta, usage: Usage) -> StoredRespons
     )
 
 
-async def store_answer(store: CacheStore, call: UpstreamCall, body: bytes) -> bool:
-    """Stores a successful answer per the call's plan if it is whole; whether it was."""
-    if call.plan is None:
-        return False
-    usage = call.validate(body)
-    if usage is None:
+async def store_answer(
+    store: CacheStore, call: UpstreamCall, body: bytes, usage: Usage | None
+) -> bool:
+    """Stores a successful answer per the call's plan if it is whole (`usage` is what
+    `call.validate` made of it: None when it is not); whether it was stored."""
+    if call.plan is None or usage is None:
         return False
     entry = stored_response(body, call.plan.meta, usage)
     await store.put(call.plan.key.entry, encode_entry(entry), call.plan.ttl_s)

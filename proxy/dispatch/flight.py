@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
 
+from proxy.wire import Usage
+
 
 @dataclass(slots=True)
 class Answer:
@@ -26,6 +28,8 @@ class Answer:
     streamed: bool = False  # the body is the assembled form of an SSE stream
     stored: bool = False
     from_peer: bool = False  # another replica made the call; this one read its entry
+    usage: Usage | None = None  # what the call cost in tokens (the stored entry's, from a peer)
+    upstream_ms: float | None = None
 
 
 @dataclass(slots=True)

@@ -24,6 +24,7 @@ from proxy.sse import SseParser, format_event
 from proxy.upstream.breakers import UpstreamFailure
 from proxy.upstream.client import read_body
 from proxy.upstream.headers import client_response_headers
+from proxy.wire import PromptTokensDetails, Usage
 
 log = logging.getLogger("sidecache.flight")
 _encode = msgspec.json.Encoder().encode
@@ -71,7 +72,13 @@ async def _coordinated(
             raw = await peers.await_peer(call.plan.key)
             entry = decode_response(raw) if raw is not None else None
             if entry is not None:
-                return Answer(200, CIMultiDict(JSON_HEADERS), entry.body, from_peer=True)
+                usage = Usage(
+                    prompt_tokens=entry.prompt_tokens,
+                    completion_tokens=entry.completion_tokens,
+                    prompt_tokens_details=PromptTokensDetails(entry.cached_tokens),
+                )
+                headers = CIMultiDict(JSON_HEADERS)
+                return Answer(200, headers, entry.body, from_peer=True, usage=usage)
             lease = await peers.try_lead(call.plan.key)
     try:
         return await send(runtime, flight, call)
@@ -89,9 +96,12 @@ async def call_upstream(runtime: Runtime, flight: Flight, call: UpstreamCall) ->
 
 async def _call_upstream(runtime: Runtime, flight: Flight, call: UpstreamCall) -> Answer:
     breaker = runtime.breakers.for_endpoint(call.endpoint)
+    started = time.perf_counter()
     try:
         with breaker.guard():
             answer = await _guarded(runtime, flight, call)
+            if answer is not None:
+                answer.upstream_ms = (time.perf_counter() - started) * 1000
     except UpstreamFailure as failure:
         assert isinstance(failure.payload, Answer)
         return failure.payload
@@ -99,7 +109,8 @@ async def _call_upstream(runtime: Runtime, flight: Flight, call: UpstreamCall) -
         # Raised outside the breaker: everyone leaving a healthy stream is no upstream failure.
         raise Abandoned()
     if answer.status == 200 and not answer.streamed:
-        answer.stored = await store_answer(runtime.store, call, answer.body)
+        answer.usage = call.validate(answer.body)
+        answer.stored = await store_answer(runtime.store, call, answer.body, answer.usage)
     return answer
 
 
@@ -161,8 +172,9 @@ async def _relay_stream(
         raise UpstreamFailure(502, failed)
     upstream.release()
     body = _encode(assemble(chunks, call.kind))
-    answer = Answer(200, CIMultiDict(JSON_HEADERS), body, streamed=True)
-    answer.stored = await store_answer(runtime.store, call, body)
+    usage = call.validate(body)
+    answer = Answer(200, CIMultiDict(JSON_HEADERS), body, streamed=True, usage=usage)
+    answer.stored = await store_answer(runtime.store, call, body, usage)
     return answer
 
 

@@ -44,6 +44,7 @@ from proxy.handlers.common import (
     upstream_headers,
     view,
 )
+from proxy.handlers.costing import open_outcome, preflight
 from proxy.keys import NON_SEMANTIC_FIELDS
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
@@ -79,11 +80,16 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
             found[i] = decode_vector(raw) if raw is not None else None
     missing = [i for i, vector in enumerate(found) if vector is None]
     hits = len(items) - len(missing)
+    costs = open_outcome(request, u, req.model)
+    saved_tokens = sum(vector.tokens for vector in found if vector is not None)
+    if saved_tokens:
+        costs.saved(runtime.prices, saved_tokens, 0, 0)
     runtime.metrics.embedding_items.labels(HIT).inc(hits)
     runtime.metrics.embedding_items.labels(MISS).inc(len(missing))
 
     model, spent, relayed, shared = req.model, 0, None, 0
     if missing:
+        await preflight(runtime, u, req.model)
         if len(items) == 1:
             outcome = await _fetch_batched(request, runtime, u, items[0])
         else:
@@ -94,6 +100,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         fetched, relayed, shared = outcome
         model = fetched.model or model
         spent = fetched.spent
+        cost = costs.paid(runtime.prices, spent, 0, 0)
+        await runtime.budgets.settle(u.identity.tenant, u.user_id, cost)
         new = fetched.vectors(entry_meta(u, req.model, scope))
         for i, vector in zip(missing, new, strict=True):
             found[i] = vector

@@ -19,6 +19,7 @@ from proxy.handlers.common import (
     upstream_headers,
     view,
 )
+from proxy.handlers.costing import count_flight, count_hit, open_outcome, preflight
 from proxy.handlers.flights import flight_for, respond
 from proxy.runtime import RUNTIME
 from proxy.ttl import chat_kind
@@ -47,9 +48,13 @@ async def _generative(request: web.Request, endpoint: str, kind: str) -> web.Str
     key = keys.request_key(u.identity.tenant, endpoint, u.body, scope)
     stream = bool(req.stream)
     include_usage = bool(req.stream_options and req.stream_options.include_usage)
+    outcome = open_outcome(request, u, req.model)
     entry = await lookup(runtime, u, key)
     if entry is not None:
+        count_hit(runtime, outcome, entry)
         return await serve_stored(request, entry, key, stream=stream, include_usage=include_usage)
+
+    await preflight(runtime, u, req.model)
 
     plan = None
     if u.directives.write:
@@ -61,7 +66,11 @@ async def _generative(request: web.Request, endpoint: str, kind: str) -> web.Str
     if leader:
         launch(runtime, flight, _call(request, u, kind, stream, plan))
     label = miss_status(u) if leader else COALESCED
-    return await respond(request, flight, key, label, stream=stream, include_usage=include_usage)
+    response = await respond(
+        request, flight, key, label, stream=stream, include_usage=include_usage
+    )
+    await count_flight(runtime, outcome, u, flight, leader)
+    return response
 
 
 def _call(

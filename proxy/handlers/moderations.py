@@ -40,6 +40,7 @@ from proxy.handlers.common import (
     upstream_headers,
     view,
 )
+from proxy.handlers.costing import count_flight, count_hit, open_outcome, preflight
 from proxy.handlers.flights import flight_for, respond
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
@@ -58,9 +59,13 @@ async def moderations(request: web.Request) -> web.StreamResponse:
     req = view(ModerationRequest, u.body)
     scope = runtime.keys.scope_part(u.directives, u.persona, u.user_id, ())
     key = runtime.keys.request_key(u.identity.tenant, ENDPOINT, u.body, scope)
+    model = req.model or "omni-moderation-latest"
+    outcome = open_outcome(request, u, model)
     entry = await lookup(runtime, u, key)
     if entry is not None:
+        count_hit(runtime, outcome, entry)
         return await serve_stored(request, entry, key)
+    await preflight(runtime, u, model)
     plan = None
     if u.directives.write:
         ttl = runtime.ttl.seconds(Kind.MODERATIONS, 0.0, u.directives.max_age)
@@ -79,7 +84,9 @@ async def moderations(request: web.Request) -> web.StreamResponse:
         )
         text = _single_text(req.input)
         launch(runtime, flight, call, _BatchedSend(request, u, text) if text is not None else None)
-    return await respond(request, flight, key, miss_status(u) if leader else COALESCED)
+    response = await respond(request, flight, key, miss_status(u) if leader else COALESCED)
+    await count_flight(runtime, outcome, u, flight, leader)
+    return response
 
 
 def _single_text(value: str | list[Any]) -> str | None:
@@ -126,13 +133,13 @@ class _BatchedSend:
         body = _encode(answer)
         headers = CIMultiDict(share.headers)
         headers[BATCH_SIZE_HEADER] = str(share.requests)
+        usage = Usage(prompt_tokens=share.item_tokens, total_tokens=share.item_tokens)
         stored = False
         if plan is not None:
-            usage = Usage(prompt_tokens=share.item_tokens, total_tokens=share.item_tokens)
             entry = stored_response(body, plan.meta, usage)
             await runtime.store.put(plan.key.entry, encode_entry(entry), plan.ttl_s)
             stored = True
-        return Answer(200, headers, body, stored=stored)
+        return Answer(200, headers, body, stored=stored, usage=usage)
 
 
 def split_answer(payload: bytes, count: int) -> Split:
