@@ -38,7 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import batching, coalescing, hits, ledger, loadgen, memory, misses
+from . import batching, coalescing, hits, ledger, ledger_overhead, loadgen, memory, misses
 from .machine import CpuMeter
 from .procs import REPO, HarnessError, log_tail
 from .report import Row, format_table, rows_json, write_json
@@ -55,6 +55,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     batching.embeddings_batching,
     coalescing.coalescing_savings,
     ledger.ledger_ingest,
+    ledger_overhead.ledger_overhead,
     memory.peak_rss,
 )
 RESULTS = REPO / "bench" / "results" / "latest.json"

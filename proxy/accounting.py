@@ -55,7 +55,7 @@ def record_outcome(
 ) -> None:
     """One ledger record for an understood request that got as far as knowing its tenant."""
     outcome = request.get(OUTCOME)
-    if outcome is None:
+    if outcome is None or not ledger.enabled:
         return
     status = response.headers.get("X-Cache", "MISS")
     cache_status = status if status in CACHE_STATUSES else "MISS"

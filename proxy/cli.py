@@ -24,7 +24,8 @@ from proxy.ledger.factory import migrate_ledger
 from proxy.logs import configure_logging
 from proxy.runtime import close_runtime, open_runtime
 from proxy.server import create_proxy_app
-from proxy.settings import Settings, SettingsError, load_settings
+from proxy.settings import Settings, SettingsError
+from proxy.settings_load import load_settings
 
 log = logging.getLogger("sidecache")
 SHUTDOWN_GRACE_S = 10.0

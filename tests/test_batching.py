@@ -20,7 +20,7 @@ from proxy.dispatch.batcher import Batcher
 from proxy.dispatch.gate import Priority, UpstreamGate
 from proxy.handlers import embeddings as embeddings_handler
 from proxy.metrics import Metrics
-from proxy.settings import load_settings
+from proxy.settings_load import load_settings
 from proxy.upstream.breakers import BreakerBoard
 from proxy.upstream.client import UpstreamClient
 from tests.fixtures.sidecar import API_KEY, OTHER_API_KEY, Sidecar, SidecarFactory, Stub

@@ -16,7 +16,7 @@ from typing import IO, Any
 import openai
 import pytest
 
-from proxy.settings import ENV_FIELDS
+from proxy.settings_load import ENV_FIELDS
 from tests.fixtures.server_base import free_port
 from tests.fixtures.sidecar import API_KEY, HttpAnswer, http_request
 

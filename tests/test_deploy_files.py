@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from proxy.settings import ENV_FIELDS
+from proxy.settings_load import ENV_FIELDS
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"

@@ -19,13 +19,7 @@ from proxy.directives import DEFAULT_DIRECTIVES, Directives, Scope, parse_direct
 from proxy.errors import ApiError
 from proxy.keys import CacheKey, KeyMaker
 from proxy.persona import HEADER_BY_DIMENSION, NO_PERSONA, Persona, PersonaParser, parse_user_id
-from proxy.settings import (
-    PERSONA_DIMENSIONS,
-    CacheSettings,
-    PersonaSettings,
-    Settings,
-    TtlSettings,
-)
+from proxy.settings import PERSONA_DIMENSIONS, CacheSettings, PersonaSettings, Settings, TtlSettings
 from proxy.ttl import Kind, TtlPolicy, chat_kind
 
 PROPERTY = settings(

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from proxy.ledger.factory import journal_path, migrate_ledger, open_ledger
-from proxy.settings import load_settings
+from proxy.settings_load import load_settings
 from tests.fixtures.server_base import free_port
 from tests.ledger_db import LedgerDb, make_records
 

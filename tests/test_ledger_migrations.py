@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy.ledger.migrate import load_migrations, split_sqlite
-from proxy.settings import ENV_FIELDS
+from proxy.settings_load import ENV_FIELDS
 from tests.ledger_db import LedgerDb
 
 REPO = Path(__file__).resolve().parent.parent

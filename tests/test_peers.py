@@ -18,7 +18,7 @@ import httpx2
 import openai
 import pytest
 
-from proxy.settings import ENV_FIELDS
+from proxy.settings_load import ENV_FIELDS
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.server_base import free_port
 from tests.fixtures.sidecar import API_KEY, Stub, http_request

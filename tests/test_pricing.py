@@ -17,7 +17,8 @@ from proxy.ledger.pricing import (
     default_pricing_path,
     read_price_file,
 )
-from proxy.settings import PricingSettings, SettingsError, load_settings
+from proxy.settings import PricingSettings, SettingsError
+from proxy.settings_load import load_settings
 
 
 @pytest.fixture

@@ -13,13 +13,8 @@ from typing import Any
 
 import pytest
 
-from proxy.settings import (
-    ENV_FIELDS,
-    Settings,
-    SettingsError,
-    default_config_path,
-    load_settings,
-)
+from proxy.settings import Settings, SettingsError
+from proxy.settings_load import ENV_FIELDS, default_config_path, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_VALUES = ("sk-live-upstream-5ecret", "sk-sidecar-5ecret", "admin-tok-5ecret", "hmac-5ecret")
@@ -266,7 +261,8 @@ def test_cli_exits_2_with_one_line_on_a_bad_setting() -> None:
 
 _WHEEL_PROBE = """
 import json, proxy
-from proxy.settings import Settings, default_config_path, load_settings
+from proxy.settings import Settings
+from proxy.settings_load import default_config_path, load_settings
 print(json.dumps({
     "proxy": proxy.__file__,
     "config": str(default_config_path()),

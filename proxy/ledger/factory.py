@@ -49,6 +49,7 @@ async def open_ledger(settings: Settings, *, start: bool = True) -> LedgerWriter
         flush_interval_s=ledger.flush_interval_s,
         queue_max=ledger.queue_max,
         retry_max_s=ledger.retry_max_s,
+        enabled=ledger.enabled,
     )
     if ledger.migrate_on_start:
         try:

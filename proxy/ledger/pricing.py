@@ -16,7 +16,8 @@ from pathlib import Path
 
 import msgspec
 
-from proxy.settings import PricingSettings, SettingsError, config_dir
+from proxy.settings import PricingSettings, SettingsError
+from proxy.settings_load import config_dir
 
 PER_MILLION = 1_000_000.0
 UNPRICED_NAMES_MAX = 100

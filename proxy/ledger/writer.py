@@ -51,7 +51,9 @@ class LedgerWriter:
         retry_min_s: float = 0.5,
         retry_max_s: float = 30.0,
         rejects: Journal | None = None,
+        enabled: bool = True,
     ) -> None:
+        self.enabled = enabled  # False (LEDGER_ENABLED=false): record_outcome records nothing
         self.sink = sink
         self.journal = journal
         self.rejects = rejects or Journal(journal.path.with_name(journal.path.name + ".rejected"))
