@@ -31,11 +31,14 @@ lint: install
 
 test: lint test-servers
 	$(BIN)/pytest -q
+	$(BIN)/pytest -q browser_tests
 
-## The tests start private Redis and PostgreSQL servers from these Debian packages' binaries.
+## The tests start private Redis and PostgreSQL servers from these Debian packages' binaries,
+## and drive the dashboard page in Debian's headless Chromium (no browser download).
 test-servers:
 	@command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
-	  || (apt-get update -qq && apt-get install -y -qq redis-server postgresql)
+	  && test -x /usr/lib/chromium/chromium \
+	  || (apt-get update -qq && apt-get install -y -qq redis-server postgresql chromium)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache

@@ -8,7 +8,10 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client.aiohttp import make_aiohttp_handler
 
-from proxy.errors import error_response
+from admin.api import add_api_routes
+from admin.auth import auth_middleware
+from admin.page import add_page_routes
+from proxy.errors import ApiError, error_response
 from proxy.health import healthz, readyz
 from proxy.runtime import RUNTIME, Runtime
 
@@ -16,13 +19,18 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def create_admin_app(runtime: Runtime) -> web.Application:
-    app = web.Application(middlewares=[_openai_shaped_http_errors])
+    admin = runtime.settings.admin
+    app = web.Application(
+        middlewares=[_openai_shaped_http_errors, auth_middleware(admin.tokens, admin.user_ids)]
+    )
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    add_page_routes(app)  # GET / (the dashboard) and /static/*: no token, the API checks it
     # Prometheus text format, negotiated from Accept (0.0.4 unless the scraper asks for more).
     # Labels carry endpoints and statuses, never users or secrets.
     app.router.add_get("/metrics", make_aiohttp_handler(runtime.metrics.registry))
+    add_api_routes(app, runtime)
     return app
 
 
@@ -33,6 +41,8 @@ async def _openai_shaped_http_errors(
 ) -> web.StreamResponse:
     try:
         response: web.StreamResponse = await handler(request)
+    except ApiError as exc:
+        return exc.response()
     except web.HTTPException as exc:
         if exc.status == 404:
             return error_response(404, f"Unknown admin route {request.path}.", code="unknown_url")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -205,6 +206,23 @@ class PostgresSink:
             override.daily_usd,
             override.monthly_usd,
             override.updated_at,
+        )
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A read query for the admin API (`$n` placeholders), on the pool."""
+        pool = await self._ready()
+        return [tuple(row) for row in await pool.fetch(sql, *params)]
+
+    async def write_audit(
+        self, admin_user: str, action: str, target: dict[str, Any], detail: dict[str, Any]
+    ) -> None:
+        pool = await self._ready()
+        await pool.execute(
+            "INSERT INTO admin_audit (admin_user, action, target, detail) VALUES ($1, $2, $3, $4)",
+            admin_user,
+            action,
+            target,
+            detail,
         )
 
     async def close(self) -> None:

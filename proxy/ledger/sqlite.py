@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -201,6 +201,24 @@ class SqliteSink:
                 override.monthly_usd,
                 sqlite_time(override.updated_at),
             ),
+        )
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """A read query for the admin API (`?` placeholders), on the sink's thread."""
+        return await self._call(self._fetch_sync, sql, params)
+
+    def _fetch_sync(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        if self._migrate and not self._migrated:
+            self._migrate_sync()
+        return [tuple(row) for row in self._connection().execute(sql, tuple(params))]
+
+    async def write_audit(
+        self, admin_user: str, action: str, target: dict[str, Any], detail: dict[str, Any]
+    ) -> None:
+        await self._call(
+            self._fetch_sync,
+            "INSERT INTO admin_audit (admin_user, action, target, detail) VALUES (?, ?, ?, ?)",
+            (admin_user, action, _json(target).decode(), _json(detail).decode()),
         )
 
     async def close(self) -> None:

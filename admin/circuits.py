@@ -1,0 +1,67 @@
+"""Circuit breakers on the admin API: list them, and reset one or all (audited)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import msgspec
+from aiohttp import web
+
+from admin.audit import audit
+from admin.auth import CALLER
+from admin.dashboard import json_answer
+from admin.models import Circuit, Circuits, LastFailure, ResetAnswer, ResetBody, invalid
+from proxy.errors import bad_request
+from proxy.runtime import Runtime
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).isoformat().replace("+00:00", "Z")
+
+
+def circuits(runtime: Runtime) -> Circuits:
+    board = runtime.breakers
+    out = []
+    for name, breaker in board.breakers.items():
+        failed = board.last_failure.get(name)
+        opened = breaker.opened_at()
+        out.append(Circuit(
+            name=name, state=breaker.state, failures=breaker.failures,
+            last_failure=LastFailure(at=_iso(failed[0]), error=failed[1]) if failed else None,
+            opened_at=opened.isoformat().replace("+00:00", "Z") if opened else None,
+            opened_count=board.opened_count.get(name, 0),
+        ))  # fmt: skip
+    return Circuits(upstream=board.upstream, circuits=out)
+
+
+class CircuitApi:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def list(self, request: web.Request) -> web.Response:
+        return json_answer(circuits(self.runtime))
+
+    async def reset(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            body = msgspec.json.decode(raw, type=ResetBody) if raw.strip() else ResetBody()
+        except msgspec.ValidationError as exc:
+            raise invalid(exc) from None
+        except msgspec.DecodeError:
+            raise bad_request("The body must be a JSON object.", param="body") from None
+        board = self.runtime.breakers
+        if body.breaker is not None and body.breaker not in board.breakers:
+            known = ", ".join(board.breakers)
+            raise bad_request(f"Unknown breaker {body.breaker[:64]!r}; one of: {known}.",
+                              param="breaker")  # fmt: skip
+        before = {name: b.state for name, b in board.breakers.items()}
+        states = board.reset(body.breaker)
+        names: list[str] = [body.breaker] if body.breaker else list(board.breakers)
+        audited = await audit(
+            self.runtime.ledger.sink,
+            request[CALLER],
+            "circuits.reset",
+            {"breaker": body.breaker},
+            {"before": before, "after": states},
+        )
+        return json_answer(ResetAnswer(reset=names, states=states, audited=audited))

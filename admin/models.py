@@ -1,0 +1,212 @@
+"""Wire shapes of the admin JSON API: query and body parameters (validated; a bad one is a 400
+naming it) and every answer. The OpenAPI document is generated from these."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Literal
+
+import msgspec
+
+from proxy.errors import bad_request
+from proxy.ledger.writer import WriterStats
+
+Window = Literal["1h", "24h", "7d", "30d"]
+WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24),
+           "7d": timedelta(days=7), "30d": timedelta(days=30)}  # fmt: skip
+GROUP_COLUMNS = {"model": "model", "user": "user_id", "tenant": "tenant",
+                 "request_type": "request_type"}  # fmt: skip
+
+
+class WindowParams(msgspec.Struct, kw_only=True):
+    window: Window = "24h"
+
+
+class PerformanceParams(msgspec.Struct, kw_only=True):
+    window: Window = "1h"
+
+
+class CostsParams(msgspec.Struct, kw_only=True):
+    window: Window = "24h"
+    bucket: Literal["hour", "day"] = "hour"
+    group_by: Literal["model", "user", "tenant", "request_type"] = "model"
+
+
+class UsersParams(msgspec.Struct, kw_only=True):
+    window: Window = "24h"
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
+
+
+# The breaker families of proxy.upstream.breakers.FAMILIES.
+BreakerName = Literal["chat", "embeddings", "moderation", "other"]
+
+
+class ResetBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    breaker: BreakerName | None = None  # None: every breaker
+
+
+# ---- answers -------------------------------------------------------------------------------
+
+
+class Latency(msgspec.Struct):
+    avg_ms: float
+    p95_ms_approx: float  # 95th percentile of the roll-up's per-group hourly averages
+
+
+class Overview(msgspec.Struct):
+    window: str
+    requests: int
+    hits: int
+    hit_rate: float
+    errors: int
+    cost_usd: float
+    saved_usd: float
+    prompt_tokens: int
+    completion_tokens: int
+    latency: Latency
+    unpriced_models: list[str]
+    unpriced_requests: int
+    ledger: WriterStats
+
+
+class CostPoint(msgspec.Struct):
+    bucket: str  # UTC, e.g. 2026-11-24T03:00:00Z
+    group: str
+    requests: int
+    cost_usd: float
+    saved_usd: float
+
+
+class Costs(msgspec.Struct):
+    window: str
+    bucket: str
+    group_by: str
+    series: list[CostPoint]
+    total_cost_usd: float
+    total_saved_usd: float
+
+
+class LatencyRow(msgspec.Struct):
+    endpoint: str
+    cache_status: str
+    requests: int
+    avg_ms: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+
+
+class ErrorRow(msgspec.Struct):
+    endpoint: str
+    status: int
+    count: int
+
+
+class TimedQuery(msgspec.Struct):
+    name: str
+    ms: float
+    rows: int
+
+
+class IndexSuggestion(msgspec.Struct):
+    query: str
+    kind: str
+    reason: str
+    sql: str
+
+
+class Performance(msgspec.Struct):
+    window: str
+    latency: list[LatencyRow]
+    upstream_errors: list[ErrorRow]
+    slow_queries: list[TimedQuery]
+    suggestions: list[IndexSuggestion]
+
+
+class BudgetState(msgspec.Struct):
+    scope: str
+    period: str
+    limit_usd: float  # 0: unlimited
+    spent_usd: float
+
+
+class UserRow(msgspec.Struct):
+    tenant: str
+    user_id: str
+    requests: int
+    hits: int
+    hit_rate: float
+    cost_usd: float
+    saved_usd: float
+    budgets: list[BudgetState] | None  # None: the spend store is unreachable
+
+
+class Users(msgspec.Struct):
+    window: str
+    by_cost: list[UserRow]
+    by_requests: list[UserRow]
+
+
+class HitRate(msgspec.Struct):
+    key: str
+    requests: int
+    hits: int
+    hit_rate: float
+    saved_usd: float
+
+
+class PersonaHitRate(msgspec.Struct):
+    dimension: str
+    value: str
+    requests: int
+    hits: int
+    hit_rate: float
+
+
+class CacheStats(msgspec.Struct):
+    window: str
+    backend: str
+    entries: int | None  # None: the store cannot tell cheaply (Redis)
+    bytes: int | None
+    by_endpoint: list[HitRate]
+    by_model: list[HitRate]
+    by_persona: list[PersonaHitRate]
+    saved_usd: float
+
+
+class LastFailure(msgspec.Struct):
+    at: str
+    error: str
+
+
+class Circuit(msgspec.Struct):
+    name: str
+    state: str
+    failures: int
+    last_failure: LastFailure | None
+    opened_at: str | None
+    opened_count: int
+
+
+class Circuits(msgspec.Struct):
+    upstream: str
+    circuits: list[Circuit]
+
+
+class ResetAnswer(msgspec.Struct):
+    reset: list[str]
+    states: dict[str, str]
+    audited: bool
+
+
+_AT = re.compile(r"at `\$\.([A-Za-z_]+)")
+_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+
+
+def invalid(exc: msgspec.ValidationError | msgspec.DecodeError) -> Exception:
+    """A 400 naming the parameter msgspec refused."""
+    text = str(exc)
+    found = _AT.search(text) or _UNKNOWN.search(text)
+    return bad_request(f"Invalid parameter: {text}", param=found.group(1) if found else None)

@@ -1,0 +1,81 @@
+"""The OpenAPI 3.1 document of the admin JSON API, generated from the msgspec Structs that
+validate its parameters and shape its answers. Served without a token at
+`/api/admin/openapi.json`: it describes routes, never data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from admin import models as m
+from proxy.errors import ErrorBody
+
+PREFIX = "/api/admin/dashboard"
+# path -> (method, summary, query params struct, body struct, answer struct)
+ROUTES: list[tuple[str, str, str, type | None, type | None, type]] = [
+    ("/overview", "get", "Totals and rates over a window", m.WindowParams, None, m.Overview),
+    ("/costs", "get", "Cost and savings over time", m.CostsParams, None, m.Costs),
+    ("/performance", "get", "Latency, upstream errors, slow analytics queries",
+     m.PerformanceParams, None, m.Performance),
+    ("/users", "get", "Top users by cost and requests", m.UsersParams, None, m.Users),
+    ("/cache", "get", "Hit rates, entries, memory and savings", m.WindowParams, None,
+     m.CacheStats),
+    ("/circuits", "get", "Every circuit breaker", None, None, m.Circuits),
+    ("/circuits/reset", "post", "Close one breaker or all (audited)", None, m.ResetBody,
+     m.ResetAnswer),
+]  # fmt: skip
+_ERRORS = {
+    "400": "A parameter is invalid (`error.param` names it)",
+    "401": "Missing or invalid admin token",
+    "403": "X-Admin-User is not in ADMIN_USER_IDS",
+    "503": "The ledger database cannot answer",
+}
+
+
+def _query_parameters(kind: type, schemas: dict[str, Any]) -> list[dict[str, Any]]:
+    schema = schemas[kind.__name__]
+    return [
+        {"name": name, "in": "query", "required": False, "schema": prop}
+        for name, prop in schema["properties"].items()
+    ]
+
+
+def openapi_document() -> dict[str, Any]:
+    kinds: list[type] = [ErrorBody]
+    for _, _, _, query, body, answer in ROUTES:
+        kinds += [k for k in (query, body, answer) if k is not None]
+    _, schemas = msgspec.json.schema_components(kinds, ref_template="#/components/schemas/{name}")
+    error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    paths: dict[str, Any] = {}
+    for path, method, summary, query, body, answer in ROUTES:
+        op: dict[str, Any] = {
+            "summary": summary,
+            "operationId": (PREFIX + path).replace("/api/admin/", "").replace("/", "_"),
+            "parameters": _query_parameters(query, schemas) if query else [],
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {"application/json": {
+                        "schema": {"$ref": f"#/components/schemas/{answer.__name__}"}}},
+                },
+                **{code: {"description": text, "content": error} for code, text in _ERRORS.items()},
+            },
+        }  # fmt: skip
+        if body is not None:
+            op["requestBody"] = {
+                "required": False,
+                "content": {"application/json": {
+                    "schema": {"$ref": f"#/components/schemas/{body.__name__}"}}},
+            }  # fmt: skip
+        paths[PREFIX + path] = {method: op}
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Sidecache admin API", "version": "1"},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }

@@ -1,0 +1,82 @@
+"""The dashboard's SQL, one text for both ledgers where the dialects agree (`?` placeholders).
+
+Windows over the hourly roll-up start at the top of the hour `window` ago. Two answers need
+dimensions the roll-up does not keep (cache status for latency percentiles, persona values),
+so they read raw rows of the window; `performance` reports them and suggests a view."""
+
+from __future__ import annotations
+
+TOTALS = """
+SELECT coalesce(sum(requests), 0), coalesce(sum(hits), 0), coalesce(sum(errors), 0),
+       coalesce(sum(cost), 0), coalesce(sum(saved_cost), 0), coalesce(sum(response_ms_sum), 0),
+       coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)
+FROM ai_usage_hourly WHERE hour >= ?"""
+
+GROUP_LATENCY = """
+SELECT response_ms_sum / requests, requests
+FROM ai_usage_hourly WHERE hour >= ? AND requests > 0"""
+
+# `{bucket}` and `{column}` come from fixed tables below, never from a request.
+_COSTS = """
+SELECT {bucket} AS bucket, {column} AS grp, sum(requests), sum(cost), sum(saved_cost)
+FROM ai_usage_hourly WHERE hour >= ?
+GROUP BY 1, 2 ORDER BY 1, 2"""
+_BUCKETS = {
+    "postgres": {
+        "hour": """to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24":00:00Z"')""",
+        "day": """to_char(hour AT TIME ZONE 'UTC', 'YYYY-MM-DD"T00:00:00Z"')""",
+    },
+    "sqlite": {
+        "hour": "substr(hour, 1, 13) || ':00:00Z'",
+        "day": "substr(hour, 1, 10) || 'T00:00:00Z'",
+    },
+}
+
+# Percentiles as the ceil(n * p)-th smallest value (percentile_disc), with window functions
+# that both PostgreSQL and SQLite have.
+LATENCY = """
+WITH r AS (
+    SELECT request_type, cache_status, response_time_ms,
+           row_number() OVER (PARTITION BY request_type, cache_status
+                              ORDER BY response_time_ms) AS rn,
+           count(*) OVER (PARTITION BY request_type, cache_status) AS n
+    FROM ai_requests WHERE created_at >= ?
+)
+SELECT request_type, cache_status, max(n), avg(response_time_ms),
+       max(CASE WHEN rn = (n * 50 + 99) / 100 THEN response_time_ms END),
+       max(CASE WHEN rn = (n * 95 + 99) / 100 THEN response_time_ms END),
+       max(CASE WHEN rn = (n * 99 + 99) / 100 THEN response_time_ms END),
+       max(response_time_ms)
+FROM r GROUP BY 1, 2 ORDER BY 1, 2"""
+
+ERRORS = """
+SELECT request_type, status, count(*) FROM ai_requests
+WHERE created_at >= ? AND status >= 500
+GROUP BY 1, 2 ORDER BY 1, 2"""
+
+_TOP_USERS = """
+SELECT tenant, user_id, sum(requests), sum(hits), sum(cost), sum(saved_cost)
+FROM ai_usage_hourly WHERE hour >= ? AND user_id <> ''
+GROUP BY 1, 2 ORDER BY {order}, 1, 2 LIMIT ?"""
+USERS_BY_COST = _TOP_USERS.format(order="5 DESC, 3 DESC")
+USERS_BY_REQUESTS = _TOP_USERS.format(order="3 DESC, 5 DESC")
+
+_HIT_RATES = """
+SELECT {column}, sum(requests), sum(hits), sum(saved_cost)
+FROM ai_usage_hourly WHERE hour >= ? GROUP BY 1 ORDER BY 1"""
+HITS_BY_ENDPOINT = _HIT_RATES.format(column="request_type")
+HITS_BY_MODEL = _HIT_RATES.format(column="model")
+
+_PERSONA = """
+SELECT p.key, p.value, count(*), sum(CASE WHEN ai_requests.cache_hit THEN 1 ELSE 0 END)
+FROM ai_requests, {each}(ai_requests.persona) p
+WHERE ai_requests.created_at >= ?
+GROUP BY 1, 2 ORDER BY 1, 2"""
+PERSONA = {
+    "postgres": _PERSONA.format(each="jsonb_each_text"),
+    "sqlite": _PERSONA.format(each="json_each"),
+}
+
+
+def costs(dialect: str, bucket: str, column: str) -> str:
+    return _COSTS.format(bucket=_BUCKETS[dialect][bucket], column=column)

@@ -1,0 +1,124 @@
+"""Who may call the admin API (401/403, OpenAI-shaped), what needs no token, and bad
+parameters (400 naming them)."""
+
+from __future__ import annotations
+
+from typing import Any, get_args
+
+import pytest
+
+from admin.models import BreakerName
+from tests.admin_support import BASE, TOKEN, TOKENS, call
+from tests.fixtures.sidecar import Sidecar, SidecarFactory
+
+ROUTES = [
+    ("GET", f"{BASE}/{path}")
+    for path in ("overview", "costs", "performance", "users", "cache", "circuits")
+] + [("POST", f"{BASE}/circuits/reset")]
+
+
+def error_of(answer: Any, status: int) -> dict[str, Any]:
+    assert answer.status == status, answer.body
+    assert answer.headers["content-type"].startswith("application/json")
+    error: dict[str, Any] = answer.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_no_tokens_configured_closes_the_api(
+    make_sidecar: SidecarFactory, method: str, path: str
+) -> None:
+    sidecar = make_sidecar()
+    error = error_of(call(sidecar, path, method=method, token="anything"), 401)
+    assert "ADMIN_TOKENS" in error["message"]
+    assert error["type"] == "authentication_error"
+
+
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_missing_and_wrong_tokens_are_401(
+    make_sidecar: SidecarFactory, method: str, path: str
+) -> None:
+    sidecar = make_sidecar(ADMIN_TOKENS=TOKENS)
+    assert error_of(call(sidecar, path, method=method, token=None), 401)["code"] == (
+        "missing_admin_token"
+    )
+    wrong = error_of(call(sidecar, path, method=method, token=TOKEN + "x"), 401)
+    assert wrong["code"] == "invalid_admin_token"
+    assert TOKEN not in wrong["message"]
+    assert call(sidecar, path, method=method).status == 200
+    assert call(sidecar, path, method=method, token="admin-token-alpha-123").status == 200
+
+
+def test_admin_user_ids(make_sidecar: SidecarFactory) -> None:
+    sidecar = make_sidecar(ADMIN_TOKENS=TOKENS, ADMIN_USER_IDS="alice,bob")
+    path = f"{BASE}/overview"
+    missing = error_of(call(sidecar, path), 403)
+    assert (missing["type"], missing["param"]) == ("permission_error", "X-Admin-User")
+    assert error_of(call(sidecar, path, user="mallory"), 403)["code"] == "admin_user_not_allowed"
+    assert call(sidecar, path, user="bob").status == 200
+    # The token is checked first: a listed user with a wrong token is still a 401.
+    error_of(call(sidecar, path, user="bob", token="nope"), 401)
+
+
+def test_open_routes_need_no_token(make_sidecar: SidecarFactory) -> None:
+    sidecar = make_sidecar(ADMIN_TOKENS=TOKENS, ADMIN_USER_IDS="alice")
+    for path in ("/healthz", "/readyz", "/metrics", "/api/admin/openapi.json"):
+        assert call(sidecar, path, token=None).status == 200, path
+    doc = call(sidecar, "/api/admin/openapi.json", token=None).json()
+    assert doc["openapi"].startswith("3.")
+    assert f"{BASE}/circuits/reset" in doc["paths"]
+
+
+def test_unknown_admin_routes(make_sidecar: SidecarFactory) -> None:
+    sidecar = make_sidecar(ADMIN_TOKENS=TOKENS)
+    assert error_of(call(sidecar, f"{BASE}/nope"), 404)["code"] == "unknown_url"
+    error_of(call(sidecar, f"{BASE}/nope", token=None), 401)  # no route map for strangers
+    assert call(sidecar, f"{BASE}/overview", method="DELETE").status == 405
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [
+        ("overview?window=2h", "window"),
+        ("costs?bucket=week", "bucket"),
+        ("costs?group_by=persona", "group_by"),
+        ("costs?window=", "window"),
+        ("performance?window=1y", "window"),
+        ("users?limit=0", "limit"),
+        ("users?limit=101", "limit"),
+        ("users?limit=ten", "limit"),
+        ("cache?window=7", "window"),
+    ],
+)
+def test_bad_query_parameters_are_400_naming_them(
+    make_sidecar: SidecarFactory, query: str, param: str
+) -> None:
+    sidecar = make_sidecar(ADMIN_TOKENS=TOKENS)
+    error = error_of(call(sidecar, f"{BASE}/{query}"), 400)
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"breaker": "nope"}, "breaker"),
+        ({"breaker": 5}, "breaker"),
+        ({"breakers": "chat"}, "breakers"),
+        (b"{", "body"),
+        (b"[]", None),
+    ],
+)
+def test_bad_reset_bodies_are_400(sidecar_with_tokens: Sidecar, body: Any, param: str) -> None:
+    answer = call(sidecar_with_tokens, f"{BASE}/circuits/reset", method="POST", body=body)
+    assert error_of(answer, 400)["param"] == param
+
+
+@pytest.fixture
+def sidecar_with_tokens(make_sidecar: SidecarFactory) -> Sidecar:
+    return make_sidecar(ADMIN_TOKENS=TOKENS)
+
+
+def test_breaker_names_match_the_board(sidecar_with_tokens: Sidecar) -> None:
+    assert set(get_args(BreakerName)) == set(sidecar_with_tokens.runtime.breakers.breakers)
