@@ -54,12 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     fake = args.upstream == "fake"
     if args.upstream and not fake:
         environ["UPSTREAM_BASE_URL"] = args.upstream
-    try:
-        settings = load_settings(environ)
-    except SettingsError as exc:
-        print(f"sidecache: {exc}", file=sys.stderr)
+    settings = _settings(environ)
+    if settings is None:
         return 2
-    configure_logging(settings.server.log_level)
     try:
         _run(serve(settings, fake=fake))
     except OSError as exc:
@@ -68,14 +65,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def migrate_command(environ: dict[str, str]) -> int:
-    """`sidecache migrate`: 0 when the schema is current, 1 when the database failed."""
+def _settings(environ: dict[str, str]) -> Settings | None:
+    """The settings with logging set up, or None after one line on stderr (exit status 2)."""
     try:
         settings = load_settings(environ)
     except SettingsError as exc:
         print(f"sidecache: {exc}", file=sys.stderr)
-        return 2
+        return None
     configure_logging(settings.server.log_level)
+    return settings
+
+
+def migrate_command(environ: dict[str, str]) -> int:
+    """`sidecache migrate`: 0 when the schema is current, 1 when the database failed."""
+    settings = _settings(environ)
+    if settings is None:
+        return 2
     try:
         where, applied = asyncio.run(migrate_ledger(settings))
     except Exception as exc:  # any database failure: one line, never the DSN's password
