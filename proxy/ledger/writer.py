@@ -17,6 +17,7 @@ from collections import deque
 
 import msgspec
 
+from proxy.ledger.backoff import SinkBackoff
 from proxy.ledger.journal import Journal, encode_frame
 from proxy.ledger.records import LedgerRecord
 from proxy.ledger.sink import LedgerSink
@@ -60,17 +61,13 @@ class LedgerWriter:
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self.queue_max = queue_max
-        self._retry_min_s = retry_min_s
-        self._retry_max_s = retry_max_s
-        self._backoff_s = retry_min_s
-        self._retry_at = 0.0
+        self._backoff = SinkBackoff(retry_min_s, retry_max_s)
         self._queue: deque[LedgerRecord] = deque()
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False  # close() has begun: the background task stops
         self._closed = False  # close() has drained the queue: records go to the journal
-        self._sink_up = True
         self._replay_offset = 0
         self._dropped_since_warning = 0
         self._warned_at = -WARN_INTERVAL_S
@@ -81,7 +78,7 @@ class LedgerWriter:
     def stats(self) -> WriterStats:
         return WriterStats(
             sink=self.sink.name,
-            sink_up=self._sink_up,
+            sink_up=self._backoff.up,
             queued=len(self._queue),
             written=self.written,
             duplicates=self.duplicates,
@@ -170,7 +167,7 @@ class LedgerWriter:
 
     async def _flush(self, *, force: bool) -> None:
         async with self._lock:
-            use_sink = force or time.monotonic() >= self._retry_at
+            use_sink = force or self._backoff.due
             if use_sink and self.journal.pending:
                 use_sink = await self._replay()
             while self._queue:
@@ -272,10 +269,7 @@ class LedgerWriter:
 
     def _unavailable(self, exc: BaseException) -> None:
         self.failures += 1
-        self._retry_at = time.monotonic() + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, self._retry_max_s)
-        if self._sink_up:
-            self._sink_up = False
+        if self._backoff.failed():
             log.warning(
                 "ledger: %s unavailable (%s: %s); journaling to %s until it returns",
                 self.sink.description,
@@ -285,10 +279,7 @@ class LedgerWriter:
             )
 
     def _available(self) -> None:
-        self._backoff_s = self._retry_min_s
-        self._retry_at = 0.0
-        if not self._sink_up:
-            self._sink_up = True
+        if self._backoff.succeeded():
             log.info("ledger: %s is back", self.sink.description)
 
     def _drop(self) -> None:
