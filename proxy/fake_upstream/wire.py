@@ -8,6 +8,8 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from proxy import errors
+
 from .state import FakeUpstream
 
 FAKE_KEY = web.AppKey("fake_upstream", FakeUpstream)
@@ -27,24 +29,9 @@ _ERROR_TYPES = {
 }
 
 
-class ApiError(Exception):
-    """Raised by a handler to answer an OpenAI-shaped error."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
+class ApiError(errors.ApiError):
+    """Raised by a handler to answer an OpenAI-shaped error, typed as real OpenAI types it
+    (the sidecar's own errors use `proxy.errors`' table)."""
 
     def payload(self) -> dict[str, Any]:
         error_type = _ERROR_TYPES.get(self.status, "server_error")
