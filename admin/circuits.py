@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import msgspec
 from aiohttp import web
 
 from admin.audit import audit
 from admin.auth import CALLER
-from admin.dashboard import json_answer
-from admin.models import Circuit, Circuits, LastFailure, ResetAnswer, ResetBody, invalid
+from admin.models import Circuit, Circuits, LastFailure, ResetAnswer, ResetBody
+from admin.wire import json_answer, read_body
 from proxy.errors import bad_request
 from proxy.runtime import Runtime
 
@@ -42,13 +41,7 @@ class CircuitApi:
         return json_answer(circuits(self.runtime))
 
     async def reset(self, request: web.Request) -> web.Response:
-        raw = await request.read()
-        try:
-            body = msgspec.json.decode(raw, type=ResetBody) if raw.strip() else ResetBody()
-        except msgspec.ValidationError as exc:
-            raise invalid(exc) from None
-        except msgspec.DecodeError:
-            raise bad_request("The body must be a JSON object.", param="body") from None
+        body = await read_body(request, ResetBody, optional=True)
         board = self.runtime.breakers
         if body.breaker is not None and body.breaker not in board.breakers:
             known = ", ".join(board.breakers)

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import msgspec
 from aiohttp import web
 
 from admin import sql
@@ -34,26 +33,13 @@ from admin.models import (
     Users,
     UsersParams,
     WindowParams,
-    invalid,
 )
 from admin.queries import QueryRunner
+from admin.wire import json_answer, params
 from proxy.budget.spend import SpendUnavailable
 from proxy.runtime import Runtime
 
-P = TypeVar("P")
 Rows = list[tuple[Any, ...]]
-_encode = msgspec.json.Encoder().encode
-
-
-def json_answer(value: object) -> web.Response:
-    return web.Response(body=_encode(value), content_type="application/json")
-
-
-def params(request: web.Request, kind: type[P]) -> P:
-    try:
-        return msgspec.convert(dict(request.query), kind, strict=False)
-    except msgspec.ValidationError as exc:
-        raise invalid(exc) from None
 
 
 def rate(hits: float, requests: float) -> float:

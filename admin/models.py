@@ -201,12 +201,13 @@ class ResetAnswer(msgspec.Struct):
     audited: bool
 
 
-_AT = re.compile(r"at `\$\.([A-Za-z_]+)")
-_UNKNOWN = re.compile(r"unknown field `([^`]+)`")
+_AT = re.compile(r"at `\$\.([^`]+)`")
+_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
 
 
 def invalid(exc: msgspec.ValidationError | msgspec.DecodeError) -> Exception:
-    """A 400 naming the parameter msgspec refused."""
+    """A 400 naming the parameter msgspec refused, by its path (`selectors[1].colour`)."""
     text = str(exc)
-    found = _AT.search(text) or _UNKNOWN.search(text)
-    return bad_request(f"Invalid parameter: {text}", param=found.group(1) if found else None)
+    at, field = _AT.search(text), _FIELD.search(text)
+    parts = [m.group(1) for m in (at, field) if m is not None]
+    return bad_request(f"Invalid parameter: {text}", param=".".join(parts) or None)

@@ -1,0 +1,40 @@
+"""Reading parameters and bodies and writing answers, the one way every admin handler does."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import msgspec
+from aiohttp import web
+
+from admin.models import invalid
+from proxy.errors import bad_request
+
+P = TypeVar("P")
+_encode = msgspec.json.Encoder().encode
+
+
+def json_answer(value: object, status: int = 200) -> web.Response:
+    return web.Response(body=_encode(value), status=status, content_type="application/json")
+
+
+def params(request: web.Request, kind: type[P]) -> P:
+    """Query parameters as `kind`; a bad one is a 400 naming it."""
+    try:
+        return msgspec.convert(dict(request.query), kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise invalid(exc) from None
+
+
+async def read_body(request: web.Request, kind: type[P], *, optional: bool = False) -> P:
+    """The JSON body as `kind` (an empty body is `kind()` when `optional`); a bad field is a
+    400 naming it, a body that is not JSON a 400 naming `body`."""
+    raw = await request.read()
+    if optional and not raw.strip():
+        return kind()
+    try:
+        return msgspec.json.decode(raw, type=kind)
+    except msgspec.ValidationError as exc:
+        raise invalid(exc) from None
+    except msgspec.DecodeError:
+        raise bad_request("The body must be a JSON object.", param="body") from None
