@@ -83,6 +83,18 @@ class Metrics:
             ["cache"],
             registry=registry,
         )
+        self.invalidations = Counter(
+            "sidecache_invalidations_total",
+            "Invalidations made here (source: admin, or persona_change for a user's entries).",
+            ["source"],
+            registry=registry,
+        )
+        self.cache_stale = Counter(
+            "sidecache_cache_stale_total",
+            "Stored entries found invalidated when read (answered as misses).",
+            ["endpoint"],
+            registry=registry,
+        )
         self.cache_entries = Gauge(
             "sidecache_cache_entries", "Entries in the memory cache.", registry=registry
         )

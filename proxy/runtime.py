@@ -22,6 +22,7 @@ from proxy.dispatch.batcher import Batcher
 from proxy.dispatch.flight import FlightTable
 from proxy.dispatch.gate import UpstreamGate
 from proxy.dispatch.peers import PeerFlights
+from proxy.invalidation.invalidator import GENERATION_KEY, Invalidator
 from proxy.keys import KeyMaker
 from proxy.ledger import LedgerWriter, PriceTable, open_ledger
 from proxy.ledger.collector import register_ledger_metrics
@@ -58,6 +59,7 @@ class Runtime:
     prices: PriceTable
     ledger: LedgerWriter
     budgets: BudgetBook
+    invalidations: Invalidator
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -80,12 +82,21 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
             on_error=lambda op: errors.labels(op).inc(),
             timeout_ms=timeout_ms,
             pipe=RedisPipe(url, timeout_ms / 1000) if url.startswith("redis://") else None,
+            generation_key=GENERATION_KEY,
         )
     else:
         store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
     metrics.cache_up.labels(store.backend).set_function(lambda: float(store.available))
     metrics.cache_entries.set_function(lambda: float(store.usage()[0]))
     metrics.cache_bytes.set_function(lambda: float(store.usage()[1]))
+    invalidations = Invalidator(
+        store,
+        redis,
+        max_age_s=settings.ttl.max,
+        timeout_ms=settings.cache.redis_timeout_ms,
+        on_rule=lambda source: metrics.invalidations.labels(source).inc(),
+    )
+    await invalidations.start()
     secret = await _key_secret(settings, redis)
     keys = KeyMaker(secret, settings.cache)
     upstream = settings.upstream
@@ -125,6 +136,7 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
         prices=prices,
         ledger=ledger,
         budgets=budgets,
+        invalidations=invalidations,
     )
 
 
@@ -135,6 +147,7 @@ async def close_runtime(runtime: Runtime) -> None:
     await runtime.batcher.close()
     if runtime.peers is not None:
         await runtime.peers.close()
+    await runtime.invalidations.close()
     await runtime.upstream.close()
     await runtime.budgets.close()
     await runtime.ledger.close()  # flushes every record (to the journal if the DB is down)

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.sidecar"]
+pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.sidecar", "tests.fixtures.replicas"]

@@ -5,103 +5,19 @@ follower never waits on a dead or failed leader past the lock's lifetime."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
 
-import httpx2
 import openai
 import pytest
 
-from proxy.settings_load import ENV_FIELDS
 from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.server_base import free_port
-from tests.fixtures.sidecar import API_KEY, Stub, http_request
+from tests.fixtures.replicas import LOCK_MS, Replica
+from tests.fixtures.sidecar import Stub
 from tests.test_single_flight import WAIT_S, Asked, ask, until
 
-REPO = Path(__file__).resolve().parent.parent
-LOCK_MS = 1000
-START_TIMEOUT_S = 20.0
 SETTLE_S = 1.0  # after the last request left the client, for the replicas to take it in
-
-
-class Replica:
-    """One sidecar process on free loopback ports."""
-
-    def __init__(self, workdir: Path, name: str, redis_url: str, upstream: str) -> None:
-        port, admin = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{port}/v1"
-        self.admin = f"http://127.0.0.1:{admin}"
-        self.log = (workdir / f"{name}.log").open("w+b")
-        env = {k: v for k, v in os.environ.items() if k not in {*ENV_FIELDS, "SIDECACHE_CONFIG"}}
-        env.update(
-            PYTHONPATH=str(REPO),
-            PROXY_HOST="127.0.0.1",
-            PROXY_PORT=str(port),
-            ADMIN_PORT=str(admin),
-            REDIS_URL=redis_url,
-            UPSTREAM_BASE_URL=upstream,
-            LEDGER_PATH=str(workdir / f"{name}.db"),
-            COALESCE_LOCK_MS=str(LOCK_MS),
-            COALESCE_MAX_WAIT_MS="60000",  # far beyond every bound asserted here
-            LOG_LEVEL="INFO",
-        )
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "proxy", "serve"],
-            env=env,
-            cwd=workdir,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log,
-        )
-
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"a replica exited with {self.proc.returncode}: {self.stderr()}")
-            try:
-                if http_request(self.admin, "GET", "/readyz").status == 200:
-                    return
-            except OSError:
-                time.sleep(0.05)
-        pytest.fail(f"a replica was not ready within {START_TIMEOUT_S} s: {self.stderr()}")
-
-    def stderr(self) -> str:
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")[-3000:]
-
-    def client(self, on_send: Callable[[], None] | None = None) -> openai.AsyncOpenAI:
-        async def sent(request: httpx2.Request) -> None:
-            if on_send is not None:
-                on_send()
-
-        http = httpx2.AsyncClient(event_hooks={"request": [sent]}, timeout=30)
-        return openai.AsyncOpenAI(
-            base_url=self.url, api_key=API_KEY, max_retries=0, http_client=http
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self.log.close()
-
-
-@pytest.fixture
-def replicas(tmp_path: Path, private_redis: RedisServer, stub: Stub) -> Iterator[list[Replica]]:
-    started = [Replica(tmp_path, name, private_redis.url, stub.url) for name in ("a", "b")]
-    try:
-        for replica in started:
-            replica.wait_healthy()
-        yield started
-    finally:
-        for replica in started:
-            replica.stop()
 
 
 def peer_polls(redis: RedisServer) -> int:

@@ -18,6 +18,7 @@ class MemoryStore:
         self._clock = clock
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
         self._bytes = 0
+        self.shared_generation = 0  # invalidations are this process's own
 
     @property
     def available(self) -> bool:

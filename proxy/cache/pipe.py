@@ -120,6 +120,17 @@ class RedisPipe:
     async def get(self, key: str) -> bytes | None:
         key_bytes = key.encode()
         request = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(key_bytes), key_bytes)
+        reply = await self._send(request)
+        return reply if reply is None or isinstance(reply, bytes) else None
+
+    async def mget(self, *keys: str) -> list[bytes | None]:
+        """Several keys in one command (so in one reply); the keys must live on one server."""
+        reply = await self._send(command(b"MGET", *(key.encode() for key in keys)))
+        if not isinstance(reply, list) or len(reply) != len(keys):
+            raise PipeError("Redis answered MGET with something else than its values")
+        return [value if isinstance(value, bytes) else None for value in reply]
+
+    async def _send(self, request: bytes) -> Any:
         protocol = self._protocol
         try:
             if protocol is None or protocol.transport is None:
@@ -132,7 +143,7 @@ class RedisPipe:
             raise
         except OSError as exc:
             raise PipeError(str(exc)) from None
-        return reply if reply is None or isinstance(reply, bytes) else None
+        return reply
 
     def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:

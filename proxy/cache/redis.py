@@ -52,9 +52,13 @@ class RedisStore:
         *,
         timeout_ms: int = 250,
         pipe: RedisPipe | None = None,
+        generation_key: str | None = None,
     ) -> None:
         self._client = client
         self._pipe = pipe  # the hit path's GET, when the URL allows it
+        # Read with every lookup, in the same round trip: the shared invalidation generation.
+        self._generation_key = generation_key
+        self.shared_generation = 0
         self._timeout_s = timeout_ms / 1000
         self._on_error = on_error
         self._available = True
@@ -65,22 +69,20 @@ class RedisStore:
         return self._available
 
     async def get(self, key: str) -> bytes | None:
-        if self._pipe is not None:
-            try:
-                found = await self._pipe.get(key)
-            except PipeError as exc:
-                self._failed("get", exc)
-                return None
-            self._available = True
-            return found
+        if self._pipe is None:
+            return (await self.get_many([key]))[0]
+        generation = None
         try:
-            async with asyncio.timeout(self._timeout_s):
-                value = await self._client.get(key)
-        except (RedisError, OSError) as exc:
+            if self._generation_key is None:
+                found = await self._pipe.get(key)
+            else:
+                found, generation = await self._pipe.mget(key, self._generation_key)
+        except PipeError as exc:
             self._failed("get", exc)
             return None
         self._available = True
-        return value  # type: ignore[return-value]  # bytes: the client does not decode
+        self._saw_generation(generation)
+        return found
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -91,11 +93,15 @@ class RedisStore:
                 async with self._client.pipeline(transaction=False) as pipe:
                     for key in keys:
                         pipe.get(key)
+                    if self._generation_key is not None:
+                        pipe.get(self._generation_key)
                     values: list[bytes | None] = await pipe.execute()
         except (RedisError, OSError) as exc:
             self._failed("get", exc)
             return [None] * len(keys)
         self._available = True
+        if self._generation_key is not None:
+            self._saw_generation(values.pop())
         return values
 
     async def put(self, key: str, value: bytes, ttl_s: int) -> None:
@@ -145,6 +151,10 @@ class RedisStore:
         if self._pipe is not None:
             self._pipe.close()
         await self._client.aclose()
+
+    def _saw_generation(self, raw: bytes | None) -> None:
+        if raw is not None and raw.isdigit():
+            self.shared_generation = max(self.shared_generation, int(raw))
 
     def _failed(self, op: str, exc: BaseException) -> None:
         self._available = False

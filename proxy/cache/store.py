@@ -13,6 +13,9 @@ from typing import Protocol
 
 class CacheStore(Protocol):
     backend: str
+    # The newest invalidation generation the store's reads have seen in a shared backend (read
+    # in the same round trip as entries); 0 where invalidations are local to this process.
+    shared_generation: int
 
     @property
     def available(self) -> bool: ...

@@ -8,6 +8,7 @@ from aiohttp import web
 from proxy.cache.entry import StoredResponse, decode_response
 from proxy.cache.replay import replay
 from proxy.handlers.common import HIT, Understood, cache_headers
+from proxy.handlers.freshness import still_valid
 from proxy.keys import CacheKey
 from proxy.runtime import Runtime
 from proxy.sse import DONE, format_event
@@ -22,7 +23,10 @@ async def lookup(runtime: Runtime, u: Understood, key: CacheKey) -> StoredRespon
     if not u.directives.read:
         return None
     raw = await runtime.store.get(key.entry)
-    return decode_response(raw) if raw is not None else None
+    entry = decode_response(raw) if raw is not None else None
+    if entry is None or await still_valid(runtime, u, entry.meta):
+        return entry
+    return None
 
 
 async def serve_stored(

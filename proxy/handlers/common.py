@@ -76,10 +76,14 @@ def view(kind: type[T], body: dict[str, Any]) -> T:
         raise bad_request(f"Invalid request: {message}", param=param) from None
 
 
-def entry_meta(u: Understood, model: str, scope: ScopePart) -> EntryMeta:
+def entry_meta(u: Understood, model: str, scope: ScopePart, generation: int) -> EntryMeta:
+    """What invalidation needs to know of an entry: `generation` is the invalidation generation
+    known when the miss began (read it before any await that could let a rule in)."""
     persona: dict[str, str] = {}
     if scope[0] == "p":
         persona = {d: v for d, v in zip(scope[1], scope[2], strict=True) if v is not None}
+    elif scope[0] == "u":
+        persona = u.persona.as_dict()  # a change of it invalidates the user's entries
     return EntryMeta(
         tenant=u.identity.tenant,
         endpoint=u.endpoint,
@@ -87,6 +91,7 @@ def entry_meta(u: Understood, model: str, scope: ScopePart) -> EntryMeta:
         scope=u.directives.scope.value,
         user_id=u.user_id,
         persona=persona,
+        generation=generation,
     )
 
 

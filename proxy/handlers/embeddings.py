@@ -45,6 +45,7 @@ from proxy.handlers.common import (
     view,
 )
 from proxy.handlers.costing import open_outcome, preflight
+from proxy.handlers.freshness import still_valid
 from proxy.keys import NON_SEMANTIC_FIELDS
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
@@ -77,7 +78,10 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     found: list[StoredVector | None] = [None] * len(items)
     if u.directives.read:
         for i, raw in enumerate(await runtime.store.get_many(item_keys)):
-            found[i] = decode_vector(raw) if raw is not None else None
+            vector = decode_vector(raw) if raw is not None else None
+            if vector is not None and await still_valid(runtime, u, vector.meta):
+                found[i] = vector
+    meta = entry_meta(u, req.model, scope, runtime.invalidations.generation)
     missing = [i for i, vector in enumerate(found) if vector is None]
     hits = len(items) - len(missing)
     costs = open_outcome(request, u, req.model)
@@ -102,7 +106,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
         spent = fetched.spent
         cost = costs.paid(runtime.prices, spent, 0, 0)
         await runtime.budgets.settle(u.identity.tenant, u.user_id, cost)
-        new = fetched.vectors(entry_meta(u, req.model, scope))
+        new = fetched.vectors(meta)
         for i, vector in zip(missing, new, strict=True):
             found[i] = vector
         if u.directives.write:

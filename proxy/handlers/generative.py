@@ -53,6 +53,7 @@ async def _generative(request: web.Request, endpoint: str, kind: str) -> web.Str
     if entry is not None:
         count_hit(runtime, outcome, entry)
         return await serve_stored(request, entry, key, stream=stream, include_usage=include_usage)
+    meta = entry_meta(u, req.model, scope, runtime.invalidations.generation)
 
     await preflight(runtime, u, req.model)
 
@@ -61,7 +62,7 @@ async def _generative(request: web.Request, endpoint: str, kind: str) -> web.Str
         ttl = runtime.ttl.seconds(
             chat_kind(req.temperature, req.seed), u.persona.score, u.directives.max_age
         )
-        plan = StorePlan(key, ttl, entry_meta(u, req.model, scope))
+        plan = StorePlan(key, ttl, meta)
     flight, leader = flight_for(runtime, u, key)
     if leader:
         launch(runtime, flight, _call(request, u, kind, stream, plan))

@@ -65,11 +65,12 @@ async def moderations(request: web.Request) -> web.StreamResponse:
     if entry is not None:
         count_hit(runtime, outcome, entry)
         return await serve_stored(request, entry, key)
+    meta = entry_meta(u, req.model or "", scope, runtime.invalidations.generation)
     await preflight(runtime, u, model)
     plan = None
     if u.directives.write:
         ttl = runtime.ttl.seconds(Kind.MODERATIONS, 0.0, u.directives.max_age)
-        plan = StorePlan(key, ttl, entry_meta(u, req.model or "", scope))
+        plan = StorePlan(key, ttl, meta)
     flight, leader = flight_for(runtime, u, key)
     if leader:
         call = UpstreamCall(

@@ -1,0 +1,31 @@
+"""Whether a stored entry may still be served: the invalidation rules (DESIGN §3), and the
+automatic rule that a user's persona change invalidates that user's user-scoped entries."""
+
+from __future__ import annotations
+
+import contextlib
+
+from proxy.cache.entry import EntryMeta
+from proxy.errors import ApiError
+from proxy.handlers.common import Understood
+from proxy.invalidation.selectors import Selector
+from proxy.runtime import Runtime
+
+PERSONA_CHANGE = "persona_change"
+
+
+async def still_valid(runtime: Runtime, u: Understood, meta: EntryMeta) -> bool:
+    """False for an entry a rule covers. A user-scoped entry records the persona it was made
+    for: met by its user with another persona, it and every older user-scoped entry of that
+    user are invalidated, on every replica, and the request is answered as a miss."""
+    invalidations = runtime.invalidations
+    if await invalidations.is_stale(meta):
+        runtime.metrics.cache_stale.labels(u.endpoint).inc()
+        return False
+    if meta.scope == "user" and meta.persona != u.persona.as_dict():
+        selector = Selector(tenant=meta.tenant, user_id=meta.user_id, scope="user")
+        with contextlib.suppress(ApiError):  # Redis down: this entry is still not served
+            await invalidations.invalidate([selector], source=PERSONA_CHANGE)
+        runtime.metrics.cache_stale.labels(u.endpoint).inc()
+        return False
+    return True

@@ -1,0 +1,206 @@
+"""Invalidation rules made, shared between replicas, and checked on hits (DESIGN §3).
+
+Without Redis the rules live in this process. With Redis, one script increments the shared
+generation (`GENERATION_KEY`), adds the rules to a sorted set (`RULES_KEY`, scored by time so
+rules older than the longest TTL are trimmed) and publishes them, all atomically, so every
+replica learns them in generation order. A replica also reads the shared generation with every
+hit, in the same round trip as the entry (`RedisStore`): a replica that has not yet heard of a
+rule reloads the rules before it answers. That is what makes an invalidation effective on every
+replica at once, at the cost of one small extra reply per hit and no extra round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import msgspec
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from proxy.cache.entry import EntryMeta
+from proxy.cache.store import CacheStore
+from proxy.errors import ApiError
+from proxy.invalidation.rules import Rule, RuleBook
+from proxy.invalidation.selectors import Selector
+
+log = logging.getLogger("sidecache.invalidation")
+GENERATION_KEY = "sc:{inv}:gen"
+RULES_KEY = "sc:{inv}:rules"
+CHANNEL = "sc:invalidations"
+_RETRY_S = 1.0
+# KEYS: generation, rules, channel. ARGV: max age in seconds, then one selector (JSON) each.
+# Answers the new generation and the server's time; publishes "<generation> <time>\n<json>…".
+_ADD = """
+local g = redis.call('INCR', KEYS[1])
+local now = redis.call('TIME')
+local at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(at) - tonumber(ARGV[1]))
+local lines = {g .. ' ' .. at}
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[2], at, g .. ' ' .. ARGV[i])
+  lines[#lines + 1] = ARGV[i]
+end
+redis.call('PUBLISH', KEYS[3], table.concat(lines, '\\n'))
+return {g, at}
+"""
+_encode = msgspec.json.Encoder().encode
+_decode_selector = msgspec.json.Decoder(Selector).decode
+_PRUNE_EVERY = 64  # rules added between two prunings of expired ones
+
+
+class Stamp(msgspec.Struct, frozen=True):
+    """When an invalidation took effect: its generation and the (shared) clock's time."""
+
+    generation: int
+    at: float
+
+
+class Invalidator:
+    def __init__(
+        self,
+        store: CacheStore,
+        redis: Redis | None,
+        *,
+        max_age_s: int,
+        timeout_ms: int,
+        on_rule: Callable[[str], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._redis = redis
+        self._max_age_s = max_age_s
+        self._timeout_s = timeout_ms / 1000
+        self._on_rule = on_rule
+        self._book = RuleBook()
+        self._known: set[int] = set()  # generations whose rules are in the book
+        self._added = 0
+        self.generation = 0  # every rule up to this generation is known here
+        self._catching_up: asyncio.Task[bool] | None = None
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self._redis is not None:
+            await self._catch_up()
+            self._listener = asyncio.create_task(self._listen(), name="sidecache-invalidations")
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+
+    @property
+    def rules(self) -> int:
+        return len(self._book)
+
+    async def is_stale(self, meta: EntryMeta) -> bool:
+        """Whether a rule covers this entry; when this replica is behind the shared generation
+        and cannot catch up, every entry it could not check counts as stale."""
+        if self._store.shared_generation > self.generation and not await self._catch_up():
+            return True
+        return self._book.is_stale(meta)
+
+    async def invalidate(self, selectors: Sequence[Selector], source: str) -> Stamp:
+        """Adds one rule per selector under one new generation; raises a 503 ApiError when the
+        shared rules cannot be written (nothing was invalidated then)."""
+        if self._redis is None:
+            stamp = Stamp(self.generation + 1, time.time())
+            self._add(stamp.generation, stamp.at, selectors)
+            self.generation = stamp.generation
+        else:
+            stamp = await self._publish(selectors)
+        if self._on_rule is not None:
+            self._on_rule(source)
+        return stamp
+
+    async def _publish(self, selectors: Sequence[Selector]) -> Stamp:
+        args: list[str | int] = [self._max_age_s, *(_encode(s).decode() for s in selectors)]
+        try:
+            async with asyncio.timeout(self._timeout_s * 4):
+                generation, at = await self._redis.eval(  # type: ignore[union-attr]
+                    _ADD, 3, GENERATION_KEY, RULES_KEY, CHANNEL, *args
+                )
+        except (RedisError, OSError) as exc:
+            raise ApiError(
+                503, f"Redis is unreachable; nothing was invalidated ({type(exc).__name__})."
+            ) from None
+        generation, moment = int(generation), float(at)
+        self._add(generation, moment, selectors)  # the announcement may come later
+        if generation == self.generation + 1:
+            self.generation = generation
+        return Stamp(generation, moment)
+
+    def _add(self, generation: int, at: float, selectors: Sequence[Selector]) -> None:
+        if generation in self._known:
+            return
+        self._known.add(generation)
+        for selector in selectors:
+            self._book.add(Rule(selector, generation, at))
+        self._added += 1
+        if self._added % _PRUNE_EVERY == 0:
+            self._book.prune(time.time() - self._max_age_s)
+            self._known = self._book.generations()
+
+    def _announced(self, message: str) -> None:
+        head, _, body = message.partition("\n")
+        generation_text, _, at = head.partition(" ")
+        generation = int(generation_text)
+        selectors = [_decode_selector(line) for line in body.split("\n") if line]
+        self._add(generation, float(at), selectors)
+        if generation == self.generation + 1:
+            self.generation = generation
+        elif generation > self.generation:
+            self._schedule_catch_up()  # a gap: an announcement was missed
+
+    def _schedule_catch_up(self) -> None:
+        if self._catching_up is None:
+            self._catching_up = asyncio.ensure_future(self._reload())
+
+    async def _catch_up(self) -> bool:
+        """Reloads the shared rules (one reload at a time, shared by every waiting hit)."""
+        self._schedule_catch_up()
+        task = self._catching_up
+        assert task is not None
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done() and self._catching_up is task:
+                self._catching_up = None
+
+    async def _reload(self) -> bool:
+        assert self._redis is not None
+        try:
+            async with asyncio.timeout(self._timeout_s * 4):
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.get(GENERATION_KEY)
+                    pipe.zrange(RULES_KEY, 0, -1, withscores=True)
+                    shared, members = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("cannot read the shared invalidation rules: %s", type(exc).__name__)
+            return False
+        for member, at in members:
+            text = member.decode() if isinstance(member, bytes) else member
+            generation, _, selector = text.partition(" ")
+            self._add(int(generation), float(at), [_decode_selector(selector)])
+        self.generation = max(self.generation, int(shared or 0))
+        return True
+
+    async def _listen(self) -> None:
+        """Takes announcements as they come; after a reconnect, reloads what it may have missed."""
+        assert self._redis is not None
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    await self._catch_up()
+                    async for message in pubsub.listen():
+                        data = message.get("data")
+                        if isinstance(data, bytes):
+                            self._announced(data.decode())
+            except (RedisError, OSError):
+                await asyncio.sleep(_RETRY_S)
+            except (ValueError, msgspec.DecodeError) as exc:
+                log.warning("ignored a malformed invalidation announcement: %s", exc)
