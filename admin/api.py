@@ -5,16 +5,26 @@ from __future__ import annotations
 import msgspec
 from aiohttp import web
 
+from admin.cache_ops import CacheApi
 from admin.circuits import CircuitApi
 from admin.dashboard import Dashboard
 from admin.openapi import PREFIX, openapi_document
 from admin.queries import QueryRunner
+from admin.warming import Warmer
 from proxy.runtime import Runtime
 
 
-def add_api_routes(app: web.Application, runtime: Runtime) -> None:
+def add_api_routes(app: web.Application, runtime: Runtime, proxy_url: str) -> None:
+    """`proxy_url`: this sidecar's own proxy port, which warming jobs send their requests to."""
     board = Dashboard(runtime, QueryRunner(runtime.ledger.sink))
     breakers = CircuitApi(runtime)
+    warmer = Warmer(proxy_url)
+    cache = CacheApi(runtime, warmer)
+
+    async def stop_warming(app: web.Application) -> None:
+        await warmer.close()
+
+    app.on_cleanup.append(stop_warming)
     document = msgspec.json.encode(openapi_document())
 
     async def openapi(request: web.Request) -> web.Response:
@@ -26,5 +36,9 @@ def add_api_routes(app: web.Application, runtime: Runtime) -> None:
     app.router.add_get(f"{PREFIX}/performance", board.performance)
     app.router.add_get(f"{PREFIX}/users", board.users)
     app.router.add_get(f"{PREFIX}/cache", board.cache)
+    app.router.add_post(f"{PREFIX}/cache/invalidate", cache.invalidate)
+    app.router.add_post(f"{PREFIX}/cache/warm", cache.warm)
+    app.router.add_get(f"{PREFIX}/cache/warm", cache.warm_jobs)
+    app.router.add_get(f"{PREFIX}/cache/warm/{{job}}", cache.warm_job)
     app.router.add_get(f"{PREFIX}/circuits", breakers.list)
     app.router.add_post(f"{PREFIX}/circuits/reset", breakers.reset)

@@ -18,7 +18,8 @@ from proxy.runtime import RUNTIME, Runtime
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_admin_app(runtime: Runtime) -> web.Application:
+def create_admin_app(runtime: Runtime, proxy_url: str) -> web.Application:
+    """`proxy_url` is where this sidecar's proxy port answers (warming jobs go through it)."""
     admin = runtime.settings.admin
     app = web.Application(
         middlewares=[_openai_shaped_http_errors, auth_middleware(admin.tokens, admin.user_ids)]
@@ -30,7 +31,7 @@ def create_admin_app(runtime: Runtime) -> web.Application:
     # Prometheus text format, negotiated from Accept (0.0.4 unless the scraper asks for more).
     # Labels carry endpoints and statuses, never users or secrets.
     app.router.add_get("/metrics", make_aiohttp_handler(runtime.metrics.registry))
-    add_api_routes(app, runtime)
+    add_api_routes(app, runtime, proxy_url)
     return app
 
 

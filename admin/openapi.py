@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from admin import cache_models as c
 from admin import models as m
 from proxy.errors import ErrorBody
 
@@ -24,12 +25,20 @@ ROUTES: list[tuple[str, str, str, type | None, type | None, type]] = [
     ("/circuits", "get", "Every circuit breaker", None, None, m.Circuits),
     ("/circuits/reset", "post", "Close one breaker or all (audited)", None, m.ResetBody,
      m.ResetAnswer),
+    ("/cache/invalidate", "post", "Invalidate entries by selectors, on every replica (audited)",
+     None, c.InvalidateBody, c.Invalidated),
+    ("/cache/warm", "post", "Start a warming job at low priority (audited)", None, c.WarmBody,
+     c.WarmJob),
+    ("/cache/warm", "get", "The warming jobs of this replica", None, None, c.WarmJobs),
+    ("/cache/warm/{job}", "get", "One warming job's progress", None, None, c.WarmJob),
 ]  # fmt: skip
+_CREATED = {("/cache/warm", "post")}  # answered 202: the job runs on after the answer
 _ERRORS = {
     "400": "A parameter is invalid (`error.param` names it)",
     "401": "Missing or invalid admin token",
     "403": "X-Admin-User is not in ADMIN_USER_IDS",
-    "503": "The ledger database cannot answer",
+    "404": "No such route, or no such warming job on this replica",
+    "503": "The ledger database (or, to invalidate, Redis) cannot answer",
 }
 
 
@@ -52,9 +61,11 @@ def openapi_document() -> dict[str, Any]:
         op: dict[str, Any] = {
             "summary": summary,
             "operationId": (PREFIX + path).replace("/api/admin/", "").replace("/", "_"),
-            "parameters": _query_parameters(query, schemas) if query else [],
+            "parameters": (_query_parameters(query, schemas) if query else []) + (
+                [{"name": "job", "in": "path", "required": True, "schema": {"type": "string"}}]
+                if "{job}" in path else []),
             "responses": {
-                "200": {
+                "202" if (path, method) in _CREATED else "200": {
                     "description": "OK",
                     "content": {"application/json": {
                         "schema": {"$ref": f"#/components/schemas/{answer.__name__}"}}},
@@ -64,11 +75,11 @@ def openapi_document() -> dict[str, Any]:
         }  # fmt: skip
         if body is not None:
             op["requestBody"] = {
-                "required": False,
+                "required": any(f.required for f in msgspec.structs.fields(body)),
                 "content": {"application/json": {
                     "schema": {"$ref": f"#/components/schemas/{body.__name__}"}}},
             }  # fmt: skip
-        paths[PREFIX + path] = {method: op}
+        paths.setdefault(PREFIX + path, {})[method] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "Sidecache admin API", "version": "1"},

@@ -100,6 +100,14 @@ def _listen(host: str, port: int, setting: str) -> socket.socket:
         raise OSError(f"cannot listen on {host}:{port} ({setting}): {reason}") from None
 
 
+def _loopback_url(sock: socket.socket) -> str:
+    """How this process reaches its own proxy port (a wildcard bind answers on loopback)."""
+    host, port = sock.getsockname()[:2]
+    if host in ("0.0.0.0", "::"):
+        host = "127.0.0.1" if host == "0.0.0.0" else "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _run(coro: object) -> None:
     try:
         import uvloop
@@ -133,7 +141,7 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
     runtime = await open_runtime(settings)
     try:
         access_log = logging.getLogger("aiohttp.access") if server.access_log else None
-        apps = (create_proxy_app(runtime), create_admin_app(runtime))
+        apps = (create_proxy_app(runtime), create_admin_app(runtime, _loopback_url(sockets[0])))
         for app, sock in zip(apps, sockets, strict=True):
             runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=SHUTDOWN_GRACE_S)
             await runner.setup()

@@ -1,0 +1,76 @@
+"""Wire shapes of the cache mutations: invalidation (DESIGN §3) and warming jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from proxy.invalidation.selectors import Endpoint, Selector
+
+JobState = Literal["running", "done", "failed", "cancelled"]
+
+
+class InvalidateBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    selectors: Annotated[list[Selector], msgspec.Meta(min_length=1, max_length=100)]
+
+
+class Invalidated(msgspec.Struct):
+    """Every entry stored before `generation` that matches one of `selectors` is a miss on
+    every replica from now on (entries are not scanned: they are dropped as they are read,
+    overwritten or expire)."""
+
+    generation: int
+    at: str
+    selectors: list[Selector]
+    rules_held: int  # invalidation rules this replica holds now (those younger than max TTL)
+    audited: bool
+
+
+class WarmPersona(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One persona to warm for: DESIGN §3's dimensions (as the X-Persona-* headers take
+    them) and, for `scope: user`, the user."""
+
+    experience: str | None = None
+    learning_style: str | None = None
+    tone: str | None = None
+    density: str | None = None
+    interests: str | None = None  # comma-separated tags
+    user_id: str | None = None
+
+
+class WarmRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    endpoint: Endpoint
+    body: dict[str, Any]
+
+
+class WarmBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A job: each of `requests` for each of `personas`, sent through the proxy at low
+    priority with `api_key` as the client credential (it picks the tenant; it is used for the
+    calls only, never stored, logged, audited or answered)."""
+
+    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    requests: Annotated[list[WarmRequest], msgspec.Meta(min_length=1, max_length=1000)]
+    personas: Annotated[list[WarmPersona], msgspec.Meta(max_length=100)] = []
+    scope: Literal["persona", "user", "tenant"] | None = None  # X-Cache-Scope
+    persona_dims: str | None = None  # X-Cache-Persona-Dims
+    concurrency: Annotated[int, msgspec.Meta(ge=1, le=16)] = 4
+
+
+class WarmJob(msgspec.Struct):
+    id: str
+    state: JobState
+    tenant: str
+    total: int
+    done: int
+    misses: int  # answered by the upstream and stored
+    hits: int  # already cached
+    coalesced: int
+    errors: int
+    created_at: str
+    finished_at: str | None
+    last_error: str | None
+
+
+class WarmJobs(msgspec.Struct):
+    jobs: list[WarmJob]

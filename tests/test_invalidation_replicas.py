@@ -1,0 +1,87 @@
+"""Invalidation on two sidecar processes sharing one Redis (issue 5, "Done when"): for each
+selector, invalidating through one replica's admin port makes the very next request on the
+other replica a MISS, while entries the selector does not cover stay HITs there. A user's
+persona change seen by one replica invalidates that user's entries on the other."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from proxy.keys import KeyMaker
+from proxy.settings import CacheSettings
+from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.replicas import ADMIN_TOKEN, Replica
+from tests.fixtures.sidecar import API_KEY, OTHER_API_KEY
+from tests.invalidation_support import chat_status, invalidate
+
+# An ask: (prompt, model, api key, headers).
+Ask = tuple[str, str, str, dict[str, str]]
+
+
+def ask(replica: Replica, item: Ask) -> str:
+    prompt, model, api_key, headers = item
+    return chat_status(replica.url, prompt, model=model, api_key=api_key, **headers)
+
+
+def tenant_of(redis: RedisServer, api_key: str) -> str:
+    """The tenant id the replicas give a credential (their shared secret is in Redis)."""
+    secret = redis.client().get("sc:secret")
+    assert isinstance(secret, bytes)
+    return KeyMaker(secret, CacheSettings()).tenant_id(f"Bearer {api_key}")
+
+
+def ask_of(n: int, *, model: str = "gpt-4o-mini", key: str = API_KEY, **headers: str) -> Ask:
+    return (f"Question number {n}?", model, key, headers)
+
+
+def test_each_selector_takes_effect_on_the_other_replica(
+    replicas: list[Replica], private_redis: RedisServer
+) -> None:
+    a, b = replicas
+    formal, friendly = {"X-Persona-Tone": "formal"}, {"X-Persona-Tone": "friendly"}
+    cases: list[tuple[dict[str, Any], list[Ask], list[Ask]]] = [
+        # selector, asks it covers, asks it does not cover
+        ({"user_id": "u-1"}, [ask_of(1, **{"X-User-Id": "u-1"})],
+         [ask_of(1, **{"X-User-Id": "u-2", "X-Persona-Tone": "direct"})]),
+        ({"persona": {"tone": "formal"}}, [ask_of(2, **formal)], [ask_of(2, **friendly)]),
+        ({"model": "gpt-4o"}, [ask_of(3, model="gpt-4o")], [ask_of(3)]),
+        ({"endpoint": "completions"}, [], [ask_of(4)]),  # chat entries are not text completions
+        ({"endpoint": "chat.completions"}, [ask_of(5)], []),
+        ({"persona": {"tone": "formal"}, "model": "gpt-4o"},
+         [ask_of(6, model="gpt-4o", **formal)], [ask_of(6, **formal), ask_of(6, model="gpt-4o")]),
+        ({"tenant": tenant_of(private_redis, OTHER_API_KEY)}, [ask_of(7, key=OTHER_API_KEY)],
+         [ask_of(7)]),
+    ]  # fmt: skip
+    for selector, covered, spared in cases:
+        for item in covered + spared:
+            assert ask(a, item) == "MISS", (selector, item)
+            assert ask(b, item) == "HIT", (selector, item)
+        answer = invalidate(a.admin, ADMIN_TOKEN, selector)
+        assert answer["generation"] >= 1
+        assert [ask(b, item) for item in covered] == ["MISS"] * len(covered), selector
+        assert [ask(b, item) for item in spared] == ["HIT"] * len(spared), selector
+        assert [ask(a, item) for item in covered] == ["HIT"] * len(covered), selector  # b's
+
+
+def test_many_selectors_and_all_across_replicas(replicas: list[Replica]) -> None:
+    a, b = replicas
+    items = [ask_of(10, **{"X-User-Id": "u-7"}), ask_of(11, model="gpt-4o"), ask_of(12)]
+    for item in items:
+        assert ask(a, item) == "MISS"
+    invalidate(b.admin, ADMIN_TOKEN, {"user_id": "u-7"}, {"model": "gpt-4o"})
+    assert [ask(a, item) for item in items] == ["MISS", "MISS", "HIT"]
+    invalidate(a.admin, ADMIN_TOKEN, {"all": True})
+    assert [ask(b, item) for item in items] == ["MISS"] * 3
+
+
+def test_a_persona_change_on_one_replica_invalidates_on_the_other(
+    replicas: list[Replica],
+) -> None:
+    a, b = replicas
+    user = {"X-Cache-Scope": "user", "X-User-Id": "learner-42"}
+    beginner, expert = {"X-Persona-Experience": "beginner"}, {"X-Persona-Experience": "expert"}
+    first, second = ask_of(20, **user, **beginner), ask_of(21, **user, **beginner)
+    assert (ask(a, first), ask(a, second)) == ("MISS", "MISS")
+    assert ask(b, second) == "HIT"
+    assert ask(b, ask_of(20, **user, **expert)) == "MISS"  # b sees the change
+    assert ask(a, ask_of(21, **user, **expert)) == "MISS"  # a honours it at once
