@@ -21,7 +21,6 @@ from admin.page import add_page_routes
 from tests.fixtures.sidecar import LoopThread, http_request
 
 TOKEN = "admin-token-for-the-browser"
-CHROMIUM = "/usr/lib/chromium/chromium"
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "dashboard.png"
 
 OVERVIEW = {
@@ -133,22 +132,6 @@ class FakeApi:
     async def _invalidate(self, request: web.Request) -> web.Response:
         self.posts.append((request.path, await request.json()))
         return web.json_response(INVALIDATED)
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium (make test-servers)")
-    return {
-        **browser_type_launch_args,
-        "executable_path": CHROMIUM,
-        "args": [
-            "--disable-gpu",
-            "--headless=new",
-            "--no-sandbox",
-            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-        ],
-    }
 
 
 @pytest.fixture
