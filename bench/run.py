@@ -38,7 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import batching, coalescing, hits, ledger, ledger_overhead, loadgen, memory, misses
+from . import batching, coalescing, costs, hits, ledger, ledger_overhead, loadgen, memory, misses
 from .machine import CpuMeter
 from .procs import REPO, HarnessError, log_tail
 from .report import Row, format_table, rows_json, write_json
@@ -56,6 +56,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     coalescing.coalescing_savings,
     ledger.ledger_ingest,
     ledger_overhead.ledger_overhead,
+    costs.costs,
     memory.peak_rss,
 )
 RESULTS = REPO / "bench" / "results" / "latest.json"
