@@ -18,8 +18,9 @@ raises `HarnessError` becomes an ERROR row and the others still run.
 The table is printed and also written to bench/results/latest.json. The exit status is 0 when
 everything was measured, even if a target was missed (this is a measurement, not a test), and
 1 when the harness itself failed (a server did not start, no cache hit after warm-up, non-200
-answers under load, requests of a hit run reaching the upstream). The whole run takes about a
-minute; `--quick` scales every count and duration down to a fifth, for trying changes.
+answers under load, requests of a hit run reaching the upstream). The whole run takes about
+four minutes, half of it loading the 10M-row ledger of the `costs` row; `--quick` scales every
+count and duration down (about 90 s), and `--only hit_max_rate,costs` runs some rows alone.
 """
 
 from __future__ import annotations
@@ -119,7 +120,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a fifth of the counts and durations")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"default {RESULTS}")
+    names = [m.__name__ for m in MEASUREMENTS]
+    parser.add_argument(
+        "--only",
+        type=lambda text: text.split(","),
+        default=names,
+        help=f"comma-separated measurements to run, of: {', '.join(names)}",
+    )
     args = parser.parse_args(argv)
+    unknown = sorted(set(args.only) - set(names))
+    if unknown:
+        parser.error(f"unknown measurement {', '.join(unknown)}; one of: {', '.join(names)}")
+    chosen = [m for m in MEASUREMENTS if m.__name__ in args.only]
     missing = loadgen.missing_tools()
     if missing:
         print(
@@ -133,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meter = CpuMeter()
     scale = 0.2 if args.quick else 1.0
     try:
-        rows = run_all(scale, MEASUREMENTS)
+        rows = run_all(scale, chosen)
     except HarnessError as err:
         print(f"bench: harness failed: {err}", file=sys.stderr)
         return 1
