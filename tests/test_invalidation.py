@@ -162,3 +162,19 @@ def test_a_replica_that_missed_the_announcement_still_misses(
     invalidate(a.admin_url, TOKEN, {"model": "gpt-4o-mini"})
     assert chat_status(b.url, "Shared answer.") == "MISS"
     assert chat_status(b.url, "Shared answer.") == "HIT"
+
+
+def test_invalidation_still_works_after_redis_restarts_empty(
+    make_sidecar: SidecarFactory, private_redis: RedisServer
+) -> None:
+    """Generations come from the Redis clock, so they grow past what replicas hold even when
+    Redis comes back without its data (a counter would start again below them)."""
+    sidecar = make_sidecar(ADMIN_TOKENS=TOKENS, REDIS_URL=private_redis.url)
+    first = invalidate(sidecar.admin_url, TOKEN, {"all": True})["generation"]
+    private_redis.stop()
+    private_redis.start()
+    assert private_redis.client().dbsize() == 0
+    assert chat_status(sidecar.url, "After the restart.") == "MISS"
+    assert chat_status(sidecar.url, "After the restart.") == "HIT"
+    assert invalidate(sidecar.admin_url, TOKEN, {"all": True})["generation"] > first
+    assert chat_status(sidecar.url, "After the restart.") == "MISS"

@@ -33,19 +33,25 @@ RULES_KEY = "sc:{inv}:rules"
 CHANNEL = "sc:invalidations"
 _RETRY_S = 1.0
 # KEYS: generation, rules, channel. ARGV: max age in seconds, then one selector (JSON) each.
-# Answers the new generation and the server's time; publishes "<generation> <time>\n<json>…".
+# A generation is the Redis server's clock in microseconds (or the previous generation + 1),
+# so it keeps growing even when Redis restarts empty and replicas still hold older ones.
+# Answers {generation, previous, time}; publishes "<generation> <previous> <time>\n<json>...".
+# Numbers go through string.format: Lua's tostring would print them as 1.7e+15.
 _ADD = """
-local g = redis.call('INCR', KEYS[1])
+local prev = tonumber(redis.call('GET', KEYS[1]) or '0')
 local now = redis.call('TIME')
+local g = string.format('%d', math.max(tonumber(now[1]) * 1000000 + tonumber(now[2]), prev + 1))
+local p = string.format('%d', prev)
+redis.call('SET', KEYS[1], g)
 local at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(at) - tonumber(ARGV[1]))
-local lines = {g .. ' ' .. at}
+local lines = {g .. ' ' .. p .. ' ' .. at}
 for i = 2, #ARGV do
   redis.call('ZADD', KEYS[2], at, g .. ' ' .. ARGV[i])
   lines[#lines + 1] = ARGV[i]
 end
 redis.call('PUBLISH', KEYS[3], table.concat(lines, '\\n'))
-return {g, at}
+return {g, p, at}
 """
 _encode = msgspec.json.Encoder().encode
 _decode_selector = msgspec.json.Decoder(Selector).decode
@@ -107,7 +113,8 @@ class Invalidator:
         """Adds one rule per selector under one new generation; raises a 503 ApiError when the
         shared rules cannot be written (nothing was invalidated then)."""
         if self._redis is None:
-            stamp = Stamp(self.generation + 1, time.time())
+            now = time.time()
+            stamp = Stamp(max(int(now * 1_000_000), self.generation + 1), now)
             self._add(stamp.generation, stamp.at, selectors)
             self.generation = stamp.generation
         else:
@@ -120,18 +127,17 @@ class Invalidator:
         args: list[str | int] = [self._max_age_s, *(_encode(s).decode() for s in selectors)]
         try:
             async with asyncio.timeout(self._timeout_s * 4):
-                generation, at = await self._redis.eval(  # type: ignore[union-attr]
+                generation, previous, at = await self._redis.eval(  # type: ignore[union-attr]
                     _ADD, 3, GENERATION_KEY, RULES_KEY, CHANNEL, *args
                 )
         except (RedisError, OSError) as exc:
             raise ApiError(
                 503, f"Redis is unreachable; nothing was invalidated ({type(exc).__name__})."
             ) from None
-        generation, moment = int(generation), float(at)
-        self._add(generation, moment, selectors)  # the announcement may come later
-        if generation == self.generation + 1:
-            self.generation = generation
-        return Stamp(generation, moment)
+        stamp = Stamp(int(generation), float(at))
+        self._add(stamp.generation, stamp.at, selectors)  # the announcement may come later
+        self._advance(stamp.generation, int(previous))
+        return stamp
 
     def _add(self, generation: int, at: float, selectors: Sequence[Selector]) -> None:
         if generation in self._known:
@@ -146,14 +152,18 @@ class Invalidator:
 
     def _announced(self, message: str) -> None:
         head, _, body = message.partition("\n")
-        generation_text, _, at = head.partition(" ")
-        generation = int(generation_text)
+        generation, previous, at = head.split(" ")
         selectors = [_decode_selector(line) for line in body.split("\n") if line]
-        self._add(generation, float(at), selectors)
-        if generation == self.generation + 1:
+        self._add(int(generation), float(at), selectors)
+        self._advance(int(generation), int(previous))
+
+    def _advance(self, generation: int, previous: int) -> None:
+        """Moves to `generation` when every rule before it is known here (`previous` is the
+        generation it followed), else reloads them all: an announcement was missed."""
+        if previous == self.generation:
             self.generation = generation
         elif generation > self.generation:
-            self._schedule_catch_up()  # a gap: an announcement was missed
+            self._schedule_catch_up()
 
     def _schedule_catch_up(self) -> None:
         if self._catching_up is None:
