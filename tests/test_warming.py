@@ -150,3 +150,23 @@ def test_an_unknown_job_is_a_404(sidecar_with_admin: Sidecar) -> None:
 @pytest.fixture
 def sidecar_with_admin(make_sidecar: SidecarFactory) -> Sidecar:
     return make_sidecar(ADMIN_TOKENS=TOKENS)
+
+
+def test_live_requests_go_upstream_before_queued_warming(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    """With one upstream slot, a live request that arrives while warming requests wait for it
+    is sent next: warming is low priority."""
+    sidecar = make_sidecar(ADMIN_TOKENS=TOKENS, UPSTREAM_MAX_IN_FLIGHT="1")
+    stub.fake.latency_ms = 200
+    job = start(sidecar, {
+        "api_key": API_KEY, "requests": [chat(f"Warm {n}.") for n in range(4)], "concurrency": 4,
+    })  # fmt: skip
+    deadline = time.monotonic() + 10
+    while sidecar.runtime.gate.queued < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)  # one warming call upstream, three waiting for the slot
+    assert sidecar.runtime.gate.queued == 3
+    assert chat_status(sidecar.url, "Live.") == "MISS"
+    assert finished(sidecar, job["id"])["misses"] == 4
+    prompts = [r.body["messages"][0]["content"] for r in stub.fake.requests if r.body]
+    assert prompts.index("Live.") == 1
