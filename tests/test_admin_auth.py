@@ -8,13 +8,22 @@ from typing import Any, get_args
 import pytest
 
 from admin.models import BreakerName
+from admin.openapi import ROUTES as OPERATIONS
 from tests.admin_support import BASE, TOKEN, TOKENS, call
 from tests.fixtures.sidecar import Sidecar, SidecarFactory
 
+# Every operation of the OpenAPI document, with a body and path it accepts and its success.
+ACCEPTED: dict[tuple[str, str], tuple[Any, int]] = {
+    ("post", "/cache/invalidate"): ({"selectors": [{"all": True}]}, 200),
+    ("post", "/cache/warm"): ({"api_key": "sk-k", "requests": [
+        {"endpoint": "moderations", "body": {"input": "hi"}}]}, 202),
+    ("get", "/cache/warm/{job}"): (None, 404),  # no such job: but past the token check
+}  # fmt: skip
 ROUTES = [
-    ("GET", f"{BASE}/{path}")
-    for path in ("overview", "costs", "performance", "users", "cache", "circuits")
-] + [("POST", f"{BASE}/circuits/reset")]
+    pytest.param(method.upper(), f"{BASE}{path}".replace("{job}", "warm_0"),
+                 *ACCEPTED.get((method, path), (None, 200)), id=f"{method} {path}")
+    for path, method, *_ in OPERATIONS
+]  # fmt: skip
 
 
 def error_of(answer: Any, status: int) -> dict[str, Any]:
@@ -25,29 +34,29 @@ def error_of(answer: Any, status: int) -> dict[str, Any]:
     return error
 
 
-@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize(("method", "path", "body", "ok"), ROUTES)
 def test_no_tokens_configured_closes_the_api(
-    make_sidecar: SidecarFactory, method: str, path: str
+    make_sidecar: SidecarFactory, method: str, path: str, body: Any, ok: int
 ) -> None:
     sidecar = make_sidecar()
-    error = error_of(call(sidecar, path, method=method, token="anything"), 401)
+    error = error_of(call(sidecar, path, method=method, body=body, token="anything"), 401)
     assert "ADMIN_TOKENS" in error["message"]
     assert error["type"] == "authentication_error"
 
 
-@pytest.mark.parametrize(("method", "path"), ROUTES)
+@pytest.mark.parametrize(("method", "path", "body", "ok"), ROUTES)
 def test_missing_and_wrong_tokens_are_401(
-    make_sidecar: SidecarFactory, method: str, path: str
+    make_sidecar: SidecarFactory, method: str, path: str, body: Any, ok: int
 ) -> None:
     sidecar = make_sidecar(ADMIN_TOKENS=TOKENS)
-    assert error_of(call(sidecar, path, method=method, token=None), 401)["code"] == (
-        "missing_admin_token"
-    )
-    wrong = error_of(call(sidecar, path, method=method, token=TOKEN + "x"), 401)
+    missing = error_of(call(sidecar, path, method=method, body=body, token=None), 401)
+    assert missing["code"] == "missing_admin_token"
+    wrong = error_of(call(sidecar, path, method=method, body=body, token=TOKEN + "x"), 401)
     assert wrong["code"] == "invalid_admin_token"
     assert TOKEN not in wrong["message"]
-    assert call(sidecar, path, method=method).status == 200
-    assert call(sidecar, path, method=method, token="admin-token-alpha-123").status == 200
+    assert call(sidecar, path, method=method, body=body).status == ok
+    other = call(sidecar, path, method=method, body=body, token="admin-token-alpha-123")
+    assert other.status == ok
 
 
 def test_admin_user_ids(make_sidecar: SidecarFactory) -> None:
