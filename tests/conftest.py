@@ -1,1 +1,7 @@
-pytest_plugins = ["tests.fixtures.servers", "tests.fixtures.sidecar", "tests.fixtures.replicas"]
+# The admin fixtures come last: they import the sidecar fixtures' module.
+pytest_plugins = [
+    "tests.fixtures.servers",
+    "tests.fixtures.sidecar",
+    "tests.fixtures.replicas",
+    "tests.fixtures.admin",
+]

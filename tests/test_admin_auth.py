@@ -119,15 +119,10 @@ def test_bad_query_parameters_are_400_naming_them(
         (b"[]", None),
     ],
 )
-def test_bad_reset_bodies_are_400(sidecar_with_tokens: Sidecar, body: Any, param: str) -> None:
-    answer = call(sidecar_with_tokens, f"{BASE}/circuits/reset", method="POST", body=body)
+def test_bad_reset_bodies_are_400(admin_sidecar: Sidecar, body: Any, param: str) -> None:
+    answer = call(admin_sidecar, f"{BASE}/circuits/reset", method="POST", body=body)
     assert error_of(answer, 400)["param"] == param
 
 
-@pytest.fixture
-def sidecar_with_tokens(make_sidecar: SidecarFactory) -> Sidecar:
-    return make_sidecar(ADMIN_TOKENS=TOKENS)
-
-
-def test_breaker_names_match_the_board(sidecar_with_tokens: Sidecar) -> None:
-    assert set(get_args(BreakerName)) == set(sidecar_with_tokens.runtime.breakers.breakers)
+def test_breaker_names_match_the_board(admin_sidecar: Sidecar) -> None:
+    assert set(get_args(BreakerName)) == set(admin_sidecar.runtime.breakers.breakers)

@@ -20,21 +20,14 @@ BEGINNER = {"X-Persona-Experience": "beginner"}
 EXPERT = {"X-Persona-Experience": "expert"}
 
 
-@pytest.fixture(params=["memory", "redis"])
-def admin_sidecar(request: pytest.FixtureRequest, make_sidecar: SidecarFactory) -> Sidecar:
-    if request.param == "redis":
-        return make_sidecar(ADMIN_TOKENS=TOKENS, REDIS_URL=request.getfixturevalue("redis_url"))
-    return make_sidecar(ADMIN_TOKENS=TOKENS)
-
-
 def test_an_invalidated_persona_misses_and_others_still_hit(
-    admin_sidecar: Sidecar, stub: Stub, loop_thread: LoopThread
+    any_admin_sidecar: Sidecar, stub: Stub, loop_thread: LoopThread
 ) -> None:
-    url = admin_sidecar.url
+    url = any_admin_sidecar.url
     for persona in (BEGINNER, EXPERT):
         assert chat_status(url, "Define entropy.", **persona) == "MISS"
         assert chat_status(url, "Define entropy.", **persona) == "HIT"
-    answer = invalidate(admin_sidecar.admin_url, TOKEN, {"persona": {"experience": "Beginner"}})
+    answer = invalidate(any_admin_sidecar.admin_url, TOKEN, {"persona": {"experience": "Beginner"}})
     assert answer["selectors"] == [{"persona": {"experience": "beginner"}}]
     assert answer["generation"] >= 1 and answer["rules_held"] >= 1 and answer["audited"] is True
 
@@ -43,13 +36,13 @@ def test_an_invalidated_persona_misses_and_others_still_hit(
     assert chat_status(url, "Define entropy.", **BEGINNER) == "HIT"  # the new entry is good
     assert chat_status(url, "Define entropy.", **EXPERT) == "HIT"
     assert stub.calls == calls + 1
-    row = audit_rows(loop_thread, admin_sidecar)[-1]
+    row = audit_rows(loop_thread, any_admin_sidecar)[-1]
     assert row["action"] == "cache.invalidate"
     assert "beginner" in str(row["target"])
 
 
-def test_many_selectors_in_one_call(admin_sidecar: Sidecar) -> None:
-    url = admin_sidecar.url
+def test_many_selectors_in_one_call(any_admin_sidecar: Sidecar) -> None:
+    url = any_admin_sidecar.url
     asks: list[tuple[str, str, dict[str, str]]] = [
         ("Name a prime.", "gpt-4o-mini", {"X-User-Id": "u-1"}),
         ("Name a prime.", "gpt-4o", {"X-User-Id": "u-2"}),
@@ -57,13 +50,13 @@ def test_many_selectors_in_one_call(admin_sidecar: Sidecar) -> None:
     ]
     for prompt, model, headers in asks:
         assert chat_status(url, prompt, model=model, **headers) == "MISS"
-    invalidate(admin_sidecar.admin_url, TOKEN, {"user_id": "u-1"}, {"model": "gpt-4o"})
+    invalidate(any_admin_sidecar.admin_url, TOKEN, {"user_id": "u-1"}, {"model": "gpt-4o"})
     after = [chat_status(url, prompt, model=model, **headers) for prompt, model, headers in asks]
     assert after == ["MISS", "MISS", "HIT"]
 
 
-def test_invalidate_all_and_by_endpoint(admin_sidecar: Sidecar) -> None:
-    url = admin_sidecar.url
+def test_invalidate_all_and_by_endpoint(any_admin_sidecar: Sidecar) -> None:
+    url = any_admin_sidecar.url
     client = openai.OpenAI(base_url=url, api_key="sk-test-key", max_retries=0)
 
     def embed(*inputs: str) -> str:
@@ -75,17 +68,17 @@ def test_invalidate_all_and_by_endpoint(admin_sidecar: Sidecar) -> None:
 
     assert embed("alpha", "beta") == "0/2"
     assert chat_status(url, "Hello there.") == "MISS"
-    invalidate(admin_sidecar.admin_url, TOKEN, {"endpoint": "/v1/embeddings"})
+    invalidate(any_admin_sidecar.admin_url, TOKEN, {"endpoint": "/v1/embeddings"})
     assert embed("alpha") == "0/1"
     assert embed("alpha", "beta") == "1/2"
     assert chat_status(url, "Hello there.") == "HIT"
-    invalidate(admin_sidecar.admin_url, TOKEN, {"all": True})
+    invalidate(any_admin_sidecar.admin_url, TOKEN, {"all": True})
     assert embed("alpha") == "0/1"
     assert chat_status(url, "Hello there.") == "MISS"
 
 
-def test_a_persona_change_invalidates_the_users_own_entries(admin_sidecar: Sidecar) -> None:
-    url = admin_sidecar.url
+def test_a_persona_change_invalidates_the_users_own_entries(any_admin_sidecar: Sidecar) -> None:
+    url = any_admin_sidecar.url
     own = {"X-Cache-Scope": "user", "X-User-Id": "learner-9"}
     other = {"X-Cache-Scope": "user", "X-User-Id": "learner-10"}
     for prompt in ("Explain tides.", "Explain wind."):
@@ -99,7 +92,7 @@ def test_a_persona_change_invalidates_the_users_own_entries(admin_sidecar: Sidec
     assert chat_status(url, "Explain wind.", **own, **EXPERT) == "HIT"
     # Another user's private entries are untouched.
     assert chat_status(url, "Explain wind.", **other, **BEGINNER) == "HIT"
-    found = samples(admin_sidecar)
+    found = samples(any_admin_sidecar)
     assert value(found, "sidecache_invalidations_total", source="persona_change") >= 1
     assert value(found, "sidecache_cache_stale_total", endpoint="chat.completions") >= 2
 

@@ -44,61 +44,52 @@ def finished(sidecar: Sidecar, job_id: str, timeout_s: float = 20) -> dict[str, 
     pytest.fail(f"warming job {job_id} still running after {timeout_s} s")
 
 
-@pytest.fixture(params=["memory", "redis"])
-def warm_sidecar(request: pytest.FixtureRequest, make_sidecar: SidecarFactory) -> Sidecar:
-    if request.param == "redis":
-        return make_sidecar(ADMIN_TOKENS=TOKENS, REDIS_URL=request.getfixturevalue("redis_url"))
-    return make_sidecar(ADMIN_TOKENS=TOKENS)
-
-
 def test_warming_turns_later_requests_into_hits(
-    warm_sidecar: Sidecar, stub: Stub, loop_thread: LoopThread
+    any_admin_sidecar: Sidecar, stub: Stub, loop_thread: LoopThread
 ) -> None:
     prompts = ["What is a noun?", "What is a verb?"]
-    job = start(warm_sidecar, {
+    job = start(any_admin_sidecar, {
         "api_key": API_KEY, "requests": [chat(p) | {"body": chat(p)["body"] | {"stream": True}}
                                          for p in prompts],
         "personas": PERSONAS,
     })  # fmt: skip
     assert job["total"] == 4
-    done = finished(warm_sidecar, job["id"])
+    done = finished(any_admin_sidecar, job["id"])
     assert (done["state"], done["done"], done["misses"], done["errors"]) == ("done", 4, 4, 0)
     assert done["finished_at"] is not None
     assert stub.calls == 4
     for prompt in prompts:
         for headers in HEADERS:
-            assert chat_status(warm_sidecar.url, prompt, **headers) == "HIT"
+            assert chat_status(any_admin_sidecar.url, prompt, **headers) == "HIT"
     assert stub.calls == 4
     # Warming twice finds everything cached.
-    again = finished(warm_sidecar, start(warm_sidecar, {
+    again = finished(any_admin_sidecar, start(any_admin_sidecar, {
         "api_key": API_KEY, "requests": [chat(p) for p in prompts], "personas": PERSONAS,
     })["id"])  # fmt: skip
     assert (again["hits"], again["misses"]) == (4, 0)
-    listed = admin_call(warm_sidecar.admin_url, TOKEN, "GET", "cache/warm").json()["jobs"]
+    listed = admin_call(any_admin_sidecar.admin_url, TOKEN, "GET", "cache/warm").json()["jobs"]
     assert [j["id"] for j in listed] == [again["id"], job["id"]]
-    rows = [r for r in audit_rows(loop_thread, warm_sidecar) if r["action"] == "cache.warm"]
+    rows = [r for r in audit_rows(loop_thread, any_admin_sidecar) if r["action"] == "cache.warm"]
     assert len(rows) == 2
     assert API_KEY not in str(rows)  # the credential is used, never kept
 
 
-def test_warming_embeddings_and_user_scope(sidecar_with_admin: Sidecar, stub: Stub) -> None:
+def test_warming_embeddings_and_user_scope(admin_sidecar: Sidecar, stub: Stub) -> None:
     embeddings = {"endpoint": "embeddings",
                   "body": {"model": "text-embedding-3-small", "input": ["one", "two"]}}  # fmt: skip
-    job = start(sidecar_with_admin, {
+    job = start(admin_sidecar, {
         "api_key": API_KEY, "requests": [embeddings, chat("Hi there.")], "scope": "user",
         "personas": [{"user_id": "u-5", "experience": "expert"}],
     })  # fmt: skip
-    assert finished(sidecar_with_admin, job["id"])["misses"] == 2
+    assert finished(admin_sidecar, job["id"])["misses"] == 2
     user = {"X-Cache-Scope": "user", "X-User-Id": "u-5", "X-Persona-Experience": "expert"}
-    assert chat_status(sidecar_with_admin.url, "Hi there.", **user) == "HIT"
-    assert chat_status(sidecar_with_admin.url, "Hi there.", **{**user, "X-User-Id": "u-6"}) == (
-        "MISS"
-    )
+    assert chat_status(admin_sidecar.url, "Hi there.", **user) == "HIT"
+    assert chat_status(admin_sidecar.url, "Hi there.", **{**user, "X-User-Id": "u-6"}) == ("MISS")
 
 
-def test_requests_the_proxy_refuses_are_counted_as_errors(sidecar_with_admin: Sidecar) -> None:
+def test_requests_the_proxy_refuses_are_counted_as_errors(admin_sidecar: Sidecar) -> None:
     broken = {"endpoint": "chat.completions", "body": {"model": "gpt-4o-mini"}}  # no messages
-    job = finished(sidecar_with_admin, start(sidecar_with_admin, {
+    job = finished(admin_sidecar, start(admin_sidecar, {
         "api_key": API_KEY, "requests": [broken, chat("Fine.")],
     })["id"])  # fmt: skip
     assert (job["state"], job["errors"], job["misses"]) == ("done", 1, 1)
@@ -122,9 +113,9 @@ def test_requests_the_proxy_refuses_are_counted_as_errors(sidecar_with_admin: Si
     ],
 )  # fmt: skip
 def test_a_bad_job_is_a_400_naming_the_field(
-    sidecar_with_admin: Sidecar, body: dict[str, Any], param: str
+    admin_sidecar: Sidecar, body: dict[str, Any], param: str
 ) -> None:
-    answer = admin_call(sidecar_with_admin.admin_url, TOKEN, "POST", "cache/warm", body)
+    answer = admin_call(admin_sidecar.admin_url, TOKEN, "POST", "cache/warm", body)
     assert answer.status == 400, answer.body
     assert answer.json()["error"]["param"] == param
 
@@ -141,15 +132,10 @@ def test_managed_mode_needs_a_sidecar_key(make_sidecar: SidecarFactory) -> None:
     assert finished(sidecar, job["id"])["misses"] == 1
 
 
-def test_an_unknown_job_is_a_404(sidecar_with_admin: Sidecar) -> None:
-    answer = admin_call(sidecar_with_admin.admin_url, TOKEN, "GET", "cache/warm/warm_nope")
+def test_an_unknown_job_is_a_404(admin_sidecar: Sidecar) -> None:
+    answer = admin_call(admin_sidecar.admin_url, TOKEN, "GET", "cache/warm/warm_nope")
     assert answer.status == 404
     assert answer.json()["error"]["code"] == "not_found"
-
-
-@pytest.fixture
-def sidecar_with_admin(make_sidecar: SidecarFactory) -> Sidecar:
-    return make_sidecar(ADMIN_TOKENS=TOKENS)
 
 
 def test_live_requests_go_upstream_before_queued_warming(
