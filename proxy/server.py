@@ -66,7 +66,7 @@ async def _answer_and_observe(request: web.Request, handler: Handler) -> web.Str
         elapsed = time.perf_counter() - started
         cache = response.headers.get("X-Cache", "NONE")
         runtime.metrics.observe_request(endpoint, cache, response.status, elapsed)
-        record_outcome(runtime.ledger, request, response, elapsed)
+        record_outcome(runtime.ledger, request, response, elapsed, cache)
     return response
 
 

@@ -14,6 +14,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from itertools import islice
 
 import msgspec
 
@@ -157,20 +158,23 @@ class LedgerWriter:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.flush_interval_s):
                     await self._wake.wait()
+            by_size = self._wake.is_set()
             self._wake.clear()
             if self._closing:
                 return
             try:
-                await self._flush(force=False)
+                await self._flush(force=False, whole_batches=by_size)
             except Exception:
                 log.exception("ledger: flush failed")
 
-    async def _flush(self, *, force: bool) -> None:
+    async def _flush(self, *, force: bool, whole_batches: bool = False) -> None:
+        """`whole_batches` (the queue's size started it): only full batches, the rest waits, so
+        records arriving while a batch is written do not make many small transactions."""
         async with self._lock:
             use_sink = force or self._backoff.due
             if use_sink and self.journal.pending:
                 use_sink = await self._replay()
-            while self._queue:
+            while self._queue and (len(self._queue) >= self.batch_size or not whole_batches):
                 batch = self._take()
                 try:
                     if use_sink and not self.journal.pending:
@@ -186,8 +190,14 @@ class LedgerWriter:
                     return
 
     def _take(self) -> list[LedgerRecord]:
-        count = min(self.batch_size, len(self._queue))
-        return [self._queue.popleft() for _ in range(count)]
+        queue = self._queue  # whole-deque copies: no Python step per record
+        if len(queue) <= self.batch_size:
+            batch = list(queue)
+            queue.clear()
+        else:
+            batch = list(islice(queue, self.batch_size))
+            self._queue = deque(islice(queue, self.batch_size, None))
+        return batch
 
     async def _write(self, batch: list[LedgerRecord]) -> bool:
         """True once the database holds every record of `batch` (or refused some as bad data,

@@ -1,0 +1,100 @@
+"""Ledger records as SQLite rows (bound values in COLUMNS order), and a batch's roll-up rows."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from proxy.ledger.records import LedgerRecord, as_utc, clean_text
+
+Row = tuple[Any, ...]
+_TEXT_MAX = 512  # records.clean_text's bound
+_encode = msgspec.json.Encoder().encode
+_json = msgspec.json.Encoder(order="sorted").encode
+# Row positions (records.COLUMNS).
+_TENANT, _USER, _KIND, _MODEL, _HIT, _STATUS, _CREATED = 1, 2, 4, 5, 13, 15, 16
+_PROMPT, _COMPLETION, _CACHED, _COST, _SAVED, _RESPONSE_MS = 6, 7, 8, 9, 10, 11
+
+
+def sqlite_time(moment: datetime) -> str:
+    """UTC as fixed-width ISO 8601 text ('YYYY-MM-DDTHH:MM:SS.ffffffZ'): sorts in time order,
+    and SQLite's date functions read it. msgspec writes it (a tenth of strftime's time), but
+    leaves the fraction out when it is zero."""
+    if moment.tzinfo is not UTC:
+        moment = as_utc(moment)
+    text = _encode(moment).decode()  # '"2026-11-24T09:00:00.123456Z"' or '"…T09:00:00Z"'
+    return text[1:-1] if len(text) == 29 else text[1:20] + ".000000Z"
+
+
+def persona_text(persona: dict[str, str]) -> str:
+    """JSON text, keys sorted, keys and values cleaned as records.clean_text does. JSON of at
+    most 512 ASCII bytes without an escaped NUL has nothing to clean, so it is kept as is."""
+    if not persona:
+        return "{}"
+    try:
+        raw = _json(persona)
+    except UnicodeEncodeError:  # a lone surrogate
+        raw = b""
+    if raw and len(raw) <= _TEXT_MAX and raw.isascii() and b"\\u0000" not in raw:
+        return raw.decode()
+    return _json({clean_text(k): clean_text(v) for k, v in persona.items()}).decode()
+
+
+def sqlite_row(rec: LedgerRecord) -> Row:
+    """The record as bound values in COLUMNS order (records.as_row, in SQLite's types)."""
+    user_id = rec.user_id
+    return (
+        rec.id,
+        clean_text(rec.tenant),
+        None if user_id is None else clean_text(user_id),
+        persona_text(rec.persona),
+        rec.request_type,
+        clean_text(rec.model),
+        rec.prompt_tokens,
+        rec.completion_tokens,
+        rec.cached_tokens,
+        rec.cost,
+        rec.saved_cost,
+        rec.response_time_ms,
+        rec.upstream_ms,
+        int(rec.cache_hit),
+        rec.cache_status,
+        rec.status,
+        sqlite_time(rec.created_at),
+    )
+
+
+def roll_ups(rows: list[Row]) -> tuple[list[Row], list[Row]]:
+    """What `rows` add to the hourly roll-ups: (hour, tenant, user_id, model, request_type,
+    *sums) per user and (hour, tenant, model, request_type, *sums) per tenant; sums in the
+    tables' order (requests, hits, errors, prompt, completion and cached tokens, cost, saved
+    cost, response_ms_sum). The hour is the timestamp text cut after the hour."""
+    groups: dict[tuple[str, str, str, str, str], list[Row]] = {}
+    for row in rows:
+        key = (row[_CREATED][:13], row[_TENANT], row[_USER] or "", row[_MODEL], row[_KIND])
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [row]
+        else:
+            group.append(row)
+    by_user: list[Row] = []
+    by_tenant: dict[tuple[str, str, str, str], list[Any]] = {}
+    for (hour, tenant, user, model, kind), group in groups.items():
+        columns = list(zip(*group, strict=True))
+        sums = [
+            len(group),
+            sum(columns[_HIT]),
+            sum(1 for status in columns[_STATUS] if status >= 400),
+            *(sum(columns[n]) for n in (_PROMPT, _COMPLETION, _CACHED)),
+            *(sum(columns[n]) for n in (_COST, _SAVED, _RESPONSE_MS)),
+        ]
+        hour_text = hour + ":00:00.000000Z"
+        by_user.append((hour_text, tenant, user, model, kind, *sums))
+        total = by_tenant.get((hour_text, tenant, model, kind))
+        if total is None:
+            by_tenant[(hour_text, tenant, model, kind)] = sums
+        else:
+            total[:] = [a + b for a, b in zip(total, sums, strict=True)]
+    return by_user, [(*key, *sums) for key, sums in by_tenant.items()]
