@@ -1,7 +1,9 @@
 """The dashboard's SQL, one text for both ledgers where the dialects agree (`?` placeholders).
 
-Windows over the hourly roll-up start at the top of the hour `window` ago. Two answers need
-dimensions the roll-up does not keep (cache status for latency percentiles, persona values),
+Windows over the hourly roll-ups start at the top of the hour `window` ago. Answers that do not
+name users read the per-tenant roll-up (`ai_usage_tenant_hourly`, a few rows per tenant and
+hour), those about users the per-user one (`ai_usage_hourly`). Two answers need dimensions the
+roll-ups do not keep (cache status for latency percentiles, persona values),
 so they read raw rows of the window; `performance` reports them and suggests a view."""
 
 from __future__ import annotations
@@ -10,20 +12,20 @@ TOTALS = """
 SELECT coalesce(sum(requests), 0), coalesce(sum(hits), 0), coalesce(sum(errors), 0),
        coalesce(sum(cost), 0), coalesce(sum(saved_cost), 0), coalesce(sum(response_ms_sum), 0),
        coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)
-FROM ai_usage_hourly WHERE hour >= ?"""
+FROM ai_usage_tenant_hourly WHERE hour >= ?"""
 
 GROUP_LATENCY = """
 SELECT response_ms_sum / requests, requests
-FROM ai_usage_hourly WHERE hour >= ? AND requests > 0"""
+FROM ai_usage_tenant_hourly WHERE hour >= ? AND requests > 0"""
 
-# `{bucket}`, `{label}` and `{column}` come from fixed tables below, never from a request.
+# `{bucket}`, `{label}`, `{column}` and `{table}` come from fixed tables here, never from a request.
 # Buckets are grouped first and formatted after: formatting every roll-up row costs more than
 # the sums (EXPLAIN on a 10M-row ledger, bench/costs.py).
 _COSTS = """
 SELECT {label}, grp, requests, cost, saved FROM (
     SELECT {bucket} AS b, {column} AS grp, sum(requests) AS requests, sum(cost) AS cost,
            sum(saved_cost) AS saved
-    FROM ai_usage_hourly WHERE hour >= ? GROUP BY 1, 2) AS t
+    FROM {table} WHERE hour >= ? GROUP BY 1, 2) AS t
 ORDER BY 1, 2"""
 _BUCKETS = {  # bucket -> (what rows are grouped by, its label as an ISO time)
     "postgres": {
@@ -68,7 +70,7 @@ USERS_BY_REQUESTS = _TOP_USERS.format(order="3 DESC, 5 DESC")
 
 _HIT_RATES = """
 SELECT {column}, sum(requests), sum(hits), sum(saved_cost)
-FROM ai_usage_hourly WHERE hour >= ? GROUP BY 1 ORDER BY 1"""
+FROM ai_usage_tenant_hourly WHERE hour >= ? GROUP BY 1 ORDER BY 1"""
 HITS_BY_ENDPOINT = _HIT_RATES.format(column="request_type")
 HITS_BY_MODEL = _HIT_RATES.format(column="model")
 
@@ -85,4 +87,9 @@ PERSONA = {
 
 def costs(dialect: str, bucket: str, column: str) -> str:
     grouped_by, label = _BUCKETS[dialect][bucket]
-    return _COSTS.format(bucket=grouped_by, label=label, column=column)
+    return _COSTS.format(bucket=grouped_by, label=label, column=column, table=roll_up_for(column))
+
+
+def roll_up_for(column: str) -> str:
+    """The roll-up a costs answer grouped by `column` reads: per user only where it must."""
+    return "ai_usage_hourly" if column == "user_id" else "ai_usage_tenant_hourly"

@@ -15,9 +15,9 @@ server-side by `_GENERATE` into the writer's staging table and moved by the writ
 statement (insert + roll-up upsert), `CHUNK` rows per transaction, then VACUUM ANALYZE (what
 autovacuum would have done). Mix: `TENANTS` tenants, `USERS` users plus about 5 % of requests
 without one, the `KINDS` below; 40 % HIT, 3 % COALESCED, 2 % BYPASS, the rest MISS with 1 % of
-misses failing (429/502, no tokens, no cost); costs from config/pricing.toml. The roll-up's
-size, and so its query time, grows with the (user, model, request type) combinations active per
-hour: the row says how many roll-up rows the window holds.
+misses failing (429/502, no tokens, no cost); costs from config/pricing.toml. Costs by model
+read the per-tenant roll-up (a few rows per tenant and hour, whatever the number of users); the
+row says how many rows of it the window holds.
 Standalone: `python -m bench.costs [--quick]` (1M rows instead of 10M). The full run's data
 directory takes about 5 GB (memory, when it is on /dev/shm).
 """
@@ -181,6 +181,7 @@ async def _load(sink: PostgresSink, dsn: str, rows: int) -> float:
             raise HarnessError(f"the writer's flush stored {stored} rows, not {rows}")
         await conn.execute("VACUUM ANALYZE ai_requests")
         await conn.execute("VACUUM ANALYZE ai_usage_hourly")
+        await conn.execute("VACUUM ANALYZE ai_usage_tenant_hourly")
     finally:
         await conn.close()
     return time.perf_counter() - started
@@ -227,7 +228,7 @@ async def _measure(dsn: str, rows: int) -> Found:
         raw = await _timed(runner, "costs.raw", _RAW.format(bucket=BUCKET, column=column), since)
         _check_same(rollup.answer, raw.answer, "roll-up vs raw rows")
         counted = await sink.fetch(
-            "SELECT (SELECT count(*) FROM ai_usage_hourly WHERE hour >= $1),"
+            f"SELECT (SELECT count(*) FROM {sql.roll_up_for(column)} WHERE hour >= $1),"
             " (SELECT count(*) FROM ai_requests WHERE created_at >= $1)",
             [since],
         )

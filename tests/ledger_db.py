@@ -1,5 +1,5 @@
 """Test helpers for the ledger: one interface over a Postgres database and a SQLite file, to
-read back raw rows, the writer's roll-up and the same roll-up computed by GROUP BY."""
+read back raw rows, the writer's two roll-ups and the same roll-ups computed by GROUP BY."""
 
 from __future__ import annotations
 
@@ -18,24 +18,31 @@ from proxy.ledger.sqlite import SqliteSink
 
 SUMS = ("requests", "hits", "errors", "prompt_tokens", "completion_tokens", "cached_tokens")
 FLOAT_SUMS = ("cost", "saved_cost", "response_ms_sum")
-_PG_GROUPED = """
-SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour,
-       tenant, coalesce(user_id, '') AS user_id, model, request_type,
-       count(*) AS requests, count(*) FILTER (WHERE cache_hit) AS hits,
-       count(*) FILTER (WHERE status >= 400) AS errors,
+# The per-tenant roll-up's rows are keyed like the per-user one's, under this user id.
+ALL_USERS = "<every user>"
+_COLUMNS = ", ".join((*SUMS, *FLOAT_SUMS))
+_AGGREGATES = {
+    "postgres": """count(*) AS requests, count(*) FILTER (WHERE cache_hit) AS hits,
+       count(*) FILTER (WHERE status >= 400) AS errors,""",
+    "sqlite": "count(*) AS requests, sum(cache_hit) AS hits, sum(status >= 400) AS errors,",
+}
+_HOUR = {
+    "postgres": "date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    "sqlite": "strftime('%Y-%m-%dT%H:00:00.000000Z', created_at)",
+}
+_GROUPED = """
+SELECT {hour} AS hour, tenant, {user} AS user_id, model, request_type, {aggregates}
        sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
        sum(cached_tokens) AS cached_tokens, sum(cost) AS cost, sum(saved_cost) AS saved_cost,
        sum(response_time_ms) AS response_ms_sum
 FROM ai_requests GROUP BY 1, 2, 3, 4, 5"""
-_SQLITE_GROUPED = """
-SELECT strftime('%Y-%m-%dT%H:00:00.000000Z', created_at) AS hour,
-       tenant, coalesce(user_id, '') AS user_id, model, request_type,
-       count(*) AS requests, sum(cache_hit) AS hits, sum(status >= 400) AS errors,
-       sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
-       sum(cached_tokens) AS cached_tokens, sum(cost) AS cost, sum(saved_cost) AS saved_cost,
-       sum(response_time_ms) AS response_ms_sum
-FROM ai_requests GROUP BY 1, 2, 3, 4, 5"""
-_ROLLUP = "SELECT * FROM ai_usage_hourly"
+_USER = {"user": "coalesce(user_id, '')", "tenant": f"'{ALL_USERS}'"}
+_ROLLUP = {
+    "user": f"SELECT hour, tenant, user_id, model, request_type, {_COLUMNS} FROM ai_usage_hourly",
+    "tenant": f"SELECT hour, tenant, '{ALL_USERS}' AS user_id, model, request_type, {_COLUMNS} "
+    "FROM ai_usage_tenant_hourly",
+}
+
 
 RollupMap = dict[tuple[Any, ...], dict[str, Any]]
 
@@ -69,12 +76,16 @@ class LedgerDb:
     async def rows_by_id(self) -> dict[str, dict[str, Any]]:
         return {str(row["id"]): row for row in await self.fetch("SELECT * FROM ai_requests")}
 
-    async def rollup(self) -> RollupMap:
-        return _keyed(await self.fetch(_ROLLUP))
+    async def rollup(self, per: str = "user") -> RollupMap:
+        """The writer's roll-up per `user` or per `tenant`."""
+        return _keyed(await self.fetch(_ROLLUP[per]))
 
-    async def grouped(self) -> RollupMap:
-        sql = _PG_GROUPED if self.kind == "postgres" else _SQLITE_GROUPED
-        return _keyed(await self.fetch(sql))
+    async def grouped(self, per: str = "user") -> RollupMap:
+        """The same roll-up computed by GROUP BY over the raw rows."""
+        hour, aggregates = _HOUR[self.kind], _AGGREGATES[self.kind]
+        return _keyed(
+            await self.fetch(_GROUPED.format(hour=hour, user=_USER[per], aggregates=aggregates))
+        )
 
 
 def _keyed(rows: list[dict[str, Any]]) -> RollupMap:

@@ -243,6 +243,7 @@ async def test_mixed_requests_make_one_costed_row_each(
             assert persona == want.persona, uid
     assert expected["u01"].cost > 0 and expected["u10"].saved > 0
     assert_rollup_matches(await db.rollup(), await db.grouped())
+    assert_rollup_matches(await db.rollup("tenant"), await db.grouped("tenant"))
     stats = sidecar.runtime.ledger.stats
     assert (stats.dropped, stats.rejected, stats.journal_pending) == (0, 0, 0)
 

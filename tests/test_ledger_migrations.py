@@ -16,8 +16,11 @@ from proxy.settings_load import ENV_FIELDS
 from tests.ledger_db import LedgerDb
 
 REPO = Path(__file__).resolve().parent.parent
-TABLES = {"ai_requests", "ai_usage_hourly", "admin_audit", "budget_overrides", "schema_migrations"}
+TABLES = {"ai_requests", "ai_usage_hourly", "ai_usage_tenant_hourly", "admin_audit",
+          "budget_overrides", "schema_migrations"}  # fmt: skip
 INDEXES = {"ai_requests_user_created", "ai_requests_tenant_created"}
+
+ALL = [1, 2]  # every migration shipped, in order
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -39,7 +42,7 @@ async def schema(db: LedgerDb) -> tuple[set[str], set[str]]:
 
 async def test_migrations_apply_once_and_rerun_cleanly(db: LedgerDb) -> None:
     sink = db.sink()
-    assert await sink.migrate() == [1]
+    assert await sink.migrate() == ALL
     assert await sink.migrate() == []
     await sink.close()
     again = db.sink()
@@ -49,17 +52,17 @@ async def test_migrations_apply_once_and_rerun_cleanly(db: LedgerDb) -> None:
     assert tables >= TABLES
     assert indexes >= INDEXES
     versions = await db.fetch("SELECT version FROM schema_migrations")
-    assert [r["version"] for r in versions] == [1]
+    assert sorted(r["version"] for r in versions) == ALL
 
 
 async def test_two_replicas_migrating_at_once(db: LedgerDb) -> None:
     sinks = [db.sink() for _ in range(3)]  # separate pools / connections and threads
     results = await asyncio.gather(*(sink.migrate() for sink in sinks))
-    assert sorted(results) == [[], [], [1]]
+    assert sorted(results) == [[], [], ALL]
     for sink in sinks:
         await sink.close()
     versions = await db.fetch("SELECT version FROM schema_migrations")
-    assert [r["version"] for r in versions] == [1]
+    assert sorted(r["version"] for r in versions) == ALL
 
 
 async def test_the_user_and_tenant_indexes_serve_their_queries(postgres_dsn: str) -> None:
@@ -76,7 +79,7 @@ async def test_the_user_and_tenant_indexes_serve_their_queries(postgres_dsn: str
 
 def test_both_dialects_ship_the_same_versions() -> None:
     postgres, sqlite = load_migrations("postgres"), load_migrations("sqlite")
-    assert [m.version for m in postgres] == [m.version for m in sqlite] == [1]
+    assert [m.version for m in postgres] == [m.version for m in sqlite] == ALL
     assert [m.name for m in postgres] == [m.name for m in sqlite]
     statements = split_sqlite(sqlite[0].sql)
     assert len(statements) >= 9

@@ -112,6 +112,7 @@ async def test_postgres_stopped_mid_stream_loses_nothing(
     assert await db.count() == 3000
     assert set(await db.rows_by_id()) == {rec.id for rec in records}
     assert_rollup_matches(await db.rollup(), await db.grouped())
+    assert_rollup_matches(await db.rollup("tenant"), await db.grouped("tenant"))
     stats = writer.stats
     assert stats.replayed >= 1 and stats.journaled >= 1
     assert stats.written + stats.duplicates == 3000
@@ -148,6 +149,7 @@ async def test_close_with_postgres_down_journals_and_next_writer_replays(
     db = LedgerDb("postgres", dsn)
     assert await db.count() == 1200
     assert_rollup_matches(await db.rollup(), await db.grouped())
+    assert_rollup_matches(await db.rollup("tenant"), await db.grouped("tenant"))
     assert path.stat().st_size == 0
 
 
@@ -177,6 +179,7 @@ async def test_a_crash_in_the_middle_of_a_replay_double_counts_nothing(
     await again.close()
     assert await db.count() == 1000
     assert_rollup_matches(await db.rollup(), await db.grouped())
+    assert_rollup_matches(await db.rollup("tenant"), await db.grouped("tenant"))
     assert sum(v["requests"] for v in (await db.rollup()).values()) == 1000
 
 

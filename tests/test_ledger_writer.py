@@ -74,6 +74,7 @@ async def test_rollups_equal_the_rows_summed(db: LedgerDb, tmp_path: Path) -> No
     rollup, grouped = await db.rollup(), await db.grouped()
     assert len(grouped) > 50  # many (hour, tenant, user, model, kind) groups, not one
     assert_rollup_matches(rollup, grouped)
+    assert_rollup_matches(await db.rollup("tenant"), await db.grouped("tenant"))
     assert sum(v["requests"] for v in rollup.values()) == 2000
 
 

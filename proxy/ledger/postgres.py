@@ -30,8 +30,31 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGE} (
     created_at timestamptz
 ) ON COMMIT DELETE ROWS"""
 
+# What every roll-up row sums, and how, from the rows of one flush.
+_SUMS = ("requests", "hits", "errors", "prompt_tokens", "completion_tokens", "cached_tokens",
+         "cost", "saved_cost", "response_ms_sum")  # fmt: skip
+_AGGREGATES = """count(*), count(*) FILTER (WHERE cache_hit), count(*) FILTER (WHERE status >= 400),
+           sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),
+           sum(cost), sum(saved_cost), sum(response_time_ms)"""
+_HOUR = "date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+
+
+def _roll_up(table: str, keys: dict[str, str]) -> str:
+    """Upserts `table`'s rows (keyed by `keys`: column -> expression) from `inserted`."""
+    added = ",\n        ".join(f"{c} = r.{c} + EXCLUDED.{c}" for c in _SUMS)
+    return f"""
+    INSERT INTO {table} AS r ({", ".join(keys)}, {", ".join(_SUMS)})
+    SELECT {", ".join(keys.values())}, {_AGGREGATES}
+    FROM inserted
+    GROUP BY {", ".join(str(n) for n in range(1, len(keys) + 1))}
+    ON CONFLICT ({", ".join(keys)}) DO UPDATE SET
+        {added}"""
+
+
 # `{conflict}`: empty on the first try (a plain insert is about a quarter cheaper), or
 # `ON CONFLICT (id) DO NOTHING` when the first try met an id the table already has (a replay).
+# Both roll-ups: per user (users, budgets) and per tenant (totals and costs over long windows,
+# which would otherwise add up every user's rows).
 _INSERT_TEMPLATE = f"""
 WITH inserted AS (
     INSERT INTO ai_requests ({_COLS})
@@ -40,28 +63,24 @@ WITH inserted AS (
     RETURNING created_at, tenant, user_id, model, request_type, cache_hit, status,
               prompt_tokens, completion_tokens, cached_tokens, cost, saved_cost,
               response_time_ms
-), rolled AS (
-    INSERT INTO ai_usage_hourly AS h (
-        hour, tenant, user_id, model, request_type, requests, hits, errors,
-        prompt_tokens, completion_tokens, cached_tokens, cost, saved_cost, response_ms_sum
+), by_user AS ({
+    _roll_up(
+        "ai_usage_hourly",
+        {
+            "hour": _HOUR,
+            "tenant": "tenant",
+            "user_id": "coalesce(user_id, '')",
+            "model": "model",
+            "request_type": "request_type",
+        },
     )
-    SELECT date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
-           tenant, coalesce(user_id, ''), model, request_type,
-           count(*), count(*) FILTER (WHERE cache_hit), count(*) FILTER (WHERE status >= 400),
-           sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),
-           sum(cost), sum(saved_cost), sum(response_time_ms)
-    FROM inserted
-    GROUP BY 1, 2, 3, 4, 5
-    ON CONFLICT (hour, tenant, user_id, model, request_type) DO UPDATE SET
-        requests = h.requests + EXCLUDED.requests,
-        hits = h.hits + EXCLUDED.hits,
-        errors = h.errors + EXCLUDED.errors,
-        prompt_tokens = h.prompt_tokens + EXCLUDED.prompt_tokens,
-        completion_tokens = h.completion_tokens + EXCLUDED.completion_tokens,
-        cached_tokens = h.cached_tokens + EXCLUDED.cached_tokens,
-        cost = h.cost + EXCLUDED.cost,
-        saved_cost = h.saved_cost + EXCLUDED.saved_cost,
-        response_ms_sum = h.response_ms_sum + EXCLUDED.response_ms_sum
+}
+), by_tenant AS ({
+    _roll_up(
+        "ai_usage_tenant_hourly",
+        {"hour": _HOUR, "tenant": "tenant", "model": "model", "request_type": "request_type"},
+    )
+}
 )
 SELECT count(*) FROM inserted"""
 _INSERT_NEW = _INSERT_TEMPLATE.replace("{conflict}", "")
