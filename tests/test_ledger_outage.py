@@ -10,11 +10,12 @@ import os
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
 from proxy.ledger.collector import register_ledger_metrics
-from proxy.ledger.journal import Journal, encode_frame
+from proxy.ledger.journal import Journal, encode_frame, read_frames
 from proxy.ledger.postgres import PostgresSink
 from proxy.ledger.records import BudgetOverride, LedgerRecord
 from proxy.ledger.sink import LedgerSink
@@ -234,3 +235,18 @@ async def test_a_full_queue_drops_counts_and_warns_once(
     assert dropped == 15
     await writer.close()
     assert await db.count() == 10
+
+
+def test_a_record_with_lone_surrogates_is_journaled_cleaned(tmp_path: Path) -> None:
+    """aiohttp keeps undecodable header bytes as lone surrogates, which msgpack refuses: the
+    journal stores such a record as the database would, instead of losing its batch."""
+    record = msgspec.structs.replace(
+        make_records(1)[0], user_id="u\udcff1", model="gpt\ud800", persona={"tone": "x\udc80"}
+    )
+    path = tmp_path / "journal"
+    path.write_bytes(encode_frame([record, *make_records(2, seed=3)]))
+    with path.open("rb") as fh:
+        (_, back), *rest = list(read_frames(fh))
+    assert rest == [] and len(back) == 3
+    assert (back[0].user_id, back[0].model, back[0].persona) == ("u?1", "gpt?", {"tone": "x?"})
+    assert back[0].id == record.id

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 import msgspec
 
-from proxy.ledger.records import LedgerRecord
+from proxy.ledger.records import LedgerRecord, clean_record
 
 log = logging.getLogger("sidecache.ledger")
 _HEADER = struct.Struct(">II")
@@ -31,7 +31,10 @@ _decode = msgspec.msgpack.Decoder(list[LedgerRecord]).decode
 
 
 def encode_frame(records: list[LedgerRecord]) -> bytes:
-    payload = _encode(records)
+    try:
+        payload = _encode(records)
+    except UnicodeEncodeError:  # lone surrogates: cleaned as the database would clean them
+        payload = _encode([clean_record(rec) for rec in records])
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 

@@ -145,3 +145,14 @@ def clean_text(value: str) -> str:
     if "\x00" in value:
         value = value.replace("\x00", "")
     return value[:_TEXT_MAX]
+
+
+def clean_record(rec: LedgerRecord) -> LedgerRecord:
+    """The record with every client-supplied text as `clean_text` makes it."""
+    return msgspec.structs.replace(
+        rec,
+        tenant=clean_text(rec.tenant),
+        model=clean_text(rec.model),
+        user_id=None if rec.user_id is None else clean_text(rec.user_id),
+        persona={clean_text(k): clean_text(v) for k, v in rec.persona.items()},
+    )
