@@ -24,7 +24,6 @@ directory takes about 5 GB (memory, when it is on /dev/shm).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import math
@@ -50,7 +49,7 @@ from proxy.ledger.records import COLUMNS
 from tests.fixtures.postgres_server import PostgresServer
 
 from .procs import HarnessError
-from .report import Check, Row, format_table
+from .report import Check, Row, run_standalone
 from .stack import Bench
 
 TARGET_MS = 50.0
@@ -281,17 +280,8 @@ def costs(bench: Bench) -> list[Row]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.costs", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROWS:,} rows")
-    args = parser.parse_args(argv)
-    with ExitStack() as stack:
-        try:
-            rows = measure_costs(stack, 0.2 if args.quick else 1.0)
-        except HarnessError as err:
-            print(f"bench: {err}", file=sys.stderr)
-            return 1
-    print(format_table(rows, ["PostgreSQL with fsync off (test settings); see bench/costs.py"]))
-    return 0
+    note = "PostgreSQL with fsync off (test settings); see bench/costs.py"
+    return run_standalone("python -m bench.costs", __doc__, measure_costs, note, argv)
 
 
 if __name__ == "__main__":

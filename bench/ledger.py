@@ -17,7 +17,6 @@ in arrival order, as live traffic is. Standalone: `python -m bench.ledger [--qui
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 import time
@@ -37,7 +36,7 @@ from tests.fixtures.postgres_server import PostgresServer
 from tests.ledger_db import make_records
 
 from .procs import HarnessError
-from .report import Check, Row, format_table
+from .report import Check, Row, run_standalone
 from .stack import Bench
 
 TARGET_RATIO = 20.0
@@ -188,17 +187,8 @@ def ledger_ingest(bench: Bench) -> list[Row]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.ledger", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="a fifth of the rows")
-    args = parser.parse_args(argv)
-    with ExitStack() as stack:
-        try:
-            rows = measure_ingest(stack, 0.2 if args.quick else 1.0)
-        except HarnessError as err:
-            print(f"bench: {err}", file=sys.stderr)
-            return 1
-    print(format_table(rows, ["PostgreSQL with production durability; see bench/ledger.py"]))
-    return 0
+    note = "PostgreSQL with production durability; see bench/ledger.py"
+    return run_standalone("python -m bench.ledger", __doc__, measure_ingest, note, argv)
 
 
 if __name__ == "__main__":

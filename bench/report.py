@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import msgspec
+
+from .procs import HarnessError
 
 
 class Check(msgspec.Struct, frozen=True):
@@ -105,3 +111,25 @@ def rows_json(rows: list[Row]) -> list[dict[str, Any]]:
 def write_json(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(msgspec.json.format(msgspec.json.encode(document), indent=2) + b"\n")
+
+
+def run_standalone(
+    prog: str,
+    doc: str | None,
+    measure: Callable[[ExitStack, float], list[Row]],
+    note: str,
+    argv: Sequence[str] | None = None,
+) -> int:
+    """`python -m bench.<module> [--quick]` for a measurement that starts its own servers:
+    the full size, or a fifth of it, printed as one table."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
+    parser.add_argument("--quick", action="store_true", help="a fifth of the work")
+    args = parser.parse_args(argv)
+    with ExitStack() as stack:
+        try:
+            rows = measure(stack, 0.2 if args.quick else 1.0)
+        except HarnessError as err:
+            print(f"bench: {err}", file=sys.stderr)
+            return 1
+    print(format_table(rows, [note]))
+    return 0

@@ -81,7 +81,6 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
             vector = decode_vector(raw) if raw is not None else None
             if vector is not None and await still_valid(runtime, u, vector.meta):
                 found[i] = vector
-    meta = entry_meta(u, req.model, scope, runtime.invalidations.generation)
     missing = [i for i, vector in enumerate(found) if vector is None]
     hits = len(items) - len(missing)
     costs = open_outcome(request, u, req.model)
@@ -93,6 +92,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 
     model, spent, relayed, shared = req.model, 0, None, 0
     if missing:
+        meta = entry_meta(u, req.model, scope, runtime.invalidations.generation)
         await preflight(runtime, u, req.model)
         if len(items) == 1:
             outcome = await _fetch_batched(request, runtime, u, items[0])

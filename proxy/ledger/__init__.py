@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from proxy.ledger.factory import journal_path, make_sink, migrate_ledger, open_ledger
     from proxy.ledger.pricing import ModelPrice, PriceTable
     from proxy.ledger.records import BudgetOverride, LedgerRecord, new_record_id
-    from proxy.ledger.writer import LedgerWriter, WriterStats
+    from proxy.ledger.stats import WriterStats
+    from proxy.ledger.writer import LedgerWriter
 
 _SOURCES = {
     "BudgetOverride": "proxy.ledger.records",
@@ -21,7 +22,7 @@ _SOURCES = {
     "LedgerWriter": "proxy.ledger.writer",
     "ModelPrice": "proxy.ledger.pricing",
     "PriceTable": "proxy.ledger.pricing",
-    "WriterStats": "proxy.ledger.writer",
+    "WriterStats": "proxy.ledger.stats",
     "journal_path": "proxy.ledger.factory",
     "make_sink": "proxy.ledger.factory",
     "migrate_ledger": "proxy.ledger.factory",

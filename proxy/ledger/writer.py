@@ -16,29 +16,14 @@ import time
 from collections import deque
 from itertools import islice
 
-import msgspec
-
 from proxy.ledger.backoff import SinkBackoff
 from proxy.ledger.journal import Journal, encode_frame
 from proxy.ledger.records import LedgerRecord
 from proxy.ledger.sink import LedgerSink
+from proxy.ledger.stats import WriterStats
 
 log = logging.getLogger("sidecache.ledger")
 WARN_INTERVAL_S = 60.0
-
-
-class WriterStats(msgspec.Struct, frozen=True):
-    sink: str
-    sink_up: bool
-    queued: int  # in memory, waiting for a flush
-    written: int  # rows the database took as new
-    duplicates: int  # records it already had (a replay of something it had taken)
-    journaled: int  # records appended to the journal
-    replayed: int  # journaled records since handed to the database
-    journal_pending: int  # records in the journal now
-    dropped: int  # refused because the queue was full
-    rejected: int  # refused by the database as bad data; kept in the rejects file
-    failures: int  # failed attempts to reach the database
 
 
 class LedgerWriter:
