@@ -1,9 +1,12 @@
 """Ledger ingest: rows/s through the PostgresSink (COPY into a staging table, then insert the new
-ids and upsert the hourly roll-ups, one transaction per batch of 1,000) against one autocommit
+ids and upsert the hourly roll-ups, one transaction per batch of the product's default size)
+against one autocommit
 `INSERT` per row (`execute` per row, no roll-up: what an application writing its ledger naively
 does), on a private PostgreSQL started here. A second row compares like with like: per row, the
 very statement a flush runs (insert if new, roll-up upserts), with one row's VALUES instead of
-the staging table. A third row times the COPY step alone, to show where a flush's time goes.
+the staging table. A third row times the COPY step alone, to show where a flush's time goes, and
+a fourth the same flushes in smaller batches (each flush has a fixed cost: round trips, one WAL
+flush at commit, and less overlap between the client's encoding and the server's parsing).
 
 The server keeps PostgreSQL's production durability defaults (fsync, synchronous_commit and
 full_page_writes on) with its data on this machine's disk, so each commit waits for its WAL
@@ -41,6 +44,7 @@ from .stack import Bench
 
 TARGET_RATIO = 20.0
 BATCH = LedgerSettings().batch_size  # the product's default flush size
+SMALL_BATCH = 1000
 _COPY_ROWS, _INSERT_ROWS = 100_000, 10_000
 _VALUES = f"VALUES ({', '.join(f'${n}' for n in range(1, len(COLUMNS) + 1))})"
 _INSERT = f"INSERT INTO ai_requests ({', '.join(COLUMNS)}) {_VALUES}"
@@ -56,13 +60,13 @@ def _live(n: int, seed: int) -> list[LedgerRecord]:
     ]
 
 
-async def _copy_rate(dsn: str, records: list[LedgerRecord]) -> float:
+async def _copy_rate(dsn: str, records: list[LedgerRecord], batch: int = BATCH) -> float:
     sink = PostgresSink(dsn)
-    await sink.write(records[:BATCH])  # migrations, pool and staging table: not timed
-    timed = records[BATCH:]
+    await sink.write(records[:batch])  # migrations, pool and staging table: not timed
+    timed = records[batch:]
     started = time.perf_counter()
-    for start in range(0, len(timed), BATCH):
-        await sink.write(timed[start : start + BATCH])
+    for start in range(0, len(timed), batch):
+        await sink.write(timed[start : start + batch])
     elapsed = time.perf_counter() - started
     await sink.close()
     return len(timed) / elapsed
@@ -105,7 +109,7 @@ async def _row_rate(dsn: str, sql: str, records: list[LedgerRecord]) -> float:
 
 
 async def _measure(dsn: str, copy_rows: int, row_rows: int, *, details: bool) -> list[float]:
-    """COPY and row-INSERT rates, then (`details`) same-work and COPY-only rates; the last
+    """COPY and row-INSERT rates, then (`details`) same-work, COPY-only and small-batch rates; the last
     figure is the number of rows the database holds, to check that nothing was lost."""
     assert _INSERT_AND_ROLL != FLUSH_SQL
     rates = [
@@ -115,6 +119,8 @@ async def _measure(dsn: str, copy_rows: int, row_rows: int, *, details: bool) ->
     if details:
         rates.append(await _row_rate(dsn, _INSERT_AND_ROLL, _live(row_rows + 1, seed=3)))
         rates.append(await _copy_only_rate(dsn, _live(copy_rows // 2, seed=4)))
+        small = _live(copy_rows // 2 + SMALL_BATCH, seed=5)
+        rates.append(await _copy_rate(dsn, small, SMALL_BATCH))
     conn: Any = await asyncpg.connect(dsn)
     try:
         rates.append(await conn.fetchval("SELECT count(*) FROM ai_requests"))
@@ -132,6 +138,8 @@ def _run_on_server(
         raise HarnessError(f"cannot start a private PostgreSQL: {err}") from err
     *rates, stored = asyncio.run(_measure(server.dsn, copy_rows, row_rows, details=durable))
     expected = copy_rows + BATCH + (2 if durable else 1) * (row_rows + 1)
+    if durable:
+        expected += copy_rows // 2 + SMALL_BATCH
     if stored != expected:
         raise HarnessError(f"the ledger bench stored {stored} rows, not {expected}")
     server.close()
@@ -141,7 +149,7 @@ def _run_on_server(
 def measure_ingest(stack: ExitStack, scale: float) -> list[Row]:
     copy_rows = max(int(_COPY_ROWS * scale), 5 * BATCH)
     insert_rows = max(int(_INSERT_ROWS * scale), 1000)
-    copy_rate, insert_rate, same_rate, copy_only = _run_on_server(
+    copy_rate, insert_rate, same_rate, copy_only, small_rate = _run_on_server(
         stack, copy_rows, insert_rows, durable=True
     )
     fast_copy, fast_insert = _run_on_server(stack, copy_rows // 5, insert_rows // 2, durable=False)
@@ -169,6 +177,11 @@ def measure_ingest(stack: ExitStack, scale: float) -> list[Row]:
             "  COPY step alone (staging table, no indexes) vs row INSERTs",
             f"x{copy_only / insert_rate:.1f} ({copy_only:,.0f} rows/s)",
             data={"copy_only_rows_per_s": copy_only, "ratio": copy_only / insert_rate},
+        ),
+        Row(
+            f"  batches of {SMALL_BATCH} instead of {BATCH} vs row INSERTs",
+            f"x{small_rate / insert_rate:.1f} ({small_rate:,.0f} rows/s)",
+            data={"batch": SMALL_BATCH, "copy_rows_per_s": small_rate},
         ),
         Row(
             "  same, fsync and synchronous_commit off (test settings)",

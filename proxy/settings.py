@@ -109,7 +109,7 @@ class LedgerSettings(msgspec.Struct, forbid_unknown_fields=True):
     # Append-only journal for flushes the database refused; default: next to `path`.
     journal_path: str | None = None
     migrate_on_start: bool = True
-    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 1000
+    batch_size: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 5000
     flush_interval_s: Seconds = 1.0
     queue_max: Annotated[int, msgspec.Meta(ge=1)] = 100_000
     retry_max_s: Seconds = 30.0

@@ -32,7 +32,7 @@ class LedgerWriter:
         sink: LedgerSink,
         journal: Journal,
         *,
-        batch_size: int = 500,
+        batch_size: int = 5000,
         flush_interval_s: float = 1.0,
         queue_max: int = 100_000,
         retry_min_s: float = 0.5,
