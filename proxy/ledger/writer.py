@@ -21,9 +21,12 @@ from proxy.ledger.journal import Journal, encode_frame
 from proxy.ledger.records import LedgerRecord
 from proxy.ledger.sink import LedgerSink
 from proxy.ledger.stats import WriterStats
+from proxy.settings import LedgerSettings
 
 log = logging.getLogger("sidecache.ledger")
 WARN_INTERVAL_S = 60.0
+
+_DEFAULTS = LedgerSettings()  # the writer's defaults are the settings' (one place to change)
 
 
 class LedgerWriter:
@@ -32,11 +35,11 @@ class LedgerWriter:
         sink: LedgerSink,
         journal: Journal,
         *,
-        batch_size: int = 5000,
-        flush_interval_s: float = 1.0,
-        queue_max: int = 100_000,
+        batch_size: int = _DEFAULTS.batch_size,
+        flush_interval_s: float = _DEFAULTS.flush_interval_s,
+        queue_max: int = _DEFAULTS.queue_max,
         retry_min_s: float = 0.5,
-        retry_max_s: float = 30.0,
+        retry_max_s: float = _DEFAULTS.retry_max_s,
         rejects: Journal | None = None,
         enabled: bool = True,
     ) -> None:
