@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import struct
 import time
+import zlib
 from pathlib import Path
 
 import msgspec
@@ -17,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from proxy.ledger.collector import register_ledger_metrics
 from proxy.ledger.journal import Journal, encode_frame, read_frames
 from proxy.ledger.postgres import PostgresSink
-from proxy.ledger.records import BudgetOverride, LedgerRecord
+from proxy.ledger.records import BudgetOverride, LedgerRecord, pack, packed_batch, unpack
 from proxy.ledger.sink import LedgerSink
 from proxy.ledger.writer import LedgerWriter
 from tests.fixtures.servers import PostgresServer
@@ -43,7 +45,7 @@ class FlakySink:
     async def migrate(self) -> list[int]:
         return await self.inner.migrate()
 
-    async def write(self, records: list[LedgerRecord]) -> int:
+    async def write(self, records: list[bytes]) -> int:
         if self.fail_after is not None and self.writes >= self.fail_after:
             raise ConnectionRefusedError("database unreachable (test)")
         self.writes += 1
@@ -188,7 +190,7 @@ async def test_a_torn_journal_tail_is_cut_and_the_rest_replayed(
     db: LedgerDb, tmp_path: Path
 ) -> None:
     path = tmp_path / "ledger.journal"
-    records = make_records(30, seed=24)
+    records = list(map(pack, make_records(30, seed=24)))
     with path.open("wb") as fh:
         fh.write(encode_frame(records[:10]) + encode_frame(records[10:20]))
         fh.write(encode_frame(records[20:])[:-7])  # a crash in the middle of an append
@@ -203,9 +205,24 @@ async def test_a_torn_journal_tail_is_cut_and_the_rest_replayed(
     assert path.stat().st_size == 0
 
 
+async def test_a_journal_of_records_as_maps_is_still_replayed(db: LedgerDb, tmp_path: Path) -> None:
+    """Journals written before records were packed hold each record as a msgpack map."""
+    path = tmp_path / "ledger.journal"
+    records = make_records(12, seed=27)
+    payload = msgspec.msgpack.encode(records)
+    path.write_bytes(struct.pack(">II", len(payload), zlib.crc32(payload)) + payload)
+    writer = LedgerWriter(db.sink(), Journal(path))
+    await writer.start()
+    assert writer.stats.journal_pending == 12
+    await writer.flush()
+    await writer.close()
+    assert set(await db.rows_by_id()) == {rec.id for rec in records}
+    assert path.stat().st_size == 0
+
+
 async def test_unreadable_journal_bytes_are_kept_aside(db: LedgerDb, tmp_path: Path) -> None:
     path = tmp_path / "ledger.journal"
-    records = make_records(10, seed=25)
+    records = list(map(pack, make_records(10, seed=25)))
     journal = Journal(path)
     await journal.open()
     await journal.append(records[:5])
@@ -244,9 +261,10 @@ def test_a_record_with_lone_surrogates_is_journaled_cleaned(tmp_path: Path) -> N
         make_records(1)[0], user_id="u\udcff1", model="gpt\ud800", persona={"tone": "x\udc80"}
     )
     path = tmp_path / "journal"
-    path.write_bytes(encode_frame([record, *make_records(2, seed=3)]))
+    path.write_bytes(encode_frame(list(map(pack, [record, *make_records(2, seed=3)]))))
     with path.open("rb") as fh:
-        (_, back), *rest = list(read_frames(fh))
+        (_, packed), *rest = list(read_frames(fh))
+    back = unpack(packed_batch(packed))
     assert rest == [] and len(back) == 3
     assert (back[0].user_id, back[0].model, back[0].persona) == ("u?1", "gpt?", {"tone": "x?"})
     assert back[0].id == record.id

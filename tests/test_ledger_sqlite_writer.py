@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from proxy.ledger.journal import Journal
-from proxy.ledger.records import LedgerRecord
+from proxy.ledger.records import LedgerRecord, pack, packed_batch, unpack
 from proxy.ledger.sqlite import SqliteSink
 from proxy.ledger.writer import LedgerWriter
 from tests.ledger_db import LedgerDb, make_records
@@ -53,7 +53,7 @@ async def test_a_killed_writer_process_loses_nothing(tmp_path: Path) -> None:
 
 async def test_the_writer_process_ignores_sigterm(tmp_path: Path) -> None:
     sink = SqliteSink(str(tmp_path / "ledger.db"))
-    records = make_records(20, seed=32)
+    records = list(map(pack, make_records(20, seed=32)))
     assert await sink.write(records[:10]) == 10
     os.kill(_writer_pid(sink), signal.SIGTERM)  # as a shutdown signalling the process group
     await asyncio.sleep(0.2)
@@ -65,11 +65,12 @@ async def test_replays_and_refusals_keep_the_sink_contract(tmp_path: Path) -> No
     path = tmp_path / "ledger.db"
     sink = SqliteSink(str(path))
     records = make_records(50, seed=33)
-    assert await sink.write(records[:30]) == 30
-    assert await sink.write(records[20:] + records[40:]) == 20  # 10 known, 10 twice
+    packed = list(map(pack, records))
+    assert await sink.write(packed[:30]) == 30
+    assert await sink.write(packed[20:] + packed[40:]) == 20  # 10 known, 10 twice
     bad = msgspec.structs.replace(records[0], id="f" * 36, tenant=None)
     with pytest.raises(sqlite3.IntegrityError) as refused:
-        await sink.write([bad])
+        await sink.write([pack(bad)])
     assert sink.is_poison(refused.value)
     await sink.close()
     with sqlite3.connect(path) as conn:
@@ -78,10 +79,8 @@ async def test_replays_and_refusals_keep_the_sink_contract(tmp_path: Path) -> No
 
 
 def test_records_cross_the_pipe_unchanged() -> None:
-    from proxy.ledger.sqlite_helper import _decode_records, _payload
-
     records = make_records(40, seed=34)
-    sent = _decode_records(_payload(records))
+    sent = unpack(packed_batch(list(map(pack, records))))
     fields = LedgerRecord.__struct_fields__
     assert [[getattr(r, f) for f in fields] for r in sent] == [
         [getattr(r, f) for f in fields] for r in records

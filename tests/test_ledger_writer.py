@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from proxy.ledger.journal import Journal
-from proxy.ledger.records import LedgerRecord, new_record_id
+from proxy.ledger.records import LedgerRecord, new_record_id, pack
 from proxy.ledger.writer import LedgerWriter
 from tests.ledger_db import LedgerDb, assert_rollup_matches, make_records
 
@@ -80,12 +80,12 @@ async def test_rollups_equal_the_rows_summed(db: LedgerDb, tmp_path: Path) -> No
 
 async def test_a_replayed_batch_does_not_double_count(db: LedgerDb) -> None:
     sink = db.sink()
-    batch = make_records(300, seed=3)
+    batch = list(map(pack, make_records(300, seed=3)))
     assert await sink.write(batch) == 300
     before = await db.rollup()
     # The same batch again (a journal replay after a crash), and again mixed with new records.
     assert await sink.write(batch) == 0
-    fresh = make_records(50, seed=4)
+    fresh = list(map(pack, make_records(50, seed=4)))
     assert await sink.write(batch[:100] + fresh) == 50
     assert await db.count() == 350
     after = await db.rollup()
@@ -97,7 +97,7 @@ async def test_a_replayed_batch_does_not_double_count(db: LedgerDb) -> None:
 
 async def test_duplicate_ids_inside_one_batch_count_once(db: LedgerDb) -> None:
     sink = db.sink()
-    rec = make_records(1)[0]
+    rec = pack(make_records(1)[0])
     assert await sink.write([rec, rec, rec]) == 1
     rollup = await db.rollup()
     assert [v["requests"] for v in rollup.values()] == [1]
@@ -148,9 +148,10 @@ async def test_bad_data_is_set_aside_and_the_rest_written(db: LedgerDb, tmp_path
     assert await db.count() == 20
     assert writer.stats.rejected == 1
     assert writer.journal.pending is False
-    # Kept as a journal frame (its status is not even an int, so read it untyped).
+    # Kept as a journal frame of packed records (fields in order, id first); its status is
+    # not even an int, so it is read untyped.
     kept = msgspec.msgpack.decode(writer.rejects.path.read_bytes()[8:])
-    assert [r["id"] for r in kept] == [bad.id]
+    assert [r[0] for r in kept] == [bad.id]
     await writer.close()
 
 
@@ -164,7 +165,7 @@ async def test_text_the_database_cannot_hold_is_cleaned(db: LedgerDb, tmp_path: 
         model="gpt\x00-4o-mini",
     )
     sink = db.sink()
-    assert await sink.write([rec]) == 1
+    assert await sink.write([pack(rec)]) == 1
     row = (await db.rows_by_id())[rec.id]
     assert (row["user_id"], row["model"]) == ("user?", "gpt-4o-mini")
     await sink.close()

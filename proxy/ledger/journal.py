@@ -1,7 +1,8 @@
 """An append-only journal of ledger batches the database could not take (DESIGN §5).
 
 File format: a sequence of frames, each `length (u32 BE) | crc32 (u32 BE) | msgpack payload`,
-the payload being a list of LedgerRecord. Every append is fsync'd before it returns. A crash
+the payload being a list of records as records.pack makes them (arrays; older journals hold
+maps, which are still read). Every append is fsync'd before it returns. A crash
 can only leave a torn frame at the end; `open()` cuts the file back to its last whole frame.
 Replaying a frame twice is harmless: the sinks insert by record id and ignore ids they have.
 File work runs in worker threads, never on the event loop.
@@ -21,26 +22,31 @@ from typing import BinaryIO
 
 import msgspec
 
-from proxy.ledger.records import LedgerRecord, clean_record
+from proxy.ledger.records import LedgerRecord, pack, packed_batch, split_batch
 
 log = logging.getLogger("sidecache.ledger")
 _HEADER = struct.Struct(">II")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
-_encode = msgspec.msgpack.Encoder().encode
-_decode = msgspec.msgpack.Decoder(list[LedgerRecord]).decode
+_decode_maps = msgspec.msgpack.Decoder(list[LedgerRecord]).decode
+_MAP_MARKERS = frozenset((*range(0x80, 0x90), 0xDE, 0xDF))
 
 
-def encode_frame(records: list[LedgerRecord]) -> bytes:
-    try:
-        payload = _encode(records)
-    except UnicodeEncodeError:  # lone surrogates: cleaned as the database would clean them
-        payload = _encode([clean_record(rec) for rec in records])
+def encode_frame(packed: list[bytes]) -> bytes:
+    """A frame of packed records (records.pack)."""
+    payload = packed_batch(packed)
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def read_frames(fh: BinaryIO, offset: int = 0) -> Iterator[tuple[int, list[LedgerRecord]]]:
-    """(end offset, records) of each whole, intact frame of `fh` from `offset`, read one frame
-    at a time; stops at the end or at the first torn or corrupt frame."""
+def _records(payload: bytes) -> list[bytes]:
+    packed = split_batch(payload)
+    if packed and packed[0][0] in _MAP_MARKERS:  # records as maps: an older journal
+        return [pack(rec) for rec in _decode_maps(payload)]
+    return packed
+
+
+def read_frames(fh: BinaryIO, offset: int = 0) -> Iterator[tuple[int, list[bytes]]]:
+    """(end offset, packed records) of each whole, intact frame of `fh` from `offset`, read one
+    frame at a time; stops at the end or at the first torn or corrupt frame."""
     fh.seek(offset)
     while True:
         header = fh.read(_HEADER.size)
@@ -53,7 +59,7 @@ def read_frames(fh: BinaryIO, offset: int = 0) -> Iterator[tuple[int, list[Ledge
         if len(payload) < length or zlib.crc32(payload) != crc:
             return
         try:
-            records = _decode(payload)
+            records = _records(payload)
         except msgspec.DecodeError:
             return
         offset += _HEADER.size + length
@@ -96,7 +102,8 @@ class Journal:
         if count:
             log.info("ledger journal %s holds %d records to replay", self.path, count)
 
-    async def append(self, records: list[LedgerRecord]) -> None:
+    async def append(self, records: list[bytes]) -> None:
+        """Appends packed records (records.pack) as one frame."""
         frame = encode_frame(records)
         await asyncio.to_thread(self.append_sync, frame)
         self.pending_records += len(records)
@@ -119,13 +126,13 @@ class Journal:
         if before == 0:
             _fsync_dir(self.path.parent)
 
-    async def read_from(self, offset: int, max_records: int) -> tuple[list[LedgerRecord], int]:
+    async def read_from(self, offset: int, max_records: int) -> tuple[list[bytes], int]:
         """Whole frames from `offset` until at least `max_records` records (or the end):
-        (records, next offset)."""
+        (packed records, next offset)."""
         return await asyncio.to_thread(self._read_sync, offset, max_records)
 
-    def _read_sync(self, offset: int, max_records: int) -> tuple[list[LedgerRecord], int]:
-        out: list[LedgerRecord] = []
+    def _read_sync(self, offset: int, max_records: int) -> tuple[list[bytes], int]:
+        out: list[bytes] = []
         end = offset
         try:
             with self.path.open("rb") as fh:

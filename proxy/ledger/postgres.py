@@ -14,7 +14,7 @@ import asyncpg
 import msgspec
 
 from proxy.ledger.migrate import migrate_postgres
-from proxy.ledger.records import COLUMNS, BudgetOverride, LedgerRecord, as_row
+from proxy.ledger.records import COLUMNS, BudgetOverride, as_row, packed_batch, unpack
 
 log = logging.getLogger("sidecache.ledger")
 STAGE = "sidecache_ai_requests_stage"
@@ -176,11 +176,11 @@ class PostgresSink:
             await self.migrate()
         return await self.pool()
 
-    async def write(self, records: list[LedgerRecord]) -> int:
-        if not records:
+    async def write(self, packed: list[bytes]) -> int:
+        if not packed:
             return 0
         pool = await self._ready()
-        rows = [as_row(rec) for rec in records]
+        rows = list(map(as_row, unpack(packed_batch(packed))))
         try:
             return await self._write_rows(pool, rows)
         except _UNAVAILABLE:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import secrets
+import struct
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -69,6 +71,58 @@ class LedgerRecord(msgspec.Struct, gc=False):
     cache_status: CacheStatus = "MISS"
     status: int = 200
     created_at: datetime = msgspec.field(default_factory=utc_now)
+
+
+class PackedRecord(LedgerRecord, array_like=True, gc=False):
+    """A record as msgpack: an array of its fields in order, without their names (half the
+    bytes of a map)."""
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_astuple = msgspec.structs.astuple
+_decode_packed = msgspec.msgpack.Decoder(list[PackedRecord]).decode
+_split = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
+_ARRAY16, _ARRAY32 = struct.Struct(">BH"), struct.Struct(">BI")
+
+
+def pack(rec: LedgerRecord) -> bytes:
+    """The record as PackedRecord's msgpack: how the writer queues, journals and hands records
+    to the sinks. One small bytes object instead of a record's dozen (the queue of a busy
+    replica holds thousands: measured, objects cost cache hits a few percent more). Texts with
+    lone surrogates, which msgpack refuses, are cleaned here as the database would clean them."""
+    try:
+        return _encode(_astuple(rec))
+    except UnicodeEncodeError:
+        return _encode(_astuple(clean_record(rec)))
+
+
+def packed_batch(packed: Sequence[bytes]) -> bytes:
+    """Packed records as one msgpack array: a header, then their bytes as they are."""
+    n = len(packed)
+    if n < 16:
+        header = bytes((0x90 | n,))
+    else:
+        header = _ARRAY16.pack(0xDC, n) if n < 1 << 16 else _ARRAY32.pack(0xDD, n)
+    return header + b"".join(packed)
+
+
+def unpack(payload: bytes) -> list[LedgerRecord]:
+    """The records of a packed_batch(); raises msgspec.ValidationError (a ValueError: the
+    sinks' refusal) when one of them is not a valid record."""
+    return _decode_packed(payload)  # type: ignore[return-value]
+
+
+def split_batch(payload: bytes) -> list[bytes]:
+    """A packed_batch() back into its packed records, without decoding them."""
+    return [bytes(raw) for raw in _split(payload)]
+
+
+def packed_id(packed: bytes) -> str:
+    """A packed record's id, for logs: read even when the rest is not a valid record."""
+    try:
+        return str(msgspec.msgpack.decode(packed)[0])
+    except (msgspec.DecodeError, LookupError, TypeError):
+        return "(unreadable)"
 
 
 # The column order of `ai_requests` as the sinks write it.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from proxy.ledger.records import BudgetOverride, LedgerRecord
+from proxy.ledger.records import BudgetOverride
 
 
 class LedgerSink(Protocol):
@@ -19,9 +19,10 @@ class LedgerSink(Protocol):
     async def migrate(self) -> list[int]:
         """Applies pending migrations; returns the versions applied."""
 
-    async def write(self, records: list[LedgerRecord]) -> int:
-        """Inserts the records whose ids are new and adds exactly those to the hourly roll-up,
-        in one transaction; returns how many were new. Raises when the database fails."""
+    async def write(self, packed: list[bytes]) -> int:
+        """Inserts the records (as records.pack made them) whose ids are new and adds exactly
+        those to the hourly roll-up, in one transaction; returns how many were new. Raises when
+        the database fails, or refuses the data (a record that does not unpack included)."""
 
     def is_poison(self, exc: BaseException) -> bool:
         """True when `exc` says the data itself was refused (retrying cannot help), False

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from proxy.ledger.migrate import migrate_sqlite
-from proxy.ledger.records import BudgetOverride, LedgerRecord
+from proxy.ledger.records import BudgetOverride
 from proxy.ledger.sqlite_helper import WriterProcess
 from proxy.ledger.sqlite_rows import sqlite_time
 from proxy.ledger.sqlite_sql import UPSERT_OVERRIDE, connect_sqlite, is_refusal
@@ -62,12 +62,12 @@ class SqliteSink:
         self._migrated = True
         return applied
 
-    async def write(self, records: list[LedgerRecord]) -> int:
-        if not records:
+    async def write(self, packed: list[bytes]) -> int:
+        if not packed:
             return 0
         if self._migrate and not self._migrated:
             await self.migrate()
-        return await self._writer.write(records)
+        return await self._writer.write(packed)
 
     def is_poison(self, exc: BaseException) -> bool:
         return is_refusal(exc)

@@ -4,11 +4,12 @@ Why a process: SQLite's work for a batch is C that runs with the GIL released, b
 doing it must take the GIL back after every call, and on a busy event loop, which releases and
 re-takes the GIL around every callback, that thread is woken and put back to sleep hundreds of
 times a batch: about one context switch per record, and a quarter of the cache-hit throughput
-lost (bench/ledger_overhead.py). A process has its own GIL; the loop encodes a batch and writes
-it to a pipe, and the process does the rest: rows, roll-ups and SQLite.
+lost (bench/ledger_overhead.py). A process has its own GIL; the loop writes a batch to a pipe
+as it was queued, packed (no encoding on the event loop), and the process does the rest:
+decoding, rows, roll-ups and SQLite.
 
-Protocol, both ways: frames of `length (u32 BE) | msgpack`. In: a list of records, each an
-array of its fields in order. Out: the number of new rows, or `[refused, error type, message]`
+Protocol, both ways: frames of `length (u32 BE) | msgpack`. In: a list of records as
+records.pack makes them. Out: the number of new rows, or `[refused, error type, message]`
 (refused: the data itself was refused, retrying cannot help). The process ignores SIGINT and
 SIGTERM (the sidecar's last flush on shutdown still goes through it) and exits when its input
 closes, which is also what happens if the sidecar dies.
@@ -26,20 +27,12 @@ from typing import BinaryIO
 
 import msgspec
 
-from proxy.ledger.records import LedgerRecord, clean_text
+from proxy.ledger.records import packed_batch, unpack
 from proxy.ledger.sqlite_rows import sqlite_row
 from proxy.ledger.sqlite_sql import Inbox, connect_sqlite, is_refusal, prepare, write_batch
 
 _LENGTH = struct.Struct(">I")
-
-
-class _Sent(LedgerRecord, array_like=True, gc=False):
-    """A record on the pipe: its fields in order, without their names (half the bytes)."""
-
-
 _encode = msgspec.msgpack.Encoder().encode
-_astuple = msgspec.structs.astuple
-_decode_records = msgspec.msgpack.Decoder(list[_Sent]).decode
 _decode_reply = msgspec.msgpack.Decoder(int | tuple[bool, str, str]).decode
 STOP_TIMEOUT_S = 10.0
 # SQLite's page cache: 2 MB by default; 8 MB keeps the indexes' hot pages (an eighth less CPU
@@ -60,11 +53,11 @@ class WriterProcess:
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
-    async def write(self, records: list[LedgerRecord]) -> int:
-        """The number of new rows. Raises WriterGone when the process is gone, and the
-        sqlite3 error class of a refusal (IntegrityError) or of unavailability
-        (OperationalError) with the process's error type and message."""
-        payload = _payload(records)
+    async def write(self, packed: list[bytes]) -> int:
+        """The number of new rows among `packed` (records.pack). Raises WriterGone when the
+        process is gone, and the sqlite3 error class of a refusal (IntegrityError) or of
+        unavailability (OperationalError) with the process's error type and message."""
+        payload = packed_batch(packed)
         async with self._lock:
             proc = self._proc or await self._start()
             try:
@@ -119,23 +112,6 @@ class WriterProcess:
             await proc.wait()
 
 
-def _payload(records: list[LedgerRecord]) -> bytes:
-    try:
-        return _encode(list(map(_astuple, records)))
-    except UnicodeEncodeError:  # lone surrogates: cleaned here as the row would clean them
-        return _encode([_astuple(_cleaned(rec)) for rec in records])
-
-
-def _cleaned(rec: LedgerRecord) -> LedgerRecord:
-    return msgspec.structs.replace(
-        rec,
-        tenant=clean_text(rec.tenant),
-        user_id=None if rec.user_id is None else clean_text(rec.user_id),
-        model=clean_text(rec.model),
-        persona={clean_text(k): clean_text(v) for k, v in rec.persona.items()},
-    )
-
-
 def _read_frame(source: BinaryIO) -> bytes | None:
     header = source.read(_LENGTH.size)
     if len(header) < _LENGTH.size:
@@ -156,7 +132,7 @@ def serve(path: str, source: BinaryIO, sink: BinaryIO) -> None:
                 conn.execute("PRAGMA temp_store=MEMORY")  # the savepoint's journal: no file
                 conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
                 inbox = prepare(conn)
-            rows = list(map(sqlite_row, _decode_records(frame)))
+            rows = list(map(sqlite_row, unpack(frame)))
             reply = _encode(write_batch(conn, rows, inbox))
         except Exception as exc:
             if isinstance(exc, sqlite3.OperationalError) and conn is not None:

@@ -1,6 +1,6 @@
-"""The ledger writer: `record()` queues in O(1) on the request path; a background task flushes
-by size or time to the sink; what the sink refuses goes to the journal and is replayed, in
-order, when the sink works again (DESIGN §5).
+"""The ledger writer: `record()` packs and queues in O(1) on the request path (records.pack
+says why packed); a background task flushes by size or time to the sink; what the sink refuses
+goes to the journal and is replayed, in order, when the sink works again (DESIGN §5).
 
 Nothing is lost on the way: a batch is taken off the queue only by the task that then writes
 or journals it, and put back if that task is cancelled; a batch the database may already have
@@ -18,7 +18,7 @@ from itertools import islice
 
 from proxy.ledger.backoff import SinkBackoff
 from proxy.ledger.journal import Journal, encode_frame
-from proxy.ledger.records import LedgerRecord
+from proxy.ledger.records import LedgerRecord, pack, packed_id
 from proxy.ledger.sink import LedgerSink
 from proxy.ledger.stats import WriterStats
 from proxy.settings import LedgerSettings
@@ -51,7 +51,7 @@ class LedgerWriter:
         self.flush_interval_s = flush_interval_s
         self.queue_max = queue_max
         self._backoff = SinkBackoff(retry_min_s, retry_max_s)
-        self._queue: deque[LedgerRecord] = deque()
+        self._queue: deque[bytes] = deque()  # packed records
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -88,7 +88,7 @@ class LedgerWriter:
             elif len(self._queue) >= self.queue_max:
                 self._drop()
             else:
-                self._queue.append(rec)
+                self._queue.append(pack(rec))
                 if len(self._queue) >= self.batch_size:
                     self._wake.set()
         except Exception:
@@ -177,7 +177,7 @@ class LedgerWriter:
                     self._queue.extendleft(reversed(batch))
                     return
 
-    def _take(self) -> list[LedgerRecord]:
+    def _take(self) -> list[bytes]:
         queue = self._queue  # whole-deque copies: no Python step per record
         if len(queue) <= self.batch_size:
             batch = list(queue)
@@ -187,7 +187,7 @@ class LedgerWriter:
             self._queue = deque(islice(queue, self.batch_size, None))
         return batch
 
-    async def _write(self, batch: list[LedgerRecord]) -> bool:
+    async def _write(self, batch: list[bytes]) -> bool:
         """True once the database holds every record of `batch` (or refused some as bad data,
         which are set aside); False when it is unavailable."""
         try:
@@ -205,17 +205,17 @@ class LedgerWriter:
         self._available()
         return True
 
-    async def _write_singly(self, batch: list[LedgerRecord]) -> bool:
+    async def _write_singly(self, batch: list[bytes]) -> bool:
         for rec in batch:
             if not await self._write([rec]):
                 return False
         return True
 
-    async def _reject(self, batch: list[LedgerRecord], exc: BaseException) -> None:
+    async def _reject(self, batch: list[bytes], exc: BaseException) -> None:
         self.rejected += len(batch)
         log.error(
             "ledger: the database refused record %s as bad data (%s); kept in %s",
-            batch[0].id,
+            packed_id(batch[0]),
             type(exc).__name__,
             self.rejects.path,
         )
@@ -251,7 +251,7 @@ class LedgerWriter:
         log.info("ledger: journal replayed into %s", self.sink.description)
         return True
 
-    async def _journal(self, batch: list[LedgerRecord]) -> bool:
+    async def _journal(self, batch: list[bytes]) -> bool:
         try:
             await self.journal.append(batch)
         except OSError as exc:
@@ -261,7 +261,7 @@ class LedgerWriter:
         return True
 
     def _journal_now(self, rec: LedgerRecord) -> None:
-        self.journal.append_sync(encode_frame([rec]))
+        self.journal.append_sync(encode_frame([pack(rec)]))
         self.journal.pending_records += 1
         self.journaled += 1
 
