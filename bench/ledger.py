@@ -1,12 +1,13 @@
 """Ledger ingest: rows/s through the PostgresSink (COPY into a staging table, then insert the new
 ids and upsert the hourly roll-ups, one transaction per batch of the product's default size)
-against one autocommit
-`INSERT` per row (`execute` per row, no roll-up: what an application writing its ledger naively
-does), on a private PostgreSQL started here. A second row compares like with like: per row, the
-very statement a flush runs (insert if new, roll-up upserts), with one row's VALUES instead of
-the staging table. A third row times the COPY step alone, to show where a flush's time goes, and
-a fourth the same flushes in smaller batches (each flush has a fixed cost: round trips, one WAL
-flush at commit, and less overlap between the client's encoding and the server's parsing).
+against one autocommit `INSERT` per row (`execute` per row, no roll-up: what an application
+writing its ledger naively does), on a private PostgreSQL started here; three runs of each
+alternate, and the best of each is compared (a burst of other work on the machine hits both
+alike). A second row compares like with like: per row, the very statement a flush runs (insert
+if new, roll-up upserts), with one row's VALUES instead of the staging table. A third row times
+the COPY step alone, to show where a flush's time goes, and a fourth the same flushes in smaller
+batches (each flush has a fixed cost: round trips, one WAL flush at commit, and less overlap
+between the client's encoding and the server's parsing).
 
 The server keeps PostgreSQL's production durability defaults (fsync, synchronous_commit and
 full_page_writes on) with its data on this machine's disk, so each commit waits for its WAL
@@ -45,6 +46,7 @@ from .stack import Bench
 TARGET_RATIO = 20.0
 BATCH = LedgerSettings().batch_size  # the product's default flush size
 SMALL_BATCH = 1000
+ROUNDS = 3
 _COPY_ROWS, _INSERT_ROWS = 100_000, 10_000
 _VALUES = f"VALUES ({', '.join(f'${n}' for n in range(1, len(COLUMNS) + 1))})"
 _INSERT = f"INSERT INTO ai_requests ({', '.join(COLUMNS)}) {_VALUES}"
@@ -111,14 +113,16 @@ async def _row_rate(dsn: str, sql: str, records: list[LedgerRecord]) -> float:
 
 
 async def _measure(dsn: str, copy_rows: int, row_rows: int, *, details: bool) -> list[float]:
-    """COPY and row-INSERT rates, then (`details`) same-work, COPY-only and small-batch
-    rates; the last figure is the number of rows the database holds, to check that nothing was
-    lost."""
+    """COPY and row-INSERT rates (the best of ROUNDS alternating runs of each, so a burst of
+    other work on the machine hits both alike), then (`details`) same-work, COPY-only and
+    small-batch rates; the last figure is the number of rows the database holds, to check that
+    nothing was lost."""
     assert _INSERT_AND_ROLL != FLUSH_SQL
-    rates = [
-        await _copy_rate(dsn, _live(copy_rows + BATCH, seed=1)),
-        await _row_rate(dsn, _INSERT, _live(row_rows + 1, seed=2)),
-    ]
+    copy_rates, insert_rates = [], []
+    for n in range(ROUNDS):
+        copy_rates.append(await _copy_rate(dsn, _live(copy_rows + BATCH, seed=10 + n)))
+        insert_rates.append(await _row_rate(dsn, _INSERT, _live(row_rows + 1, seed=20 + n)))
+    rates = [max(copy_rates), max(insert_rates)]
     if details:
         rates.append(await _row_rate(dsn, _INSERT_AND_ROLL, _live(row_rows + 1, seed=3)))
         rates.append(await _copy_only_rate(dsn, _live(copy_rows // 2, seed=4)))
@@ -140,7 +144,7 @@ def _run_on_server(
     except (RuntimeError, OSError, KeyError) as err:
         raise HarnessError(f"cannot start a private PostgreSQL: {err}") from err
     *rates, stored = asyncio.run(_measure(server.dsn, copy_rows, row_rows, details=durable))
-    expected = copy_rows + BATCH + (2 if durable else 1) * (row_rows + 1)
+    expected = ROUNDS * (copy_rows + BATCH + row_rows + 1) + (row_rows + 1 if durable else 0)
     if durable:
         expected += copy_rows // 2 + SMALL_BATCH
     if stored != expected:
@@ -159,7 +163,7 @@ def measure_ingest(stack: ExitStack, scale: float) -> list[Row]:
     ratio = copy_rate / insert_rate
     return [
         Row(
-            f"ledger ingest COPY vs row INSERTs (batches of {BATCH}, fsync on)",
+            f"ledger ingest COPY vs row INSERTs (batches of {BATCH}, fsync on, best of {ROUNDS})",
             f"x{ratio:.1f} ({copy_rate:,.0f} vs {insert_rate:,.0f} rows/s)",
             (Check("ratio", ratio, TARGET_RATIO, "x", at_least=True),),
             data={
