@@ -155,6 +155,28 @@ async def test_bad_data_is_set_aside_and_the_rest_written(db: LedgerDb, tmp_path
     await writer.close()
 
 
+async def test_a_value_refused_in_the_middle_of_a_batch_costs_only_its_record(
+    db: LedgerDb, tmp_path: Path
+) -> None:
+    """2**63 packs (msgpack holds it) but fits no integer column: PostgreSQL's COPY fails while
+    rows stream, SQLite cannot bind it. The batch is retried record by record and the
+    connection keeps working for the next one."""
+    writer = writer_for(db, tmp_path)
+    await writer.start()
+    records = make_records(41, seed=9)
+    huge = msgspec.structs.replace(records[20], prompt_tokens=2**63)
+    for rec in [*records[:20], huge, *records[21:30]]:
+        writer.record(rec)
+    await writer.flush()
+    assert (await db.count(), writer.stats.rejected) == (29, 1)
+    for rec in records[30:]:
+        writer.record(rec)
+    await writer.flush()
+    await writer.close()
+    assert set(await db.rows_by_id()) == {rec.id for rec in records} - {huge.id}
+    assert writer.stats.written == 40 and writer.stats.failures == 0
+
+
 async def test_text_the_database_cannot_hold_is_cleaned(db: LedgerDb, tmp_path: Path) -> None:
     rec = LedgerRecord(
         id=new_record_id(),
