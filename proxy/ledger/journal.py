@@ -2,9 +2,9 @@
 
 File format: a sequence of frames, each `length (u32 BE) | crc32 (u32 BE) | msgpack payload`,
 the payload being a list of records as records.pack makes them (arrays; older journals hold
-maps, which are still read). Every append is fsync'd before it returns. A crash
-can only leave a torn frame at the end; `open()` cuts the file back to its last whole frame.
-Replaying a frame twice is harmless: the sinks insert by record id and ignore ids they have.
+maps, which are still read). Every append is fsync'd before it returns. A crash can only leave
+a torn frame at the end; `open()` cuts the file back to its last whole frame. Replaying a frame
+twice is harmless: the sinks insert by record id and ignore ids they have.
 File work runs in worker threads, never on the event loop.
 """
 
