@@ -37,7 +37,7 @@ def encode_frame(packed: list[bytes]) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
-def _records(payload: bytes) -> list[bytes]:
+def _packed_records(payload: bytes) -> list[bytes]:
     packed = split_batch(payload)
     if packed and packed[0][0] in _MAP_MARKERS:  # records as maps: an older journal
         return [pack(rec) for rec in _decode_maps(payload)]
@@ -59,7 +59,7 @@ def read_frames(fh: BinaryIO, offset: int = 0) -> Iterator[tuple[int, list[bytes
         if len(payload) < length or zlib.crc32(payload) != crc:
             return
         try:
-            records = _records(payload)
+            records = _packed_records(payload)
         except msgspec.DecodeError:
             return
         offset += _HEADER.size + length
@@ -102,11 +102,11 @@ class Journal:
         if count:
             log.info("ledger journal %s holds %d records to replay", self.path, count)
 
-    async def append(self, records: list[bytes]) -> None:
+    async def append(self, packed: list[bytes]) -> None:
         """Appends packed records (records.pack) as one frame."""
-        frame = encode_frame(records)
+        frame = encode_frame(packed)
         await asyncio.to_thread(self.append_sync, frame)
-        self.pending_records += len(records)
+        self.pending_records += len(packed)
 
     def append_sync(self, frame: bytes) -> None:
         """Appends one encoded frame and fsyncs; on failure the file is cut back to where it
