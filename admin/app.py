@@ -11,7 +11,8 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from admin.api import add_api_routes
 from admin.auth import auth_middleware
 from admin.page import add_page_routes
-from proxy.errors import ApiError, error_response
+from proxy.errors import error_response, failure_response
+from proxy.failures import Failure
 from proxy.health import healthz, readyz
 from proxy.runtime import RUNTIME, Runtime
 
@@ -42,8 +43,8 @@ async def _openai_shaped_http_errors(
 ) -> web.StreamResponse:
     try:
         response: web.StreamResponse = await handler(request)
-    except ApiError as exc:
-        return exc.response()
+    except Failure as exc:
+        return failure_response(exc)
     except web.HTTPException as exc:
         if exc.status == 404:
             return error_response(404, f"Unknown admin route {request.path}.", code="unknown_url")

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from proxy.errors import ApiError
+from proxy.failures import NotAuthenticated, NotPermitted
 
 API_PREFIX = "/api/admin/"
 OPEN_PATHS = frozenset({"/api/admin/openapi.json"})
@@ -44,10 +44,9 @@ CALLER = web.RequestKey("admin_caller", Caller)
 
 
 def authenticate(request: web.Request, tokens: list[str], user_ids: list[str]) -> Caller:
-    """The caller, or ApiError 401/403."""
+    """The caller, or NotAuthenticated / NotPermitted."""
     if not tokens:
-        raise ApiError(
-            401,
+        raise NotAuthenticated(
             "The admin API is disabled: no admin tokens are configured. Set ADMIN_TOKENS "
             "(comma-separated) and send `Authorization: Bearer <token>`.",
             code="admin_tokens_not_configured",
@@ -55,19 +54,20 @@ def authenticate(request: web.Request, tokens: list[str], user_ids: list[str]) -
     scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
     presented = presented.strip()
     if scheme.lower() != "bearer" or not presented:
-        raise ApiError(401, "Missing admin token: send `Authorization: Bearer <token>`.",
-                       code="missing_admin_token")  # fmt: skip
+        raise NotAuthenticated(
+            "Missing admin token: send `Authorization: Bearer <token>`.",
+            code="missing_admin_token",
+        )
     given = presented.encode()
     index = -1
     for i, token in enumerate(tokens):  # every token compared: no early exit to time
         if hmac.compare_digest(given, token.encode()) and index < 0:
             index = i
     if index < 0:
-        raise ApiError(401, "Invalid admin token.", code="invalid_admin_token")
+        raise NotAuthenticated("Invalid admin token.", code="invalid_admin_token")
     user = request.headers.get("X-Admin-User") or None
     if user_ids and (user is None or not any(_same(user, u) for u in user_ids)):
-        raise ApiError(
-            403,
+        raise NotPermitted(
             "X-Admin-User must name an admin listed in ADMIN_USER_IDS.",
             param="X-Admin-User",
             code="admin_user_not_allowed",

@@ -13,7 +13,7 @@ from admin.cache_models import InvalidateBody, Invalidated, WarmBody, WarmJobs
 from admin.warming import Warmer, persona_headers
 from admin.wire import json_answer, read_body
 from proxy.directives import DIMS_HEADER, SCOPE_HEADER, parse_directives
-from proxy.errors import ApiError, bad_request
+from proxy.failures import InvalidRequest, NotAuthenticated, NotFound
 from proxy.invalidation.selectors import canonical
 from proxy.runtime import Runtime
 
@@ -52,31 +52,31 @@ class CacheApi:
         headers = {"Authorization": f"Bearer {body.api_key}"}
         try:
             tenant = self.runtime.tenants.resolve(headers).tenant
-        except ApiError as exc:
-            raise bad_request(exc.message, param="api_key") from None
+        except NotAuthenticated as exc:
+            raise InvalidRequest(exc.message, param="api_key") from None
         if body.scope is not None:
             headers[SCOPE_HEADER] = body.scope
         if body.persona_dims is not None:
             headers[DIMS_HEADER] = body.persona_dims
         try:
             parse_directives(headers)
-        except ApiError as exc:
+        except InvalidRequest as exc:
             field = "scope" if exc.param == SCOPE_HEADER else "persona_dims"
-            raise bad_request(exc.message, param=field) from None
+            raise InvalidRequest(exc.message, param=field) from None
         for i, persona in enumerate(body.personas):
             try:
                 self.runtime.personas.parse(persona_headers(persona))
-            except ApiError as exc:
-                raise bad_request(exc.message, param=f"personas[{i}]") from None
+            except InvalidRequest as exc:
+                raise InvalidRequest(exc.message, param=f"personas[{i}]") from None
             if body.scope == "user" and persona.user_id is None:
-                raise bad_request("scope user needs a user_id in every persona.",
+                raise InvalidRequest("scope user needs a user_id in every persona.",
                                   param=f"personas[{i}].user_id")  # fmt: skip
         total = len(body.requests) * max(1, len(body.personas))
         if total > MAX_WARM_REQUESTS:
-            raise bad_request(f"A job is at most {MAX_WARM_REQUESTS} requests (requests times "
+            raise InvalidRequest(f"A job is at most {MAX_WARM_REQUESTS} requests (requests times "
                               f"personas); this one is {total}.", param="requests")  # fmt: skip
         if body.scope == "user" and not body.personas:
-            raise bad_request("scope user needs personas with user_id.", param="personas")
+            raise InvalidRequest("scope user needs personas with user_id.", param="personas")
         job = self.warmer.start(body, headers, tenant)
         await audit(
             self.runtime.ledger.sink,
@@ -91,8 +91,7 @@ class CacheApi:
         job_id = request.match_info["job"]
         job = self.warmer.get(job_id)
         if job is None:
-            raise ApiError(404, f"No warming job {job_id[:40]!r} on this replica.",
-                           param="job", code="not_found")  # fmt: skip
+            raise NotFound(f"No warming job {job_id[:40]!r} on this replica.", param="job")
         return json_answer(job)
 
     async def warm_jobs(self, request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ from admin.audit import audit
 from admin.auth import CALLER
 from admin.models import Circuit, Circuits, LastFailure, ResetAnswer, ResetBody
 from admin.wire import json_answer, read_body
-from proxy.errors import bad_request
+from proxy.failures import InvalidRequest
 from proxy.runtime import Runtime
 
 
@@ -45,7 +45,7 @@ class CircuitApi:
         board = self.runtime.breakers
         if body.breaker is not None and body.breaker not in board.breakers:
             known = ", ".join(board.breakers)
-            raise bad_request(f"Unknown breaker {body.breaker[:64]!r}; one of: {known}.",
+            raise InvalidRequest(f"Unknown breaker {body.breaker[:64]!r}; one of: {known}.",
                               param="breaker")  # fmt: skip
         before = {name: b.state for name, b in board.breakers.items()}
         states = board.reset(body.breaker)

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from proxy.errors import bad_request
+from proxy.failures import InvalidRequest
 from proxy.ledger.stats import WriterStats
 
 Window = Literal["1h", "24h", "7d", "30d"]
@@ -210,4 +210,4 @@ def invalid(exc: msgspec.ValidationError | msgspec.DecodeError) -> Exception:
     text = str(exc)
     at, field = _AT.search(text), _FIELD.search(text)
     parts = [m.group(1) for m in (at, field) if m is not None]
-    return bad_request(f"Invalid parameter: {text}", param=".".join(parts) or None)
+    return InvalidRequest(f"Invalid parameter: {text}", param=".".join(parts) or None)

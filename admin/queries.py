@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from proxy.errors import ApiError
+from proxy.failures import StoreUnavailable
 from proxy.ledger.postgres import PostgresSink
 from proxy.ledger.records import COLUMNS
 from proxy.ledger.sqlite import SqliteSink, sqlite_time
@@ -73,8 +73,8 @@ class QueryRunner:
         try:
             rows = await self._sink.fetch(sql, params)
         except Exception as exc:
-            raise ApiError(
-                503, f"The ledger database cannot answer ({type(exc).__name__}).",
+            raise StoreUnavailable(
+                f"The ledger database cannot answer ({type(exc).__name__}).",
                 code="ledger_unavailable",
             ) from exc  # fmt: skip
         ms = (time.perf_counter() - started) * 1000

@@ -24,8 +24,8 @@ import aiohttp
 import msgspec
 
 from admin.cache_models import JobState, WarmBody, WarmJob, WarmPersona, WarmRequest
-from proxy.dispatch.gate import PRIORITY_HEADER
 from proxy.persona import HEADER_BY_DIMENSION, USER_ID_HEADER
+from proxy.upstream.gate import PRIORITY_HEADER
 
 log = logging.getLogger("sidecache.admin.warming")
 KEEP_JOBS = 100

@@ -8,7 +8,7 @@ import msgspec
 from aiohttp import web
 
 from admin.models import invalid
-from proxy.errors import bad_request
+from proxy.failures import InvalidRequest
 
 P = TypeVar("P")
 _encode = msgspec.json.Encoder().encode
@@ -37,4 +37,4 @@ async def read_body(request: web.Request, kind: type[P], *, optional: bool = Fal
     except msgspec.ValidationError as exc:
         raise invalid(exc) from None
     except msgspec.DecodeError:
-        raise bad_request("The body must be a JSON object.", param="body") from None
+        raise InvalidRequest("The body must be a JSON object.", param="body") from None

@@ -41,7 +41,7 @@ import msgspec
 from admin import sql
 from admin.models import GROUP_COLUMNS, WINDOWS
 from admin.queries import QueryRunner
-from proxy.errors import ApiError
+from proxy.failures import StoreUnavailable
 from proxy.ledger.postgres import _INSERT_NEW as FLUSH_SQL
 from proxy.ledger.postgres import STAGE, PostgresSink, init_connection
 from proxy.ledger.pricing import PriceTable, default_pricing_path, read_price_file
@@ -244,7 +244,7 @@ def measure_costs(stack: ExitStack, scale: float) -> list[Row]:
         raise HarnessError(f"cannot start a private PostgreSQL: {err}") from err
     try:
         found = asyncio.run(_measure(server.dsn, rows))
-    except (asyncpg.PostgresError, OSError, ApiError) as err:  # ApiError: QueryRunner's 503
+    except (asyncpg.PostgresError, OSError, StoreUnavailable) as err:  # QueryRunner's 503
         raise HarnessError(f"the costs ledger failed: {err!r}") from err
     rollup, raw = found.rollup, found.raw
     ratio = raw.median_ms / rollup.median_ms

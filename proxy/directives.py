@@ -7,7 +7,7 @@ from enum import StrEnum
 
 import msgspec
 
-from proxy.errors import bad_request
+from proxy.failures import InvalidRequest
 from proxy.settings import PERSONA_DIMENSIONS
 
 SCOPE_HEADER = "X-Cache-Scope"
@@ -49,7 +49,7 @@ def parse_directives(headers: Mapping[str, str]) -> Directives:
     if scope_raw is not None:
         found = _SCOPES.get(scope_raw.strip().lower())
         if found is None:
-            raise bad_request(
+            raise InvalidRequest(
                 f"{SCOPE_HEADER} must be one of: persona, user, tenant (got {scope_raw.strip()!r})",
                 param=SCOPE_HEADER,
             )
@@ -70,7 +70,7 @@ def _parse_cache_control(value: str) -> tuple[bool, bool, int | None]:
         elif name == "max-age":
             argument = argument.strip().strip('"')
             if not argument.isdigit():
-                raise bad_request(
+                raise InvalidRequest(
                     f"Cache-Control max-age must be a whole number of seconds (got {argument!r})",
                     param="Cache-Control",
                 )
@@ -87,7 +87,7 @@ def _parse_dims(raw: str | None) -> tuple[str, ...] | None:
         return ()
     unknown = [n for n in names if n not in _DIMENSION_SET]
     if unknown or not names:
-        raise bad_request(
+        raise InvalidRequest(
             f"{DIMS_HEADER} takes 'none' or a comma-separated subset of: "
             f"{', '.join(PERSONA_DIMENSIONS)} (got {raw.strip()!r})",
             param=DIMS_HEADER,

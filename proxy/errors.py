@@ -1,9 +1,28 @@
-"""Errors the sidecar itself produces, always in OpenAI's shape so SDKs raise typed exceptions."""
+"""The OpenAI shape of every error the sidecar answers itself, and the one table that says how
+each failure (proxy/failures.py) is answered over HTTP. Both ports' error middlewares render
+failures here and nowhere else."""
 
 from __future__ import annotations
 
 import msgspec
 from aiohttp import web
+
+from proxy.failures import (
+    BadUpstreamAnswer,
+    BodyTooLarge,
+    BreakerOpen,
+    BudgetExceeded,
+    ClientGone,
+    Failure,
+    InvalidRequest,
+    NotAuthenticated,
+    NotFound,
+    NotPermitted,
+    StoreUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
 
 
 class ErrorDetail(msgspec.Struct):
@@ -18,6 +37,23 @@ class ErrorBody(msgspec.Struct):
 
 
 _ENCODE = msgspec.json.Encoder().encode
+
+# The status each failure is answered with; a subclass not listed takes its parent's.
+STATUS_BY_FAILURE: dict[type[Failure], int] = {
+    InvalidRequest: 400,
+    BodyTooLarge: 413,
+    NotAuthenticated: 401,
+    NotPermitted: 403,
+    NotFound: 404,
+    BudgetExceeded: 429,
+    ClientGone: 499,
+    StoreUnavailable: 503,
+    UpstreamError: 502,
+    UpstreamUnreachable: 502,
+    BadUpstreamAnswer: 502,
+    UpstreamTimeout: 504,
+    BreakerOpen: 503,
+}
 
 # The `type` OpenAI uses for each status we answer ourselves.
 _TYPE_BY_STATUS = {
@@ -35,33 +71,32 @@ _TYPE_BY_STATUS = {
 }
 
 
-class ApiError(Exception):
-    """Raised anywhere on the request path; the error middleware turns it into a response."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-        self.code = code
-        self.headers = headers or {}
-
-    def response(self) -> web.Response:
-        return error_response(
-            self.status, self.message, param=self.param, code=self.code, headers=self.headers
-        )
+def http_status(failure: Failure) -> int:
+    for cls in type(failure).__mro__:
+        status = STATUS_BY_FAILURE.get(cls)
+        if status is not None:
+            return status
+    return 500
 
 
-def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param, code=code or "invalid_value")
+def failure_body(failure: Failure) -> bytes:
+    return error_body(http_status(failure), failure.message, param=failure.param, code=failure.code)
+
+
+def failure_headers(failure: Failure) -> dict[str, str]:
+    if failure.retry_after_s is None:
+        return {}
+    return {"Retry-After": str(failure.retry_after_s)}
+
+
+def failure_response(failure: Failure) -> web.Response:
+    return error_response(
+        http_status(failure),
+        failure.message,
+        param=failure.param,
+        code=failure.code,
+        headers=failure_headers(failure),
+    )
 
 
 def error_body(

@@ -16,9 +16,10 @@ from typing import Any, NamedTuple
 import msgspec
 
 from proxy.directives import Directives, Scope
-from proxy.errors import bad_request
+from proxy.failures import InvalidRequest
 from proxy.persona import Persona
 from proxy.settings import CacheSettings
+from proxy.vocabulary import entry_key, lock_key
 
 NON_SEMANTIC_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store"})
 ScopePart = tuple[Any, ...]
@@ -29,11 +30,11 @@ class CacheKey(NamedTuple):
 
     @property
     def entry(self) -> str:
-        return f"sc:e:{{{self.digest}}}"
+        return entry_key(self.digest)
 
     @property
     def lock(self) -> str:
-        return f"sc:l:{{{self.digest}}}"
+        return lock_key(self.digest)
 
     @property
     def short_id(self) -> str:
@@ -91,5 +92,5 @@ class KeyMaker:
         try:
             packed = self._encode(parts)
         except OverflowError:  # JSON allows integers that msgpack cannot hold
-            raise bad_request("The request holds an integer outside the 64-bit range.") from None
+            raise InvalidRequest("The request holds an integer outside the 64-bit range.") from None
         return CacheKey(hashlib.sha256(packed).hexdigest())

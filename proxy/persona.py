@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from proxy.errors import bad_request
+from proxy.failures import InvalidRequest
 from proxy.settings import PERSONA_DIMENSIONS, PersonaSettings
 
 HEADER_BY_DIMENSION = {
@@ -85,7 +85,7 @@ class PersonaParser:
                 continue
             value = raw.strip().lower()
             if value not in allowed:
-                raise bad_request(
+                raise InvalidRequest(
                     f"{header} must be one of: {self._listed[dimension]} (got {raw.strip()!r})",
                     param=header,
                 )
@@ -98,13 +98,13 @@ class PersonaParser:
         tags = {tag.strip().lower() for tag in raw.split(",")} - {""}
         for tag in tags:
             if not _TAG.match(tag):
-                raise bad_request(
+                raise InvalidRequest(
                     f"{header} takes comma-separated tags of letters, digits, space and _.+#- "
                     f"(at most 40 characters each); {tag[:40]!r} is not one",
                     param=header,
                 )
         if len(tags) > self._interests_max:
-            raise bad_request(
+            raise InvalidRequest(
                 f"{header} takes at most {self._interests_max} distinct tags (got {len(tags)})",
                 param=header,
             )
@@ -121,7 +121,7 @@ def parse_user_id(headers: Mapping[str, str], body_user: object) -> str | None:
     if raw is not None:
         user_id = raw.strip()
         if not _USER_ID.match(user_id):
-            raise bad_request(
+            raise InvalidRequest(
                 f"{USER_ID_HEADER} must be 1 to 128 printable characters without spaces",
                 param=USER_ID_HEADER,
             )
@@ -129,5 +129,5 @@ def parse_user_id(headers: Mapping[str, str], body_user: object) -> str | None:
     if body_user is None or body_user == "":
         return None
     if not isinstance(body_user, str) or len(body_user) > 512:
-        raise bad_request("user must be a string of at most 512 characters", param="user")
+        raise InvalidRequest("user must be a string of at most 512 characters", param="user")
     return body_user

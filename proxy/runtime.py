@@ -20,9 +20,9 @@ from proxy.cache.redis import RedisStore, connect_redis
 from proxy.cache.store import CacheStore
 from proxy.dispatch.batcher import Batcher
 from proxy.dispatch.flight import FlightTable
-from proxy.dispatch.gate import UpstreamGate
 from proxy.dispatch.peers import PeerFlights
-from proxy.invalidation.invalidator import GENERATION_KEY, Invalidator
+from proxy.dispatch.runner import FlightRunner
+from proxy.invalidation.invalidator import Invalidator
 from proxy.keys import KeyMaker
 from proxy.ledger import LedgerWriter, PriceTable, open_ledger
 from proxy.ledger.collector import register_ledger_metrics
@@ -33,18 +33,19 @@ from proxy.tenancy import TenantResolver
 from proxy.ttl import TtlPolicy
 from proxy.upstream.breakers import BreakerBoard
 from proxy.upstream.client import UpstreamClient
+from proxy.upstream.gate import UpstreamGate
+from proxy.upstream.guarded import GuardedUpstream
+from proxy.vocabulary import INVALIDATION_GENERATION_KEY, SHARED_SECRET_KEY
 
 log = logging.getLogger("sidecache")
-
-# Where replicas sharing a Redis agree on the tenant-hash secret when none is configured.
-SHARED_SECRET_KEY = "sc:secret"
 
 
 @dataclass(frozen=True, slots=True)
 class Runtime:
     settings: Settings
     store: CacheStore
-    upstream: UpstreamClient
+    upstream_client: UpstreamClient  # the HTTP session (pass-through uses it as it is)
+    upstream: GuardedUpstream  # every understood call: gate, breaker, metrics
     keys: KeyMaker
     personas: PersonaParser
     ttl: TtlPolicy
@@ -55,6 +56,7 @@ class Runtime:
     gate: UpstreamGate
     breakers: BreakerBoard
     peers: PeerFlights | None  # cross-replica single-flight, with Redis
+    runner: FlightRunner  # runs each flight's upstream call
     batcher: Batcher  # micro-batches of single-input embeddings and moderations
     prices: PriceTable
     ledger: LedgerWriter
@@ -82,7 +84,7 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
             on_error=lambda op: errors.labels(op).inc(),
             timeout_ms=timeout_ms,
             pipe=RedisPipe(url, timeout_ms / 1000) if url.startswith("redis://") else None,
-            generation_key=GENERATION_KEY,
+            generation_key=INVALIDATION_GENERATION_KEY,
         )
     else:
         store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
@@ -113,6 +115,8 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
     metrics.watch_breakers(breakers)
     client = UpstreamClient.open(settings.upstream)
     gate = UpstreamGate(upstream.max_in_flight)
+    guarded = GuardedUpstream(client, gate, breakers, metrics)
+    flights = FlightTable()
     prices = PriceTable.from_settings(settings.pricing)
     ledger = await open_ledger(settings)
     budgets = BudgetBook.from_settings(settings, redis=redis, sink=ledger.sink)
@@ -121,18 +125,20 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
     return Runtime(
         settings=settings,
         store=store,
-        upstream=client,
+        upstream_client=client,
+        upstream=guarded,
         keys=keys,
         personas=PersonaParser(settings.persona),
         ttl=TtlPolicy(settings),
         tenants=TenantResolver(settings, keys),
         metrics=metrics,
         redis=redis,
-        flights=FlightTable(),
+        flights=flights,
         gate=gate,
         breakers=breakers,
         peers=peers,
-        batcher=Batcher(settings.batch, gate, breakers, client, metrics),
+        runner=FlightRunner(store, flights, guarded, peers),
+        batcher=Batcher(settings.batch, guarded),
         prices=prices,
         ledger=ledger,
         budgets=budgets,
@@ -141,14 +147,12 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
 
 
 async def close_runtime(runtime: Runtime) -> None:
-    flights = [f.task for f in list(runtime.flights.flights.values()) if f.task is not None]
-    if flights:
-        await asyncio.wait(flights, timeout=5)  # let shared calls land (and be stored)
+    await runtime.runner.close()  # let shared calls land (and be stored)
     await runtime.batcher.close()
     if runtime.peers is not None:
         await runtime.peers.close()
     await runtime.invalidations.close()
-    await runtime.upstream.close()
+    await runtime.upstream_client.close()
     await runtime.budgets.close()
     await runtime.ledger.close()  # flushes every record (to the journal if the DB is down)
     await runtime.store.close()

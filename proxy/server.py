@@ -9,32 +9,35 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.accounting import record_outcome
-from proxy.errors import ApiError, error_response
+from proxy.errors import error_response, failure_response
+from proxy.failures import BodyTooLarge, Failure
+from proxy.handlers.answers import MISS_HEADERS
 from proxy.handlers.embeddings import embeddings
 from proxy.handlers.generative import chat_completions, completions
 from proxy.handlers.moderations import moderations
-from proxy.handlers.passthrough import PASSTHROUGH, body_too_large, passthrough
+from proxy.handlers.passthrough import passthrough
 from proxy.health import healthz, readyz
 from proxy.runtime import RUNTIME, Runtime
+from proxy.vocabulary import PASSTHROUGH, Endpoint
 
 log = logging.getLogger("sidecache.proxy")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-UNDERSTOOD = {
-    "/v1/chat/completions": ("chat.completions", chat_completions),
-    "/v1/completions": ("completions", completions),
-    "/v1/embeddings": ("embeddings", embeddings),
-    "/v1/moderations": ("moderations", moderations),
+UNDERSTOOD: dict[Endpoint, Handler] = {
+    Endpoint.CHAT: chat_completions,
+    Endpoint.COMPLETIONS: completions,
+    Endpoint.EMBEDDINGS: embeddings,
+    Endpoint.MODERATIONS: moderations,
 }
-_ENDPOINT_BY_PATH = {path: name for path, (name, _) in UNDERSTOOD.items()}
+_ENDPOINT_BY_PATH = {endpoint.path: endpoint.value for endpoint in UNDERSTOOD}
 
 
 def create_proxy_app(runtime: Runtime) -> web.Application:
-    max_body = int(runtime.settings.server.max_body_mb * 1024 * 1024)
+    max_body = runtime.settings.server.max_body_bytes
     app = web.Application(client_max_size=max_body, middlewares=[_answer_and_observe])
     app[RUNTIME] = runtime
-    for path, (_, handler) in UNDERSTOOD.items():
-        app.router.add_post(path, handler)
+    for endpoint, handler in UNDERSTOOD.items():
+        app.router.add_post(endpoint.path, handler)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -43,16 +46,20 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
 
 @web.middleware
 async def _answer_and_observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turns every failure into an OpenAI-shaped answer and records the request's metrics."""
+    """Turns every failure into an OpenAI-shaped answer (a miss's carries its cache headers)
+    and records the request's metrics and ledger outcome."""
     started = time.perf_counter()
     response: web.StreamResponse
     try:
         response = await handler(request)
-    except ApiError as exc:
-        response = exc.response()
+    except Failure as exc:
+        response = failure_response(exc)
+        miss_headers = request.get(MISS_HEADERS)
+        if miss_headers is not None:
+            response.headers.update(miss_headers)
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[RUNTIME].settings.server.max_body_mb
-        response = body_too_large(int(limit * 1024 * 1024)).response()
+        limit = request.app[RUNTIME].settings.server.max_body_bytes
+        response = failure_response(BodyTooLarge(limit))
     except web.HTTPException as exc:
         response = _http_error(request, exc)
     except Exception:

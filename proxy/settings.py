@@ -27,6 +27,10 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     log_level: LogLevel = "INFO"
     access_log: bool = False
 
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
 
 class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True):
     base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+")] = (

@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from proxy.errors import ApiError
+from proxy.failures import NotAuthenticated
 from proxy.keys import KeyMaker
 from proxy.settings import Settings
 
@@ -39,8 +39,7 @@ class TenantResolver:
         token = _bearer_token(authorization)
         tenant = self._tenant_by_digest.get(_digest(token)) if token else None
         if tenant is None:
-            raise ApiError(
-                401,
+            raise NotAuthenticated(
                 "Missing or unknown sidecar key. Send Authorization: Bearer <sidecar key>.",
                 code="invalid_api_key",
             )

@@ -17,12 +17,13 @@ from prometheus_client import CollectorRegistry
 
 from proxy.dispatch.batch_shapes import Share, batch_key
 from proxy.dispatch.batcher import Batcher
-from proxy.dispatch.gate import Priority, UpstreamGate
 from proxy.handlers import embeddings as embeddings_handler
 from proxy.metrics import Metrics
 from proxy.settings_load import load_settings
 from proxy.upstream.breakers import BreakerBoard
 from proxy.upstream.client import UpstreamClient
+from proxy.upstream.gate import Priority, UpstreamGate
+from proxy.upstream.guarded import GuardedUpstream
 from tests.fixtures.sidecar import API_KEY, OTHER_API_KEY, Sidecar, SidecarFactory, Stub
 
 MODEL = "text-embedding-3-small"
@@ -377,13 +378,10 @@ async def test_wait_zero_still_merges_one_loop_turn(stub: Stub) -> None:
         {"UPSTREAM_BASE_URL": stub.url, "AI_BATCH_SIZE": "10", "AI_BATCH_WAIT_MS": "0"}
     )
     upstream = UpstreamClient.open(settings.upstream)
-    batcher = Batcher(
-        settings.batch,
-        UpstreamGate(4),
-        BreakerBoard(stub.url, 5, 30),
-        upstream,
-        Metrics(CollectorRegistry()),
+    guarded = GuardedUpstream(
+        upstream, UpstreamGate(4), BreakerBoard(stub.url, 5, 30), Metrics(CollectorRegistry())
     )
+    batcher = Batcher(settings.batch, guarded)
     params = {"model": MODEL}
     headers = {"Authorization": f"Bearer {API_KEY}"}
     key = batch_key("embeddings", EMBEDDINGS, params, headers["Authorization"], {})

@@ -12,7 +12,8 @@ import pytest
 
 from proxy.budget.book import BudgetBook
 from proxy.budget.spend import SpendStore
-from proxy.errors import ApiError
+from proxy.errors import failure_headers, failure_response, http_status
+from proxy.failures import BudgetExceeded
 from proxy.ledger.postgres import PostgresSink
 from proxy.ledger.sink import LedgerSink
 from proxy.ledger.sqlite import SqliteSink
@@ -33,8 +34,8 @@ def book_for(spend: SpendStore, clock: Clock | None = None, **limits: float) -> 
     return BudgetBook(msgspec.convert(limits, BudgetSettings), spend, clock=clock or Clock())
 
 
-async def refusal(book: BudgetBook, user: str | None, estimate: float) -> ApiError:
-    with pytest.raises(ApiError) as caught:
+async def refusal(book: BudgetBook, user: str | None, estimate: float) -> BudgetExceeded:
+    with pytest.raises(BudgetExceeded) as caught:
         await book.preflight(TENANT, user, estimate)
     return caught.value
 
@@ -45,12 +46,12 @@ async def test_preflight_refuses_what_would_cross_the_tenant_budget(spend: Spend
     await book.settle(TENANT, None, 0.7)
     await book.preflight(TENANT, "u1", 0.3)  # exactly what is left still fits
     error = await refusal(book, "u1", 0.31)
-    assert (error.status, error.code) == (429, "budget_exceeded")
+    assert (http_status(error), error.code) == (429, "budget_exceeded")
     assert "tenant's daily budget of $1.00" in error.message
     assert "2026-11-24" in error.message and "$0.3000 left" in error.message
     assert TENANT not in error.message
-    assert 0 < int(error.headers["Retry-After"]) <= 9 * 3600  # until 00:00 UTC
-    body = error.response().body
+    assert 0 < int(failure_headers(error)["Retry-After"]) <= 9 * 3600  # until 00:00 UTC
+    body = failure_response(error).body
     assert isinstance(body, bytes) and b'"code":"budget_exceeded"' in body
 
 

@@ -14,7 +14,7 @@ from proxy.budget.alerts import Alerter
 from proxy.budget.book import BudgetBook
 from proxy.budget.spend import RedisSpend, SpendStore
 from proxy.cache.redis import connect_redis
-from proxy.errors import ApiError
+from proxy.failures import BudgetExceeded
 from proxy.ledger.collector import register_ledger_metrics
 from proxy.settings import BudgetSettings
 from tests.budget_support import Clock, Receiver, spend_store
@@ -118,11 +118,11 @@ async def test_a_refusal_at_the_limit_raises_the_100_percent_alert_once(
 ) -> None:
     book = book_for(spend, receiver.url, tenant_daily_usd=1.0)
     await book.settle(TENANT, None, 0.1)
-    with pytest.raises(ApiError):
+    with pytest.raises(BudgetExceeded):
         await book.preflight(TENANT, None, 5.0)  # one oversized request at 10 %: no alert
     await book.settle(TENANT, None, 0.75)  # 85 %: 50 and 80
     for _ in range(3):
-        with pytest.raises(ApiError):
+        with pytest.raises(BudgetExceeded):
             await book.preflight(TENANT, None, 0.2)
     await book.settle(TENANT, None, 0.3)  # real spend crosses 100 % later: no second alert
     await book.alerter.drain()
@@ -156,7 +156,7 @@ async def test_redis_down_fails_open_and_is_counted(private_redis: RedisServer) 
     registry = CollectorRegistry()
     register_ledger_metrics(registry, budgets=book)
     await book.settle(TENANT, None, 0.9)
-    with pytest.raises(ApiError):
+    with pytest.raises(BudgetExceeded):
         await book.preflight(TENANT, None, 0.5)
 
     private_redis.stop()
@@ -167,7 +167,7 @@ async def test_redis_down_fails_open_and_is_counted(private_redis: RedisServer) 
 
     private_redis.start()  # back (empty: the test server keeps no data)
     await book.settle(TENANT, None, 0.95)
-    with pytest.raises(ApiError):
+    with pytest.raises(BudgetExceeded):
         await book.preflight(TENANT, None, 0.1)
     assert book.store_errors == 2
     await book.close()

@@ -9,7 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.cache.entry import EntryMeta
-from proxy.errors import ApiError
+from proxy.errors import http_status
+from proxy.failures import InvalidRequest
 from proxy.invalidation.rules import Rule, RuleBook
 from proxy.invalidation.selectors import Selector, canonical, project
 from proxy.persona import PersonaParser
@@ -132,6 +133,6 @@ def test_canonical_form_matches_what_entries_record() -> None:
     ],
 )
 def test_a_bad_selector_is_a_400_naming_the_field(selector: Selector, param: str) -> None:
-    with pytest.raises(ApiError) as raised:
+    with pytest.raises(InvalidRequest) as raised:
         canonical(selector, PERSONAS, "selectors[0]")
-    assert (raised.value.status, raised.value.param) == (400, param)
+    assert (http_status(raised.value), raised.value.param) == (400, param)

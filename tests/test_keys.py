@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 
 from proxy.directives import DEFAULT_DIRECTIVES, Directives, Scope, parse_directives
-from proxy.errors import ApiError
+from proxy.errors import http_status
+from proxy.failures import InvalidRequest
 from proxy.keys import CacheKey, KeyMaker
 from proxy.persona import HEADER_BY_DIMENSION, NO_PERSONA, Persona, PersonaParser, parse_user_id
 from proxy.settings import PERSONA_DIMENSIONS, CacheSettings, PersonaSettings, Settings, TtlSettings
@@ -356,28 +357,28 @@ def test_interests_canonical_form(tags: list[str]) -> None:
 def test_more_than_ten_interests_is_a_400() -> None:
     ten = ",".join(f"tag{i}" for i in range(10))
     assert len(PARSER.parse_interests(ten + ",TAG0, tag1 ")) == 10  # duplicates do not count
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InvalidRequest) as caught:
         PARSER.parse_interests(ten + ",tag10")
-    assert caught.value.status == 400
+    assert http_status(caught.value) == 400
     assert caught.value.param == "X-Persona-Interests"
     assert "10" in caught.value.message
 
 
 @pytest.mark.parametrize("bad", ["a;b", "x" * 41, "-lead", "emoji🙂"])
 def test_malformed_interest_is_a_400(bad: str) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InvalidRequest) as caught:
         PARSER.parse_interests(f"math,{bad}")
-    assert caught.value.status == 400
+    assert http_status(caught.value) == 400
     assert caught.value.param == "X-Persona-Interests"
 
 
 @pytest.mark.parametrize("dimension", sorted(ALLOWED))
 def test_invalid_persona_value_names_header_and_allowed_values(dimension: str) -> None:
     header = HEADER_BY_DIMENSION[dimension]
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InvalidRequest) as caught:
         PARSER.parse(CIMultiDict({header: "wizard"}))
     error = caught.value
-    assert (error.status, error.param, error.code) == (400, header, "invalid_value")
+    assert (http_status(error), error.param, error.code) == (400, header, "invalid_value")
     assert header in error.message
     assert "wizard" in error.message
     for value in ALLOWED[dimension]:
@@ -387,7 +388,7 @@ def test_invalid_persona_value_names_header_and_allowed_values(dimension: str) -
 def test_allowed_values_come_from_settings() -> None:
     parser = PersonaParser(PersonaSettings(tone=["calm", "brisk"]))
     assert parser.parse(CIMultiDict({"X-Persona-Tone": "Calm"})).tone == "calm"
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InvalidRequest) as caught:
         parser.parse(CIMultiDict({"X-Persona-Tone": "formal"}))
     assert "calm, brisk" in caught.value.message
 
@@ -398,13 +399,13 @@ def test_user_id_from_header_or_body() -> None:
     assert parse_user_id(CIMultiDict(), None) is None
     assert parse_user_id(CIMultiDict(), "") is None
     for bad_header in ("two words", "", "x" * 129):
-        with pytest.raises(ApiError) as caught:
+        with pytest.raises(InvalidRequest) as caught:
             parse_user_id(CIMultiDict({"X-User-Id": bad_header}), None)
-        assert (caught.value.status, caught.value.param) == (400, "X-User-Id")
+        assert (http_status(caught.value), caught.value.param) == (400, "X-User-Id")
     for bad_body in (42, "y" * 513):
-        with pytest.raises(ApiError) as caught:
+        with pytest.raises(InvalidRequest) as caught:
             parse_user_id(CIMultiDict(), bad_body)
-        assert (caught.value.status, caught.value.param) == (400, "user")
+        assert (http_status(caught.value), caught.value.param) == (400, "user")
 
 
 # --- cache directives ---------------------------------------------------------------------
@@ -436,18 +437,18 @@ def test_cache_control() -> None:
 
 @pytest.mark.parametrize("value", ["max-age=abc", "max-age=-1", "max-age=", "max-age=1.5"])
 def test_bad_max_age_is_a_400(value: str) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InvalidRequest) as caught:
         directives(Cache_Control=value)
-    assert (caught.value.status, caught.value.param) == (400, "Cache-Control")
+    assert (http_status(caught.value), caught.value.param) == (400, "Cache-Control")
 
 
 def test_cache_scope() -> None:
     assert directives(X_Cache_Scope="user").scope is Scope.USER
     assert directives(X_Cache_Scope=" Tenant ").scope is Scope.TENANT
     assert directives(X_Cache_Scope="persona").scope is Scope.PERSONA
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InvalidRequest) as caught:
         directives(X_Cache_Scope="global")
-    assert (caught.value.status, caught.value.param) == (400, "X-Cache-Scope")
+    assert (http_status(caught.value), caught.value.param) == (400, "X-Cache-Scope")
     for scope in ("persona", "user", "tenant"):
         assert scope in caught.value.message
 
@@ -457,8 +458,8 @@ def test_persona_dims() -> None:
     assert directives(X_Cache_Persona_Dims="none").dims == ()
     assert directives(X_Cache_Persona_Dims="interests,tone,tone").dims == ("tone", "interests")
     for bad in ("shoe_size", "", " , ", "none,tone"):
-        with pytest.raises(ApiError) as caught:
+        with pytest.raises(InvalidRequest) as caught:
             directives(X_Cache_Persona_Dims=bad)
-        assert (caught.value.status, caught.value.param) == (400, "X-Cache-Persona-Dims")
+        assert (http_status(caught.value), caught.value.param) == (400, "X-Cache-Persona-Dims")
         for dimension in PERSONA_DIMENSIONS:
             assert dimension in caught.value.message

@@ -23,6 +23,7 @@ from proxy.budget.limits import Budget, exceeded, hashed_part, key_part, limit_f
 from proxy.budget.spend import MemorySpend, RedisSpend, SpendStore, SpendUnavailable
 from proxy.ledger.records import BudgetOverride
 from proxy.settings import BudgetSettings, Settings
+from proxy.vocabulary import budget_key_prefix
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -143,7 +144,7 @@ class BudgetBook:
             day=1, hour=0, minute=0, second=0, microsecond=0
         )
         to_day, to_month = seconds(next_day - now), seconds(next_month - now)
-        base = "sc:b:{" + key_part(tenant) + "}"
+        base = budget_key_prefix(key_part(tenant))
         cfg = self.settings
         tenant_row = self._overrides.get(("tenant", tenant))
         out = [
@@ -172,7 +173,7 @@ class BudgetBook:
         return list(zip(budgets, totals, strict=True))
 
     async def preflight(self, tenant: str, user_id: str | None, estimated_usd: float) -> None:
-        """Raises ApiError 429 `budget_exceeded` when `estimated_usd` would cross what is left
+        """Raises BudgetExceeded when `estimated_usd` would cross what is left
         of any limited budget (or one is used up already)."""
         limited = [b for b in self.budgets(tenant, user_id) if b.limit_usd > 0]
         if not limited:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from proxy.budget.alerts import Period, Scope
-from proxy.errors import ApiError
+from proxy.failures import BudgetExceeded
 from proxy.ledger.records import BudgetOverride
 
 _SAFE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
@@ -51,16 +51,14 @@ def seconds(delta: timedelta) -> int:
     return max(1, int(delta.total_seconds() + 0.999))
 
 
-def exceeded(budget: Budget, spent: float, estimate: float) -> ApiError:
+def exceeded(budget: Budget, spent: float, estimate: float) -> BudgetExceeded:
     """429 `budget_exceeded`, naming the budget and its period (never an id or a secret)."""
     who = "tenant" if budget.scope == "tenant" else "user"
     when = "today" if budget.period == "daily" else "this month"
     left = max(0.0, budget.limit_usd - spent)
-    return ApiError(
-        429,
+    return BudgetExceeded(
         f"Budget exceeded: the {who}'s {budget.period} budget of ${budget.limit_usd:.2f} "
         f"({budget.period_start}, UTC) has ${left:.4f} left {when}; this request is "
         f"estimated at ${estimate:.4f}. It resets in {budget.resets_in_s} s.",
-        code="budget_exceeded",
-        headers={"Retry-After": str(budget.resets_in_s)},
+        retry_after_s=budget.resets_in_s,
     )

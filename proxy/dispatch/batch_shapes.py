@@ -1,6 +1,6 @@
 """What micro-batching is made of (proxy/dispatch/batcher.py): which requests may share a
 call (`BatchKey`), how an endpoint's merged answer is taken apart (`BatchKind`, `Split`) and
-what each request gets back (`Share`, or an error `Answer`).
+what each request gets back (`Share`, or the upstream's error `Answer`).
 
 Answers that came from a batch carry the response header `X-Batch-Size: N`, the number of
 requests that shared the upstream call (1 for a request that had nobody to share with).
@@ -15,9 +15,6 @@ from typing import Any
 
 import msgspec
 from multidict import CIMultiDict
-
-from proxy.dispatch.flight import Answer
-from proxy.errors import ApiError, error_body
 
 BATCH_SIZE_HEADER = "X-Batch-Size"
 # Body fields that never split a batch: the input itself, and what is answered per request.
@@ -80,9 +77,3 @@ class Share:
     headers: CIMultiDict[str]  # relayable upstream headers, shared: copy before changing
     requests: int  # requests that shared the call (X-Batch-Size)
     has_usage: bool
-
-
-def error_answer(exc: ApiError) -> Answer:
-    body = error_body(exc.status, exc.message, param=exc.param, code=exc.code)
-    headers = CIMultiDict({"Content-Type": "application/json", **exc.headers})
-    return Answer(exc.status, headers, body)

@@ -5,14 +5,15 @@ Requests with the same `BatchKey` — endpoint, every body parameter but `input`
 `encoding_format` and `user`, and the upstream account (credential, organisation, project) —
 that arrive within `batch.wait_ms` of the first are merged into one call of at most
 `batch.size` distinct inputs (and the kind's upstream limits). Identical inputs in a batch are
-sent once. The call goes through the upstream gate (at the highest priority in the batch) and
-the endpoint's breaker like any other, and every request gets back its own piece: a `Share`,
-or an error `Answer`.
+sent once. The call goes through the guarded upstream (proxy/upstream/guarded.py: the gate, at
+the highest priority in the batch, and the endpoint's breaker) like any other, and every
+request gets back its own piece: a `Share`, the upstream's error `Answer`, or a `Failure`
+raised.
 
 - A request whose client has gone before the call is sent is left out of it.
 - A 400 that blames the input (its `param` is `input` or absent) is bisected: each half is
   sent again until the offending request fails alone and every other one is answered.
-- Any other error (5xx, 429, timeout, breaker open) is every request's answer, unchanged.
+- Any other error (5xx, 429 answers; timeout, breaker open failures) is every request's, as is.
 
 The shapes involved (keys, kinds, shares) and the `X-Batch-Size` response header are in
 proxy/dispatch/batch_shapes.py.
@@ -23,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,15 +31,12 @@ from typing import Any
 import msgspec
 from multidict import CIMultiDict
 
-from proxy.dispatch.batch_shapes import BatchKey, BatchKind, Share, error_answer
+from proxy.dispatch.batch_shapes import BatchKey, BatchKind, Share
 from proxy.dispatch.flight import Answer
-from proxy.dispatch.gate import Abandoned, Priority, UpstreamGate
-from proxy.errors import ApiError
-from proxy.metrics import Metrics
+from proxy.failures import BadUpstreamAnswer, ClientGone, Failure, UpstreamError
 from proxy.settings import BatchSettings
-from proxy.upstream.breakers import BreakerBoard, UpstreamFailure
-from proxy.upstream.client import UpstreamClient, read_body
-from proxy.upstream.headers import client_response_headers
+from proxy.upstream.gate import Priority
+from proxy.upstream.guarded import GuardedUpstream, UpstreamRequest
 from proxy.vectors import apportion
 
 log = logging.getLogger("sidecache.batcher")
@@ -78,20 +75,10 @@ class _Batch:
 
 
 class Batcher:
-    def __init__(
-        self,
-        settings: BatchSettings,
-        gate: UpstreamGate,
-        breakers: BreakerBoard,
-        upstream: UpstreamClient,
-        metrics: Metrics,
-    ) -> None:
+    def __init__(self, settings: BatchSettings, upstream: GuardedUpstream) -> None:
         self.size = settings.size
         self.wait_s = settings.wait_ms / 1000
-        self._gate = gate
-        self._breakers = breakers
         self._upstream = upstream
-        self._metrics = metrics
         self._open: dict[BatchKey, _Batch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -111,7 +98,8 @@ class Batcher:
         priority: Priority,
         wanted: Wanted,
     ) -> Share | Answer:
-        """This request's share of a merged call, or the error it gets. `params` (the body
+        """This request's share of a merged call, or the upstream's error answer; raises the
+        call's Failure (ClientGone when its client left first). `params` (the body
         without UNBATCHED_FIELDS) and `headers` (fit for the upstream) are used when this
         request opens the batch; `wanted` says whether its client still waits."""
         waiter = _Waiter(asyncio.get_running_loop().create_future(), wanted, priority)
@@ -174,24 +162,34 @@ class Batcher:
         except Exception:
             log.exception("a batched %s call failed unexpectedly", batch.kind.endpoint)
         finally:  # whatever happened, nobody is left waiting
-            failed = ApiError(502, "The sidecar failed calling the upstream.")
-            _settle(slots, error_answer(failed))
+            _fail(slots, UpstreamError("The sidecar failed calling the upstream."))
 
     async def _send(self, batch: _Batch, slots: list[_Slot]) -> None:
         slots = _live(slots)
         if not slots:
             return
-        priority = min(w.priority for s in slots for w in s.waiters)
+
+        def body() -> bytes:
+            """The inputs of the requests still waiting when the call's turn comes."""
+            nonlocal slots
+            slots = _live(slots)
+            if not slots:
+                raise ClientGone()
+            return _encode({**batch.params, **batch.kind.extra, "input": [s.item for s in slots]})
+
+        request = UpstreamRequest(
+            endpoint=batch.kind.endpoint,
+            path=batch.key.path,
+            headers=batch.headers,
+            body=body,
+            priority=min(w.priority for s in slots for w in s.waiters),
+        )
         try:
-            self._breakers.for_endpoint(batch.kind.endpoint).admit()
-            async with self._gate.slot(priority, lambda: _wanted(slots)):
-                slots = _live(slots)  # clients may have left while the call waited its turn
-                if not slots:
-                    return
-                answer = await self._call(batch, slots)
-        except ApiError as exc:  # breaker open, timeout, unreachable, everyone gone
-            _settle(slots, error_answer(exc))
+            reply = await self._upstream.call(request, lambda: _wanted(slots))
+        except Failure as exc:  # breaker open, timeout, unreachable, everyone gone
+            _fail(slots, exc)
             return
+        answer = Answer(reply.status, reply.headers, reply.body)
         if answer.status == 200:
             self._deliver(batch, slots, answer)
         elif answer.status == 400 and len(slots) > 1 and _blames_input(answer.body):
@@ -200,33 +198,11 @@ class Batcher:
         else:
             _settle(slots, answer)
 
-    async def _call(self, batch: _Batch, slots: list[_Slot]) -> Answer:
-        endpoint = batch.kind.endpoint
-        body = {**batch.params, **batch.kind.extra, "input": [s.item for s in slots]}
-        breaker = self._breakers.for_endpoint(endpoint)
-        try:
-            with breaker.guard():
-                started = time.perf_counter()
-                upstream = await self._upstream.send(
-                    "POST", batch.key.path, batch.headers, _encode(body)
-                )
-                elapsed = time.perf_counter() - started
-                self._metrics.observe_upstream(endpoint, upstream.status, elapsed)
-                payload = await read_body(upstream)
-                relayed = client_response_headers(upstream.headers, decoded=True)
-                answer = Answer(upstream.status, relayed, payload)
-                if upstream.status >= 500:
-                    raise UpstreamFailure(upstream.status, answer)
-        except UpstreamFailure:
-            pass  # counted by the breaker; relayed to every request like any other error
-        return answer
-
     def _deliver(self, batch: _Batch, slots: list[_Slot], answer: Answer) -> None:
         try:
             split = batch.kind.split(answer.body, len(slots))
         except ValueError as exc:
-            bad = ApiError(502, f"The upstream API sent {exc}.", code="bad_upstream_answer")
-            _settle(slots, error_answer(bad))
+            _fail(slots, BadUpstreamAnswer(f"The upstream API sent {exc}."))
             return
         requests = sum(len(s.waiters) for s in slots)
         total = split.prompt_tokens or 0
@@ -267,7 +243,7 @@ def _live(slots: list[_Slot]) -> list[_Slot]:
             if waiter.wanted():
                 waiting.append(waiter)
             else:
-                waiter.future.set_result(error_answer(Abandoned()))
+                waiter.future.set_exception(ClientGone())
         slot.waiters = waiting
         if waiting:
             kept.append(slot)
@@ -283,6 +259,13 @@ def _settle(slots: list[_Slot], answer: Answer) -> None:
         for waiter in slot.waiters:
             if not waiter.future.done():
                 waiter.future.set_result(answer)
+
+
+def _fail(slots: list[_Slot], failure: Failure) -> None:
+    for slot in slots:
+        for waiter in slot.waiters:
+            if not waiter.future.done():
+                waiter.future.set_exception(failure)
 
 
 def _blames_input(body: bytes) -> bool:

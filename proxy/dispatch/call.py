@@ -7,12 +7,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgspec
-from multidict import CIMultiDict
 
 from proxy.cache.entry import EntryMeta, StoredResponse, encode_entry
 from proxy.cache.store import CacheStore
-from proxy.dispatch.gate import Priority
 from proxy.keys import CacheKey
+from proxy.upstream.guarded import UpstreamRequest
 from proxy.wire import Usage
 
 # Checks an upstream answer body before it is stored: its usage when whole, None when not.
@@ -31,11 +30,9 @@ class StorePlan:
 
 @dataclass(slots=True)
 class UpstreamCall:
-    endpoint: str  # chat.completions | completions | embeddings | moderations
-    path: str
-    headers: CIMultiDict[str]
-    body: bytes
-    priority: Priority
+    """A flight's upstream call: the request, and what to do with a successful answer."""
+
+    request: UpstreamRequest
     validate: Validator
     plan: StorePlan | None
     stream: bool = False  # asks the upstream for SSE

@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDict
 
+from proxy.failures import Failure
 from proxy.wire import Usage
 
 
 @dataclass(slots=True)
 class Answer:
-    """What every waiter of a flight is answered with (when not following a live stream)."""
+    """What every waiter of a flight is answered with (when not following a live stream): the
+    upstream's answer, whatever its status, or the sidecar's own `failure`, which each waiter
+    raises (then status, headers and body are empty)."""
 
     status: int
     headers: CIMultiDict[str]
@@ -30,6 +33,15 @@ class Answer:
     from_peer: bool = False  # another replica made the call; this one read its entry
     usage: Usage | None = None  # what the call cost in tokens (the stored entry's, from a peer)
     upstream_ms: float | None = None
+    failure: Failure | None = None
+
+    @classmethod
+    def of_failure(cls, failure: Failure) -> Answer:
+        return cls(0, CIMultiDict(), b"", failure=failure)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200 and self.failure is None
 
 
 @dataclass(slots=True)

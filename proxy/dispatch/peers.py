@@ -20,9 +20,9 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from proxy.keys import CacheKey
+from proxy.vocabulary import FLIGHTS_CHANNEL
 
 log = logging.getLogger("sidecache.peers")
-CHANNEL = "sc:flights"
 _POLL_S = 0.25
 # Deletes or extends the lock only while it is still ours.
 _RELEASE = (
@@ -80,7 +80,7 @@ class PeerFlights:
         try:
             async with asyncio.timeout(self._timeout_s):
                 await self._redis.eval(_RELEASE, 1, lease.key.lock, lease.token)
-                await self._redis.publish(CHANNEL, lease.key.digest)
+                await self._redis.publish(FLIGHTS_CHANNEL, lease.key.digest)
         except (RedisError, OSError):
             log.debug("could not release a flight lock; it expires by itself")
 
@@ -122,7 +122,7 @@ class PeerFlights:
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(FLIGHTS_CHANNEL)
                     async for message in pubsub.listen():
                         digest = message.get("data")
                         digest = digest.decode() if isinstance(digest, bytes) else digest

@@ -14,7 +14,7 @@ from .endpoints import embeddings, get_model, list_models, moderations, unknown_
 from .generate import chat_completions, completions
 from .inputs import BODY_KEY, ParsedBody
 from .state import FakeUpstream, KnobUpdate
-from .wire import FAKE_KEY, ApiError, error_answer, plain_json
+from .wire import FAKE_KEY, FakeApiError, error_answer, plain_json
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -40,24 +40,24 @@ def _check_auth(request: web.Request, fake: FakeUpstream) -> None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise ApiError(
+        raise FakeApiError(
             401,
             "You didn't provide an API key. You need to provide your API key in an "
             "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
         )
     required = fake.required_key
     if required is not None and not hmac.compare_digest(token.encode(), required.encode()):
-        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        raise FakeApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
 
-def _injected_failure(fake: FakeUpstream) -> ApiError:
+def _injected_failure(fake: FakeUpstream) -> FakeApiError:
     status = fake.fail_status
     headers = {"Retry-After": fake.fail_retry_after} if fake.fail_retry_after else None
     if status == 429:
         message, code = "Rate limit reached (injected by the fake upstream).", "rate_limit_exceeded"
     else:
         message, code = f"The fake upstream was told to fail with {status}.", None
-    return ApiError(status, message, code=code, headers=headers)
+    return FakeApiError(status, message, code=code, headers=headers)
 
 
 async def _wait_while_hung(request: web.Request, fake: FakeUpstream) -> None:
@@ -66,9 +66,9 @@ async def _wait_while_hung(request: web.Request, fake: FakeUpstream) -> None:
     while fake.hang:
         transport = request.transport
         if transport is None or transport.is_closing():
-            raise ApiError(499, "The client closed the connection.")
+            raise FakeApiError(499, "The client closed the connection.")
         if stopping.is_set():
-            raise ApiError(503, "The fake upstream is shutting down.")
+            raise FakeApiError(503, "The fake upstream is shutting down.")
         await asyncio.sleep(_HANG_POLL_S)
 
 
@@ -81,7 +81,7 @@ async def _answer(request: web.Request, handler: Handler, fake: FakeUpstream) ->
         if fake.take_failure():
             raise _injected_failure(fake)
         return await handler(request)
-    except ApiError as err:
+    except FakeApiError as err:
         return error_answer(request, err)
 
 
@@ -121,7 +121,7 @@ async def _set_knobs(request: web.Request) -> web.Response:
     try:
         update = msgspec.json.decode(await request.read(), type=KnobUpdate)
     except (msgspec.ValidationError, msgspec.DecodeError) as err:
-        return plain_json(ApiError(400, f"Invalid knobs: {err}").payload(), status=400)
+        return plain_json(FakeApiError(400, f"Invalid knobs: {err}").payload(), status=400)
     fake.apply(update)
     return plain_json({"knobs": fake.knobs()})
 

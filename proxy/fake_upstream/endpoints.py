@@ -23,7 +23,7 @@ from .inputs import (
     input_items,
     object_body,
 )
-from .wire import FAKE_KEY, ApiError, json_answer
+from .wire import FAKE_KEY, FakeApiError, json_answer
 
 MODELS = {
     "gpt-4o-mini": 1721172741,
@@ -43,7 +43,7 @@ async def embeddings(request: web.Request) -> web.Response:
     items = input_items(params.input, "input")
     fake.embedding_inputs_per_call.append(len(items))
     if len(items) > MAX_EMBEDDING_INPUTS:
-        raise ApiError(
+        raise FakeApiError(
             400,
             f"'$.input' is invalid: at most {MAX_EMBEDDING_INPUTS} inputs per request, "
             f"got {len(items)}.",
@@ -81,13 +81,13 @@ def _moderation_inputs(value: Any) -> list[tuple[str, bool]]:
             elif kind == "image_url":
                 has_image = True
             else:
-                raise ApiError(
+                raise FakeApiError(
                     400, f"input[{index}] is invalid: unknown content part.", param="input"
                 )
         return [(" ".join(texts), has_image)]
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return [(v, False) for v in value]
-    raise ApiError(
+    raise FakeApiError(
         400,
         "'$.input' is invalid: expected a string, an array of strings or an array of "
         "multi-modal parts.",
@@ -120,7 +120,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     model_id = request.match_info["model_id"]
     if model_id not in MODELS:
-        raise ApiError(
+        raise FakeApiError(
             404,
             f"The model '{model_id}' does not exist or you do not have access to it.",
             param="model",
@@ -130,4 +130,4 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def unknown_url(request: web.Request) -> web.Response:
-    raise ApiError(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+    raise FakeApiError(404, f"Invalid URL ({request.method} {request.path})", code="unknown_url")

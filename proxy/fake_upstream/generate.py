@@ -19,7 +19,7 @@ from .content import (
 )
 from .inputs import ChatParams, CompletionParams, convert, input_items, is_stream, object_body
 from .sse import SseStream
-from .wire import FAKE_KEY, ApiError, json_answer
+from .wire import FAKE_KEY, FakeApiError, json_answer
 
 FINGERPRINT = "fp_fake"
 
@@ -110,7 +110,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     streaming, include_usage = is_stream(params.stream, params.stream_options)
     prompts = input_items(params.prompt, "prompt")
     if not prompts:
-        raise ApiError(400, "'$.prompt' is invalid: the prompt must not be empty.", param="prompt")
+        raise FakeApiError(
+            400, "'$.prompt' is invalid: the prompt must not be empty.", param="prompt"
+        )
     count, finish = _length(params.max_tokens)
     seed = request_seed(body)
     n = params.n or 1

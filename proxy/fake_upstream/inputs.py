@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 from aiohttp import web
 
-from .wire import ApiError
+from .wire import FakeApiError
 
 MAX_EMBEDDING_INPUTS = 2048
 MAX_EMBEDDING_DIMENSIONS = 3072
@@ -68,7 +68,7 @@ def object_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object, or a 400 like OpenAI's for anything else."""
     parsed = request[BODY_KEY]
     if parsed.error is not None or not isinstance(parsed.value, dict):
-        raise ApiError(
+        raise FakeApiError(
             400,
             "We could not parse the JSON body of your request. (HINT: This likely means you "
             "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload.)",
@@ -81,7 +81,7 @@ def convert(body: dict[str, Any], kind: type[_T]) -> _T:
         return msgspec.convert(body, kind)
     except msgspec.ValidationError as err:
         match = _FIELD.search(str(err))
-        raise ApiError(
+        raise FakeApiError(
             400, f"Invalid request: {err}", param=match.group(1) if match else None
         ) from err
 
@@ -89,7 +89,7 @@ def convert(body: dict[str, Any], kind: type[_T]) -> _T:
 def is_stream(stream: bool | None, options: StreamOptions | None) -> tuple[bool, bool]:
     """(streaming, include_usage); stream_options without stream is a 400 as on OpenAI."""
     if options is not None and not stream:
-        raise ApiError(
+        raise FakeApiError(
             400,
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             param="stream_options",
@@ -115,14 +115,14 @@ def input_items(value: Any, param: str) -> list[str | list[int]]:
         items: list[str | list[int]] = []
         for index, item in enumerate(value):
             if not (isinstance(item, str) or _is_token_array(item)):
-                raise ApiError(
+                raise FakeApiError(
                     400,
                     f"{param}[{index}] is invalid: expected a string or an array of tokens.",
                     param=param,
                 )
             items.append(item)
         return items
-    raise ApiError(
+    raise FakeApiError(
         400,
         f"'$.{param}' is invalid: expected a string, an array of strings, an array of tokens "
         "or an array of token arrays.",
@@ -133,12 +133,14 @@ def input_items(value: Any, param: str) -> list[str | list[int]]:
 def check_items(items: list[str | list[int]], marker: str, *, allow_empty: bool = False) -> None:
     """400 naming the first empty item or item that contains the bad-input marker."""
     if not items:
-        raise ApiError(400, "'$.input' is invalid: the input must not be empty.", param="input")
+        raise FakeApiError(400, "'$.input' is invalid: the input must not be empty.", param="input")
     for index, item in enumerate(items):
         if not allow_empty and len(item) == 0:
-            raise ApiError(400, f"input[{index}] is invalid: it must not be empty.", param="input")
+            raise FakeApiError(
+                400, f"input[{index}] is invalid: it must not be empty.", param="input"
+            )
         if isinstance(item, str) and marker in item:
-            raise ApiError(
+            raise FakeApiError(
                 400,
                 f"input[{index}] is invalid: it contains the marker {marker!r}.",
                 param="input",

@@ -8,8 +8,6 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from proxy import errors
-
 from .state import FakeUpstream
 
 FAKE_KEY = web.AppKey("fake_upstream", FakeUpstream)
@@ -29,9 +27,25 @@ _ERROR_TYPES = {
 }
 
 
-class ApiError(errors.ApiError):
+class FakeApiError(Exception):
     """Raised by a handler to answer an OpenAI-shaped error, typed as real OpenAI types it
     (the sidecar's own errors use `proxy.errors`' table)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
 
     def payload(self) -> dict[str, Any]:
         error_type = _ERROR_TYPES.get(self.status, "server_error")
@@ -82,7 +96,7 @@ def plain_json(payload: Any, *, status: int = 200) -> web.Response:
     return web.Response(body=_ENCODER.encode(payload), status=status, content_type=_JSON)
 
 
-def error_answer(request: web.Request, error: ApiError) -> web.Response:
+def error_answer(request: web.Request, error: FakeApiError) -> web.Response:
     return json_answer(request, error.payload(), status=error.status, headers=error.headers)
 
 

@@ -9,6 +9,9 @@ A single-input request whose input is not cached is micro-batched (proxy/dispatc
 it may share one upstream call with others of the same model, parameters and upstream account;
 its `usage` is then its own part of that call's, and the answer says `X-Batch-Size: N`.
 A multi-input request makes one upstream call of its own.
+
+The steps are the pipeline's (proxy/handlers/pipeline.py), per item: parse, keys, lookup,
+budget pre-flight, upstream call, store, answer, ledger outcome.
 """
 
 from __future__ import annotations
@@ -22,40 +25,31 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.accounting import Outcome
 from proxy.cache.entry import EntryMeta, StoredVector, decode_vector, encode_entry
-from proxy.dispatch.batch_shapes import (
-    BATCH_SIZE_HEADER,
-    UNBATCHED_FIELDS,
-    BatchKind,
-    Split,
-    batch_key,
-)
-from proxy.dispatch.flight import Answer
-from proxy.errors import ApiError, bad_request
-from proxy.handlers.common import (
-    BYPASS,
-    HIT,
-    MISS,
-    Understood,
-    cache_headers,
+from proxy.dispatch.batch_shapes import BATCH_SIZE_HEADER, BatchKind, Share, Split
+from proxy.failures import BadUpstreamAnswer, InvalidRequest
+from proxy.handlers.answers import MISS_HEADERS, cache_headers, entry_meta
+from proxy.handlers.costing import open_outcome, preflight
+from proxy.handlers.freshness import still_valid
+from proxy.handlers.parse import (
+    ParsedRequest,
     client_connected,
-    entry_meta,
-    understand,
+    parse_request,
     upstream_headers,
     view,
 )
-from proxy.handlers.costing import open_outcome, preflight
-from proxy.handlers.freshness import still_valid
-from proxy.keys import NON_SEMANTIC_FIELDS
+from proxy.handlers.pipeline import scope_part, submit_share
+from proxy.keys import NON_SEMANTIC_FIELDS, CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
-from proxy.upstream.breakers import UpstreamFailure
-from proxy.upstream.client import read_body
+from proxy.upstream.guarded import UpstreamRequest
 from proxy.upstream.headers import client_response_headers
 from proxy.vectors import apportion, from_wire, to_wire
+from proxy.vocabulary import CacheStatus, Endpoint
 from proxy.wire import EmbeddingAnswer, EmbeddingRequest
 
-ENDPOINT = "embeddings"
+ENDPOINT = Endpoint.EMBEDDINGS
 MAX_INPUTS = 2048
 MAX_CALL_TOKENS = 300_000  # the upstream's limit on one call's inputs together
 _encode = msgspec.json.Encoder().encode
@@ -65,77 +59,22 @@ _NOT_KEYED = NON_SEMANTIC_FIELDS | {"input", "encoding_format"}
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    u = await understand(request, runtime, ENDPOINT, persona_aware=False)
-    req = view(EmbeddingRequest, u.body)
+    parsed = await parse_request(request, runtime, ENDPOINT, persona_aware=False)
+    req = view(EmbeddingRequest, parsed.body)
     items = input_items(req.input)
-    keys = runtime.keys
-    tenant = u.identity.tenant
-    scope = keys.scope_part(u.directives, u.persona, u.user_id, ())
-    params = {k: v for k, v in u.body.items() if k not in _NOT_KEYED}
-    item_keys = [keys.item_key(tenant, ENDPOINT, params, item, scope).entry for item in items]
-    request_key = keys.request_key(tenant, ENDPOINT, {**params, "input": items}, scope)
-
-    found: list[StoredVector | None] = [None] * len(items)
-    if u.directives.read:
-        for i, raw in enumerate(await runtime.store.get_many(item_keys)):
-            vector = decode_vector(raw) if raw is not None else None
-            if vector is not None and await still_valid(runtime, u, vector.meta):
-                found[i] = vector
+    keys = _Keys.of(runtime, parsed, req.model, items)
+    found = await _lookup(runtime, parsed, keys)
     missing = [i for i, vector in enumerate(found) if vector is None]
-    hits = len(items) - len(missing)
-    costs = open_outcome(request, u, req.model)
-    saved_tokens = sum(vector.tokens for vector in found if vector is not None)
-    if saved_tokens:
-        costs.saved(runtime.prices, saved_tokens, 0, 0)
-    runtime.metrics.embedding_items.labels(HIT).inc(hits)
-    runtime.metrics.embedding_items.labels(MISS).inc(len(missing))
-
-    model, spent, relayed, shared = req.model, 0, None, 0
-    if missing:
-        meta = entry_meta(u, req.model, scope, runtime.invalidations.generation)
-        await preflight(runtime, u, req.model)
-        if len(items) == 1:
-            outcome = await _fetch_batched(request, runtime, u, items[0])
-        else:
-            outcome = await _fetch(request, runtime, u, [items[i] for i in missing])
-        if isinstance(outcome, web.Response):
-            outcome.headers.update(cache_headers(MISS, request_key))
-            return outcome  # the upstream's error, unchanged
-        fetched, relayed, shared = outcome
-        model = fetched.model or model
-        spent = fetched.spent
-        cost = costs.paid(runtime.prices, spent, 0, 0)
-        await runtime.budgets.settle(u.identity.tenant, u.user_id, cost)
-        new = fetched.vectors(meta)
-        for i, vector in zip(missing, new, strict=True):
-            found[i] = vector
-        if u.directives.write:
-            ttl = runtime.ttl.seconds(Kind.EMBEDDINGS, 0.0, u.directives.max_age)
-            stored = [
-                (item_keys[i], encode_entry(v), ttl) for i, v in zip(missing, new, strict=True)
-            ]
-            await runtime.store.put_many(stored)
-
-    encoding = req.encoding_format or "float"
-    body = {
-        "object": "list",
-        "data": [
-            {"object": "embedding", "index": i, "embedding": to_wire(v.vector, encoding)}
-            for i, v in enumerate(found)
-            if v is not None
-        ],
-        "model": model,
-        "usage": {"prompt_tokens": spent, "total_tokens": spent},
-    }
-    status = BYPASS if u.directives.bypass else (HIT if not missing else MISS)
-    headers = client_response_headers(relayed, decoded=True) if relayed else {}
-    response = web.Response(body=_encode(body), content_type="application/json")
-    response.headers.update(headers)
-    response.headers.update(cache_headers(status, request_key))
-    response.headers["X-Cache-Hits"] = f"{hits}/{len(items)}"
-    if shared:
-        response.headers[BATCH_SIZE_HEADER] = str(shared)
-    return response
+    outcome = open_outcome(request, parsed, req.model)
+    _count_hits(runtime, outcome, found)
+    if not missing:
+        return _answer(parsed, req, keys.request, found, 0, None)
+    request[MISS_HEADERS] = cache_headers(CacheStatus.MISS, keys.request)
+    fetched = await _fill(request, runtime, parsed, outcome, req.model, keys, found, missing)
+    if isinstance(fetched, web.Response):
+        fetched.headers.update(request[MISS_HEADERS])
+        return fetched  # the upstream's error, unchanged
+    return _answer(parsed, req, keys.request, found, len(missing), fetched)
 
 
 def input_items(value: str | list[Any]) -> list[Any]:
@@ -147,9 +86,9 @@ def input_items(value: str | list[Any]) -> list[Any]:
     else:
         items = value
     if not items:
-        raise bad_request("input must not be empty.", param="input")
+        raise InvalidRequest("input must not be empty.", param="input")
     if len(items) > MAX_INPUTS:
-        raise bad_request(f"input takes at most {MAX_INPUTS} items.", param="input")
+        raise InvalidRequest(f"input takes at most {MAX_INPUTS} items.", param="input")
     for index, item in enumerate(items):
         ok = (isinstance(item, str) and item) or (
             isinstance(item, list)
@@ -157,7 +96,7 @@ def input_items(value: str | list[Any]) -> list[Any]:
             and all(isinstance(x, int) and not isinstance(x, bool) for x in item)
         )
         if not ok:
-            raise bad_request(
+            raise InvalidRequest(
                 f"input[{index}] must be a non-empty string or a non-empty array of token ids.",
                 param="input",
             )
@@ -165,74 +104,159 @@ def input_items(value: str | list[Any]) -> list[Any]:
 
 
 @dataclass(frozen=True, slots=True)
+class _Keys:
+    scope: ScopePart
+    items: list[str]  # each input's entry key
+    request: CacheKey  # the whole request's (X-Cache-Key)
+
+    @classmethod
+    def of(cls, runtime: Runtime, parsed: ParsedRequest, model: str, items: list[Any]) -> _Keys:
+        tenant, keys = parsed.identity.tenant, runtime.keys
+        scope = scope_part(runtime, parsed, model, persona_aware=False)
+        params = {k: v for k, v in parsed.body.items() if k not in _NOT_KEYED}
+        entries = [keys.item_key(tenant, ENDPOINT, params, item, scope).entry for item in items]
+        request_key = keys.request_key(tenant, ENDPOINT, {**params, "input": items}, scope)
+        return cls(scope, entries, request_key)
+
+
+async def _lookup(
+    runtime: Runtime, parsed: ParsedRequest, keys: _Keys
+) -> list[StoredVector | None]:
+    found: list[StoredVector | None] = [None] * len(keys.items)
+    if parsed.directives.read:
+        for i, raw in enumerate(await runtime.store.get_many(keys.items)):
+            vector = decode_vector(raw) if raw is not None else None
+            if vector is not None and await still_valid(runtime, parsed, vector.meta):
+                found[i] = vector
+    return found
+
+
+def _count_hits(runtime: Runtime, outcome: Outcome, found: list[StoredVector | None]) -> None:
+    hits = [vector for vector in found if vector is not None]
+    saved_tokens = sum(vector.tokens for vector in hits)
+    if saved_tokens:
+        outcome.saved(runtime.prices, saved_tokens, 0, 0)
+    runtime.metrics.embedding_items.labels(CacheStatus.HIT).inc(len(hits))
+    runtime.metrics.embedding_items.labels(CacheStatus.MISS).inc(len(found) - len(hits))
+
+
+@dataclass(frozen=True, slots=True)
 class _Fetched:
     model: str
     spent: int  # the prompt tokens this request is charged
     parts: list[tuple[bytes, int]]  # per missing item: its float32 vector and its tokens
+    relayed: CIMultiDict[str]  # the upstream's headers fit for the client
+    shared: int = 0  # how many requests shared the call (0: not batched)
 
     def vectors(self, meta: EntryMeta) -> list[StoredVector]:
         now = time.time()
         return [StoredVector(vector, tokens, now, meta) for vector, tokens in self.parts]
 
 
-# What a fetch gives: the vectors, relayable upstream headers and how many requests shared
-# the call (0: not batched); or the upstream's error, to relay.
-_Outcome = tuple[_Fetched, CIMultiDict[str], int] | web.Response
+async def _fill(
+    request: web.Request,
+    runtime: Runtime,
+    parsed: ParsedRequest,
+    outcome: Outcome,
+    model: str,
+    keys: _Keys,
+    found: list[StoredVector | None],
+    missing: list[int],
+) -> _Fetched | web.Response:
+    """Fetches the missing items into `found`, charges them and stores them; or the upstream's
+    error answer."""
+    meta = entry_meta(parsed, model, keys.scope, runtime.invalidations.generation)
+    await preflight(runtime, parsed, model)
+    items = input_items(parsed.body["input"])
+    if len(items) == 1:
+        fetched = await _fetch_batched(request, runtime, parsed, items[0])
+    else:
+        fetched = await _fetch(request, runtime, parsed, [items[i] for i in missing])
+    if isinstance(fetched, web.Response):
+        return fetched
+    cost = outcome.paid(runtime.prices, fetched.spent, 0, 0)
+    await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, cost)
+    new = fetched.vectors(meta)
+    for i, vector in zip(missing, new, strict=True):
+        found[i] = vector
+    if parsed.directives.write:
+        ttl = runtime.ttl.seconds(Kind.EMBEDDINGS, 0.0, parsed.directives.max_age)
+        stored = [(keys.items[i], encode_entry(v), ttl) for i, v in zip(missing, new, strict=True)]
+        await runtime.store.put_many(stored)
+    return fetched
 
 
 async def _fetch(
-    request: web.Request, runtime: Runtime, u: Understood, inputs: list[Any]
-) -> _Outcome:
+    request: web.Request, runtime: Runtime, parsed: ParsedRequest, inputs: list[Any]
+) -> _Fetched | web.Response:
     """The inputs of a multi-input request, in one upstream call of their own."""
-    body = {**u.body, "input": inputs, "encoding_format": "base64"}
-    headers = upstream_headers(request, u)
-    breaker = runtime.breakers.for_endpoint(ENDPOINT)
-    breaker.admit()  # an open breaker answers 503 before the call queues for a slot
-    async with runtime.gate.slot(u.priority, lambda: client_connected(request)):
-        try:
-            with breaker.guard():
-                started = time.perf_counter()
-                upstream = await runtime.upstream.send("POST", request.path, headers, _encode(body))
-                elapsed = time.perf_counter() - started
-                runtime.metrics.observe_upstream(ENDPOINT, upstream.status, elapsed)
-                payload = await read_body(upstream)
-                if upstream.status >= 500:
-                    raise UpstreamFailure(upstream.status, payload)
-        except UpstreamFailure:
-            pass  # counted by the breaker; relayed below like any other error
-    relayed = client_response_headers(upstream.headers, decoded=True)
-    if upstream.status != 200:
-        return web.Response(status=upstream.status, body=payload, headers=relayed)
+    body = {**parsed.body, "input": inputs, "encoding_format": "base64"}
+    call = UpstreamRequest(
+        endpoint=ENDPOINT,
+        path=request.path,
+        headers=upstream_headers(request, parsed),
+        body=_encode(body),
+        priority=parsed.priority,
+    )
+    reply = await runtime.upstream.call(call, lambda: client_connected(request))
+    if reply.status != 200:
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
     try:
-        split = split_answer(payload, len(inputs))
+        split = split_answer(reply.body, len(inputs))
     except ValueError as exc:
-        raise ApiError(502, f"The upstream API sent {exc}.", code="bad_upstream_answer") from None
+        raise BadUpstreamAnswer(f"The upstream API sent {exc}.") from None
     spent = split.prompt_tokens or 0
     shares = apportion(spent, [len(item) for item in inputs])
-    fetched = _Fetched(split.rest["model"], spent, list(zip(split.parts, shares, strict=True)))
-    return fetched, relayed, 0
+    parts = list(zip(split.parts, shares, strict=True))
+    return _Fetched(split.rest["model"], spent, parts, reply.headers)
 
 
 async def _fetch_batched(
-    request: web.Request, runtime: Runtime, u: Understood, item: Any
-) -> _Outcome:
+    request: web.Request, runtime: Runtime, parsed: ParsedRequest, item: Any
+) -> _Fetched | web.Response:
     """The one input of a single-input request, in a call it may share (micro-batching)."""
-    params = {k: v for k, v in u.body.items() if k not in UNBATCHED_FIELDS}
-    headers = upstream_headers(request, u)
-    key = batch_key(ENDPOINT, request.path, params, u.identity.upstream_authorization, headers)
-    outcome = await runtime.batcher.submit(
-        key,
-        BATCHED,
-        item,
-        params=params,
-        headers=headers,
-        priority=u.priority,
-        wanted=lambda: client_connected(request),
+    headers = upstream_headers(request, parsed)
+    share = await submit_share(
+        runtime, BATCHED, parsed, headers, item, lambda: client_connected(request)
     )
-    if isinstance(outcome, Answer):
-        return web.Response(status=outcome.status, body=outcome.body, headers=outcome.headers)
-    fetched = _Fetched(outcome.rest["model"], outcome.tokens, [(outcome.part, outcome.item_tokens)])
-    return fetched, outcome.headers, outcome.requests
+    if not isinstance(share, Share):
+        return web.Response(status=share.status, body=share.body, headers=share.headers)
+    parts = [(share.part, share.item_tokens)]
+    return _Fetched(share.rest["model"], share.tokens, parts, share.headers, share.requests)
+
+
+def _answer(
+    parsed: ParsedRequest,
+    req: EmbeddingRequest,
+    key: CacheKey,
+    found: list[StoredVector | None],
+    missed: int,
+    fetched: _Fetched | None,
+) -> web.Response:
+    encoding = req.encoding_format or "float"
+    spent = fetched.spent if fetched else 0
+    body = {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": to_wire(v.vector, encoding)}
+            for i, v in enumerate(found)
+            if v is not None
+        ],
+        "model": fetched.model or req.model if fetched else req.model,
+        "usage": {"prompt_tokens": spent, "total_tokens": spent},
+    }
+    if parsed.directives.bypass:
+        status = CacheStatus.BYPASS
+    else:
+        status = CacheStatus.MISS if missed else CacheStatus.HIT
+    response = web.Response(body=_encode(body), content_type="application/json")
+    if fetched is not None:
+        response.headers.update(client_response_headers(fetched.relayed, decoded=True))
+        if fetched.shared:
+            response.headers[BATCH_SIZE_HEADER] = str(fetched.shared)
+    response.headers.update(cache_headers(status, key))
+    response.headers["X-Cache-Hits"] = f"{len(found) - missed}/{len(found)}"
+    return response
 
 
 def split_answer(payload: bytes, count: int) -> Split:

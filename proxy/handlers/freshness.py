@@ -6,26 +6,26 @@ from __future__ import annotations
 import contextlib
 
 from proxy.cache.entry import EntryMeta
-from proxy.errors import ApiError
-from proxy.handlers.common import Understood
+from proxy.failures import StoreUnavailable
+from proxy.handlers.parse import ParsedRequest
 from proxy.invalidation.selectors import Selector
 from proxy.runtime import Runtime
 
 PERSONA_CHANGE = "persona_change"
 
 
-async def still_valid(runtime: Runtime, u: Understood, meta: EntryMeta) -> bool:
+async def still_valid(runtime: Runtime, parsed: ParsedRequest, meta: EntryMeta) -> bool:
     """False for an entry a rule covers. A user-scoped entry records the persona it was made
     for: met by its user with another persona, it and every older user-scoped entry of that
     user are invalidated, on every replica, and the request is answered as a miss."""
     invalidations = runtime.invalidations
     if await invalidations.is_stale(meta):
-        runtime.metrics.cache_stale.labels(u.endpoint).inc()
+        runtime.metrics.cache_stale.labels(parsed.endpoint).inc()
         return False
-    if meta.scope == "user" and meta.persona != u.persona.as_dict():
+    if meta.scope == "user" and meta.persona != parsed.persona.as_dict():
         selector = Selector(tenant=meta.tenant, user_id=meta.user_id, scope="user")
-        with contextlib.suppress(ApiError):  # Redis down: this entry is still not served
+        with contextlib.suppress(StoreUnavailable):  # this entry is still not served
             await invalidations.invalidate([selector], source=PERSONA_CHANGE)
-        runtime.metrics.cache_stale.labels(u.endpoint).inc()
+        runtime.metrics.cache_stale.labels(parsed.endpoint).inc()
         return False
     return True

@@ -12,20 +12,20 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from proxy.errors import ApiError
+from proxy.failures import BodyTooLarge, UpstreamError
 from proxy.runtime import RUNTIME
 from proxy.upstream.headers import client_response_headers, upstream_request_headers
+from proxy.vocabulary import PASSTHROUGH
 
-PASSTHROUGH = "other"
 _READ_CHUNK = 64 * 1024
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
     identity = runtime.tenants.resolve(request.headers)
-    limit = int(runtime.settings.server.max_body_mb * 1024 * 1024)
+    limit = runtime.settings.server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise body_too_large(limit)
+        raise BodyTooLarge(limit)
     headers = upstream_request_headers(
         request.headers, identity.upstream_authorization, keep_encoding=True
     )
@@ -35,13 +35,13 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     path, query = request.rel_url.raw_path, request.rel_url.raw_query_string
     started = time.perf_counter()
     try:
-        upstream = await runtime.upstream.send(
+        upstream = await runtime.upstream_client.send(
             request.method, path, headers, body, query=query, decompress=False
         )
-    except ApiError:
+    except UpstreamError:
         if body is not None and body.exceeded:
             # The HTTP client reports the aborted upload as a connection error: it was ours.
-            raise body_too_large(limit) from None
+            raise BodyTooLarge(limit) from None
         raise
     runtime.metrics.observe_upstream(PASSTHROUGH, upstream.status, time.perf_counter() - started)
     response = web.StreamResponse(
@@ -80,13 +80,5 @@ class _CappedBody:
             sent += len(chunk)
             if sent > self._limit:
                 self.exceeded = True
-                raise body_too_large(self._limit)
+                raise BodyTooLarge(self._limit)
             yield chunk
-
-
-def body_too_large(limit: int) -> ApiError:
-    return ApiError(
-        413,
-        f"The request body is larger than the {limit // (1024 * 1024)} MB this sidecar accepts.",
-        code="request_too_large",
-    )

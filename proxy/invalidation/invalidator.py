@@ -1,12 +1,13 @@
 """Invalidation rules made, shared between replicas, and checked on hits (DESIGN §3).
 
 Without Redis the rules live in this process. With Redis, one script increments the shared
-generation (`GENERATION_KEY`), adds the rules to a sorted set (`RULES_KEY`, scored by time so
-rules older than the longest TTL are trimmed) and publishes them, all atomically, so every
-replica learns them in generation order. A replica also reads the shared generation with every
-hit, in the same round trip as the entry (`RedisStore`): a replica that has not yet heard of a
-rule reloads the rules before it answers. That is what makes an invalidation effective on every
-replica at once, at the cost of one small extra reply per hit and no extra round trip.
+generation (`INVALIDATION_GENERATION_KEY`), adds the rules to a sorted set
+(`INVALIDATION_RULES_KEY`, scored by time so rules older than the longest TTL are trimmed) and
+publishes them, all atomically, so every replica learns them in generation order. A replica
+also reads the shared generation with every hit, in the same round trip as the entry
+(`RedisStore`): a replica that has not yet heard of a rule reloads the rules before it answers.
+That is what makes an invalidation effective on every replica at once, at the cost of one small
+extra reply per hit and no extra round trip.
 """
 
 from __future__ import annotations
@@ -23,15 +24,18 @@ from redis.exceptions import RedisError
 
 from proxy.cache.entry import EntryMeta
 from proxy.cache.store import CacheStore
-from proxy.errors import ApiError
+from proxy.failures import StoreUnavailable
 from proxy.invalidation.rules import Rule, RuleBook
 from proxy.invalidation.selectors import Selector
+from proxy.vocabulary import (
+    INVALIDATION_CHANNEL,
+    INVALIDATION_GENERATION_KEY,
+    INVALIDATION_RULES_KEY,
+)
 
 log = logging.getLogger("sidecache.invalidation")
-GENERATION_KEY = "sc:{inv}:gen"
-RULES_KEY = "sc:{inv}:rules"
-CHANNEL = "sc:invalidations"
 _RETRY_S = 1.0
+_ADD_KEYS = (INVALIDATION_GENERATION_KEY, INVALIDATION_RULES_KEY, INVALIDATION_CHANNEL)
 # KEYS: generation, rules, channel. ARGV: max age in seconds, then one selector (JSON) each.
 # A generation is the Redis server's clock in microseconds (or the previous generation + 1),
 # so it keeps growing even when Redis restarts empty and replicas still hold older ones.
@@ -110,7 +114,7 @@ class Invalidator:
         return self._book.is_stale(meta)
 
     async def invalidate(self, selectors: Sequence[Selector], source: str) -> Stamp:
-        """Adds one rule per selector under one new generation; raises a 503 ApiError when the
+        """Adds one rule per selector under one new generation; raises StoreUnavailable when the
         shared rules cannot be written (nothing was invalidated then)."""
         if self._redis is None:
             now = time.time()
@@ -128,11 +132,11 @@ class Invalidator:
         try:
             async with asyncio.timeout(self._timeout_s * 4):
                 generation, previous, at = await self._redis.eval(  # type: ignore[union-attr]
-                    _ADD, 3, GENERATION_KEY, RULES_KEY, CHANNEL, *args
+                    _ADD, 3, *_ADD_KEYS, *args
                 )
         except (RedisError, OSError) as exc:
-            raise ApiError(
-                503, f"Redis is unreachable; nothing was invalidated ({type(exc).__name__})."
+            raise StoreUnavailable(
+                f"Redis is unreachable; nothing was invalidated ({type(exc).__name__})."
             ) from None
         stamp = Stamp(int(generation), float(at))
         self._add(stamp.generation, stamp.at, selectors)  # the announcement may come later
@@ -185,8 +189,8 @@ class Invalidator:
         try:
             async with asyncio.timeout(self._timeout_s * 4):
                 async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.get(GENERATION_KEY)
-                    pipe.zrange(RULES_KEY, 0, -1, withscores=True)
+                    pipe.get(INVALIDATION_GENERATION_KEY)
+                    pipe.zrange(INVALIDATION_RULES_KEY, 0, -1, withscores=True)
                     shared, members = await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("cannot read the shared invalidation rules: %s", type(exc).__name__)
@@ -204,7 +208,7 @@ class Invalidator:
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(INVALIDATION_CHANNEL)
                     await self._catch_up()
                     async for message in pubsub.listen():
                         data = message.get("data")

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 import msgspec
 
 from proxy.cache.entry import EntryMeta
-from proxy.errors import ApiError, bad_request
+from proxy.failures import InvalidRequest
 from proxy.persona import HEADER_BY_DIMENSION, PersonaParser
 from proxy.settings import PERSONA_DIMENSIONS
 
@@ -87,23 +87,23 @@ def canonical(selector: Selector, personas: PersonaParser, param: str) -> Select
     fields += [selector.endpoint, selector.scope]
     if selector.all:
         if any(value is not None for value in fields):
-            raise bad_request('"all": true cannot be combined with other fields.', param=param)
+            raise InvalidRequest('"all": true cannot be combined with other fields.', param=param)
         return selector
     if all(value is None for value in fields) or selector.persona == {}:
-        raise bad_request(
+        raise InvalidRequest(
             'A selector needs at least one field, or {"all": true} to invalidate everything.',
             param=param,
         )
     for name, value in (("tenant", selector.tenant), ("user_id", selector.user_id),
                         ("model", selector.model)):  # fmt: skip
         if value is not None and not value.strip():
-            raise bad_request(f"{name} must not be empty.", param=f"{param}.{name}")
+            raise InvalidRequest(f"{name} must not be empty.", param=f"{param}.{name}")
     endpoint = selector.endpoint
     if endpoint is not None:
         endpoint = _ENDPOINT_PATHS.get(endpoint, endpoint)
         if endpoint not in ENDPOINTS:
             allowed = ", ".join(ENDPOINTS)
-            raise bad_request(f"Unknown endpoint; one of: {allowed}.", param=f"{param}.endpoint")
+            raise InvalidRequest(f"Unknown endpoint; one of: {allowed}.", param=f"{param}.endpoint")
     persona = None if selector.persona is None else _persona(selector.persona, personas, param)
     return msgspec.structs.replace(selector, endpoint=endpoint, persona=persona)
 
@@ -112,17 +112,17 @@ def _persona(values: Mapping[str, str], personas: PersonaParser, param: str) -> 
     unknown = [dim for dim in values if dim not in PERSONA_DIMENSIONS]
     if unknown:
         allowed = ", ".join(PERSONA_DIMENSIONS)
-        raise bad_request(
+        raise InvalidRequest(
             f"Unknown persona dimension {unknown[0][:40]!r}; one of: {allowed}.",
             param=f"{param}.persona",
         )
     for dim, value in values.items():
         if not value.strip():
-            raise bad_request(f"{dim} must not be empty.", param=f"{param}.persona.{dim}")
+            raise InvalidRequest(f"{dim} must not be empty.", param=f"{param}.persona.{dim}")
     headers = {HEADER_BY_DIMENSION[dim]: value for dim, value in values.items()}
     try:
         parsed = personas.parse(headers)
-    except ApiError as exc:
+    except InvalidRequest as exc:
         dim = next(d for d, h in HEADER_BY_DIMENSION.items() if h == exc.param)
-        raise bad_request(exc.message, param=f"{param}.persona.{dim}") from None
+        raise InvalidRequest(exc.message, param=f"{param}.persona.{dim}") from None
     return parsed.as_dict()

@@ -1,10 +1,11 @@
 """Circuit breakers (pybreaker), one per upstream endpoint family (DESIGN §4, §9).
 
-pybreaker has no asyncio support, so calls are guarded with `with breaker.calling():` around
-the awaited upstream call only (never around writes to a client). 5xx answers, timeouts and
+pybreaker has no asyncio support, so a call is guarded with `with breaker.guard():` (pybreaker's
+`calling()` plus the probe gate below) around the awaited upstream call only, never around
+writes to a client; proxy/upstream/guarded.py is the one caller. 5xx answers, timeouts and
 connection errors count as failures; 4xx answers return normally and do not. While a breaker
-is open, misses fail fast with 503 + Retry-After. Half-open lets exactly one probe through:
-pybreaker alone would let every concurrent call through.
+is open, misses fail fast with BreakerOpen (503 + Retry-After). Half-open lets exactly one
+probe through: pybreaker alone would let every concurrent call through.
 """
 
 from __future__ import annotations
@@ -17,25 +18,16 @@ from datetime import UTC, datetime, timedelta
 
 import pybreaker
 
-from proxy.errors import ApiError
+from proxy.failures import BreakerOpen
+from proxy.vocabulary import Endpoint
 
 FAMILIES = ("chat", "embeddings", "moderation", "other")
-_FAMILY_BY_ENDPOINT = {
-    "chat.completions": "chat",
-    "completions": "chat",
-    "embeddings": "embeddings",
-    "moderations": "moderation",
+_FAMILY_BY_ENDPOINT: dict[str, str] = {
+    Endpoint.CHAT: "chat",
+    Endpoint.COMPLETIONS: "chat",
+    Endpoint.EMBEDDINGS: "embeddings",
+    Endpoint.MODERATIONS: "moderation",
 }
-
-
-class UpstreamFailure(Exception):
-    """Raised inside a guarded block for an answer that counts against the breaker (5xx);
-    carries what to relay to the client."""
-
-    def __init__(self, status: int, payload: object) -> None:
-        super().__init__(f"upstream answered {status}")
-        self.status = status
-        self.payload = payload
 
 
 class _Transitions(pybreaker.CircuitBreakerListener):
@@ -90,7 +82,7 @@ class Breaker:
         return max(1, math.ceil(left))
 
     def admit(self) -> None:
-        """Raises the 503 at once when a call now would be refused, so that a miss never
+        """Raises BreakerOpen at once when a call now would be refused, so that a miss never
         waits for an upstream slot (behind the probe, say) only to be refused then."""
         if self.state == pybreaker.STATE_CLOSED:
             return
@@ -103,7 +95,7 @@ class Breaker:
 
     @contextmanager
     def guard(self) -> Iterator[None]:
-        """The block is one upstream call; raises 503 at once while the breaker is open."""
+        """The block is one upstream call; raises BreakerOpen at once while it is open."""
         probing = False
         if self.state != pybreaker.STATE_CLOSED:
             if self._probing:
@@ -122,14 +114,12 @@ class Breaker:
         self.cb.close()
         self._probing = False
 
-    def _open_error(self) -> ApiError:
+    def _open_error(self) -> BreakerOpen:
         wait = self.retry_after_s()
-        return ApiError(
-            503,
+        return BreakerOpen(
             f"The upstream is failing; Sidecache stopped sending {self.name} calls for a "
             f"while. Cached answers are still served. Retry in {wait} s.",
-            code="circuit_open",
-            headers={"Retry-After": str(wait)},
+            retry_after_s=wait,
         )
 
 

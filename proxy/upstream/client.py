@@ -1,6 +1,7 @@
 """The one HTTP client session to the upstream, with keep-alive and explicit timeouts.
 
-Connection failures become 502 and timeouts 504, OpenAI-shaped (DESIGN §7). There is no total
+Connection failures raise UpstreamUnreachable and timeouts UpstreamTimeout (502 and 504 to the
+client, DESIGN §7). There is no total
 timeout: a long SSE stream is fine as long as bytes keep coming (`read_timeout_s` between two).
 """
 
@@ -10,7 +11,7 @@ from collections.abc import AsyncIterable, Mapping
 
 import aiohttp
 
-from proxy.errors import ApiError
+from proxy.failures import UpstreamTimeout, UpstreamUnreachable
 from proxy.settings import UpstreamSettings
 
 
@@ -66,9 +67,9 @@ class UpstreamClient:
                 allow_redirects=False,
             )
         except TimeoutError as exc:
-            raise upstream_timeout() from exc
+            raise UpstreamTimeout() from exc
         except aiohttp.ClientError as exc:
-            raise upstream_unreachable(exc) from exc
+            raise UpstreamUnreachable(exc) from exc
 
     async def close(self) -> None:
         await self._session.close()
@@ -78,20 +79,8 @@ async def read_body(response: aiohttp.ClientResponse) -> bytes:
     try:
         return await response.read()
     except TimeoutError as exc:
-        raise upstream_timeout() from exc
+        raise UpstreamTimeout() from exc
     except aiohttp.ClientError as exc:
-        raise upstream_unreachable(exc) from exc
+        raise UpstreamUnreachable(exc) from exc
     finally:
         response.release()
-
-
-def upstream_timeout() -> ApiError:
-    return ApiError(504, "The upstream API did not answer in time.", code="upstream_timeout")
-
-
-def upstream_unreachable(exc: BaseException) -> ApiError:
-    return ApiError(
-        502,
-        f"The upstream API could not be reached ({type(exc).__name__}).",
-        code="upstream_unreachable",
-    )

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from enum import IntEnum
 
-from proxy.errors import ApiError, bad_request
+from proxy.failures import ClientGone, InvalidRequest
 
 PRIORITY_HEADER = "X-Priority"
 
@@ -32,18 +32,11 @@ def parse_priority(value: str | None) -> Priority:
         return Priority.NORMAL
     found = _BY_NAME.get(value.strip().lower())
     if found is None:
-        raise bad_request(
+        raise InvalidRequest(
             f"{PRIORITY_HEADER} must be one of: high, normal, low (got {value.strip()!r})",
             param=PRIORITY_HEADER,
         )
     return found
-
-
-class Abandoned(ApiError):
-    """Everyone who wanted this call has gone; it never reached the upstream."""
-
-    def __init__(self) -> None:
-        super().__init__(499, "The client closed the request.", code="client_gone")
 
 
 Wanted = Callable[[], bool]
@@ -84,7 +77,7 @@ class UpstreamGate:
             if turn.done():
                 continue  # cancelled while waiting
             if not wanted():
-                turn.set_exception(Abandoned())
+                turn.set_exception(ClientGone())  # it never reached the upstream
                 continue
             turn.set_result(None)
             return

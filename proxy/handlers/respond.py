@@ -10,16 +10,17 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.dispatch.flight import Answer, Flight, StreamHead
-from proxy.handlers.answers import SSE_HEADERS, write_replay
-from proxy.handlers.common import COALESCED, Understood, cache_headers, client_connected
+from proxy.handlers.answers import SSE_HEADERS, cache_headers, write_replay
+from proxy.handlers.parse import ParsedRequest, client_connected
 from proxy.keys import CacheKey
 from proxy.runtime import Runtime
+from proxy.vocabulary import CacheStatus
 
 
-def flight_for(runtime: Runtime, u: Understood, key: CacheKey) -> tuple[Flight, bool]:
+def flight_for(runtime: Runtime, parsed: ParsedRequest, key: CacheKey) -> tuple[Flight, bool]:
     """Requests that may read the cache share flights; one that must not (no-cache, no-store)
     wants an answer of its own, so it flies alone."""
-    if u.directives.read:
+    if parsed.directives.read:
         return runtime.flights.join(key.digest)
     return Flight(key.digest), True
 
@@ -28,13 +29,14 @@ async def respond(
     request: web.Request,
     flight: Flight,
     key: CacheKey,
-    label: str,
+    label: CacheStatus,
     *,
     stream: bool = False,
     include_usage: bool = False,
 ) -> web.StreamResponse:
     """`label` is MISS/BYPASS for the client whose miss started the flight, COALESCED for the
-    others. Waiting never cancels the flight: it belongs to every waiter."""
+    others. Waiting never cancels the flight: it belongs to every waiter. A flight that failed
+    raises its Failure here, for the error middleware to answer."""
     watcher = partial(client_connected, request)
     flight.watchers.append(watcher)
     try:
@@ -54,11 +56,13 @@ async def _whole(
     request: web.Request,
     answer: Answer,
     key: CacheKey,
-    label: str,
+    label: CacheStatus,
     stream: bool,
     include_usage: bool,
 ) -> web.StreamResponse:
-    headers = cache_headers(COALESCED if answer.from_peer else label, key)
+    if answer.failure is not None:
+        raise answer.failure
+    headers = cache_headers(CacheStatus.COALESCED if answer.from_peer else label, key)
     if stream and answer.status == 200:
         return await write_replay(request, answer.body, include_usage, headers)
     relayed = CIMultiDict(answer.headers)

@@ -1,0 +1,200 @@
+"""The task behind a flight: one upstream call whose answer every waiter shares and which is
+stored once when whole (DESIGN §4).
+
+The runner is built once at start-up with what a flight needs (the store, the flight table,
+the cross-replica peers and the guarded upstream) and launches each flight in its own task, so
+a client that leaves never cancels what other waiters share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import msgspec
+from multidict import CIMultiDict
+
+from proxy.cache.entry import decode_response
+from proxy.cache.replay import assemble
+from proxy.cache.store import CacheStore
+from proxy.dispatch.call import UpstreamCall, store_answer
+from proxy.dispatch.flight import Answer, Event, Flight, FlightTable
+from proxy.dispatch.peers import PeerFlights
+from proxy.errors import error_body
+from proxy.failures import ClientGone, Failure, UpstreamError
+from proxy.sse import SseParser, format_event
+from proxy.upstream.client import read_body
+from proxy.upstream.guarded import Exchange, GuardedUpstream, UpstreamFailure
+from proxy.wire import PromptTokensDetails, Usage
+
+log = logging.getLogger("sidecache.flight")
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+# How a flight gets its answer once it may call the upstream: `FlightRunner.call_upstream` by
+# default, a share of a micro-batch for batched endpoints.
+Sender = Callable[[Flight, UpstreamCall], Awaitable[Answer]]
+
+
+class FlightRunner:
+    def __init__(
+        self,
+        store: CacheStore,
+        flights: FlightTable,
+        upstream: GuardedUpstream,
+        peers: PeerFlights | None,
+    ) -> None:
+        self.store = store
+        self.flights = flights
+        self.upstream = upstream
+        self._peers = peers
+
+    def launch(self, flight: Flight, call: UpstreamCall, send: Sender | None = None) -> None:
+        """Starts the flight's task: it outlives any one client, so a client that leaves never
+        cancels what other waiters share."""
+        task = self._run(flight, call, send or self.call_upstream)
+        flight.task = asyncio.create_task(task, name=f"flight-{flight.key}")
+
+    async def close(self, timeout_s: float = 5) -> None:
+        """Lets the flights under way land (and be stored), for a bounded time."""
+        tasks = [f.task for f in list(self.flights.flights.values()) if f.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+
+    async def _run(self, flight: Flight, call: UpstreamCall, send: Sender) -> None:
+        try:
+            answer = await self._lead_or_follow_peer(flight, call, send)
+        except Failure as exc:  # ClientGone included: nobody is left to read it
+            answer = Answer.of_failure(exc)
+        except Exception:
+            log.exception("flight to %s failed unexpectedly", call.request.endpoint)
+            answer = Answer.of_failure(UpstreamError("The sidecar failed calling the upstream."))
+        finally:
+            self.flights.land(flight)
+        flight.finish(answer)
+
+    async def _lead_or_follow_peer(
+        self, flight: Flight, call: UpstreamCall, send: Sender
+    ) -> Answer:
+        """With peers (Redis), only one replica calls upstream for a key; the others read the
+        entry it stores. Without, this process's single-flight is all there is."""
+        peers = self._peers
+        lease = None
+        if peers is not None and call.coalesce and call.plan is not None:
+            lease = await peers.try_lead(call.plan.key)
+            if lease is None:
+                raw = await peers.await_peer(call.plan.key)
+                entry = decode_response(raw) if raw is not None else None
+                if entry is not None:
+                    usage = Usage(
+                        prompt_tokens=entry.prompt_tokens,
+                        completion_tokens=entry.completion_tokens,
+                        prompt_tokens_details=PromptTokensDetails(entry.cached_tokens),
+                    )
+                    headers = CIMultiDict(JSON_HEADERS)
+                    return Answer(200, headers, entry.body, from_peer=True, usage=usage)
+                lease = await peers.try_lead(call.plan.key)
+        try:
+            return await send(flight, call)
+        finally:
+            if lease is not None and peers is not None:
+                await peers.release(lease)
+
+    async def call_upstream(self, flight: Flight, call: UpstreamCall) -> Answer:
+        """The flight's own upstream call; the answer stored when it is whole and successful."""
+
+        async def read(response: aiohttp.ClientResponse, exchange: Exchange) -> Answer | None:
+            answer = await self._read_or_relay(flight, call, response, exchange)
+            if answer is not None:
+                answer.upstream_ms = exchange.elapsed_ms()
+            return answer
+
+        answer = await self.upstream.call_with(call.request, flight.wanted, read)
+        if answer is None:
+            # Raised outside the breaker: everyone leaving a healthy stream is no upstream failure.
+            raise ClientGone()
+        if answer.status == 200 and not answer.streamed:
+            answer.usage = call.validate(answer.body)
+            answer.stored = await store_answer(self.store, call, answer.body, answer.usage)
+        return answer
+
+    async def _read_or_relay(
+        self,
+        flight: Flight,
+        call: UpstreamCall,
+        upstream: aiohttp.ClientResponse,
+        exchange: Exchange,
+    ) -> Answer | None:
+        """The whole answer, or a live stream relayed to the flight; None when a stream lost
+        every reader."""
+        if call.stream and upstream.status == 200 and upstream.content_type == "text/event-stream":
+            return await self._relay_stream(flight, call, upstream, exchange.relayed)
+        return Answer(upstream.status, exchange.relayed, await read_body(upstream))
+
+    async def _relay_stream(
+        self,
+        flight: Flight,
+        call: UpstreamCall,
+        upstream: aiohttp.ClientResponse,
+        relayed: CIMultiDict[str],
+    ) -> Answer | None:
+        """Pushes each SSE event to the flight as it arrives; assembles and stores the whole.
+        None when nobody reads it any more and nothing is to be stored (the upstream is
+        closed). A stream that breaks counts against the breaker."""
+        flight.start_stream(relayed)
+        parser = SseParser()
+        chunks: list[dict[str, Any]] = []
+        done = broken = False
+        try:
+            async for data in upstream.content.iter_any():
+                for event in parser.feed(data):
+                    usage_only = False
+                    if event.data == b"[DONE]":
+                        done = True
+                    elif event.data is not None:
+                        chunk = _chunk(event.data)
+                        if chunk is None:
+                            broken = True
+                        else:
+                            chunks.append(chunk)
+                            usage_only = not chunk.get("choices") and bool(chunk.get("usage"))
+                    flight.push(Event(event.raw, usage_only))
+                if call.plan is None and not flight.wanted():
+                    upstream.close()  # nobody to answer and nothing to store: stop paying
+                    return None
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            upstream.close()
+            failed = stream_failure(f"The upstream stream failed ({type(exc).__name__}).")
+            flight.push(Event(format_event(failed.body)))
+            raise UpstreamFailure(failed) from None
+        if not done or broken or not chunks:
+            upstream.close()
+            failed = stream_failure("The upstream stream ended before it was complete.")
+            if not done:
+                flight.push(Event(format_event(failed.body)))
+            raise UpstreamFailure(failed)
+        upstream.release()
+        body = _encode(assemble(chunks, call.kind))
+        usage = call.validate(body)
+        answer = Answer(200, CIMultiDict(JSON_HEADERS), body, streamed=True, usage=usage)
+        answer.stored = await store_answer(self.store, call, body, usage)
+        return answer
+
+
+def _chunk(data: bytes) -> dict[str, Any] | None:
+    try:
+        chunk = _decode(data)
+    except msgspec.DecodeError:
+        return None
+    return chunk if isinstance(chunk, dict) and "error" not in chunk else None
+
+
+def stream_failure(message: str) -> Answer:
+    """A stream that broke after it started: followers get this as their last SSE event, the
+    others this 502 (the upstream's answer was not an answer)."""
+    body = error_body(502, message, code="upstream_stream_failed")
+    return Answer(502, CIMultiDict(JSON_HEADERS), body)

@@ -1,0 +1,189 @@
+"""The steps every understood endpoint with whole answers takes, written once (DESIGN §3, §4, §5):
+
+    parse → key → exact lookup → (semantic lookup) → budget pre-flight → single-flight
+    → upstream call (stored when whole) → answer → ledger outcome
+
+An endpoint is a `CachedRoute`: its name, whether the persona matters to its answers, and its
+`WireAdapter`, which reads its request body (`Asked`: model, TTL kind, stream or not, the one
+input a micro-batch may share), makes the upstream body, checks the answer and, when it is
+batched, shapes one request's share of a merged answer. Adding an endpoint is writing its
+adapter and one `CachedRoute`. Embeddings, cached per input item, compose the same steps their
+own way (proxy/handlers/embeddings.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from aiohttp import web
+from multidict import CIMultiDict
+
+from proxy.dispatch.batch_shapes import (
+    BATCH_SIZE_HEADER,
+    UNBATCHED_FIELDS,
+    BatchKind,
+    Share,
+    batch_key,
+)
+from proxy.dispatch.call import StorePlan, UpstreamCall, Validator, store_answer
+from proxy.dispatch.flight import Answer, Flight
+from proxy.dispatch.runner import Sender
+from proxy.handlers.answers import MISS_HEADERS, cache_headers, entry_meta, lookup, serve_stored
+from proxy.handlers.costing import count_flight, count_hit, open_outcome, preflight
+from proxy.handlers.parse import ParsedRequest, parse_request, upstream_headers
+from proxy.handlers.respond import flight_for, respond
+from proxy.keys import ScopePart
+from proxy.runtime import RUNTIME, Runtime
+from proxy.ttl import Kind
+from proxy.upstream.gate import Wanted
+from proxy.upstream.guarded import UpstreamRequest
+from proxy.vocabulary import CacheStatus, Endpoint
+from proxy.wire import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """What the pipeline needs of one request's body, read by its endpoint's adapter."""
+
+    model: str  # priced, recorded in the ledger and in the entry (invalidation by model)
+    ttl_kind: Kind
+    stream: bool = False
+    include_usage: bool = False  # the client asked for the usage chunk of a stream
+    batch_item: Any | None = None  # the one input a micro-batch may share a call for
+
+
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How a micro-batched endpoint merges calls (`kind`) and makes one request's answer of its
+    share of a merged one, as if it had been asked alone (`answer`)."""
+
+    kind: BatchKind
+    answer: Callable[[Share], tuple[bytes, Usage]]
+
+
+class WireAdapter(Protocol):
+    """How one endpoint's wire format is read, sent upstream and checked."""
+
+    @property
+    def validate(self) -> Validator:
+        """An answer's usage when it is whole, None when it must not be stored."""
+
+    @property
+    def stream_kind(self) -> str:
+        """How a streamed answer is assembled (proxy/cache/replay.py); "" if never streamed."""
+
+    @property
+    def batching(self) -> Batching | None:
+        """For an endpoint whose single-input requests are micro-batched."""
+
+    def read(self, parsed: ParsedRequest) -> Asked: ...
+
+    def upstream_body(self, parsed: ParsedRequest, asked: Asked) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CachedRoute:
+    endpoint: Endpoint
+    adapter: WireAdapter
+    persona_aware: bool
+
+
+async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamResponse:
+    runtime = request.app[RUNTIME]
+    parsed = await parse_request(
+        request, runtime, route.endpoint, persona_aware=route.persona_aware
+    )
+    asked = route.adapter.read(parsed)
+    scope = scope_part(runtime, parsed, asked.model, route.persona_aware)
+    key = runtime.keys.request_key(parsed.identity.tenant, route.endpoint, parsed.body, scope)
+    outcome = open_outcome(request, parsed, asked.model)
+    entry = await lookup(runtime, parsed, key)
+    if entry is not None:
+        count_hit(runtime, outcome, entry)
+        return await serve_stored(
+            request, entry, key, stream=asked.stream, include_usage=asked.include_usage
+        )
+    # The semantic lookup goes here: after the exact miss, before anything is spent.
+    meta = entry_meta(parsed, asked.model, scope, runtime.invalidations.generation)
+    await preflight(runtime, parsed, asked.model)
+    plan = None
+    if parsed.directives.write:
+        ttl = runtime.ttl.seconds(asked.ttl_kind, parsed.persona.score, parsed.directives.max_age)
+        plan = StorePlan(key, ttl, meta)
+    flight, leader = flight_for(runtime, parsed, key)
+    label = parsed.miss_status if leader else CacheStatus.COALESCED
+    request[MISS_HEADERS] = cache_headers(label, key)
+    if leader:
+        call = UpstreamCall(
+            request=UpstreamRequest(
+                endpoint=route.endpoint,
+                path=request.path,
+                headers=upstream_headers(request, parsed),
+                body=route.adapter.upstream_body(parsed, asked),
+                priority=parsed.priority,
+            ),
+            validate=route.adapter.validate,
+            plan=plan,
+            stream=asked.stream,
+            kind=route.adapter.stream_kind,
+            coalesce=parsed.directives.read,
+        )
+        runtime.runner.launch(flight, call, _batched_sender(runtime, route, parsed, asked))
+    response = await respond(
+        request, flight, key, label, stream=asked.stream, include_usage=asked.include_usage
+    )
+    await count_flight(runtime, outcome, parsed, flight, leader)
+    return response
+
+
+def scope_part(
+    runtime: Runtime, parsed: ParsedRequest, model: str, persona_aware: bool
+) -> ScopePart:
+    dims = runtime.keys.persona_dims(parsed.endpoint, model) if persona_aware else ()
+    return runtime.keys.scope_part(parsed.directives, parsed.persona, parsed.user_id, dims)
+
+
+def _batched_sender(
+    runtime: Runtime, route: CachedRoute, parsed: ParsedRequest, asked: Asked
+) -> Sender | None:
+    """A flight's upstream call made as a share of a micro-batch, when the endpoint is batched
+    and the request holds one input; None for the flight's own call."""
+    batching = route.adapter.batching
+    if batching is None or asked.batch_item is None:
+        return None
+
+    async def send(flight: Flight, call: UpstreamCall) -> Answer:
+        headers = CIMultiDict(call.request.headers)
+        outcome = await submit_share(
+            runtime, batching.kind, parsed, headers, asked.batch_item, flight.wanted
+        )
+        if not isinstance(outcome, Share):
+            return outcome  # the upstream's error answer, as it is
+        body, usage = batching.answer(outcome)
+        relayed = CIMultiDict(outcome.headers)
+        relayed[BATCH_SIZE_HEADER] = str(outcome.requests)
+        stored = await store_answer(runtime.store, call, body, usage)
+        return Answer(200, relayed, body, stored=stored, usage=usage)
+
+    return send
+
+
+async def submit_share(
+    runtime: Runtime,
+    kind: BatchKind,
+    parsed: ParsedRequest,
+    headers: CIMultiDict[str],
+    item: Any,
+    wanted: Wanted,
+) -> Share | Answer:
+    """`item`'s share of a micro-batch of requests that differ only in their input (raises the
+    batch's Failure)."""
+    params = {k: v for k, v in parsed.body.items() if k not in UNBATCHED_FIELDS}
+    path = parsed.endpoint.path
+    account = parsed.identity.upstream_authorization
+    key = batch_key(parsed.endpoint, path, params, account, headers)
+    return await runtime.batcher.submit(
+        key, kind, item, params=params, headers=headers, priority=parsed.priority, wanted=wanted
+    )

@@ -1,0 +1,124 @@
+"""The one place a request meets the upstream: the priority gate, the endpoint's circuit
+breaker, timing, metrics and failure accounting, in that order, for every understood call
+(flights, micro-batches, embedding fetches). Retries, fallbacks and tracing belong here.
+
+A call waits for a gate slot (an open breaker refuses before it queues), then sends inside the
+breaker: timeouts, connection errors and 5xx answers count against it, 4xx answers do not. What
+the caller does with the answer (read it whole, relay a stream) is a `Reader` run inside the
+breaker too, so a stream that breaks counts; writes to clients never happen in a reader (a
+flight buffers the events its clients read).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import aiohttp
+from multidict import CIMultiDict
+
+from proxy.metrics import Metrics
+from proxy.upstream.breakers import BreakerBoard
+from proxy.upstream.client import UpstreamClient, read_body
+from proxy.upstream.gate import Priority, UpstreamGate, Wanted
+from proxy.upstream.headers import client_response_headers
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    """A POST to the upstream. `body` may be a function that makes it when the call's turn
+    comes (a micro-batch leaves out the clients that left while it waited); it raises
+    ClientGone when nobody is left to send it for."""
+
+    endpoint: str
+    path: str
+    headers: Mapping[str, str]
+    body: bytes | Callable[[], bytes]
+    priority: Priority
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What a reader knows of the call besides the response."""
+
+    relayed: CIMultiDict[str]  # the response's headers fit for the client
+    started: float  # perf_counter when the request was sent
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """The upstream's whole answer, whatever its status."""
+
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+    upstream_ms: float
+
+
+Reader = Callable[[aiohttp.ClientResponse, Exchange], Awaitable[T]]
+
+
+class UpstreamFailure(Exception, Generic[T]):
+    """Raised by a reader (and for every 5xx) to count the call against the breaker while still
+    giving `result` to the caller: an upstream's error answer is relayed, not raised."""
+
+    def __init__(self, result: T) -> None:
+        super().__init__("the upstream call failed")
+        self.result = result
+
+
+async def read_reply(response: aiohttp.ClientResponse, exchange: Exchange) -> Reply:
+    body = await read_body(response)
+    return Reply(response.status, exchange.relayed, body, exchange.elapsed_ms())
+
+
+class GuardedUpstream:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        gate: UpstreamGate,
+        breakers: BreakerBoard,
+        metrics: Metrics,
+    ) -> None:
+        self.client = client
+        self.gate = gate
+        self.breakers = breakers
+        self._metrics = metrics
+
+    async def call(self, request: UpstreamRequest, wanted: Wanted) -> Reply:
+        """The upstream's whole answer. Raises UpstreamTimeout, UpstreamUnreachable,
+        BreakerOpen, or ClientGone when every client left while the call waited its turn."""
+        return await self.call_with(request, wanted, read_reply)
+
+    async def call_with(self, request: UpstreamRequest, wanted: Wanted, read: Reader[T]) -> T:
+        """Like `call`, with `read` making the result of the answer; a 5xx counts against the
+        breaker after `read` ran."""
+        breaker = self.breakers.for_endpoint(request.endpoint)
+        breaker.admit()  # refuses at once rather than after waiting for a slot
+        async with self.gate.slot(request.priority, wanted):
+            body = request.body if isinstance(request.body, bytes) else request.body()
+            try:
+                with breaker.guard():
+                    return await self._send(request, body, read)
+            except UpstreamFailure as failure:
+                result: Any = failure.result
+                return result  # type: ignore[no-any-return]
+
+    async def _send(self, request: UpstreamRequest, body: bytes, read: Reader[T]) -> T:
+        started = time.perf_counter()
+        response = await self.client.send("POST", request.path, request.headers, body)
+        self._metrics.observe_upstream(
+            request.endpoint, response.status, time.perf_counter() - started
+        )
+        relayed = client_response_headers(response.headers, decoded=True)
+        result = await read(response, Exchange(relayed, started))
+        if response.status >= 500:
+            raise UpstreamFailure(result)
+        return result

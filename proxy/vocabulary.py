@@ -1,0 +1,62 @@
+"""The words every layer shares: the understood endpoints, the cache statuses a response can
+carry, and the Redis keyspace. Declared once here; everything else imports them.
+
+Redis keys all start with `sc:`. A key that a script, a transaction or a multi-key command
+touches together with others carries a Redis Cluster hash tag (`{...}`), so they share a slot.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Endpoint(StrEnum):
+    """An endpoint the sidecar understands (caches, batches, costs); the value is the name the
+    ledger, the metrics and the invalidation selectors use."""
+
+    CHAT = "chat.completions"
+    COMPLETIONS = "completions"
+    EMBEDDINGS = "embeddings"
+    MODERATIONS = "moderations"
+
+    @property
+    def path(self) -> str:
+        """Its route on the proxy port (and below the upstream's base URL)."""
+        return "/v1/" + self.value.replace(".", "/")
+
+
+# The metrics label of every other /v1/* route, which is relayed unchanged.
+PASSTHROUGH = "other"
+
+
+class CacheStatus(StrEnum):
+    """The `X-Cache` header of an understood answer."""
+
+    HIT = "HIT"  # served from the cache
+    MISS = "MISS"  # this request's own upstream call answered it
+    BYPASS = "BYPASS"  # Cache-Control: no-cache or no-store; the upstream answered
+    COALESCED = "COALESCED"  # another request's identical upstream call answered it
+
+
+# -- the Redis keyspace ----------------------------------------------------------------------
+
+SHARED_SECRET_KEY = "sc:secret"  # the tenant-hash secret replicas agree on when none is set
+FLIGHTS_CHANNEL = "sc:flights"  # "the entry for this key is stored" notices between replicas
+INVALIDATION_GENERATION_KEY = "sc:{inv}:gen"
+INVALIDATION_RULES_KEY = "sc:{inv}:rules"
+INVALIDATION_CHANNEL = "sc:invalidations"
+
+
+def entry_key(digest: str) -> str:
+    """A stored answer (or embedding item)."""
+    return f"sc:e:{{{digest}}}"
+
+
+def lock_key(digest: str) -> str:
+    """The cross-replica single-flight lock of an entry: same slot as the entry."""
+    return f"sc:l:{{{digest}}}"
+
+
+def budget_key_prefix(tenant_part: str) -> str:
+    """Every spend counter of one tenant (and its users) shares the tenant's slot."""
+    return "sc:b:{" + tenant_part + "}"
