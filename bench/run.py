@@ -24,7 +24,7 @@ count and duration down (about 90 s), and `--only hit_max_rate,costs` runs some 
 
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
-`--only hits_vs_baseline` it runs alone (about 40 s with `--quick`, 90 s without).
+`--only hits_vs_baseline` it runs alone (about 20 s with `--quick`, 75 s without).
 """
 
 from __future__ import annotations

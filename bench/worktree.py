@@ -46,7 +46,8 @@ def resolve(name: str) -> Revision:
     """The commit `name` (a hash, branch, tag or `HEAD~5`) stands for in this repository."""
     found = _git("rev-parse", "--verify", "--quiet", "--end-of-options", f"{name}^{{commit}}")
     if found.returncode != 0 or not found.stdout.strip():
-        raise HarnessError(f"{name!r} is not a commit of {REPO} ({found.stderr.strip()})")
+        why = found.stderr.strip()
+        raise HarnessError(f"{name!r} is not a commit of {REPO}" + (f": {why}" if why else ""))
     commit = found.stdout.strip()
     subject = _git("log", "-1", "--format=%s", commit).stdout.strip()
     return Revision(name=name, commit=commit, subject=subject)
