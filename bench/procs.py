@@ -42,16 +42,17 @@ def spawn(
     argv: Sequence[str],
     log: Path,
     env: Mapping[str, str] | None = None,
+    cwd: Path = REPO,
 ) -> subprocess.Popen[bytes]:
-    """Starts `argv` in its own session (Ctrl-C reaches only the driver, which stops it in
-    order) with stdout and stderr in `log`; `stack` stops it (SIGTERM, then SIGKILL)."""
+    """Starts `argv` in `cwd` in its own session (Ctrl-C reaches only the driver, which stops
+    it in order) with stdout and stderr in `log`; `stack` stops it (SIGTERM, then SIGKILL)."""
     with log.open("wb") as out:
         proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=REPO,
+            cwd=cwd,
             env=dict(env) if env is not None else None,
             start_new_session=True,
         )

@@ -21,11 +21,16 @@ everything was measured, even if a target was missed (this is a measurement, not
 answers under load, requests of a hit run reaching the upstream). The whole run takes about
 four minutes, half of it loading the 10M-row ledger of the `costs` row; `--quick` scales every
 count and duration down (about 90 s), and `--only hit_max_rate,costs` runs some rows alone.
+
+`--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
+`git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
+`--only hits_vs_baseline` it runs alone (about 20 s with `--quick`, 75 s without).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import signal
@@ -39,11 +44,24 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import batching, coalescing, costs, hits, ledger, ledger_overhead, loadgen, memory, misses
+from . import (
+    batching,
+    coalescing,
+    costs,
+    hits,
+    ledger,
+    ledger_overhead,
+    loadgen,
+    memory,
+    misses,
+    versus,
+    worktree,
+)
 from .machine import CpuMeter
 from .procs import REPO, HarnessError, log_tail
 from .report import Row, format_table, rows_json, write_json
 from .stack import Bench, start_fake_upstream, start_redis, start_sidecar, warm_cache
+from .worktree import Revision
 
 Measurement = Callable[[Bench], list[Row]]
 
@@ -52,6 +70,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     hits.hit_paced,
     hits.hit_bursts,
     hits.hit_max_rate,
+    versus.hits_vs_baseline,
     misses.miss_overhead,
     batching.embeddings_batching,
     coalescing.coalescing_savings,
@@ -60,6 +79,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     costs.costs,
     memory.peak_rss,
 )
+# Run only with `--baseline REV` (by default, or when --only names them).
+NEEDS_BASELINE = frozenset({versus.hits_vs_baseline.__name__})
 RESULTS = REPO / "bench" / "results" / "latest.json"
 NOTES = [
     "hey prints latencies in 0.1 ms steps; wrk's are in us. Load generators share the "
@@ -96,7 +117,9 @@ def _measure(bench: Bench, measurement: Measurement) -> list[Row]:
     return rows
 
 
-def run_all(scale: float, measurements: Sequence[Measurement]) -> list[Row]:
+def run_all(
+    scale: float, measurements: Sequence[Measurement], baseline: Revision | None = None
+) -> list[Row]:
     """Starts the servers, warms the cache and runs `measurements`; stops every process."""
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sidecache-bench-")))
@@ -105,6 +128,7 @@ def run_all(scale: float, measurements: Sequence[Measurement]) -> list[Row]:
         upstream = start_fake_upstream(stack, workdir)
         bench = start_sidecar(stack, workdir, redis_url=redis_url, upstream=upstream)
         bench.scale = scale
+        bench.baseline = baseline
         warm_cache(bench)
         rows: list[Row] = []
         for measurement in measurements:
@@ -116,22 +140,50 @@ def run_all(scale: float, measurements: Sequence[Measurement]) -> list[Row]:
         return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The options, with `chosen`: the measurements to run, in run order. Without --only,
+    all of them but those needing a baseline, which come in with --baseline."""
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a fifth of the counts and durations")
     parser.add_argument("--json", type=Path, default=RESULTS, help=f"default {RESULTS}")
     names = [m.__name__ for m in MEASUREMENTS]
     parser.add_argument(
         "--only",
-        type=lambda text: text.split(","),
-        default=names,
+        type=lambda text: [name for name in text.split(",") if name],
         help=f"comma-separated measurements to run, of: {', '.join(names)}",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also compare the hit path of git revision REV with the working tree's, in this "
+        f"run ({', '.join(sorted(NEEDS_BASELINE))})",
+    )
     args = parser.parse_args(argv)
+    if args.only is None:
+        args.only = [name for name in names if args.baseline or name not in NEEDS_BASELINE]
     unknown = sorted(set(args.only) - set(names))
     if unknown:
         parser.error(f"unknown measurement {', '.join(unknown)}; one of: {', '.join(names)}")
-    chosen = [m for m in MEASUREMENTS if m.__name__ in args.only]
+    compared = NEEDS_BASELINE & set(args.only)
+    if compared and not args.baseline:
+        parser.error(f"{', '.join(sorted(compared))} needs --baseline REV")
+    if args.baseline and not compared:
+        parser.error(
+            f"--baseline compares in {', '.join(sorted(NEEDS_BASELINE))}: add it to --only"
+        )
+    args.chosen = [m for m in MEASUREMENTS if m.__name__ in args.only]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    baseline = None
+    if args.baseline:
+        try:
+            baseline = worktree.resolve(args.baseline)
+        except HarnessError as err:
+            print(f"bench: --baseline: {err}", file=sys.stderr)
+            return 2
     missing = loadgen.missing_tools()
     if missing:
         print(
@@ -145,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meter = CpuMeter()
     scale = 0.2 if args.quick else 1.0
     try:
-        rows = run_all(scale, chosen)
+        rows = run_all(scale, args.chosen, baseline)
     except HarnessError as err:
         print(f"bench: harness failed: {err}", file=sys.stderr)
         return 1
@@ -153,7 +205,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: interrupted; all servers stopped", file=sys.stderr)
         return 130
     foreign = meter.foreign_cores()
-    print(format_table(rows, [*NOTES, meter.note(foreign)]))
+    notes = [*NOTES, meter.note(foreign)]
+    if baseline is not None:
+        notes.append(
+            f"{baseline.name} = {baseline.short} ({baseline.subject}); xN = working tree / "
+            f"{baseline.name}: above 1 is faster for req/s, slower for ms and us."
+        )
+    print(format_table(rows, notes))
     document: dict[str, Any] = {
         "started": started.isoformat(timespec="seconds"),
         "seconds": round((datetime.now(UTC) - started).total_seconds(), 1),
@@ -165,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "load_before": meter.load_before,
             "foreign_cores": round(foreign, 3),
         },
+        "baseline": None if baseline is None else dataclasses.asdict(baseline),
         "ok": all(row.error is None for row in rows),
         "rows": rows_json(rows),
     }

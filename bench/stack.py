@@ -6,6 +6,7 @@ example a rate-limited stub) start them with `start_fake_upstream(bench.stack, .
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import msgspec
 
 from . import loadgen
 from .procs import (
+    REPO,
     HarnessError,
     answers_200,
     clean_env,
@@ -27,6 +29,7 @@ from .procs import (
     spawn,
     wait_until,
 )
+from .worktree import Revision, proxy_imported_from
 
 AUTH = "Bearer sk-bench"
 # Settings that would change what is measured if they leaked in from the caller's environment.
@@ -95,7 +98,9 @@ class Bench:
     sidecar_proc: subprocess.Popen[bytes]
     sidecar_log: Path
     body: Path
+    proxy_file: Path  # the sidecar's `proxy/__init__.py`: which source tree it runs
     auth: str = AUTH
+    baseline: Revision | None = None  # `--baseline REV`: compared with by bench/versus.py
 
     @property
     def answer(self) -> Path:
@@ -176,8 +181,13 @@ def start_floor(stack: ExitStack, bench: Bench) -> str:
     return f"http://127.0.0.1:{port}/v1/chat/completions"
 
 
-def start_sidecar(stack: ExitStack, workdir: Path, *, redis_url: str, upstream: str) -> Bench:
+def start_sidecar(
+    stack: ExitStack, workdir: Path, *, redis_url: str, upstream: str, source: Path = REPO
+) -> Bench:
+    """`python -m proxy serve` from the `proxy` package of `source` (this checkout, or another
+    revision's worktree): started there with `source` first on PYTHONPATH, which is checked."""
     proxy_port, admin_port = free_port(), free_port()
+    python_path = [str(source), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = clean_env(
         {
             "PROXY_HOST": "127.0.0.1",
@@ -188,11 +198,13 @@ def start_sidecar(stack: ExitStack, workdir: Path, *, redis_url: str, upstream: 
             "UPSTREAM_BASE_URL": upstream,
             "LEDGER_PATH": str(workdir / "ledger.db"),
             "LOG_LEVEL": "WARNING",
+            "PYTHONPATH": os.pathsep.join(python_path),
         },
         drop=SETTING_NAMES,
     )
+    proxy_file = proxy_imported_from(source, env)
     log = workdir / "sidecar.log"
-    proc = spawn(stack, [sys.executable, "-m", "proxy", "serve"], log, env)
+    proc = spawn(stack, [sys.executable, "-m", "proxy", "serve"], log, env, cwd=source)
     admin = f"http://127.0.0.1:{admin_port}"
     wait_until(lambda: answers_200(admin + "/readyz"), what="sidecar", proc=proc, log=log)
     body = workdir / "chat.json"
@@ -208,6 +220,7 @@ def start_sidecar(stack: ExitStack, workdir: Path, *, redis_url: str, upstream: 
         sidecar_proc=proc,
         sidecar_log=log,
         body=body,
+        proxy_file=proxy_file,
     )
 
 

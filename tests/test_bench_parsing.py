@@ -1,14 +1,21 @@
 """The bench's parsers of hey and wrk output, fed outputs captured from real runs
-(tests/data/bench), and the PASS/MISS verdicts built on them."""
+(tests/data/bench), the PASS/MISS verdicts built on them, and `--baseline`'s options, ratio rows
+and import check."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from bench.parse import ParseError, parse_hey, parse_wrk
+from bench.procs import REPO, HarnessError
 from bench.report import Check, Row, format_table
+from bench.run import parse_args
+from bench.versus import best_rate, median_percentile, ratio, versus
+from bench.worktree import proxy_imported_from
 
 DATA = Path(__file__).parent / "data" / "bench"
 
@@ -118,3 +125,79 @@ def test_table_columns_line_up() -> None:
     target_at = lines[0].index("target")
     assert [line[target_at:].split("  ")[0] for line in lines[2:4]] == ["-", "p <= 2 ms"]
     assert lines[-1] == "  a note"
+
+
+def _names(argv: list[str]) -> list[str]:
+    return [m.__name__ for m in parse_args(argv).chosen]
+
+
+def test_the_baseline_comparison_runs_only_with_a_baseline() -> None:
+    everything = _names([])
+    assert "hits_vs_baseline" not in everything
+    with_baseline = _names(["--baseline", "HEAD~5"])
+    assert [name for name in with_baseline if name != "hits_vs_baseline"] == everything
+    assert _names(["--baseline", "main", "--only", "hits_vs_baseline"]) == ["hits_vs_baseline"]
+    # --only keeps the run order, whatever order it names the rows in.
+    assert _names(["--baseline", "main", "--only", "hits_vs_baseline,hit_paced"]) == [
+        "hit_paced",
+        "hits_vs_baseline",
+    ]
+    assert parse_args(["--baseline", "v1.2"]).baseline == "v1.2"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--only", "hits_vs_baseline"], "needs --baseline REV"),
+        (["--baseline", "main", "--only", "hit_paced"], "add it to --only"),
+        (["--baseline", "main", "--only", "hits_vs_main"], "unknown measurement hits_vs_main"),
+    ],
+)
+def test_baseline_options_that_cannot_work_are_refused(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(argv)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_comparison_rows_give_both_figures_and_the_ratio() -> None:
+    assert versus(9120, 9340, "req/s", ",.0f") == "9,120 vs 9,340 req/s (x1.02)"
+    assert versus(0.5, 0.45, "ms", ".2f") == "0.50 vs 0.45 ms (x0.90)"
+    assert versus(0, 3, "us", ".0f") == "0 vs 3 us (x-)"
+    assert ratio(200, 100) == pytest.approx(0.5)
+    assert ratio(0, 100) is None
+
+
+def _hey(p50_ms: float, p99_ms: float) -> str:
+    text = _sample("hey_hits_paced.txt")
+    text = text.replace("50% in 0.0005 secs", f"50% in {p50_ms / 1000:.4f} secs")
+    return text.replace("99% in 0.0009 secs", f"99% in {p99_ms / 1000:.4f} secs")
+
+
+def test_paced_runs_give_the_median_of_each_percentile() -> None:
+    runs = [parse_hey(_hey(p50, p99)) for p50, p99 in [(0.4, 3.0), (0.9, 0.8), (0.5, 1.0)]]
+    assert median_percentile(runs, 50) == pytest.approx(0.5)
+    assert median_percentile(runs, 99) == pytest.approx(1.0)
+
+
+def test_max_rate_runs_give_the_best() -> None:
+    slow = parse_wrk(_sample("wrk_hits.txt"))
+    fast = msgspec.structs.replace(slow, requests=slow.requests * 2)
+    assert best_rate([slow, fast, slow]) is fast
+
+
+def test_the_import_check_finds_which_tree_a_sidecar_would_run(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    assert proxy_imported_from(REPO, env) == REPO / "proxy" / "__init__.py"
+    # A tree without a proxy package would run the installed one: refused.
+    with pytest.raises(HarnessError, match="would import proxy from"):
+        proxy_imported_from(tmp_path, dict(os.environ, PYTHONPATH=str(tmp_path)))
+    # One with it shadows the installed package when it comes first on the path.
+    (tmp_path / "proxy").mkdir()
+    (tmp_path / "proxy" / "__init__.py").write_text("")
+    assert (
+        proxy_imported_from(tmp_path, dict(os.environ, PYTHONPATH=str(tmp_path)))
+        == (tmp_path / "proxy" / "__init__.py").resolve()
+    )
