@@ -29,6 +29,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
 	$(BIN)/lint-imports --no-logo
+	$(BIN)/vulture
 
 test: lint test-servers
 	$(BIN)/pytest -q
