@@ -28,6 +28,8 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/hadolint Dockerfile
+	$(BIN)/lint-imports --no-logo
+	$(BIN)/vulture
 
 test: lint test-servers
 	$(BIN)/pytest -q
@@ -41,7 +43,7 @@ test-servers:
 	  || (apt-get update -qq && apt-get install -y -qq redis-server postgresql chromium)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .import_linter_cache
 
 ## Container image with podman, no Docker engine or registry needed (DESIGN §9):
 ## deploy/podman/ makes a local python:3.11-slim base, then builds ./Dockerfile.

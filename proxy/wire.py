@@ -72,6 +72,3 @@ class EmbeddingAnswer(msgspec.Struct):
     data: list[EmbeddingItem]
     model: str = ""
     usage: Usage | None = None
-
-
-EMPTY_USAGE = Usage()

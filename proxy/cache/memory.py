@@ -39,9 +39,6 @@ class MemoryStore:
         for key, value, ttl_s in items:
             self._put(key, value, now + ttl_s)
 
-    async def delete(self, keys: Sequence[str]) -> int:
-        return sum(self._drop(key) for key in keys)
-
     async def ping(self) -> bool:
         return True
 

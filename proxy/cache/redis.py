@@ -123,17 +123,6 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             self._failed("put", exc)
 
-    async def delete(self, keys: Sequence[str]) -> int:
-        if not keys:
-            return 0
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                deleted: int = await self._client.unlink(*keys)
-        except (RedisError, OSError) as exc:
-            self._failed("delete", exc)
-            return 0
-        return deleted
-
     async def ping(self) -> bool:
         try:
             async with asyncio.timeout(self._timeout_s):
