@@ -12,9 +12,9 @@ from admin import cache_models, models, queries
 from proxy.budget.alerts import Alerter
 from proxy.budget.book import BudgetBook
 from proxy.cache.pipe import _Protocol
-from proxy.dispatch.gate import Priority
 from proxy.ledger import __getattr__ as ledger_getattr
 from proxy.upstream.breakers import _Transitions
+from proxy.upstream.gate import Priority
 from proxy.wire import Usage
 
 # --- used where vulture cannot see -------------------------------------------------------------

@@ -79,10 +79,6 @@ def http_status(failure: Failure) -> int:
     return 500
 
 
-def failure_body(failure: Failure) -> bytes:
-    return error_body(http_status(failure), failure.message, param=failure.param, code=failure.code)
-
-
 def failure_headers(failure: Failure) -> dict[str, str]:
     if failure.retry_after_s is None:
         return {}
