@@ -6,7 +6,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from proxy.invalidation.selectors import Endpoint, Selector
+from proxy.invalidation.selectors import Selector
+from proxy.vocabulary import Endpoint
 
 JobState = Literal["running", "done", "failed", "cancelled"]
 

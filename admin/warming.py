@@ -29,8 +29,6 @@ from proxy.upstream.gate import PRIORITY_HEADER
 
 log = logging.getLogger("sidecache.admin.warming")
 KEEP_JOBS = 100
-PATHS = {"chat.completions": "/v1/chat/completions", "completions": "/v1/completions",
-         "embeddings": "/v1/embeddings", "moderations": "/v1/moderations"}  # fmt: skip
 _NOT_WARMED = ("stream", "stream_options")  # a stored answer serves JSON and SSE alike
 _KEYISH = re.compile(r"\b(sk|sc)-[\w*.-]+")
 _encode = msgspec.json.Encoder().encode
@@ -143,7 +141,7 @@ class Warmer:
         headers = {**headers, PRIORITY_HEADER: "low", "Content-Type": "application/json"}
         try:
             async with self._session.post(
-                self._proxy_url + PATHS[request.endpoint], data=_encode(body), headers=headers
+                self._proxy_url + request.endpoint.path, data=_encode(body), headers=headers
             ) as response:
                 raw = await response.read()
                 label = response.headers.get("X-Cache", "MISS")

@@ -8,7 +8,7 @@ entry is checked with one dictionary lookup per shape, never against every rule.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal, get_args
+from typing import Literal
 
 import msgspec
 
@@ -16,13 +16,13 @@ from proxy.cache.entry import EntryMeta
 from proxy.failures import InvalidRequest
 from proxy.persona import HEADER_BY_DIMENSION, PersonaParser
 from proxy.settings import PERSONA_DIMENSIONS
+from proxy.vocabulary import Endpoint
 
-Endpoint = Literal["chat.completions", "completions", "embeddings", "moderations"]
-ENDPOINTS: tuple[str, ...] = get_args(Endpoint)
+ENDPOINTS: tuple[str, ...] = tuple(endpoint.value for endpoint in Endpoint)
 # A selector's shape: the names of the fields it sets, persona dimensions as "persona.<dim>".
 Shape = tuple[str, ...]
 Values = tuple[str, ...]
-_ENDPOINT_PATHS = {f"/v1/{e.replace('.', '/')}": e for e in ENDPOINTS}
+_ENDPOINT_PATHS = {endpoint.path: endpoint.value for endpoint in Endpoint}
 
 
 class Selector(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
