@@ -211,6 +211,29 @@ def test_upstream_timeout_is_504(make_sidecar: SidecarFactory, stub: Stub, call:
     assert sidecar.request("GET", "/v1/models").status == 200
 
 
+FAILED_MISSES = {
+    "chat": (CHAT, CHAT_BODY),
+    "moderation": ("/v1/moderations", {"input": "hi"}),
+    "one embedding": ("/v1/embeddings", {"model": "text-embedding-3-small", "input": "hi"}),
+    "embeddings": ("/v1/embeddings", {"model": "text-embedding-3-small", "input": ["a", "b"]}),
+}
+
+
+@pytest.mark.parametrize("path, body", FAILED_MISSES.values(), ids=FAILED_MISSES.keys())
+def test_a_miss_that_failed_upstream_still_says_miss(
+    make_sidecar: SidecarFactory, stub: Stub, path: str, body: dict[str, Any]
+) -> None:
+    """The sidecar's own failure after the cache missed keeps the miss's cache headers, on
+    every understood endpoint alike (the error middleware adds them)."""
+    sidecar = make_sidecar(UPSTREAM_READ_TIMEOUT="0.3")
+    stub.fake.hang = True
+    answer = sidecar.request("POST", path, body, {"Authorization": f"Bearer {API_KEY}"})
+    assert openai_error(answer, 504)["code"] == "upstream_timeout"
+    assert answer.headers["x-cache"] == "MISS"
+    assert len(answer.headers["x-cache-key"]) == 16
+    stub.fake.hang = False
+
+
 def test_stream_stalling_mid_way_fails_and_is_not_stored(
     make_sidecar: SidecarFactory, stub: Stub
 ) -> None:

@@ -77,6 +77,23 @@ def test_invalidate_all_and_by_endpoint(any_admin_sidecar: Sidecar) -> None:
     assert chat_status(url, "Hello there.") == "MISS"
 
 
+def test_a_moderation_that_names_no_model_is_invalidated_by_the_default_model(
+    any_admin_sidecar: Sidecar,
+) -> None:
+    """Its entry records the model that answered it, as its ledger row does."""
+    client = openai.OpenAI(base_url=any_admin_sidecar.url, api_key="sk-test-key", max_retries=0)
+
+    def moderate() -> str:
+        raw = client.moderations.with_raw_response.create(input="Is this fine?")
+        raw.parse()
+        return raw.headers["x-cache"]
+
+    assert moderate() == "MISS"
+    assert moderate() == "HIT"
+    invalidate(any_admin_sidecar.admin_url, TOKEN, {"model": "omni-moderation-latest"})
+    assert moderate() == "MISS"
+
+
 def test_a_persona_change_invalidates_the_users_own_entries(any_admin_sidecar: Sidecar) -> None:
     url = any_admin_sidecar.url
     own = {"X-Cache-Scope": "user", "X-User-Id": "learner-9"}

@@ -90,7 +90,7 @@ class GuardedUpstream:
         self.client = client
         self.gate = gate
         self.breakers = breakers
-        self._metrics = metrics
+        self.metrics = metrics
 
     async def call(self, request: UpstreamRequest, wanted: Wanted) -> Reply:
         """The upstream's whole answer. Raises UpstreamTimeout, UpstreamUnreachable,
@@ -114,7 +114,7 @@ class GuardedUpstream:
     async def _send(self, request: UpstreamRequest, body: bytes, read: Reader[T]) -> T:
         started = time.perf_counter()
         response = await self.client.send("POST", request.path, request.headers, body)
-        self._metrics.observe_upstream(
+        self.metrics.observe_upstream(
             request.endpoint, response.status, time.perf_counter() - started
         )
         relayed = client_response_headers(response.headers, decoded=True)
