@@ -69,10 +69,10 @@ def record_outcome(
         LedgerRecord(  # positional, in field order: a third of the time keywords take
             new_record_id(),
             outcome.tenant,
-            outcome.request_type,
-            outcome.model,
             outcome.user_id,
             outcome.persona,
+            outcome.request_type,
+            outcome.model,
             outcome.prompt_tokens,
             outcome.completion_tokens,
             outcome.cached_tokens,

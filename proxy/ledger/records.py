@@ -50,16 +50,20 @@ class LedgerRecord(msgspec.Struct, gc=False):
     """Costs in USD. `cost` is what this request paid upstream (0 for a hit or a coalesced
     follower); `saved_cost` is what the cache avoided (the stored answer's original cost).
 
+    The fields are the columns of `ai_requests`, in the table's order (migrations/*/001):
+    COLUMNS, the sinks' COPY and INSERT statements and the packed arrays all follow it. So
+    user_id and persona, before the required request_type and model, have no defaults.
+
     Made once per request: positional arguments cost a third of keywords (accounting.py uses
     them), and `gc=False` keeps records out of the garbage collector's scans (they hold no
     references that could form a cycle)."""
 
     id: str
     tenant: str
+    user_id: str | None
+    persona: dict[str, str]
     request_type: RequestType
     model: str
-    user_id: str | None = None
-    persona: dict[str, str] = {}
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
