@@ -19,8 +19,8 @@ from typing import Any
 
 import msgspec
 
-from proxy.ledger.records import COLUMNS
-from proxy.ledger.sqlite_rows import Row, roll_ups
+from proxy.ledger.records import COLUMNS, Row
+from proxy.ledger.sqlite_rows import roll_ups
 
 BUSY_TIMEOUT_S = 30.0
 Statement = tuple[str, list[Any]]
