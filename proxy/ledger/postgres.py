@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -229,6 +230,9 @@ class PostgresSink:
             override.monthly_usd,
             override.updated_at,
         )
+
+    def timestamp_param(self, moment: datetime) -> datetime:
+        return moment
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A read query for the admin API (`$n` placeholders), on the pool."""

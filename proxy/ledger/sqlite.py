@@ -26,7 +26,6 @@ from proxy.ledger.sqlite_sql import UPSERT_OVERRIDE, connect_sqlite, is_refusal
 
 T = TypeVar("T")
 _json = msgspec.json.Encoder(order="sorted").encode
-__all__ = ["SqliteSink", "connect_sqlite", "sqlite_time"]
 
 
 class SqliteSink:
@@ -108,6 +107,9 @@ class SqliteSink:
                 sqlite_time(override.updated_at),
             ),
         )
+
+    def timestamp_param(self, moment: datetime) -> str:
+        return sqlite_time(moment)
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A read query for the admin API (`?` placeholders), on the sink's thread."""
