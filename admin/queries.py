@@ -22,12 +22,6 @@ _PLACEHOLDER = re.compile(r"\?")
 _SEQ_SCAN = re.compile(r"^SCAN (ai_requests)\b(?!.*USING)", re.IGNORECASE)
 
 
-class QueryTiming(msgspec.Struct):
-    name: str
-    ms: float
-    rows: int
-
-
 class Suggestion(msgspec.Struct):
     query: str
     kind: str  # "index" or "materialized_view"
