@@ -60,7 +60,6 @@ class BudgetBook:
         self._refresh: asyncio.Task[None] | None = None
         self._logged_at = -_LOG_EVERY_S
         self.store_errors = 0
-        self.override_errors = 0
 
     @classmethod
     def from_settings(
@@ -97,7 +96,6 @@ class BudgetBook:
         try:
             rows = await self._source.fetch_overrides()
         except Exception as exc:
-            self.override_errors += 1
             log.warning("cannot read budget overrides (%s: %s)", type(exc).__name__, exc)
             return False
         self._overrides = {(row.scope, row.subject): row for row in rows}
