@@ -57,9 +57,6 @@ class FlakySink:
     async def fetch_overrides(self) -> list[BudgetOverride]:
         return await self.inner.fetch_overrides()
 
-    async def save_override(self, override: BudgetOverride) -> None:
-        await self.inner.save_override(override)
-
     async def close(self) -> None:
         await self.inner.close()
 

@@ -87,14 +87,6 @@ SELECT count(*) FROM inserted"""
 _INSERT_NEW = _INSERT_TEMPLATE.replace("{conflict}", "")
 _INSERT = _INSERT_TEMPLATE.replace("{conflict}", "ON CONFLICT (id) DO NOTHING")
 
-_UPSERT_OVERRIDE = """
-INSERT INTO budget_overrides (scope, subject, daily_usd, monthly_usd, updated_at)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (scope, subject) DO UPDATE SET
-    daily_usd = EXCLUDED.daily_usd,
-    monthly_usd = EXCLUDED.monthly_usd,
-    updated_at = EXCLUDED.updated_at"""
-
 # The connection went away or never came: the batch is journaled and retried.
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 _json_encode = msgspec.json.Encoder().encode
@@ -219,17 +211,6 @@ class PostgresSink:
             "SELECT scope, subject, daily_usd, monthly_usd, updated_at FROM budget_overrides"
         )
         return [BudgetOverride(**dict(row)) for row in rows]
-
-    async def save_override(self, override: BudgetOverride) -> None:
-        pool = await self._ready()
-        await pool.execute(
-            _UPSERT_OVERRIDE,
-            override.scope,
-            override.subject,
-            override.daily_usd,
-            override.monthly_usd,
-            override.updated_at,
-        )
 
     def timestamp_param(self, moment: datetime) -> datetime:
         return moment

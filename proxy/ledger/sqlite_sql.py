@@ -30,14 +30,6 @@ _PADDING = (None,) * len(COLUMNS)  # an inbox row the trigger skips
 _MOST_ROWS = 512
 INBOX = "sidecache_ledger_inbox"
 
-UPSERT_OVERRIDE = """
-INSERT INTO budget_overrides (scope, subject, daily_usd, monthly_usd, updated_at)
-VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (scope, subject) DO UPDATE SET
-    daily_usd = excluded.daily_usd,
-    monthly_usd = excluded.monthly_usd,
-    updated_at = excluded.updated_at"""
-
 # Each roll-up: its key columns and the trigger's expression for each. The per-tenant one comes
 # with migration 002. The hour is the timestamp text cut after the hour.
 _HOUR = "substr(NEW.created_at, 1, 13) || ':00:00.000000Z'"
