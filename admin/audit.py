@@ -8,8 +8,7 @@ import logging
 from typing import Any
 
 from admin.auth import Caller
-from proxy.ledger.postgres import PostgresSink
-from proxy.ledger.sqlite import SqliteSink
+from proxy.ledger import AdminLedger
 
 log = logging.getLogger("sidecache.admin")
 
@@ -23,7 +22,7 @@ async def audit(
 ) -> bool:
     """Writes one row; False (and an error log line) when the database refused it, since the
     mutation itself has already happened and its answer must still reach the caller."""
-    if not isinstance(sink, PostgresSink | SqliteSink):
+    if not isinstance(sink, AdminLedger):
         log.error("admin audit: no audit table on a %s ledger", type(sink).__name__)
         return False
     try:

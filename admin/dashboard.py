@@ -36,7 +36,7 @@ from admin.models import (
 )
 from admin.queries import QueryRunner
 from admin.wire import json_answer, params
-from proxy.budget.spend import SpendUnavailable
+from proxy.budget import SpendUnavailable
 from proxy.runtime import Runtime
 
 Rows = list[tuple[Any, ...]]

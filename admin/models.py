@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 import msgspec
 
 from proxy.failures import InvalidRequest
-from proxy.ledger.stats import WriterStats
+from proxy.ledger import WriterStats
 
 Window = Literal["1h", "24h", "7d", "30d"]
 WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24),

@@ -15,19 +15,11 @@ from typing import Any
 import msgspec
 
 from proxy.failures import StoreUnavailable
-from proxy.ledger.postgres import PostgresSink
-from proxy.ledger.records import COLUMNS
-from proxy.ledger.sqlite import SqliteSink, sqlite_time
+from proxy.ledger import COLUMNS, AdminLedger
 
 SLOW_KEEP = 10
 _PLACEHOLDER = re.compile(r"\?")
 _SEQ_SCAN = re.compile(r"^SCAN (ai_requests)\b(?!.*USING)", re.IGNORECASE)
-
-
-class QueryTiming(msgspec.Struct):
-    name: str
-    ms: float
-    rows: int
 
 
 class Suggestion(msgspec.Struct):
@@ -49,17 +41,17 @@ class QueryRunner:
     thread on SQLite) and remembers the slowest ones of this process."""
 
     def __init__(self, sink: object, keep: int = SLOW_KEEP) -> None:
-        if not isinstance(sink, PostgresSink | SqliteSink):
+        if not isinstance(sink, AdminLedger):
             raise TypeError(f"no analytics for a {type(sink).__name__} ledger")
         self._sink = sink
-        self.dialect = "postgres" if isinstance(sink, PostgresSink) else "sqlite"
+        self.dialect = sink.name
         self._keep = keep
         self._slow: list[tuple[float, int, SlowQuery]] = []  # min-heap on ms
         self._seq = itertools.count()
 
     def at(self, moment: datetime) -> Any:
         """A timestamp parameter in the form the ledger's columns hold."""
-        return moment if self.dialect == "postgres" else sqlite_time(moment)
+        return self._sink.timestamp_param(moment)
 
     def sql(self, text: str) -> str:
         if self.dialect == "sqlite":

@@ -11,9 +11,11 @@ from aiohttp import web
 from proxy.ledger.pricing import PriceTable
 from proxy.ledger.records import LedgerRecord, new_record_id
 from proxy.ledger.writer import LedgerWriter
+from proxy.vocabulary import CacheStatus, Endpoint
 
 _now = datetime.now
-CACHE_STATUSES = frozenset({"HIT", "MISS", "BYPASS", "COALESCED"})
+# X-Cache as the ledger records it; an answer without one (an error before the lookup) is a MISS.
+_CACHE_STATUS = {status.value: status for status in CacheStatus}
 
 
 @dataclass(slots=True)
@@ -21,7 +23,7 @@ class Outcome:
     """Filled in by a handler as it learns who asked, for which model, and what it cost."""
 
     tenant: str
-    request_type: str
+    request_type: Endpoint
     model: str
     user_id: str | None = None
     persona: dict[str, str] = field(default_factory=dict)
@@ -64,15 +66,15 @@ def record_outcome(
     outcome = request.get(OUTCOME)
     if outcome is None or not ledger.enabled:
         return
-    cache_status = x_cache if x_cache in CACHE_STATUSES else "MISS"
+    cache_status = _CACHE_STATUS.get(x_cache, CacheStatus.MISS)
     ledger.record(
         LedgerRecord(  # positional, in field order: a third of the time keywords take
             new_record_id(),
             outcome.tenant,
-            outcome.request_type,
-            outcome.model,
             outcome.user_id,
             outcome.persona,
+            outcome.request_type,
+            outcome.model,
             outcome.prompt_tokens,
             outcome.completion_tokens,
             outcome.cached_tokens,
@@ -80,8 +82,8 @@ def record_outcome(
             outcome.saved_cost,
             seconds * 1000,  # response_time_ms
             outcome.upstream_ms,
-            cache_status == "HIT",  # cache_hit
-            cache_status,  # type: ignore[arg-type]
+            cache_status is CacheStatus.HIT,  # cache_hit
+            cache_status,
             response.status,
             _now(UTC),  # created_at
         )

@@ -68,6 +68,10 @@ class LedgerDb:
             conn.row_factory = sqlite3.Row
             return [dict(row) for row in conn.execute(sql)]
 
+    async def execute(self, sql: str) -> None:
+        """A statement that returns no rows, committed."""
+        await self.fetch(sql)
+
     async def count(self) -> int:
         rows = await self.fetch("SELECT count(*) AS n, count(DISTINCT id) AS d FROM ai_requests")
         assert rows[0]["n"] == rows[0]["d"], "an id was written twice"

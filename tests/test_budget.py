@@ -4,9 +4,11 @@ settle adds real cost atomically, periods reset, overrides win over defaults and
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import msgspec
 import pytest
 
@@ -14,11 +16,9 @@ from proxy.budget.book import BudgetBook
 from proxy.budget.spend import SpendStore
 from proxy.errors import failure_headers, failure_response, http_status
 from proxy.failures import BudgetExceeded
-from proxy.ledger.postgres import PostgresSink
-from proxy.ledger.sink import LedgerSink
-from proxy.ledger.sqlite import SqliteSink
 from proxy.settings import BudgetSettings
 from tests.budget_support import Clock, spend_store
+from tests.ledger_db import LedgerDb
 
 TENANT = "3f1c9a7d5e2b4c60"  # a tenant id as the proxy makes them (a keyed hash)
 
@@ -126,28 +126,42 @@ async def test_ids_with_key_syntax_cannot_collide(spend: SpendStore) -> None:
     assert all(key.count("{") == 1 and key.count("}") == 1 for key in keys)
 
 
-async def overrides_sink(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> LedgerSink:
+def ledger_db(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> LedgerDb:
     if kind == "postgres":
-        return PostgresSink(request.getfixturevalue("postgres_dsn"))
-    return SqliteSink(str(tmp_path / "ledger.db"))
+        return LedgerDb("postgres", request.getfixturevalue("postgres_dsn"))
+    return LedgerDb("sqlite", str(tmp_path / "ledger.db"))
+
+
+async def store_override(
+    db: LedgerDb, scope: str, subject: str, daily: float | None, monthly: float | None
+) -> None:
+    """A `budget_overrides` row as an operator writes it: no admin route sets them yet."""
+    limits = ", ".join("NULL" if limit is None else repr(limit) for limit in (daily, monthly))
+    await db.execute(
+        "INSERT INTO budget_overrides (scope, subject, daily_usd, monthly_usd) "
+        f"VALUES ('{scope}', '{subject}', {limits})"
+    )
 
 
 @pytest.mark.parametrize("database", ["postgres", "sqlite"])
 async def test_overrides_win_over_defaults_and_persist(
     spend: SpendStore, database: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    sink = await overrides_sink(database, request, tmp_path)
+    db = ledger_db(database, request, tmp_path)
+    sink = db.sink()
+    await sink.migrate()
+    await store_override(db, "user", "vip", daily=10.0, monthly=None)
+    await store_override(db, "tenant", TENANT, daily=0.0, monthly=None)  # unlimited
     settings = BudgetSettings(user_daily_usd=1.0, tenant_daily_usd=3.0)
     book = BudgetBook(settings, spend, overrides=sink, clock=Clock())
     await book.start()
-    await book.set_override("user", "vip", daily_usd=10.0, monthly_usd=None)
-    await book.set_override("tenant", TENANT, daily_usd=0.0, monthly_usd=None)  # unlimited
     await book.preflight(TENANT, "vip", 5.0)
     assert "user's daily budget of $1.00" in (await refusal(book, "u2", 5.0)).message
-    await book.set_override("user", "u2", daily_usd=None, monthly_usd=0.2)
+    await store_override(db, "user", "u2", daily=None, monthly=0.2)
+    assert await book.refresh_overrides()  # what the book's refresh task does every so often
     assert "monthly budget of $0.20" in (await refusal(book, "u2", 0.5)).message
-    with pytest.raises(ValueError):
-        await book.set_override("user", "u3", daily_usd=-1.0, monthly_usd=None)
+    with pytest.raises((asyncpg.CheckViolationError, sqlite3.IntegrityError)):
+        await store_override(db, "user", "u3", daily=-1.0, monthly=None)
     await book.close()
 
     # Another replica (or a restart) reads them back from the database.

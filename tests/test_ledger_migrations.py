@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from proxy.ledger.migrate import load_migrations, split_sqlite
+from proxy.ledger.records import COLUMNS
 from proxy.settings_load import ENV_FIELDS
 from tests.ledger_db import LedgerDb
 
@@ -53,6 +54,21 @@ async def test_migrations_apply_once_and_rerun_cleanly(db: LedgerDb) -> None:
     assert indexes >= INDEXES
     versions = await db.fetch("SELECT version FROM schema_migrations")
     assert sorted(r["version"] for r in versions) == ALL
+
+
+async def test_the_record_fields_are_the_table_columns_in_order(db: LedgerDb) -> None:
+    """COPY and the SQLite inserts name COLUMNS, the record's fields: they are the table's."""
+    sink = db.sink()
+    await sink.migrate()
+    await sink.close()
+    if db.kind == "postgres":
+        found = await db.fetch(
+            "SELECT column_name AS name FROM information_schema.columns "
+            "WHERE table_name = 'ai_requests' ORDER BY ordinal_position"
+        )
+    else:
+        found = await db.fetch("SELECT name FROM pragma_table_info('ai_requests') ORDER BY cid")
+    assert tuple(r["name"] for r in found) == COLUMNS
 
 
 async def test_two_replicas_migrating_at_once(db: LedgerDb) -> None:

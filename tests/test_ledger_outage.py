@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from proxy.ledger.collector import register_ledger_metrics
 from proxy.ledger.journal import Journal, encode_frame, read_frames
 from proxy.ledger.postgres import PostgresSink
-from proxy.ledger.records import BudgetOverride, LedgerRecord, pack, packed_batch, unpack
+from proxy.ledger.records import COLUMNS, BudgetOverride, LedgerRecord, pack, packed_batch, unpack
 from proxy.ledger.sink import LedgerSink
 from proxy.ledger.writer import LedgerWriter
 from tests.fixtures.servers import PostgresServer
@@ -56,9 +56,6 @@ class FlakySink:
 
     async def fetch_overrides(self) -> list[BudgetOverride]:
         return await self.inner.fetch_overrides()
-
-    async def save_override(self, override: BudgetOverride) -> None:
-        await self.inner.save_override(override)
 
     async def close(self) -> None:
         await self.inner.close()
@@ -217,6 +214,32 @@ async def test_a_journal_of_records_as_maps_is_still_replayed(db: LedgerDb, tmp_
     await writer.flush()
     await writer.close()
     assert set(await db.rows_by_id()) == {rec.id for rec in records}
+    assert path.stat().st_size == 0
+
+
+async def test_a_journal_of_records_in_the_earlier_field_order_is_still_replayed(
+    db: LedgerDb, tmp_path: Path
+) -> None:
+    """Journals written before the record's fields took the table's order hold arrays with
+    request_type and model before user_id and persona."""
+    path = tmp_path / "ledger.journal"
+    records = make_records(12, seed=28)
+    earlier = ("id", "tenant", "request_type", "model", "user_id", "persona")
+    rest = [name for name in COLUMNS if name not in earlier]
+    payload = msgspec.msgpack.encode(
+        [[getattr(rec, name) for name in (*earlier, *rest)] for rec in records]
+    )
+    path.write_bytes(struct.pack(">II", len(payload), zlib.crc32(payload)) + payload)
+    writer = LedgerWriter(db.sink(), Journal(path))
+    await writer.start()
+    assert writer.stats.journal_pending == 12
+    await writer.flush()
+    await writer.close()
+    rows = await db.rows_by_id()
+    assert writer.stats.rejected == 0
+    assert {rec.id: (rec.user_id, rec.request_type, rec.model) for rec in records} == {
+        key: (row["user_id"], row["request_type"], row["model"]) for key, row in rows.items()
+    }
     assert path.stat().st_size == 0
 
 

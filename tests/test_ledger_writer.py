@@ -138,6 +138,8 @@ async def test_bad_data_is_set_aside_and_the_rest_written(db: LedgerDb, tmp_path
     bad = LedgerRecord(
         id=new_record_id(),
         tenant="t",
+        user_id=None,
+        persona={},
         request_type="embeddings",
         model="m",
         status=None,  # type: ignore[arg-type]

@@ -49,7 +49,6 @@ class Alerter:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.counts: Counter[tuple[str, str]] = Counter()  # (scope, threshold %) -> alerts
-        self.webhook_sent = 0
         self.webhook_failures = 0
 
     def fire(self, alert: BudgetAlert) -> None:
@@ -93,8 +92,6 @@ class Alerter:
                 type(exc).__name__,
                 f" {status}" if status else "",
             )
-        else:
-            self.webhook_sent += 1
 
     async def drain(self, timeout_s: float = 5.0) -> None:
         """Waits for the webhook POSTs under way (tests, shutdown)."""

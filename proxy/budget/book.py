@@ -18,7 +18,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from proxy.budget.alerts import Alerter, BudgetAlert, Scope, threshold_label
+from proxy.budget.alerts import Alerter, BudgetAlert, threshold_label
 from proxy.budget.limits import Budget, exceeded, hashed_part, key_part, limit_for, seconds
 from proxy.budget.spend import MemorySpend, RedisSpend, SpendStore, SpendUnavailable
 from proxy.ledger.records import BudgetOverride
@@ -61,7 +61,6 @@ class BudgetBook:
         self._refresh: asyncio.Task[None] | None = None
         self._logged_at = -_LOG_EVERY_S
         self.store_errors = 0
-        self.override_errors = 0
 
     @classmethod
     def from_settings(
@@ -79,7 +78,7 @@ class BudgetBook:
         return cls(settings.budget, store, alerter=alerter, overrides=sink)
 
     async def start(self) -> None:
-        """Loads the overrides and keeps re-reading them (other replicas may change them)."""
+        """Loads the overrides and keeps re-reading them: they are changed in the database."""
         await self.refresh_overrides()
         if self._source is not None and self._refresh is None:
             self._refresh = asyncio.create_task(self._refresh_loop(), name="sidecache-budgets")
@@ -98,7 +97,6 @@ class BudgetBook:
         try:
             rows = await self._source.fetch_overrides()
         except Exception as exc:
-            self.override_errors += 1
             log.warning("cannot read budget overrides (%s: %s)", type(exc).__name__, exc)
             return False
         self._overrides = {(row.scope, row.subject): row for row in rows}
@@ -112,28 +110,6 @@ class BudgetBook:
     @property
     def overrides(self) -> list[BudgetOverride]:
         return list(self._overrides.values())
-
-    async def set_override(
-        self,
-        scope: Scope,
-        subject: str,
-        *,
-        daily_usd: float | None,
-        monthly_usd: float | None,
-    ) -> BudgetOverride:
-        """Stores an override (None: back to the default, 0: unlimited). Raises ValueError on
-        bad input and the database's error when it cannot be stored."""
-        if scope not in ("tenant", "user") or not subject:
-            raise ValueError("scope must be tenant or user, with a subject id")
-        if any(v is not None and not v >= 0 for v in (daily_usd, monthly_usd)):
-            raise ValueError("budget limits must be >= 0 (0 = unlimited) or null")
-        row = BudgetOverride(
-            scope=scope, subject=subject, daily_usd=daily_usd, monthly_usd=monthly_usd
-        )
-        if self._source is not None:
-            await self._source.save_override(row)
-        self._overrides[(scope, subject)] = row
-        return row
 
     def budgets(self, tenant: str, user_id: str | None) -> list[Budget]:
         """Every budget a request of (tenant, user_id) counts against, limited or not."""

@@ -12,13 +12,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from proxy.ledger.factory import journal_path, make_sink, migrate_ledger, open_ledger
     from proxy.ledger.pricing import ModelPrice, PriceTable
-    from proxy.ledger.records import BudgetOverride, LedgerRecord, new_record_id
+    from proxy.ledger.records import COLUMNS, BudgetOverride, LedgerRecord, new_record_id
+    from proxy.ledger.sink import AdminLedger, LedgerSink
     from proxy.ledger.stats import WriterStats
     from proxy.ledger.writer import LedgerWriter
 
 _SOURCES = {
+    "COLUMNS": "proxy.ledger.records",
+    "AdminLedger": "proxy.ledger.sink",
     "BudgetOverride": "proxy.ledger.records",
     "LedgerRecord": "proxy.ledger.records",
+    "LedgerSink": "proxy.ledger.sink",
     "LedgerWriter": "proxy.ledger.writer",
     "ModelPrice": "proxy.ledger.pricing",
     "PriceTable": "proxy.ledger.pricing",
@@ -30,8 +34,11 @@ _SOURCES = {
     "open_ledger": "proxy.ledger.factory",
 }
 __all__ = [
+    "COLUMNS",
+    "AdminLedger",
     "BudgetOverride",
     "LedgerRecord",
+    "LedgerSink",
     "LedgerWriter",
     "ModelPrice",
     "PriceTable",

@@ -2,10 +2,10 @@
 
 File format: a sequence of frames, each `length (u32 BE) | crc32 (u32 BE) | msgpack payload`,
 the payload being a list of records as records.pack makes them (arrays; older journals hold
-maps, which are still read). Every append is fsync'd before it returns. A crash can only leave
-a torn frame at the end; `open()` cuts the file back to its last whole frame. Replaying a frame
-twice is harmless: the sinks insert by record id and ignore ids they have.
-File work runs in worker threads, never on the event loop.
+maps, or arrays in an earlier field order, which are still read). Every append is fsync'd
+before it returns. A crash can only leave a torn frame at the end; `open()` cuts the file back
+to its last whole frame. Replaying a frame twice is harmless: the sinks insert by record id and
+ignore ids they have. File work runs in worker threads, never on the event loop.
 """
 
 from __future__ import annotations
@@ -18,17 +18,27 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import msgspec
 
-from proxy.ledger.records import LedgerRecord, pack, packed_batch, split_batch
+from proxy.ledger.records import COLUMNS, LedgerRecord, pack, packed_batch, split_batch
 
 log = logging.getLogger("sidecache.ledger")
 _HEADER = struct.Struct(">II")
 MAX_FRAME_BYTES = 256 * 1024 * 1024
 _decode_maps = msgspec.msgpack.Decoder(list[LedgerRecord]).decode
 _MAP_MARKERS = frozenset((*range(0x80, 0x90), 0xDE, 0xDF))
+# The field order of packed records before the fields took the table's (records.COLUMNS): a
+# format of the past, spelled out as it was. Its fourth field is a text, today's a map.
+_EARLIER_ORDER = (
+    *("id", "tenant", "request_type", "model", "user_id", "persona", "prompt_tokens"),
+    *("completion_tokens", "cached_tokens", "cost", "saved_cost", "response_time_ms"),
+    *("upstream_ms", "cache_hit", "cache_status", "status", "created_at"),
+)
+_FROM_EARLIER = [_EARLIER_ORDER.index(column) for column in COLUMNS]
+_decode_arrays = msgspec.msgpack.Decoder(list[list[Any]]).decode
+_encode = msgspec.msgpack.Encoder().encode
 
 
 def encode_frame(packed: list[bytes]) -> bytes:
@@ -41,7 +51,14 @@ def _packed_records(payload: bytes) -> list[bytes]:
     packed = split_batch(payload)
     if packed and packed[0][0] in _MAP_MARKERS:  # records as maps: an older journal
         return [pack(rec) for rec in _decode_maps(payload)]
+    if packed and _in_earlier_order(packed[0]):  # a frame is written by one version
+        return [_encode([fields[i] for i in _FROM_EARLIER]) for fields in _decode_arrays(payload)]
     return packed
+
+
+def _in_earlier_order(packed: bytes) -> bool:
+    fields = msgspec.msgpack.decode(packed)
+    return isinstance(fields, list) and len(fields) == len(COLUMNS) and isinstance(fields[3], str)
 
 
 def read_frames(fh: BinaryIO, offset: int = 0) -> Iterator[tuple[int, list[bytes]]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -85,14 +86,6 @@ WITH inserted AS (
 SELECT count(*) FROM inserted"""
 _INSERT_NEW = _INSERT_TEMPLATE.replace("{conflict}", "")
 _INSERT = _INSERT_TEMPLATE.replace("{conflict}", "ON CONFLICT (id) DO NOTHING")
-
-_UPSERT_OVERRIDE = """
-INSERT INTO budget_overrides (scope, subject, daily_usd, monthly_usd, updated_at)
-VALUES ($1, $2, $3, $4, $5)
-ON CONFLICT (scope, subject) DO UPDATE SET
-    daily_usd = EXCLUDED.daily_usd,
-    monthly_usd = EXCLUDED.monthly_usd,
-    updated_at = EXCLUDED.updated_at"""
 
 # The connection went away or never came: the batch is journaled and retried.
 _UNAVAILABLE = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
@@ -219,16 +212,8 @@ class PostgresSink:
         )
         return [BudgetOverride(**dict(row)) for row in rows]
 
-    async def save_override(self, override: BudgetOverride) -> None:
-        pool = await self._ready()
-        await pool.execute(
-            _UPSERT_OVERRIDE,
-            override.scope,
-            override.subject,
-            override.daily_usd,
-            override.monthly_usd,
-            override.updated_at,
-        )
+    def timestamp_param(self, moment: datetime) -> datetime:
+        return moment
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A read query for the admin API (`$n` placeholders), on the pool."""

@@ -1,18 +1,18 @@
-"""One ledger record per understood request (DESIGN §5), and its column order in the tables."""
+"""One ledger record per understood request (DESIGN §5): its fields are the columns of the
+tables, and the rows the sinks write are made from them."""
 
 from __future__ import annotations
 
 import itertools
 import secrets
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
 
-RequestType = Literal["chat.completions", "completions", "embeddings", "moderations"]
-CacheStatus = Literal["HIT", "MISS", "BYPASS", "COALESCED"]
+from proxy.vocabulary import CacheStatus, Endpoint
 
 
 class RecordIds:
@@ -50,16 +50,20 @@ class LedgerRecord(msgspec.Struct, gc=False):
     """Costs in USD. `cost` is what this request paid upstream (0 for a hit or a coalesced
     follower); `saved_cost` is what the cache avoided (the stored answer's original cost).
 
+    The fields are the columns of `ai_requests`, in the table's order (migrations/*/001):
+    COLUMNS, the sinks' COPY and INSERT statements and the packed arrays all follow it. So
+    user_id and persona, before the required request_type and model, have no defaults.
+
     Made once per request: positional arguments cost a third of keywords (accounting.py uses
     them), and `gc=False` keeps records out of the garbage collector's scans (they hold no
     references that could form a cycle)."""
 
     id: str
     tenant: str
-    request_type: RequestType
+    user_id: str | None
+    persona: dict[str, str]
+    request_type: Endpoint
     model: str
-    user_id: str | None = None
-    persona: dict[str, str] = {}
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -68,9 +72,13 @@ class LedgerRecord(msgspec.Struct, gc=False):
     response_time_ms: float = 0.0
     upstream_ms: float | None = None
     cache_hit: bool = False
-    cache_status: CacheStatus = "MISS"
+    cache_status: CacheStatus = CacheStatus.MISS
     status: int = 200
     created_at: datetime = msgspec.field(default_factory=utc_now)
+
+
+# The column order of `ai_requests` as the sinks write it: the record's fields.
+COLUMNS = tuple(field.name for field in msgspec.structs.fields(LedgerRecord))
 
 
 class PackedRecord(LedgerRecord, array_like=True, gc=False):
@@ -125,51 +133,6 @@ def packed_id(packed: bytes) -> str:
         return "(unreadable)"
 
 
-# The column order of `ai_requests` as the sinks write it.
-COLUMNS = (
-    "id",
-    "tenant",
-    "user_id",
-    "persona",
-    "request_type",
-    "model",
-    "prompt_tokens",
-    "completion_tokens",
-    "cached_tokens",
-    "cost",
-    "saved_cost",
-    "response_time_ms",
-    "upstream_ms",
-    "cache_hit",
-    "cache_status",
-    "status",
-    "created_at",
-)
-
-
-def as_row(rec: LedgerRecord) -> tuple[Any, ...]:
-    """The record as a tuple in COLUMNS order (created_at made timezone-aware UTC)."""
-    return (
-        rec.id,
-        clean_text(rec.tenant),
-        None if rec.user_id is None else clean_text(rec.user_id),
-        {clean_text(k): clean_text(v) for k, v in rec.persona.items()} if rec.persona else {},
-        rec.request_type,
-        clean_text(rec.model),
-        rec.prompt_tokens,
-        rec.completion_tokens,
-        rec.cached_tokens,
-        rec.cost,
-        rec.saved_cost,
-        rec.response_time_ms,
-        rec.upstream_ms,
-        rec.cache_hit,
-        rec.cache_status,
-        rec.status,
-        as_utc(rec.created_at),
-    )
-
-
 def as_utc(moment: datetime) -> datetime:
     """Naive datetimes are taken as UTC."""
     if moment.tzinfo is UTC:
@@ -201,12 +164,47 @@ def clean_text(value: str) -> str:
     return value[:_TEXT_MAX]
 
 
+def clean_optional(value: str | None) -> str | None:
+    return None if value is None else clean_text(value)
+
+
+def clean_persona(persona: dict[str, str]) -> dict[str, str]:
+    return {clean_text(k): clean_text(v) for k, v in persona.items()} if persona else {}
+
+
+Converters = Mapping[str, Callable[[Any], Any]]
+Row = tuple[Any, ...]
+
+# The client-supplied texts but persona, which each dialect stores in its own type.
+TEXT_CLEANERS: Converters = {"tenant": clean_text, "user_id": clean_optional, "model": clean_text}
+_CLEANERS: Converters = {**TEXT_CLEANERS, "persona": clean_persona}
+
+
 def clean_record(rec: LedgerRecord) -> LedgerRecord:
     """The record with every client-supplied text as `clean_text` makes it."""
-    return msgspec.structs.replace(
-        rec,
-        tenant=clean_text(rec.tenant),
-        model=clean_text(rec.model),
-        user_id=None if rec.user_id is None else clean_text(rec.user_id),
-        persona={clean_text(k): clean_text(v) for k, v in rec.persona.items()},
+    cleaned = {name: clean(getattr(rec, name)) for name, clean in _CLEANERS.items()}
+    return msgspec.structs.replace(rec, **cleaned)
+
+
+def row_maker(name: str, converters: Converters) -> Callable[[LedgerRecord], Row]:
+    """A function `name(record)` making the record's row: its fields in COLUMNS order, with
+    `converters[field]` applied to each field it names and the others as they are.
+
+    Its source is generated from COLUMNS, as dataclasses generates `__init__`: one tuple of
+    attribute reads, the code of a row written out by hand, which a loop applying converters
+    is markedly slower than (rows are made for every record of every flush)."""
+    unknown = set(converters) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"not ledger columns: {sorted(unknown)}")
+    namespace = {f"_{field}": convert for field, convert in converters.items()}
+    values = "".join(
+        f"_{field}(rec.{field}), " if field in converters else f"rec.{field}, " for field in COLUMNS
     )
+    source = f"def {name}(rec):\n    return ({values})\n"
+    exec(compile(source, f"<ledger row {name}>", "exec"), namespace)
+    row: Callable[[LedgerRecord], Row] = namespace[name]
+    return row
+
+
+# The record as PostgreSQL takes it (created_at made timezone-aware UTC).
+as_row = row_maker("as_row", {**_CLEANERS, "created_at": as_utc})

@@ -1,8 +1,11 @@
-"""What the ledger writer and the budget book need from a database (Postgres or SQLite)."""
+"""What the ledger's users need from its database (Postgres or SQLite): the writer and the
+budget book (LedgerSink), and the admin API (AdminLedger)."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 
 from proxy.ledger.records import BudgetOverride
 
@@ -30,6 +33,26 @@ class LedgerSink(Protocol):
 
     async def fetch_overrides(self) -> list[BudgetOverride]: ...
 
-    async def save_override(self, override: BudgetOverride) -> None: ...
-
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class AdminLedger(Protocol):
+    """The ledger's database as the admin API uses it: read queries for the dashboard, and
+    the audit trail of admin mutations. Both sinks are one; admin checks with isinstance."""
+
+    @property
+    def name(self) -> str:
+        """`postgres` or `sqlite`: the SQL dialect of the queries it runs."""
+
+    def timestamp_param(self, moment: datetime) -> Any:
+        """`moment` as a query parameter, in the form the ledger's timestamp columns hold."""
+
+    async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows of a read query; placeholders `$1, $2…` on postgres, `?` on sqlite."""
+
+    async def write_audit(
+        self, admin_user: str, action: str, target: dict[str, Any], detail: dict[str, Any]
+    ) -> None:
+        """Adds one row to `admin_audit` (who, what, on what, details; the database adds
+        when). Raises when the database fails."""

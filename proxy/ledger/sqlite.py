@@ -22,11 +22,10 @@ from proxy.ledger.migrate import migrate_sqlite
 from proxy.ledger.records import BudgetOverride
 from proxy.ledger.sqlite_helper import WriterProcess
 from proxy.ledger.sqlite_rows import sqlite_time
-from proxy.ledger.sqlite_sql import UPSERT_OVERRIDE, connect_sqlite, is_refusal
+from proxy.ledger.sqlite_sql import connect_sqlite, is_refusal
 
 T = TypeVar("T")
 _json = msgspec.json.Encoder(order="sorted").encode
-__all__ = ["SqliteSink", "connect_sqlite", "sqlite_time"]
 
 
 class SqliteSink:
@@ -92,22 +91,8 @@ class SqliteSink:
             for scope, subject, daily, monthly, updated in rows
         ]
 
-    async def save_override(self, override: BudgetOverride) -> None:
-        await self._call(self._save_override_sync, override)
-
-    def _save_override_sync(self, override: BudgetOverride) -> None:
-        if self._migrate and not self._migrated:
-            self._migrate_sync()
-        self._connection().execute(
-            UPSERT_OVERRIDE,
-            (
-                override.scope,
-                override.subject,
-                override.daily_usd,
-                override.monthly_usd,
-                sqlite_time(override.updated_at),
-            ),
-        )
+    def timestamp_param(self, moment: datetime) -> str:
+        return sqlite_time(moment)
 
     async def fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """A read query for the admin API (`?` placeholders), on the sink's thread."""

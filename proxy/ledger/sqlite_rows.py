@@ -7,15 +7,18 @@ from typing import Any
 
 import msgspec
 
-from proxy.ledger.records import LedgerRecord, as_utc, clean_text
+from proxy.ledger.records import COLUMNS, TEXT_CLEANERS, Row, as_utc, clean_text, row_maker
 
-Row = tuple[Any, ...]
 _TEXT_MAX = 512  # records.clean_text's bound
 _encode = msgspec.json.Encoder().encode
 _json = msgspec.json.Encoder(order="sorted").encode
-# Row positions (records.COLUMNS).
-_TENANT, _USER, _KIND, _MODEL, _HIT, _STATUS, _CREATED = 1, 2, 4, 5, 13, 15, 16
-_PROMPT, _COMPLETION, _CACHED, _COST, _SAVED, _RESPONSE_MS = 6, 7, 8, 9, 10, 11
+# Row positions (records.COLUMNS): a roll-up's key, what it counts, and what it sums.
+_TENANT, _USER, _MODEL, _KIND, _CREATED = map(
+    COLUMNS.index, ("tenant", "user_id", "model", "request_type", "created_at")
+)
+_HIT, _STATUS = COLUMNS.index("cache_hit"), COLUMNS.index("status")
+_TOKENS = tuple(map(COLUMNS.index, ("prompt_tokens", "completion_tokens", "cached_tokens")))
+_AMOUNTS = tuple(map(COLUMNS.index, ("cost", "saved_cost", "response_time_ms")))
 
 
 def sqlite_time(moment: datetime) -> str:
@@ -42,28 +45,11 @@ def persona_text(persona: dict[str, str]) -> str:
     return _json({clean_text(k): clean_text(v) for k, v in persona.items()}).decode()
 
 
-def sqlite_row(rec: LedgerRecord) -> Row:
-    """The record as bound values in COLUMNS order (records.as_row, in SQLite's types)."""
-    user_id = rec.user_id
-    return (
-        rec.id,
-        clean_text(rec.tenant),
-        None if user_id is None else clean_text(user_id),
-        persona_text(rec.persona),
-        rec.request_type,
-        clean_text(rec.model),
-        rec.prompt_tokens,
-        rec.completion_tokens,
-        rec.cached_tokens,
-        rec.cost,
-        rec.saved_cost,
-        rec.response_time_ms,
-        rec.upstream_ms,
-        int(rec.cache_hit),
-        rec.cache_status,
-        rec.status,
-        sqlite_time(rec.created_at),
-    )
+# The record as bound values (records.as_row, in SQLite's types).
+sqlite_row = row_maker(
+    "sqlite_row",
+    {**TEXT_CLEANERS, "persona": persona_text, "cache_hit": int, "created_at": sqlite_time},
+)
 
 
 def roll_ups(rows: list[Row]) -> tuple[list[Row], list[Row]]:
@@ -87,8 +73,8 @@ def roll_ups(rows: list[Row]) -> tuple[list[Row], list[Row]]:
             len(group),
             sum(columns[_HIT]),
             sum(1 for status in columns[_STATUS] if status >= 400),
-            *(sum(columns[n]) for n in (_PROMPT, _COMPLETION, _CACHED)),
-            *(sum(columns[n]) for n in (_COST, _SAVED, _RESPONSE_MS)),
+            *(sum(columns[n]) for n in _TOKENS),
+            *(sum(columns[n]) for n in _AMOUNTS),
         ]
         hour_text = hour + ":00:00.000000Z"
         by_user.append((hour_text, tenant, user, model, kind, *sums))

@@ -19,8 +19,8 @@ from typing import Any
 
 import msgspec
 
-from proxy.ledger.records import COLUMNS
-from proxy.ledger.sqlite_rows import Row, roll_ups
+from proxy.ledger.records import COLUMNS, Row
+from proxy.ledger.sqlite_rows import roll_ups
 
 BUSY_TIMEOUT_S = 30.0
 Statement = tuple[str, list[Any]]
@@ -29,14 +29,6 @@ _ROW = f"({', '.join('?' for _ in COLUMNS)})"
 _PADDING = (None,) * len(COLUMNS)  # an inbox row the trigger skips
 _MOST_ROWS = 512
 INBOX = "sidecache_ledger_inbox"
-
-UPSERT_OVERRIDE = """
-INSERT INTO budget_overrides (scope, subject, daily_usd, monthly_usd, updated_at)
-VALUES (?, ?, ?, ?, ?)
-ON CONFLICT (scope, subject) DO UPDATE SET
-    daily_usd = excluded.daily_usd,
-    monthly_usd = excluded.monthly_usd,
-    updated_at = excluded.updated_at"""
 
 # Each roll-up: its key columns and the trigger's expression for each. The per-tenant one comes
 # with migration 002. The hour is the timestamp text cut after the hour.
