@@ -45,7 +45,7 @@ test-servers:
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .import_linter_cache
 
-## Container image with podman, no Docker engine or registry needed (DESIGN §9):
+## Container image with podman, no Docker engine or registry needed (docs/design.md §9):
 ## deploy/podman/ makes a local python:3.11-slim base, then builds ./Dockerfile.
 .PHONY: docker-image docker-smoke
 docker-image:

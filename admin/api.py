@@ -1,4 +1,4 @@
-"""The admin JSON API's routes under `/api/admin/` (DESIGN §6)."""
+"""The admin JSON API's routes under `/api/admin/` (docs/design.md §6)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""The audit trail of admin mutations (DESIGN §6): who (X-Admin-User, else the token's index and
-a short hash of it, never the token), what (action, target, detail), when (the row's `at`),
-in the ledger database's `admin_audit` table."""
+"""The audit trail of admin mutations (docs/design.md §6): who (X-Admin-User, else the token's index
+and a short hash of it, never the token), what (action, target, detail), when (the row's `at`), in
+the ledger database's `admin_audit` table."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Who may call the admin JSON API (DESIGN §6).
+"""Who may call the admin JSON API (docs/design.md §6).
 
 Every `/api/admin/*` route except the OpenAPI document (`/api/admin/openapi.json`, which holds
 no data) needs `Authorization: Bearer <token>` with a token from `ADMIN_TOKENS`, compared in

@@ -1,4 +1,4 @@
-"""Wire shapes of the cache mutations: invalidation (DESIGN §3) and warming jobs."""
+"""Wire shapes of the cache mutations: invalidation (docs/design.md §3) and warming jobs."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ class Invalidated(msgspec.Struct):
 
 
 class WarmPersona(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
-    """One persona to warm for: DESIGN §3's dimensions (as the X-Persona-* headers take
+    """One persona to warm for: docs/design.md §3's dimensions (as the X-Persona-* headers take
     them) and, for `scope: user`, the user."""
 
     experience: str | None = None

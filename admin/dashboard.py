@@ -1,5 +1,5 @@
-"""The dashboard's read endpoints (DESIGN §6): overview, costs, performance, users and cache,
-answered from the hourly roll-up with the queries of one call run concurrently, in the same
+"""The dashboard's read endpoints (docs/design.md §6): overview, costs, performance, users and
+cache, answered from the hourly roll-up with the queries of one call run concurrently, in the same
 shape on PostgreSQL and SQLite."""
 
 from __future__ import annotations

@@ -3,8 +3,8 @@
 `python -m bench.floor REDIS_URL PORT ANSWER_FILE REQUEST_FILE` stores ANSWER_FILE in Redis under
 the key of REQUEST_FILE's JSON, then answers every POST by decoding the JSON body, hashing its
 canonical encoding (sha256) and returning the Redis value: aiohttp + uvloop + msgspec +
-redis-py/hiredis, no access log, GC frozen after start-up (the minimal server of DESIGN.md
-section 9). It prints `floor listening` when ready and stops on SIGTERM/SIGINT.
+redis-py/hiredis, no access log, GC frozen after start-up (the minimal server of
+docs/design.md §9). It prints `floor listening` when ready and stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations

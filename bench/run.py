@@ -85,7 +85,7 @@ RESULTS = REPO / "bench" / "results" / "latest.json"
 NOTES = [
     "hey prints latencies in 0.1 ms steps; wrk's are in us. Load generators share the "
     f"{os.cpu_count()} cores with the sidecar.",
-    "Targets: issue 2 / DESIGN.md section 9. Bursts: 20 requests every 20 ms, so p50 measures "
+    "Targets: issue 2 / docs/design.md §9. Bursts: 20 requests every 20 ms, so p50 measures "
     "burst draining.",
 ]
 

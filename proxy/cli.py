@@ -1,6 +1,6 @@
 """`sidecache` command line, and the composition root that starts the proxy and admin ports.
 
-This is the one module of `proxy` that imports `admin` (DESIGN §1).
+This is the one module of `proxy` that imports `admin` (docs/design.md §1).
 """
 
 from __future__ import annotations
@@ -157,7 +157,7 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
             "fake" if fake else settings.upstream.base_url,
         )
         gc.collect()
-        gc.freeze()  # long-lived start-up objects leave the GC's scans (DESIGN §9)
+        gc.freeze()  # long-lived start-up objects leave the GC's scans (docs/design.md §9)
         await stop.wait()
         log.info("shutting down: draining in-flight requests")
     finally:

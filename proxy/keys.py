@@ -1,4 +1,4 @@
-"""Cache keys and tenant ids (DESIGN §3).
+"""Cache keys and tenant ids (docs/design.md §3).
 
 A key is a SHA-256 over the tenant, the endpoint, the scope part and the canonical request body
 (decoded values re-encoded with sorted keys, so JSON key order and whitespace never matter;

@@ -1,4 +1,4 @@
-"""Persona headers: validation, canonical form and personalisation score (DESIGN §3)."""
+"""Persona headers: validation, canonical form and personalisation score (docs/design.md §3)."""
 
 from __future__ import annotations
 

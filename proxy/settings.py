@@ -1,4 +1,4 @@
-"""The settings' schema: every section and field, typed and bounded (DESIGN §2).
+"""The settings' schema: every section and field, typed and bounded (docs/design.md §2).
 
 Reading them (defaults <- TOML <- environment) is `proxy.settings_load`.
 """
@@ -14,7 +14,7 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
-# The persona dimensions, in the fixed order every key and API uses (DESIGN §3).
+# The persona dimensions, in the fixed order every key and API uses (docs/design.md §3).
 PERSONA_DIMENSIONS = ("experience", "learning_style", "tone", "density", "interests")
 
 

@@ -1,4 +1,4 @@
-"""Settings: built-in defaults <- TOML file <- environment (DESIGN §2).
+"""Settings: built-in defaults <- TOML file <- environment (docs/design.md §2).
 
 The TOML file is `config/default.toml` (shipped inside the wheel as `proxy/_config`) unless
 `SIDECACHE_CONFIG` names another one. Every environment variable maps onto one field; an invalid
@@ -18,7 +18,7 @@ import msgspec
 
 from proxy.settings import PERSONA_DIMENSIONS, Settings, SettingsError
 
-# Environment name -> (section, field). The names are part of the contract (DESIGN §2).
+# Environment name -> (section, field). The names are part of the contract (docs/design.md §2).
 ENV_FIELDS: dict[str, tuple[str, str]] = {
     "UPSTREAM_BASE_URL": ("upstream", "base_url"),
     "UPSTREAM_API_KEY": ("upstream", "api_key"),

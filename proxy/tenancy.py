@@ -1,4 +1,4 @@
-"""Who a request belongs to, and what credential goes upstream for it (DESIGN §3).
+"""Who a request belongs to, and what credential goes upstream for it (docs/design.md §3).
 
 Pass-through mode: the client's Authorization goes upstream unchanged and the tenant is a keyed
 hash of it, so two API keys never share entries. Managed mode: clients present a sidecar key,

@@ -1,4 +1,5 @@
-"""How long an entry lives (DESIGN §3): a base per kind, shortened by personalisation, clamped."""
+"""How long an entry lives (docs/design.md §3): a base per kind, shortened by personalisation,
+clamped."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Micro-batching of single-input embeddings and moderations (DESIGN §4, issue 3 item 3): a real
-sidecar in front of the stub upstream, driven concurrently by the official async SDK."""
+"""Micro-batching of single-input embeddings and moderations (docs/design.md §4, issue 3 item 3): a
+real sidecar in front of the stub upstream, driven concurrently by the official async SDK."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Budgets on both spend stores (DESIGN §4, §5): pre-flight refuses what would cross a limit,
-settle adds real cost atomically, periods reset, overrides win over defaults and persist."""
+"""Budgets on both spend stores (docs/design.md §4, §5): pre-flight refuses what would cross a
+limit, settle adds real cost atomically, periods reset, overrides win over defaults and persist."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Budget alerts (DESIGN §5): 50/80/100 % each once per budget and period, as a log line, a
+"""Budget alerts (docs/design.md §5): 50/80/100 % each once per budget and period, as a log line, a
 metric and a POST to a real loopback webhook; and Redis trouble never fails a request."""
 
 from __future__ import annotations

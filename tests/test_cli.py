@@ -1,5 +1,5 @@
-"""`python -m proxy serve` as a real process (DESIGN §2): it answers the SDK, stops cleanly on
-SIGTERM, turns a dead upstream into 502s, and refuses a taken port with one clear line."""
+"""`python -m proxy serve` as a real process (docs/design.md §2): it answers the SDK, stops cleanly
+on SIGTERM, turns a dead upstream into 502s, and refuses a taken port with one clear line."""
 
 from __future__ import annotations
 

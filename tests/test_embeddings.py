@@ -1,5 +1,5 @@
 """Embeddings through the sidecar: cached per input item, answered in the original order and in
-the requested encoding, with honest usage (DESIGN §3, issue 2 item 7)."""
+the requested encoding, with honest usage (docs/design.md §3, issue 2 item 7)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Every error the sidecar makes is OpenAI-shaped with the right status, the SDK raises its typed
-exception, and a client's mistake is never a 500 (DESIGN §7)."""
+exception, and a client's mistake is never a 500 (docs/design.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Persona and cache headers through a real sidecar (DESIGN §3, §7): validation errors in
+"""Persona and cache headers through a real sidecar (docs/design.md §3, §7): validation errors in
 OpenAI's shape, Cache-Control, X-Cache-Scope, X-Cache-Persona-Dims and the TTL they lead to."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Cache keys as properties (hypothesis), and unit tests of what feeds them: the persona parser,
-the request's cache directives, and the TTL policy (DESIGN §3)."""
+the request's cache directives, and the TTL policy (docs/design.md §3)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ PROPERTY = settings(
 KEYS = KeyMaker(b"test-secret", CacheSettings())
 ENDPOINT = "chat.completions"
 ALL_DIMS = tuple(PERSONA_DIMENSIONS)
-# DESIGN §3's list, spelled out here so the test does not trust the code under test.
+# docs/design.md §3's list, spelled out here so the test does not trust the code under test.
 NON_SEMANTIC = frozenset({"stream", "stream_options", "user", "metadata", "store"})
 ENTRY_KEY = re.compile(r"^sc:e:\{[0-9a-f]{64}\}$")
 

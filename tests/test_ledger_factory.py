@@ -1,6 +1,6 @@
-"""`open_ledger(settings)` (DESIGN §2, §5): Postgres when DATABASE_URL is set, else SQLite at
-LEDGER_PATH; migrations at start-up unless disabled; a database that is down at start-up does
-not stop the sidecar; the journal where LEDGER_JOURNAL says."""
+"""`open_ledger(settings)` (docs/design.md §2, §5): Postgres when DATABASE_URL is set, else SQLite
+at LEDGER_PATH; migrations at start-up unless disabled; a database that is down at start-up does not
+stop the sidecar; the journal where LEDGER_JOURNAL says."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Nothing is lost and nothing counted twice when the database goes away (DESIGN §5, §7):
+"""Nothing is lost and nothing counted twice when the database goes away (docs/design.md §5, §7):
 a real PostgreSQL stopped mid-stream and started again, close() with it down, a crash in the
 middle of a replay, a torn journal tail, and a full queue."""
 

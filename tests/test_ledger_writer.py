@@ -1,5 +1,5 @@
-"""The ledger writer's contract on both sinks (DESIGN §5, §8): exactly one row per record with
-the right fields, roll-ups equal to the rows summed, idempotent by record id, nothing left
+"""The ledger writer's contract on both sinks (docs/design.md §5, §8): exactly one row per record
+with the right fields, roll-ups equal to the rows summed, idempotent by record id, nothing left
 behind by close(), bad data set aside instead of blocking the rest."""
 
 from __future__ import annotations

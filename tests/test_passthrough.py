@@ -1,5 +1,5 @@
 """Every other /v1 route is passed through unchanged and streamed, and only the right headers
-cross the proxy (DESIGN §3, issue 2 item 3)."""
+cross the proxy (docs/design.md §3, issue 2 item 3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A sidecar whose Redis goes away and comes back (DESIGN §7): it keeps answering as a
+"""A sidecar whose Redis goes away and comes back (docs/design.md §7): it keeps answering as a
 pass-through, says so in /readyz and /metrics, and caches again once Redis returns. Also:
 replicas sharing a Redis share entries without any configured secret."""
 

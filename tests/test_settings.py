@@ -1,5 +1,5 @@
-"""Settings (DESIGN §2): defaults <- TOML <- environment, one clear line for a bad value, and a
-wheel that still finds its packaged defaults."""
+"""Settings (docs/design.md §2): defaults <- TOML <- environment, one clear line for a bad value,
+and a wheel that still finds its packaged defaults."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def test_toml_overrides_defaults_and_environment_overrides_toml(tmp_path: Path) 
 
 Getter = Callable[[Settings], Any]
 
-# Every environment name of DESIGN §2: (name, value, where it lands, expected, companions).
+# Every environment name of docs/design.md §2: (name, value, where it lands, expected, companions).
 ENV_TABLE: list[tuple[str, str, Getter, Any, dict[str, str]]] = [
     ("UPSTREAM_BASE_URL", "http://127.0.0.1:9/v1", lambda s: s.upstream.base_url,
      "http://127.0.0.1:9/v1", {}),
@@ -105,7 +105,7 @@ ENV_TABLE: list[tuple[str, str, Getter, Any, dict[str, str]]] = [
 ]  # fmt: skip
 
 
-# The names DESIGN §2 fixes (the table above must cover every one).
+# The names docs/design.md §2 fixes (the table above must cover every one).
 DESIGN_ENV_NAMES = {
     "UPSTREAM_BASE_URL", "UPSTREAM_API_KEY", "REDIS_URL", "DATABASE_URL", "PROXY_PORT",
     "ADMIN_PORT", "ADMIN_HOST", "ADMIN_TOKENS", "ADMIN_USER_IDS", "AI_BATCH_SIZE",

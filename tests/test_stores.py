@@ -1,5 +1,5 @@
-"""The cache store contract, run on both stores (DESIGN §8), plus what only one of them does:
-the memory store's byte-bounded LRU, and the Redis store's behaviour while Redis is away."""
+"""The cache store contract, run on both stores (docs/design.md §8), plus what only one of them
+does: the memory store's byte-bounded LRU, and the Redis store's behaviour while Redis is away."""
 
 from __future__ import annotations
 

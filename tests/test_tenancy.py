@@ -1,5 +1,5 @@
 """Tenancy: whose entries a request may read, which credential goes upstream, and that no secret
-ever leaks into logs, cache keys, metrics or answers (DESIGN §3, issue 2 item 8)."""
+ever leaks into logs, cache keys, metrics or answers (docs/design.md §3, issue 2 item 8)."""
 
 from __future__ import annotations
 

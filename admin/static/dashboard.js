@@ -27,7 +27,7 @@
 //   page reloads /circuits afterwards.
 // POST /api/admin/dashboard/cache/invalidate    body {"selectors": [{…}, …]} → any JSON,
 //   shown as is. A selector is {"tenant"|"user_id"|"model"|"endpoint": str,
-//   "persona": {dimension: value}} (fields ANDed) or {"all": true} (DESIGN §3).
+//   "persona": {dimension: value}} (fields ANDed) or {"all": true} (docs/design.md §3).
 // Errors: {"error": {"message": …}} with a 4xx/5xx status.
 
 import { barChart, lineChart } from "./charts.js";

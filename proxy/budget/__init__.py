@@ -1,4 +1,5 @@
-"""Budgets: daily and monthly USD limits per tenant and per user, with alerts (DESIGN §5)."""
+"""Budgets: daily and monthly USD limits per tenant and per user, with alerts
+(docs/design.md §5)."""
 
 from proxy.budget.alerts import Alerter, BudgetAlert
 from proxy.budget.book import BudgetBook

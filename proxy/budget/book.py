@@ -1,4 +1,4 @@
-"""Daily and monthly USD budgets per tenant and per user (DESIGN §4, §5).
+"""Daily and monthly USD budgets per tenant and per user (docs/design.md §4, §5).
 
 Periods are UTC days and calendar months. Limits are the configured defaults unless an
 override (table `budget_overrides`, by tenant id or user id) says otherwise; 0 is unlimited.

@@ -13,7 +13,7 @@ class EntryMeta(msgspec.Struct, array_like=True, frozen=True):
     scope: str  # persona | user | tenant
     user_id: str | None
     # The persona dimensions that keyed the entry; for a user-scoped entry, the whole persona
-    # it was made for (a change of it invalidates the user's entries, DESIGN §3).
+    # it was made for (a change of it invalidates the user's entries, docs/design.md §3).
     persona: dict[str, str]
     # The invalidation generation this replica knew when the miss began: rules of a later
     # generation that match this meta make the entry stale (proxy/invalidation).

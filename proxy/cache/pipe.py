@@ -1,10 +1,10 @@
 """A pipelined Redis connection for the hit path's one command, GET.
 
-redis-py spends most of a hit's time in its pool, its per-command bookkeeping and (with a
-socket timeout) a Task per command (DESIGN §9). Here every GET is written to one connection as
-it comes and replies are matched in order by hiredis: no pool, no lock, no extra task. Anything
-else (writes, pipelines, scripts, pub/sub) stays with redis-py. A failure or timeout closes
-the connection, failing what is pending; the next GET reconnects.
+redis-py spends most of a hit's time in its pool, its per-command bookkeeping and (with a socket
+timeout) a Task per command (docs/design.md §9). Here every GET is written to one connection as it
+comes and replies are matched in order by hiredis: no pool, no lock, no extra task. Anything else
+(writes, pipelines, scripts, pub/sub) stays with redis-py. A failure or timeout closes the
+connection, failing what is pending; the next GET reconnects.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The shared store: Redis through redis-py with hiredis, one round trip per hit.
 
-Timeouts are a fraction of a second and there are no retries (DESIGN §9): a slow or absent
+Timeouts are a fraction of a second and there are no retries (docs/design.md §9): a slow or absent
 Redis turns reads into misses rather than stalling requests.
 """
 

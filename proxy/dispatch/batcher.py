@@ -1,5 +1,5 @@
 """Micro-batching: single-input embeddings and moderations requests that differ only in their
-input share one upstream call (DESIGN §4).
+input share one upstream call (docs/design.md §4).
 
 Requests with the same `BatchKey` — endpoint, every body parameter but `input`,
 `encoding_format` and `user`, and the upstream account (credential, organisation, project) —

@@ -1,4 +1,4 @@
-"""Single-flight: identical concurrent misses share one upstream call (DESIGN §4).
+"""Single-flight: identical concurrent misses share one upstream call (docs/design.md §4).
 
 A `Flight` is the upstream call for one cache key. It runs in its own task, so no client's
 disconnect cancels what other waiters share. Every client — the one that started it and the

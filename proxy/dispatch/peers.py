@@ -1,4 +1,4 @@
-"""Single-flight across replicas that share a Redis (DESIGN §4).
+"""Single-flight across replicas that share a Redis (docs/design.md §4).
 
 The replica that takes a key's lock (SET NX PX, with an owner token) calls the upstream; it
 renews the lock while the call runs and, once the answer is stored, deletes the lock and

@@ -1,5 +1,5 @@
 """The task behind a flight: one upstream call whose answer every waiter shares and which is
-stored once when whole (DESIGN §4).
+stored once when whole (docs/design.md §4).
 
 The runner is built once at start-up with what a flight needs (the store, the flight table,
 the cross-replica peers and the guarded upstream) and launches each flight in its own task, so

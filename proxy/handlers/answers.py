@@ -1,5 +1,5 @@
 """Stored answers: what an entry records, looked up for a request, served as JSON or replayed
-as SSE; and the cache headers every understood answer carries (DESIGN §3)."""
+as SSE; and the cache headers every understood answer carries (docs/design.md §3)."""
 
 from __future__ import annotations
 

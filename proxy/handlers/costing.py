@@ -1,5 +1,5 @@
 """The ledger's view of a request, filled in by the handlers: who asked, for which model, what
-its answer cost or saved, and the budget check before a miss goes upstream (DESIGN §5)."""
+its answer cost or saved, and the budget check before a miss goes upstream (docs/design.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`/v1/embeddings`, cached per input item (DESIGN §3).
+"""`/v1/embeddings`, cached per input item (docs/design.md §3).
 
 A request of 100 inputs of which 70 are cached sends only the 30 others upstream, always as
 base64, and answers in the original order in the requested `encoding_format`. The answer's

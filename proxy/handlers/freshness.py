@@ -1,4 +1,4 @@
-"""Whether a stored entry may still be served: the invalidation rules (DESIGN §3), and the
+"""Whether a stored entry may still be served: the invalidation rules (docs/design.md §3), and the
 automatic rule that a user's persona change invalidates that user's user-scoped entries."""
 
 from __future__ import annotations

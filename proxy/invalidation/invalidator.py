@@ -1,4 +1,4 @@
-"""Invalidation rules made, shared between replicas, and checked on hits (DESIGN §3).
+"""Invalidation rules made, shared between replicas, and checked on hits (docs/design.md §3).
 
 Without Redis the rules live in this process. With Redis, one script increments the shared
 generation (`INVALIDATION_GENERATION_KEY`), adds the rules to a sorted set

@@ -1,4 +1,4 @@
-"""Invalidation selectors (DESIGN §3): which cache entries a rule covers.
+"""Invalidation selectors (docs/design.md §3): which cache entries a rule covers.
 
 A selector's fields must all match an entry's meta. Matching works on a selector's *shape* (the
 names of the fields it sets) and its *values*: a rule book keeps one table per shape, so an

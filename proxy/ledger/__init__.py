@@ -1,4 +1,4 @@
-"""The cost ledger (DESIGN §5): prices, records, the buffered writer and its sinks.
+"""The cost ledger (docs/design.md §5): prices, records, the buffered writer and its sinks.
 
 The names below are imported on first use (PEP 562), so that the SQLite writer process
 (`python -m proxy.ledger.sqlite_helper`) loads only what it needs, not the Postgres driver.

@@ -1,4 +1,4 @@
-"""An append-only journal of ledger batches the database could not take (DESIGN §5).
+"""An append-only journal of ledger batches the database could not take (docs/design.md §5).
 
 File format: a sequence of frames, each `length (u32 BE) | crc32 (u32 BE) | msgpack payload`,
 the payload being a list of records as records.pack makes them (arrays; older journals hold

@@ -1,6 +1,6 @@
 """The PostgreSQL ledger sink: COPY into a per-connection staging table, then one statement
 inserts the new ids and upserts the hourly roll-up from exactly the rows it inserted, in the
-same transaction, so replaying a batch never double-counts (DESIGN §5, §9)."""
+same transaction, so replaying a batch never double-counts (docs/design.md §5, §9)."""
 
 from __future__ import annotations
 
@@ -94,8 +94,8 @@ _json_decode = msgspec.json.Decoder().decode
 
 
 async def init_connection(conn: Any) -> None:
-    """jsonb as a binary codec (a text codec breaks copy_records_to_table, DESIGN §9), and the
-    staging table."""
+    """jsonb as a binary codec (a text codec breaks copy_records_to_table, docs/design.md §9),
+    and the staging table."""
     await conn.set_type_codec(
         "jsonb",
         schema="pg_catalog",
@@ -143,7 +143,7 @@ class PostgresSink:
 
     async def pool(self) -> asyncpg.Pool:
         """The pool, made on first use; min_size=0, so it connects only when asked
-        (a pool with min_size>0 raises at start-up while Postgres is down, DESIGN §9)."""
+        (a pool with min_size>0 raises at start-up while Postgres is down, docs/design.md §9)."""
         async with self._pool_lock:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(

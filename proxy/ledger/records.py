@@ -1,4 +1,4 @@
-"""One ledger record per understood request (DESIGN §5): its fields are the columns of the
+"""One ledger record per understood request (docs/design.md §5): its fields are the columns of the
 tables, and the rows the sinks write are made from them."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The ledger writer: `record()` packs and queues in O(1) on the request path (records.pack
 says why packed); a background task flushes by size or time to the sink; what the sink refuses
-goes to the journal and is replayed, in order, when the sink works again (DESIGN §5).
+goes to the journal and is replayed, in order, when the sink works again (docs/design.md §5).
 
 Nothing is lost on the way: a batch is taken off the queue only by the task that then writes
 or journals it, and put back if that task is cancelled; a batch the database may already have

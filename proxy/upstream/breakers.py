@@ -1,4 +1,4 @@
-"""Circuit breakers (pybreaker), one per upstream endpoint family (DESIGN §4, §9).
+"""Circuit breakers (pybreaker), one per upstream endpoint family (docs/design.md §4, §9).
 
 pybreaker has no asyncio support, so a call is guarded with `with breaker.guard():` (pybreaker's
 `calling()` plus the probe gate below) around the awaited upstream call only, never around
@@ -124,7 +124,7 @@ class Breaker:
 
 
 class BreakerBoard:
-    """Every breaker of this process (state is per process, DESIGN §9)."""
+    """Every breaker of this process (state is per process, docs/design.md §9)."""
 
     def __init__(self, upstream: str, fail_max: int, reset_timeout_s: float) -> None:
         self.transitions = 0

@@ -1,7 +1,7 @@
 """The one HTTP client session to the upstream, with keep-alive and explicit timeouts.
 
 Connection failures raise UpstreamUnreachable and timeouts UpstreamTimeout (502 and 504 to the
-client, DESIGN §7). There is no total
+client, docs/design.md §7). There is no total
 timeout: a long SSE stream is fine as long as bytes keep coming (`read_timeout_s` between two).
 """
 

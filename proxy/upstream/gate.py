@@ -1,7 +1,7 @@
 """A bounded number of upstream calls in flight; waiting work goes by priority, then FIFO.
 
 A waiter whose clients have all gone is dropped when its turn comes instead of spending an
-upstream call on nobody (DESIGN §4).
+upstream call on nobody (docs/design.md §4).
 """
 
 from __future__ import annotations
