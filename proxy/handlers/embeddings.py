@@ -70,7 +70,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     if not missing:
         return _answer(parsed, req, keys.request, found, 0, None)
     request[MISS_HEADERS] = cache_headers(CacheStatus.MISS, keys.request)
-    fetched = await _fill(request, runtime, parsed, outcome, req.model, keys, found, missing)
+    fetched = await _fill(request, runtime, parsed, outcome, req.model, keys, items, found)
     if isinstance(fetched, web.Response):
         fetched.headers.update(request[MISS_HEADERS])
         return fetched  # the upstream's error, unchanged
@@ -160,14 +160,14 @@ async def _fill(
     outcome: Outcome,
     model: str,
     keys: _Keys,
+    items: list[Any],
     found: list[StoredVector | None],
-    missing: list[int],
 ) -> _Fetched | web.Response:
-    """Fetches the missing items into `found`, charges them and stores them; or the upstream's
+    """Fetches the items not `found` into it, charges them and stores them; or the upstream's
     error answer."""
+    missing = [i for i, vector in enumerate(found) if vector is None]
     meta = entry_meta(parsed, model, keys.scope, runtime.invalidations.generation)
     await preflight(runtime, parsed, model)
-    items = input_items(parsed.body["input"])
     if len(items) == 1:
         fetched = await _fetch_batched(request, runtime, parsed, items[0])
     else:

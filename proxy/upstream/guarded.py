@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 import aiohttp
 from multidict import CIMultiDict
@@ -108,8 +108,7 @@ class GuardedUpstream:
                 with breaker.guard():
                     return await self._send(request, body, read)
             except UpstreamFailure as failure:
-                result: Any = failure.result
-                return result  # type: ignore[no-any-return]
+                return cast(T, failure.result)
 
     async def _send(self, request: UpstreamRequest, body: bytes, read: Reader[T]) -> T:
         started = time.perf_counter()
