@@ -7,8 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from proxy.cache.entry import EntryMeta
+from proxy.cache.redis import RedisStore, connect_redis
+from proxy.invalidation.invalidator import Invalidator
+from proxy.invalidation.selectors import Selector
 from proxy.keys import KeyMaker
 from proxy.settings import CacheSettings
+from proxy.vocabulary import INVALIDATION_GENERATION_KEY
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.replicas import ADMIN_TOKEN, Replica
 from tests.fixtures.sidecar import API_KEY, OTHER_API_KEY
@@ -85,3 +90,34 @@ def test_a_persona_change_on_one_replica_invalidates_on_the_other(
     assert ask(b, second) == "HIT"
     assert ask(b, ask_of(20, **user, **expert)) == "MISS"  # b sees the change
     assert ask(a, ask_of(21, **user, **expert)) == "MISS"  # a honours it at once
+
+
+async def test_a_replica_behind_reloads_though_an_earlier_reload_has_finished(
+    redis_url: str,
+) -> None:
+    """An announcement that skipped a generation (or a waiter cancelled mid-reload) leaves a
+    finished reload behind; a hit that later sees a newer shared generation must reload again,
+    not take that old one as caught up (it served an invalidated entry under load)."""
+    clients = [connect_redis(redis_url, 500, 4) for _ in range(2)]
+    stores = [RedisStore(c, generation_key=INVALIDATION_GENERATION_KEY) for c in clients]
+    a, b = (
+        Invalidator(s, c, max_age_s=3600, timeout_ms=500)
+        for s, c in zip(stores, clients, strict=True)
+    )
+    await a.start()
+    await b.start()
+    await b.close()  # b hears no announcement from now on
+    entry = EntryMeta("t_1", "chat.completions", "gpt-4o-mini", "persona", None, {}, b.generation)
+    try:
+        b._schedule_catch_up()  # what an announcement that skipped a generation starts
+        left_behind = b._catching_up
+        assert left_behind is not None
+        await left_behind  # finished, and nobody waits for it
+        await a.invalidate([Selector(model="gpt-4o-mini")], source="test")
+        await stores[1].get("sc:e:{nothing}")  # a hit's lookup reads the shared generation
+        assert stores[1].shared_generation > b.generation
+        assert await b.is_stale(entry)
+    finally:
+        await a.close()
+        for client in clients:
+            await client.aclose()

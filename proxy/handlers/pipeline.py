@@ -1,5 +1,5 @@
-"""The steps every understood endpoint with whole answers takes, written once (docs/design.md §3,
-§4, §5):
+"""The steps every understood endpoint with whole answers takes, written once
+(docs/design.md §3, §4 and §5):
 
     parse → key → exact lookup → (semantic lookup) → budget pre-flight → single-flight
     → upstream call (stored when whole) → answer → ledger outcome

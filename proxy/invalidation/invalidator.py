@@ -88,7 +88,7 @@ class Invalidator:
         self._known: set[int] = set()  # generations whose rules are in the book
         self._added = 0
         self.generation = 0  # every rule up to this generation is known here
-        self._catching_up: asyncio.Task[bool] | None = None
+        self._catching_up: asyncio.Future[bool] | None = None
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -109,7 +109,8 @@ class Invalidator:
     async def is_stale(self, meta: EntryMeta) -> bool:
         """Whether a rule covers this entry; when this replica is behind the shared generation
         and cannot catch up, every entry it could not check counts as stale."""
-        if self._store.shared_generation > self.generation and not await self._catch_up():
+        shared = self._store.shared_generation
+        if shared > self.generation and not await self._catch_up(shared):
             return True
         return self._book.is_stale(meta)
 
@@ -169,20 +170,25 @@ class Invalidator:
         elif generation > self.generation:
             self._schedule_catch_up()
 
-    def _schedule_catch_up(self) -> None:
-        if self._catching_up is None:
-            self._catching_up = asyncio.ensure_future(self._reload())
-
-    async def _catch_up(self) -> bool:
-        """Reloads the shared rules (one reload at a time, shared by every waiting hit)."""
-        self._schedule_catch_up()
+    def _schedule_catch_up(self) -> asyncio.Future[bool]:
+        """The reload under way, or a new one: a finished reload may predate the generation a
+        caller now needs (one left behind by an announcement, or by a cancelled waiter)."""
         task = self._catching_up
-        assert task is not None
-        try:
-            return await asyncio.shield(task)
-        finally:
-            if task.done() and self._catching_up is task:
-                self._catching_up = None
+        if task is None or task.done():
+            task = self._catching_up = asyncio.ensure_future(self._reload())
+        return task
+
+    async def _catch_up(self, wanted: int = 0) -> bool:
+        """Reloads the shared rules until this replica knows generation `wanted` (one reload at a
+        time, shared by every waiting hit). A reload that was already under way may have read
+        the rules before `wanted` existed: then one more is made, which cannot have (and if
+        Redis has since lost the generation, what it holds is all there is to know)."""
+        for _ in range(2):
+            if not await asyncio.shield(self._schedule_catch_up()):
+                return False
+            if self.generation >= wanted:
+                break
+        return True
 
     async def _reload(self) -> bool:
         assert self._redis is not None
