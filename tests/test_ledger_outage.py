@@ -202,17 +202,26 @@ async def test_a_torn_journal_tail_is_cut_and_the_rest_replayed(
     assert path.stat().st_size == 0
 
 
+def journal_frame(payload: bytes) -> bytes:
+    return struct.pack(">II", len(payload), zlib.crc32(payload)) + payload
+
+
+async def replay_journal(db: LedgerDb, path: Path, count: int) -> LedgerWriter:
+    """Has a writer replay the journal at `path` (of `count` records) into `db`."""
+    writer = LedgerWriter(db.sink(), Journal(path))
+    await writer.start()
+    assert writer.stats.journal_pending == count
+    await writer.flush()
+    await writer.close()
+    return writer
+
+
 async def test_a_journal_of_records_as_maps_is_still_replayed(db: LedgerDb, tmp_path: Path) -> None:
     """Journals written before records were packed hold each record as a msgpack map."""
     path = tmp_path / "ledger.journal"
     records = make_records(12, seed=27)
-    payload = msgspec.msgpack.encode(records)
-    path.write_bytes(struct.pack(">II", len(payload), zlib.crc32(payload)) + payload)
-    writer = LedgerWriter(db.sink(), Journal(path))
-    await writer.start()
-    assert writer.stats.journal_pending == 12
-    await writer.flush()
-    await writer.close()
+    path.write_bytes(journal_frame(msgspec.msgpack.encode(records)))
+    await replay_journal(db, path, 12)
     assert set(await db.rows_by_id()) == {rec.id for rec in records}
     assert path.stat().st_size == 0
 
@@ -229,12 +238,8 @@ async def test_a_journal_of_records_in_the_earlier_field_order_is_still_replayed
     payload = msgspec.msgpack.encode(
         [[getattr(rec, name) for name in (*earlier, *rest)] for rec in records]
     )
-    path.write_bytes(struct.pack(">II", len(payload), zlib.crc32(payload)) + payload)
-    writer = LedgerWriter(db.sink(), Journal(path))
-    await writer.start()
-    assert writer.stats.journal_pending == 12
-    await writer.flush()
-    await writer.close()
+    path.write_bytes(journal_frame(payload))
+    writer = await replay_journal(db, path, 12)
     rows = await db.rows_by_id()
     assert writer.stats.rejected == 0
     assert {rec.id: (rec.user_id, rec.request_type, rec.model) for rec in records} == {
