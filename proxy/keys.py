@@ -19,7 +19,7 @@ from proxy.directives import Directives, Scope
 from proxy.failures import InvalidRequest
 from proxy.persona import Persona
 from proxy.settings import CacheSettings
-from proxy.vocabulary import entry_key, lock_key
+from proxy.vocabulary import ENTRY_KEY, LOCK_KEY
 
 NON_SEMANTIC_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store"})
 ScopePart = tuple[Any, ...]
@@ -30,11 +30,11 @@ class CacheKey(NamedTuple):
 
     @property
     def entry(self) -> str:
-        return entry_key(self.digest)
+        return ENTRY_KEY % self.digest
 
     @property
     def lock(self) -> str:
-        return lock_key(self.digest)
+        return LOCK_KEY % self.digest
 
     @property
     def short_id(self) -> str:

@@ -45,18 +45,7 @@ FLIGHTS_CHANNEL = "sc:flights"  # "the entry for this key is stored" notices bet
 INVALIDATION_GENERATION_KEY = "sc:{inv}:gen"
 INVALIDATION_RULES_KEY = "sc:{inv}:rules"
 INVALIDATION_CHANNEL = "sc:invalidations"
-
-
-def entry_key(digest: str) -> str:
-    """A stored answer (or embedding item)."""
-    return f"sc:e:{{{digest}}}"
-
-
-def lock_key(digest: str) -> str:
-    """The cross-replica single-flight lock of an entry: same slot as the entry."""
-    return f"sc:l:{{{digest}}}"
-
-
-def budget_key_prefix(tenant_part: str) -> str:
-    """Every spend counter of one tenant (and its users) shares the tenant's slot."""
-    return "sc:b:{" + tenant_part + "}"
+# Templates, filled with `%` (an operator, not a call: the entry key is made on every hit).
+ENTRY_KEY = "sc:e:{%s}"  # a stored answer (or embedding item), by its key's digest
+LOCK_KEY = "sc:l:{%s}"  # an entry's cross-replica single-flight lock: the entry's slot
+BUDGET_KEY_PREFIX = "sc:b:{%s}"  # every spend counter of one tenant (and its users): one slot

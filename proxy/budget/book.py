@@ -23,7 +23,7 @@ from proxy.budget.limits import Budget, exceeded, hashed_part, key_part, limit_f
 from proxy.budget.spend import MemorySpend, RedisSpend, SpendStore, SpendUnavailable
 from proxy.ledger.records import BudgetOverride
 from proxy.settings import BudgetSettings, Settings
-from proxy.vocabulary import budget_key_prefix
+from proxy.vocabulary import BUDGET_KEY_PREFIX
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -120,7 +120,7 @@ class BudgetBook:
             day=1, hour=0, minute=0, second=0, microsecond=0
         )
         to_day, to_month = seconds(next_day - now), seconds(next_month - now)
-        base = budget_key_prefix(key_part(tenant))
+        base = BUDGET_KEY_PREFIX % key_part(tenant)
         cfg = self.settings
         tenant_row = self._overrides.get(("tenant", tenant))
         out = [

@@ -39,7 +39,7 @@ from proxy.handlers.parse import (
     upstream_headers,
     view,
 )
-from proxy.handlers.pipeline import scope_part, submit_share
+from proxy.handlers.pipeline import submit_share
 from proxy.keys import NON_SEMANTIC_FIELDS, CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
@@ -62,7 +62,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     parsed = await parse_request(request, runtime, ENDPOINT, persona_aware=False)
     req = view(EmbeddingRequest, parsed.body)
     items = input_items(req.input)
-    keys = _Keys.of(runtime, parsed, req.model, items)
+    keys = _Keys.of(runtime, parsed, items)
     found = await _lookup(runtime, parsed, keys)
     missing = [i for i, vector in enumerate(found) if vector is None]
     outcome = open_outcome(request, parsed, req.model)
@@ -110,9 +110,9 @@ class _Keys:
     request: CacheKey  # the whole request's (X-Cache-Key)
 
     @classmethod
-    def of(cls, runtime: Runtime, parsed: ParsedRequest, model: str, items: list[Any]) -> _Keys:
+    def of(cls, runtime: Runtime, parsed: ParsedRequest, items: list[Any]) -> _Keys:
         tenant, keys = parsed.identity.tenant, runtime.keys
-        scope = scope_part(runtime, parsed, model, persona_aware=False)
+        scope = keys.scope_part(parsed.directives, parsed.persona, parsed.user_id, ())
         params = {k: v for k, v in parsed.body.items() if k not in _NOT_KEYED}
         entries = [keys.item_key(tenant, ENDPOINT, params, item, scope).entry for item in items]
         request_key = keys.request_key(tenant, ENDPOINT, {**params, "input": items}, scope)

@@ -36,7 +36,6 @@ from proxy.handlers.answers import MISS_HEADERS, cache_headers, entry_meta, look
 from proxy.handlers.costing import count_flight, count_hit, open_outcome, preflight
 from proxy.handlers.parse import ParsedRequest, parse_request, upstream_headers
 from proxy.handlers.respond import flight_for, respond
-from proxy.keys import ScopePart
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
 from proxy.upstream.gate import Wanted
@@ -98,8 +97,10 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
         request, runtime, route.endpoint, persona_aware=route.persona_aware
     )
     asked = route.adapter.read(parsed)
-    scope = scope_part(runtime, parsed, asked.model, route.persona_aware)
-    key = runtime.keys.request_key(parsed.identity.tenant, route.endpoint, parsed.body, scope)
+    keys = runtime.keys
+    dims = keys.persona_dims(route.endpoint, asked.model) if route.persona_aware else ()
+    scope = keys.scope_part(parsed.directives, parsed.persona, parsed.user_id, dims)
+    key = keys.request_key(parsed.identity.tenant, route.endpoint, parsed.body, scope)
     outcome = open_outcome(request, parsed, asked.model)
     entry = await lookup(runtime, parsed, key)
     if entry is not None:
@@ -138,13 +139,6 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
     )
     await count_flight(runtime, outcome, parsed, flight, leader)
     return response
-
-
-def scope_part(
-    runtime: Runtime, parsed: ParsedRequest, model: str, persona_aware: bool
-) -> ScopePart:
-    dims = runtime.keys.persona_dims(parsed.endpoint, model) if persona_aware else ()
-    return runtime.keys.scope_part(parsed.directives, parsed.persona, parsed.user_id, dims)
 
 
 def _batched_sender(
