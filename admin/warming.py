@@ -26,6 +26,7 @@ import msgspec
 from admin.cache_models import JobState, WarmBody, WarmJob, WarmPersona, WarmRequest
 from proxy.persona import HEADER_BY_DIMENSION, USER_ID_HEADER
 from proxy.upstream.gate import PRIORITY_HEADER
+from proxy.vocabulary import CacheStatus
 
 log = logging.getLogger("sidecache.admin.warming")
 KEEP_JOBS = 100
@@ -66,8 +67,8 @@ class _Job:
         c = self.counts
         return WarmJob(
             id=self.id, state=self.state, tenant=self.tenant, total=self.total,
-            done=sum(c.values()), misses=c.get("MISS", 0), hits=c.get("HIT", 0),
-            coalesced=c.get("COALESCED", 0), errors=c.get("error", 0),
+            done=sum(c.values()), misses=c.get(CacheStatus.MISS, 0), hits=c.get(CacheStatus.HIT, 0),
+            coalesced=c.get(CacheStatus.COALESCED, 0), errors=c.get("error", 0),
             created_at=_iso(self.created_at),
             finished_at=_iso(self.finished_at) if self.finished_at else None,
             last_error=self.last_error,
@@ -144,7 +145,7 @@ class Warmer:
                 self._proxy_url + request.endpoint.path, data=_encode(body), headers=headers
             ) as response:
                 raw = await response.read()
-                label = response.headers.get("X-Cache", "MISS")
+                label = response.headers.get("X-Cache", CacheStatus.MISS)
                 status = response.status
         except aiohttp.ClientError as exc:
             job.last_error = f"the proxy port did not answer ({type(exc).__name__})"
