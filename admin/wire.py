@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from admin.models import invalid
+from proxy.body import read_body as read_raw_body
 from proxy.failures import InvalidRequest
 
 P = TypeVar("P")
@@ -29,7 +30,7 @@ def params(request: web.Request, kind: type[P]) -> P:
 async def read_body(request: web.Request, kind: type[P], *, optional: bool = False) -> P:
     """The JSON body as `kind` (an empty body is `kind()` when `optional`); a bad field is a
     400 naming it, a body that is not JSON a 400 naming `body`."""
-    raw = await request.read()
+    raw = await read_raw_body(request)
     if optional and not raw.strip():
         return kind()
     try:

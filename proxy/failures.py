@@ -5,13 +5,15 @@ proxy/errors.py, the way httpx maps its transport's errors once at the boundary:
 
     Failure
     ├── InvalidRequest          the client's request is malformed or breaks a rule (400)
-    │   └── BodyTooLarge        bigger than MAX_BODY_MB (413)
+    │   ├── BodyTooLarge        bigger than MAX_BODY_MB (413)
+    │   └── UnreadableBody      a body that cannot be decoded as its encoding says (400)
     ├── NotAuthenticated        no or an unknown credential (401)
     ├── NotPermitted            a known caller that may not do this (403)
     ├── NotFound                no such thing (404)
     ├── BudgetExceeded          the estimate does not fit a budget (429)
     ├── ClientGone              everyone who wanted the answer has left (499)
     ├── StoreUnavailable        Redis (or the ledger database) cannot answer (503)
+    ├── Overloaded              the sidecar holds as much work as it may; retry shortly (503)
     └── UpstreamError           the upstream call did not give an answer to relay
         ├── UpstreamUnreachable no connection (502)   also a ConnectionError
         ├── UpstreamTimeout     no answer in time (504)   also a TimeoutError
@@ -60,6 +62,10 @@ class BodyTooLarge(InvalidRequest):
         )
 
 
+class UnreadableBody(InvalidRequest):
+    default_code = "invalid_body"
+
+
 class NotAuthenticated(Failure):
     pass
 
@@ -85,6 +91,10 @@ class ClientGone(Failure):
 
 class StoreUnavailable(Failure):
     pass
+
+
+class Overloaded(Failure):
+    default_code = "overloaded"
 
 
 class UpstreamError(Failure):

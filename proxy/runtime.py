@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy.body import InflightBodies
 from proxy.budget import BudgetBook
 from proxy.cache.memory import MemoryStore
 from proxy.cache.pipe import RedisPipe
@@ -62,6 +63,7 @@ class Runtime:
     ledger: LedgerWriter
     budgets: BudgetBook
     invalidations: Invalidator
+    bodies: InflightBodies  # request-body bytes held at once (MAX_INFLIGHT_BODY_MB)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -143,6 +145,9 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
         ledger=ledger,
         budgets=budgets,
         invalidations=invalidations,
+        bodies=InflightBodies(
+            settings.server.max_inflight_body_bytes, settings.server.max_body_bytes
+        ),
     )
 
 

@@ -10,7 +10,7 @@ from aiohttp import web
 
 from proxy.accounting import record_outcome
 from proxy.errors import error_response, failure_response
-from proxy.failures import BodyTooLarge, Failure
+from proxy.failures import BodyTooLarge, Failure, UnreadableBody
 from proxy.handlers.answers import MISS_HEADERS
 from proxy.handlers.embeddings import embeddings
 from proxy.handlers.generative import chat_completions, completions
@@ -49,27 +49,35 @@ async def _answer_and_observe(request: web.Request, handler: Handler) -> web.Str
     """Turns every failure into an OpenAI-shaped answer (a miss's carries its cache headers)
     and records the request's metrics and ledger outcome."""
     started = time.perf_counter()
+    runtime = request.app[RUNTIME]
+    endpoint = _ENDPOINT_BY_PATH.get(request.path)
     response: web.StreamResponse
     try:
-        response = await handler(request)
+        if endpoint is None:
+            response = await handler(request)
+        else:  # an understood request holds its whole body while it is answered
+            held = runtime.bodies.acquire(request)
+            try:
+                response = await handler(request)
+            finally:
+                runtime.bodies.release(held)
     except Failure as exc:
         response = failure_response(exc)
         miss_headers = request.get(MISS_HEADERS)
         if miss_headers is not None:
             response.headers.update(miss_headers)
+        if isinstance(exc, UnreadableBody):
+            response.force_close()  # the rest of the connection's bytes cannot be trusted
     except web.HTTPRequestEntityTooLarge:
-        limit = request.app[RUNTIME].settings.server.max_body_bytes
-        response = failure_response(BodyTooLarge(limit))
+        response = failure_response(BodyTooLarge(runtime.settings.server.max_body_bytes))
     except web.HTTPException as exc:
         response = _http_error(request, exc)
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
         response = error_response(500, "The sidecar failed to answer this request.")
-    endpoint = _ENDPOINT_BY_PATH.get(request.path)
     if endpoint is None and request.path.startswith("/v1/"):
         endpoint = PASSTHROUGH
     if endpoint is not None:
-        runtime = request.app[RUNTIME]
         elapsed = time.perf_counter() - started
         cache = response.headers.get("X-Cache", "NONE")
         runtime.metrics.observe_request(endpoint, cache, response.status, elapsed)

@@ -24,12 +24,18 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     admin_host: str = "127.0.0.1"
     admin_port: Port = 8081
     max_body_mb: Annotated[float, msgspec.Meta(gt=0, le=1024)] = 32
+    # Request-body bytes understood requests may hold at once (proxy/body.py).
+    max_inflight_body_mb: Annotated[float, msgspec.Meta(gt=0, le=65536)] = 128
     log_level: LogLevel = "INFO"
     access_log: bool = False
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_inflight_body_bytes(self) -> int:
+        return int(self.max_inflight_body_mb * 1024 * 1024)
 
 
 class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True):

@@ -53,6 +53,7 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "ADMIN_HOST": ("server", "admin_host"),
     "ADMIN_PORT": ("server", "admin_port"),
     "MAX_BODY_MB": ("server", "max_body_mb"),
+    "MAX_INFLIGHT_BODY_MB": ("server", "max_inflight_body_mb"),
     "LOG_LEVEL": ("server", "log_level"),
     "ADMIN_TOKENS": ("admin", "tokens"),
     "ADMIN_USER_IDS": ("admin", "user_ids"),
@@ -158,12 +159,26 @@ def _allowed(message: str, parts: tuple[str, ...]) -> str:
 
 
 def _check_consistency(settings: Settings, env: Mapping[str, str]) -> None:
-    admin_host = settings.server.admin_host
-    if admin_host not in ("127.0.0.1", "::1", "localhost") and not settings.admin.tokens:
+    server = settings.server
+    if server.max_inflight_body_mb < server.max_body_mb:
         raise SettingsError(
-            f"invalid setting ADMIN_HOST={admin_host!r}: a non-loopback admin bind needs "
-            "ADMIN_TOKENS (or bind 127.0.0.1)"
+            f"invalid setting MAX_INFLIGHT_BODY_MB={server.max_inflight_body_mb:g}: it must be "
+            f"at least MAX_BODY_MB ({server.max_body_mb:g}), or a largest body is never served"
         )
+    admin_host = settings.server.admin_host
+    if admin_host not in ("127.0.0.1", "::1", "localhost"):
+        if not settings.admin.tokens:
+            raise SettingsError(
+                f"invalid setting ADMIN_HOST={admin_host!r}: a non-loopback admin bind needs "
+                "ADMIN_TOKENS (or bind 127.0.0.1)"
+            )
+        short = [i for i, token in enumerate(settings.admin.tokens) if len(token) < 16]
+        if short:
+            raise SettingsError(
+                f"invalid setting ADMIN_TOKENS=<{len(settings.admin.tokens)} tokens>: token "
+                f"#{short[0] + 1} is shorter than 16 characters, too guessable for a "
+                f"non-loopback admin bind (ADMIN_HOST={admin_host!r})"
+            )
     if settings.managed_mode and not settings.tenancy.sidecar_keys:
         raise SettingsError(
             "invalid setting SIDECAR_KEYS=<empty>: managed mode (UPSTREAM_API_KEY set) needs "

@@ -18,6 +18,7 @@ from proxy.settings_load import ENV_FIELDS, default_config_path, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET_VALUES = ("sk-live-upstream-5ecret", "sk-sidecar-5ecret", "admin-tok-5ecret", "hmac-5ecret")
+LONG = "admin-token-0123456789"  # an admin token long enough for a non-loopback bind
 
 
 def clean_environ(**extra: str) -> dict[str, str]:
@@ -90,7 +91,7 @@ ENV_TABLE: list[tuple[str, str, Getter, Any, dict[str, str]]] = [
      "postgresql://u@h/db", {}),
     ("PROXY_PORT", "18080", lambda s: s.server.proxy_port, 18080, {}),
     ("ADMIN_PORT", "18081", lambda s: s.server.admin_port, 18081, {}),
-    ("ADMIN_HOST", "0.0.0.0", lambda s: s.server.admin_host, "0.0.0.0", {"ADMIN_TOKENS": "t"}),
+    ("ADMIN_HOST", "0.0.0.0", lambda s: s.server.admin_host, "0.0.0.0", {"ADMIN_TOKENS": LONG}),
     ("ADMIN_TOKENS", "tok1, tok2", lambda s: s.admin.tokens, ["tok1", "tok2"], {}),
     ("ADMIN_USER_IDS", "alice,bob", lambda s: s.admin.user_ids, ["alice", "bob"], {}),
     ("AI_BATCH_SIZE", "64", lambda s: s.batch.size, 64, {}),
@@ -150,6 +151,18 @@ BAD_VALUES: list[tuple[dict[str, str], str, str, tuple[str, ...]]] = [
     ({"MAX_BODY_MB": "-1"}, "MAX_BODY_MB", "'-1'", ("> 0",)),
     ({"CACHE_DEFAULT_TTL": "forever"}, "CACHE_DEFAULT_TTL", "'forever'", ("int",)),
     ({"ADMIN_HOST": "0.0.0.0"}, "ADMIN_HOST", "'0.0.0.0'", ("ADMIN_TOKENS", "127.0.0.1")),
+    (
+        {"ADMIN_HOST": "0.0.0.0", "ADMIN_TOKENS": "short-tok"},
+        "ADMIN_TOKENS",
+        "<1 tokens>",
+        ("16 characters",),
+    ),
+    (
+        {"MAX_BODY_MB": "64", "MAX_INFLIGHT_BODY_MB": "32"},
+        "MAX_INFLIGHT_BODY_MB",
+        "32",
+        ("at least MAX_BODY_MB",),
+    ),
     ({"UPSTREAM_API_KEY": SECRET_VALUES[0]}, "SIDECAR_KEYS", "<empty>", ("key=tenant",)),
     ({"SIDECAR_KEYS": SECRET_VALUES[1]}, "SIDECAR_KEYS", "<redacted>", ("key=tenant",)),
 ]
@@ -181,7 +194,7 @@ def test_bad_value_is_one_line_naming_setting_value_and_what_is_allowed(
 
 def test_admin_bind_beyond_loopback_is_allowed_with_tokens() -> None:
     assert load_settings({"ADMIN_HOST": "::1"}).server.admin_host == "::1"
-    with_tokens = load_settings({"ADMIN_HOST": "0.0.0.0", "ADMIN_TOKENS": "t"})
+    with_tokens = load_settings({"ADMIN_HOST": "0.0.0.0", "ADMIN_TOKENS": LONG})
     assert with_tokens.server.admin_host == "0.0.0.0"
 
 

@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.body import read_body
 from proxy.directives import Directives, Scope, parse_directives
 from proxy.failures import InvalidRequest
 from proxy.persona import NO_PERSONA, Persona, parse_user_id
@@ -44,7 +45,7 @@ async def parse_request(
 ) -> ParsedRequest:
     headers = request.headers
     identity = runtime.tenants.resolve(headers)
-    raw = await request.read()
+    raw = await read_body(request)
     try:
         body = _decode_json(raw)
     except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
