@@ -10,6 +10,11 @@ client closed the connection (`abandoned`), which is how a test sees a call canc
 
 from __future__ import annotations
 
+import gzip
+import json
+
+import pytest
+
 from tests.fixtures.sidecar import SidecarFactory, Stub
 from tests.test_single_flight import messages
 
@@ -33,3 +38,26 @@ def test_an_answer_without_choices_is_relayed_but_never_cached(
     second = sidecar.request("POST", CHAT, chat_body())
     assert second.headers["x-cache"] == "MISS"  # not served from a stored partial answer
     assert stub.calls == 2
+
+
+# -- item 8: Content-Encoding of a decoded request body -----------------------------------------
+
+
+@pytest.mark.parametrize("path", [CHAT, "/v1/not-understood"])
+def test_a_gzip_request_body_goes_upstream_decoded_without_its_encoding(
+    make_sidecar: SidecarFactory, stub: Stub, path: str
+) -> None:
+    """aiohttp decodes a request body sent with Content-Encoding, so what goes upstream is the
+    decoded body: its encoding header must not go with it (understood and pass-through)."""
+    sidecar = make_sidecar()
+    body = chat_body("Compressed question")
+    answer = sidecar.request(
+        "POST",
+        path,
+        gzip.compress(json.dumps(body).encode()),
+        {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+    received = stub.fake.requests[-1]
+    assert "content-encoding" not in received.headers
+    assert received.body == body  # the stub could read it
+    assert answer.status == (200 if path == CHAT else 404)
