@@ -19,6 +19,7 @@ from proxy.failures import (
     NotFound,
     NotPermitted,
     StoreUnavailable,
+    UpstreamBusy,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -53,6 +54,7 @@ STATUS_BY_FAILURE: dict[type[Failure], int] = {
     BadUpstreamAnswer: 502,
     UpstreamTimeout: 504,
     BreakerOpen: 503,
+    UpstreamBusy: 503,
 }
 
 # The `type` OpenAI uses for each status we answer ourselves.

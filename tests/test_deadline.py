@@ -10,13 +10,15 @@ client closed the connection (`abandoned`), which is how a test sees a call canc
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 
+import openai
 import pytest
 
 from tests.fixtures.sidecar import SidecarFactory, Stub
-from tests.test_single_flight import messages
+from tests.test_single_flight import WAIT_S, ask, messages, until
 
 CHAT = "/v1/chat/completions"
 
@@ -61,3 +63,104 @@ def test_a_gzip_request_body_goes_upstream_decoded_without_its_encoding(
     assert "content-encoding" not in received.headers
     assert received.body == body  # the stub could read it
     assert answer.status == (200 if path == CHAT else 404)
+
+
+# -- item 6: the total deadline, the bounded slot wait, abandoned calls --------------------------
+
+
+async def test_a_drip_holding_every_slot_refuses_a_fresh_miss_with_retry_after(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    sidecar = make_sidecar(UPSTREAM_MAX_IN_FLIGHT="1", UPSTREAM_QUEUE_TIMEOUT="0.2")
+    stub.fake.drip_ms = 20
+    client = sidecar.aclient()
+    held = asyncio.ensure_future(ask(client, question="held by the drip"))
+    try:
+        await until(lambda: stub.fake.in_flight == 1, "the one slot is held by a drip")
+        with pytest.raises(openai.APIStatusError) as refused:
+            await asyncio.wait_for(ask(client, question="a fresh miss"), WAIT_S)
+        assert refused.value.status_code == 503
+        assert int(refused.value.response.headers["retry-after"]) >= 1
+        assert refused.value.response.json()["error"]["code"] == "upstream_busy"
+        assert stub.calls == 1  # the refused miss never reached the upstream
+    finally:
+        held.cancel()
+        stub.fake.drip_ms = None
+        await asyncio.gather(held, return_exceptions=True)
+
+
+async def test_the_total_timeout_bounds_an_answer_that_keeps_trickling(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    sidecar = make_sidecar(UPSTREAM_TOTAL_TIMEOUT="0.5")
+    stub.fake.drip_ms = 20
+    with pytest.raises(openai.APIStatusError) as timed_out:
+        await asyncio.wait_for(ask(sidecar.aclient(), question="never ends"), WAIT_S)
+    assert timed_out.value.status_code == 504
+    await until(lambda: stub.fake.abandoned == 1, "the upstream connection closed")
+    assert sidecar.runtime.gate.active == 0
+
+
+async def test_the_total_timeout_bounds_a_stream_that_keeps_trickling(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    """The stream started (200 and its headers went out), so the client gets the stream
+    failure as its last event, and the call counts against the breaker."""
+    sidecar = make_sidecar(UPSTREAM_TOTAL_TIMEOUT="0.5")
+    stub.fake.drip_ms = 20
+    with pytest.raises(openai.APIError) as failed:
+        await asyncio.wait_for(ask(sidecar.aclient(), stream=True, question="never ends"), WAIT_S)
+    assert "stream" in str(failed.value)
+    await until(lambda: stub.fake.abandoned == 1, "the upstream connection closed")
+    assert sidecar.runtime.gate.active == 0
+    assert sidecar.runtime.breakers.for_endpoint("chat.completions").failures == 1
+
+
+async def test_a_no_store_stream_whose_client_leaves_during_a_drip_is_cancelled(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    """Nothing is to be stored and nobody waits any more: the upstream call is cancelled even
+    though the upstream sends nothing that would let the relay notice."""
+    sidecar = make_sidecar(UPSTREAM_MAX_IN_FLIGHT="1")
+    stub.fake.drip_ms = 600_000  # the headers, one filler byte, then silence
+    client = sidecar.aclient()
+    async with client.chat.completions.with_streaming_response.create(
+        model="gpt-4o-mini",
+        messages=messages("no-store and gone"),
+        stream=True,
+        extra_headers={"Cache-Control": "no-store"},
+    ) as raw:
+        assert raw.headers["x-cache"] == "BYPASS"
+    # The client left (its connection closed when the block ended).
+    await until(lambda: stub.fake.abandoned == 1, "the upstream saw its connection closed")
+    await until(lambda: sidecar.runtime.gate.active == 0, "the gate slot freed")
+
+
+async def test_a_no_store_call_whose_client_leaves_before_any_answer_is_cancelled(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    sidecar = make_sidecar(UPSTREAM_MAX_IN_FLIGHT="1")
+    stub.fake.hang = True
+    headers = {"Cache-Control": "no-store"}
+    gone = asyncio.ensure_future(ask(sidecar.aclient(), question="gone", headers=headers))
+    await until(lambda: stub.fake.in_flight == 1, "the call reached the upstream")
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    await until(lambda: stub.fake.abandoned == 1, "the upstream saw its connection closed")
+    await until(lambda: sidecar.runtime.gate.active == 0, "the gate slot freed")
+
+
+async def test_a_call_the_cache_still_wants_is_not_cancelled_when_its_client_leaves(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    sidecar = make_sidecar()
+    stub.fake.hang = True
+    gone = asyncio.ensure_future(ask(sidecar.aclient(), question="stored for later"))
+    await until(lambda: stub.fake.in_flight == 1, "the call reached the upstream")
+    gone.cancel()
+    await asyncio.gather(gone, return_exceptions=True)
+    await asyncio.sleep(0.5)  # a watcher would have cancelled it by now (it polls faster)
+    stub.fake.hang = False
+    await until(lambda: stub.calls == 1 and stub.fake.in_flight == 0, "the call landed")
+    assert (await ask(sidecar.aclient(), question="stored for later")).cache == "HIT"
+    assert stub.fake.abandoned == 0

@@ -3,13 +3,15 @@
 pybreaker has no asyncio support, so a call is guarded with `with breaker.guard():` (pybreaker's
 `calling()` plus the probe gate below) around the awaited upstream call only, never around
 writes to a client; proxy/upstream/guarded.py is the one caller. 5xx answers, timeouts and
-connection errors count as failures; 4xx answers return normally and do not. While a breaker
-is open, misses fail fast with BreakerOpen (503 + Retry-After). Half-open lets exactly one
+connection errors count as failures; 4xx answers return normally and do not. A call cancelled
+because its clients left is no failure (pybreaker then counts it as a success). While a
+breaker is open, misses fail fast with BreakerOpen (503 + Retry-After). Half-open lets exactly one
 probe through: pybreaker alone would let every concurrent call through.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Iterator
@@ -59,6 +61,7 @@ class Breaker:
             name=name,
             listeners=[listener],
             throw_new_error_on_trip=False,
+            exclude=[asyncio.CancelledError],
         )
         self._probing = False
 
