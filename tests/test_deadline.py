@@ -65,6 +65,57 @@ def test_a_gzip_request_body_goes_upstream_decoded_without_its_encoding(
     assert answer.status == (200 if path == CHAT else 404)
 
 
+# -- item 8: one tenant's 5xx do not open the breaker for everyone ------------------------------
+
+MANAGED = {
+    "UPSTREAM_API_KEY": "sk-upstream-0123456789",
+    "SIDECAR_KEYS": "sk-side-alpha=alpha,sk-side-bravo=bravo",
+    "BREAKER_FAIL_MAX": "2",
+}
+
+
+async def test_one_tenants_5xx_do_not_open_the_breaker_for_another(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    sidecar = make_sidecar(**MANAGED)
+    alpha, bravo = sidecar.aclient("sk-side-alpha"), sidecar.aclient("sk-side-bravo")
+    assert (await ask(bravo, question="bravo before")).cache == "MISS"
+    stub.fake.fail_next = 3
+    for number in range(3):
+        with pytest.raises(openai.InternalServerError):  # the upstream's 500, relayed
+            await ask(alpha, question=f"alpha's odd request {number}")
+    assert sidecar.runtime.breakers.for_endpoint("chat.completions").state == "closed"
+    assert (await ask(bravo, question="bravo after")).cache == "MISS"
+
+
+async def test_5xx_seen_by_two_tenants_open_the_breaker(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    sidecar = make_sidecar(**MANAGED)
+    alpha, bravo = sidecar.aclient("sk-side-alpha"), sidecar.aclient("sk-side-bravo")
+    stub.fake.fail_next = 2
+    for number, client in enumerate((alpha, bravo)):
+        with pytest.raises(openai.InternalServerError):
+            await ask(client, question=f"failing {number}")
+    with pytest.raises(openai.APIStatusError) as refused:
+        await ask(bravo, question="refused")
+    assert refused.value.status_code == 503
+    assert refused.value.response.headers["x-cache"] != "HIT"
+
+
+def test_a_lone_tenants_5xx_still_open_the_breaker(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    """With nobody else calling (a single-tenant deployment), an upstream answering 5xx still
+    opens the breaker: there is no other tenant to protect from this one."""
+    sidecar = make_sidecar(BREAKER_FAIL_MAX="2")
+    stub.fake.fail_next = 2
+    for number in range(2):
+        assert sidecar.request("POST", CHAT, chat_body(f"failing {number}")).status == 500
+    refused = sidecar.request("POST", CHAT, chat_body("refused"))
+    assert refused.status == 503 and refused.json()["error"]["code"] == "circuit_open"
+
+
 # -- item 6: the total deadline, the bounded slot wait, abandoned calls --------------------------
 
 

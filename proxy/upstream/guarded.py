@@ -4,7 +4,8 @@ breaker, timing, metrics and failure accounting, in that order, for every unders
 
 A call waits for a gate slot (an open breaker refuses before it queues, a slot not free in time
 is UpstreamBusy), then sends inside the breaker: timeouts and connection errors count against
-it, and so do 5xx answers; 4xx answers do not. The whole call, answer body
+it; 5xx answers count when more than one tenant sees them (breakers.py: one client's request
+shape must not open the breaker for everyone); 4xx answers do not. The whole call, answer body
 and relayed stream included, runs under one total deadline (`total_timeout_s`,
 UPSTREAM_TOTAL_TIMEOUT -> UpstreamTimeout), so no upstream that trickles bytes holds a slot
 beyond it; a call cancelled or timed out closes its upstream connection. What
@@ -26,7 +27,7 @@ from multidict import CIMultiDict
 
 from proxy.failures import UpstreamTimeout
 from proxy.metrics import Metrics
-from proxy.upstream.breakers import BreakerBoard
+from proxy.upstream.breakers import Breaker, BreakerBoard
 from proxy.upstream.client import UpstreamClient, read_body
 from proxy.upstream.gate import Priority, UpstreamGate, Wanted
 from proxy.upstream.headers import client_response_headers
@@ -45,6 +46,8 @@ class UpstreamRequest:
     headers: Mapping[str, str]
     body: bytes | Callable[[], bytes]
     priority: Priority
+    # Whose call it is, for the breaker's 5xx accounting; None: counted as shared (a batch).
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,13 +116,16 @@ class GuardedUpstream:
         breaker.admit()  # refuses at once rather than after waiting for a slot
         async with self.gate.slot(request.priority, wanted):
             body = request.body if isinstance(request.body, bytes) else request.body()
+            breaker.saw_call(request.tenant)
             try:
                 with breaker.guard():
-                    return await self._send(request, body, read)
+                    return await self._send(request, body, read, breaker)
             except UpstreamFailure as failure:
                 return cast(T, failure.result)
 
-    async def _send(self, request: UpstreamRequest, body: bytes, read: Reader[T]) -> T:
+    async def _send(
+        self, request: UpstreamRequest, body: bytes, read: Reader[T], breaker: Breaker
+    ) -> T:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.total_timeout_s):
@@ -137,6 +143,6 @@ class GuardedUpstream:
             raise
         except TimeoutError as exc:  # the total deadline
             raise UpstreamTimeout() from exc
-        if response.status >= 500:
+        if response.status >= 500 and breaker.counts_5xx(request.tenant):
             raise UpstreamFailure(result)
         return result
