@@ -21,6 +21,7 @@ from proxy.failures import (
     Overloaded,
     StoreUnavailable,
     UnreadableBody,
+    UpstreamBusy,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
@@ -57,6 +58,7 @@ STATUS_BY_FAILURE: dict[type[Failure], int] = {
     BadUpstreamAnswer: 502,
     UpstreamTimeout: 504,
     BreakerOpen: 503,
+    UpstreamBusy: 503,
 }
 
 # The `type` OpenAI uses for each status we answer ourselves.

@@ -18,7 +18,8 @@ proxy/errors.py, the way httpx maps its transport's errors once at the boundary:
         ├── UpstreamUnreachable no connection (502)   also a ConnectionError
         ├── UpstreamTimeout     no answer in time (504)   also a TimeoutError
         ├── BadUpstreamAnswer   an answer that is not what the API promises (502)
-        └── BreakerOpen         the breaker refuses calls for now (503)
+        ├── BreakerOpen         the breaker refuses calls for now (503)
+        └── UpstreamBusy        no upstream slot freed within UPSTREAM_QUEUE_TIMEOUT (503)
 
 Messages are shown to clients as they are, so they never hold a secret or an id.
 """
@@ -121,3 +122,10 @@ class BadUpstreamAnswer(UpstreamError):
 
 class BreakerOpen(UpstreamError):
     default_code = "circuit_open"
+
+
+class UpstreamBusy(UpstreamError):
+    """Every upstream slot stayed taken for as long as a request may wait for one: answered
+    at once with Retry-After instead of letting the queue grow without bound."""
+
+    default_code = "upstream_busy"

@@ -48,6 +48,12 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True):
     max_connections: Positive = 256
     # Upstream calls in flight at once; the rest wait by X-Priority, then FIFO.
     max_in_flight: Positive = 64
+    # The longest one understood upstream call may take, answer body and relayed stream
+    # included (-> 504); long enough for the longest legitimate generation.
+    total_timeout_s: Seconds = 600.0
+    # The longest a request waits for an upstream slot (-> 503 + Retry-After); low priority
+    # (warming) may wait up to total_timeout_s, since no client is waiting on it.
+    queue_timeout_s: Seconds = 5.0
     breaker_fail_max: Positive = 5
     breaker_reset_s: Seconds = 30.0
     # Cross-replica single-flight (with Redis): the leader's lock lives this long unless

@@ -26,6 +26,8 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "UPSTREAM_READ_TIMEOUT": ("upstream", "read_timeout_s"),
     "UPSTREAM_MAX_CONNECTIONS": ("upstream", "max_connections"),
     "UPSTREAM_MAX_IN_FLIGHT": ("upstream", "max_in_flight"),
+    "UPSTREAM_TOTAL_TIMEOUT": ("upstream", "total_timeout_s"),
+    "UPSTREAM_QUEUE_TIMEOUT": ("upstream", "queue_timeout_s"),
     "BREAKER_FAIL_MAX": ("upstream", "breaker_fail_max"),
     "BREAKER_RESET_S": ("upstream", "breaker_reset_s"),
     "COALESCE_LOCK_MS": ("upstream", "coalesce_lock_ms"),

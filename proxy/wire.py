@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -50,10 +50,11 @@ class Usage(msgspec.Struct):
 
 
 class GenerativeAnswer(msgspec.Struct):
-    """Enough of a chat.completion / text_completion to know it is whole and what it cost."""
+    """Enough of a chat.completion / text_completion to know it is whole and what it cost.
+    An answer with no choice is not whole (a 200 that says nothing), so it is never stored."""
 
     object: Literal["chat.completion", "text_completion"]
-    choices: list[Any]
+    choices: Annotated[list[Any], msgspec.Meta(min_length=1)]
     model: str = ""
     usage: Usage | None = None
 

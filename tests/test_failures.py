@@ -14,6 +14,7 @@ from proxy.failures import (
     ClientGone,
     Failure,
     InvalidRequest,
+    UpstreamBusy,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
@@ -43,6 +44,7 @@ def test_every_failure_is_in_the_table(cls: type[Failure]) -> None:
         (UpstreamUnreachable(OSError()), 502, "upstream_error", "upstream_unreachable"),
         (UpstreamTimeout(), 504, "timeout_error", "upstream_timeout"),
         (BreakerOpen("open", retry_after_s=7), 503, "service_unavailable", "circuit_open"),
+        (UpstreamBusy("busy", retry_after_s=2), 503, "service_unavailable", "upstream_busy"),
     ],
 )
 def test_a_failure_renders_openai_shaped(

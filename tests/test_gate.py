@@ -8,7 +8,10 @@ import asyncio
 
 import msgspec
 import openai
+import pytest
 
+from proxy.failures import UpstreamBusy
+from proxy.upstream.gate import Priority, UpstreamGate
 from tests.fixtures.sidecar import API_KEY, SidecarFactory, Stub
 from tests.test_single_flight import WAIT_S, ask, messages, until, until_count
 
@@ -112,3 +115,26 @@ async def test_a_waiting_request_whose_client_left_is_dropped(
     assert asked_questions(stub) == ["busy", "stayed"]  # "gone" never reached the upstream
     await until(lambda: gate.queued == 0 and gate.active == 0, "the gate drained")
     assert not sidecar.runtime.flights.flights  # and its flight landed
+
+
+async def test_a_slot_wait_is_bounded_but_low_priority_may_wait_longer() -> None:
+    """Issue 19, item 6: beyond UPSTREAM_QUEUE_TIMEOUT a request is refused (503 + Retry-After)
+    instead of queueing behind calls that may never end; warming (low priority, nobody waiting
+    on it) waits up to its own, longer bound and still gets its turn."""
+    gate = UpstreamGate(1, queue_timeout_s=0.05, low_queue_timeout_s=WAIT_S)
+    held = gate.slot(Priority.NORMAL, lambda: True)
+    await held.__aenter__()
+
+    async def use_slot(priority: Priority) -> str:
+        async with gate.slot(priority, lambda: True):
+            return priority.name
+
+    warming = asyncio.ensure_future(use_slot(Priority.LOW))
+    await until_count(lambda: gate.queued, 1, "warming queued")
+    with pytest.raises(UpstreamBusy) as busy:
+        await asyncio.wait_for(use_slot(Priority.HIGH), WAIT_S)
+    assert busy.value.retry_after_s == 1
+    assert not warming.done()  # past the normal bound, still waiting
+    await held.__aexit__(None, None, None)
+    assert await asyncio.wait_for(warming, WAIT_S) == "LOW"
+    assert (gate.active, gate.queued) == (0, 0)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import msgspec
@@ -31,6 +31,9 @@ from proxy.upstream.guarded import Exchange, GuardedUpstream, UpstreamFailure
 from proxy.wire import PromptTokensDetails, Usage
 
 log = logging.getLogger("sidecache.flight")
+# How often a call nobody else shares checks that its client is still there (aiohttp does not
+# cancel a handler whose client left, and a silent upstream gives the relay nothing to check on).
+ABANDON_POLL_S = 0.1
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -38,6 +41,7 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 # How a flight gets its answer once it may call the upstream: `FlightRunner.call_upstream` by
 # default, a share of a micro-batch for batched endpoints.
 Sender = Callable[[Flight, UpstreamCall], Awaitable[Answer]]
+T = TypeVar("T")
 
 
 class FlightRunner:
@@ -113,7 +117,9 @@ class FlightRunner:
                 answer.upstream_ms = exchange.elapsed_ms()
             return answer
 
-        answer = await self.upstream.call_with(call.request, flight.wanted, read)
+        answer = await self._unless_abandoned(
+            flight, call, self.upstream.call_with(call.request, flight.wanted, read)
+        )
         if answer is None:
             # Raised outside the breaker: everyone leaving a healthy stream is no upstream failure.
             raise ClientGone()
@@ -121,6 +127,30 @@ class FlightRunner:
             answer.usage = call.validate(answer.body)
             answer.stored = await store_answer(self.store, call, answer.body, answer.usage)
         return answer
+
+    async def _unless_abandoned(
+        self, flight: Flight, call: UpstreamCall, calling: Awaitable[T]
+    ) -> T:
+        """Runs the upstream call; one with nothing to store (no-store) is cancelled as soon as
+        no client waits for it any more, so an upstream that sends nothing does not hold a gate
+        slot and a connection for nobody until the total deadline. A call the cache wants (a
+        plan) or that other waiters share is never cancelled here: `flight.wanted()` asks
+        every waiter, and a plan keeps it running for the cache."""
+        if call.plan is not None:
+            return await calling
+        task = asyncio.ensure_future(calling)
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=ABANDON_POLL_S)
+                if done:
+                    return task.result()
+                if not flight.wanted():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+                    raise ClientGone()
+        finally:
+            if not task.done():  # this flight's own task was cancelled
+                task.cancel()
 
     async def _read_or_relay(
         self,
@@ -171,6 +201,13 @@ class FlightRunner:
             failed = stream_failure(f"The upstream stream failed ({type(exc).__name__}).")
             flight.push(Event(format_event(failed.body)))
             raise UpstreamFailure(failed) from None
+        except asyncio.CancelledError:
+            # The total deadline (UpstreamTimeout once it leaves the guard) or every client
+            # gone: the followers' last event says the stream ended unfinished.
+            upstream.close()
+            failed = stream_failure("The upstream stream did not end in time.")
+            flight.push(Event(format_event(failed.body)))
+            raise
         if not done or broken or not chunks:
             upstream.close()
             failed = stream_failure("The upstream stream ended before it was complete.")

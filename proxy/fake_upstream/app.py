@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 import msgspec
 from aiohttp import web
 
+from .drip import drip
 from .endpoints import embeddings, get_model, list_models, moderations, unknown_url
 from .generate import chat_completions, completions
 from .inputs import BODY_KEY, ParsedBody
@@ -66,6 +67,7 @@ async def _wait_while_hung(request: web.Request, fake: FakeUpstream) -> None:
     while fake.hang:
         transport = request.transport
         if transport is None or transport.is_closing():
+            fake.abandoned += 1
             raise FakeApiError(499, "The client closed the connection.")
         if stopping.is_set():
             raise FakeApiError(503, "The fake upstream is shutting down.")
@@ -80,6 +82,8 @@ async def _answer(request: web.Request, handler: Handler, fake: FakeUpstream) ->
         _check_auth(request, fake)
         if fake.take_failure():
             raise _injected_failure(fake)
+        if fake.drip_ms is not None:
+            return await drip(request, fake, request.app[STOPPING_KEY])
         return await handler(request)
     except FakeApiError as err:
         return error_answer(request, err)

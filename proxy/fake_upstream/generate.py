@@ -85,6 +85,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             }
             for i, words in enumerate(replies)
         ]
+        if request.app[FAKE_KEY].empty_choices:
+            choices = []
         payload = {**envelope.head, "choices": choices, "usage": usage, "service_tier": "default"}
         return json_answer(request, payload)
 

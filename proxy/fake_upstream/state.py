@@ -35,6 +35,8 @@ class KnobUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     gzip: bool | UnsetType = UNSET
     bad_input_marker: Annotated[str, msgspec.Meta(min_length=1)] | UnsetType = UNSET
     required_key: str | UnsetType | None = UNSET
+    empty_choices: bool | UnsetType = UNSET
+    drip_ms: Annotated[float, msgspec.Meta(gt=0)] | UnsetType | None = UNSET
 
 
 KNOB_NAMES: tuple[str, ...] = KnobUpdate.__struct_fields__
@@ -61,6 +63,8 @@ class FakeUpstream:
         gzip: bool = False,
         bad_input_marker: str = "BAD_INPUT",
         required_key: str | None = None,
+        empty_choices: bool = False,
+        drip_ms: float | None = None,
     ) -> None:
         self.latency_ms = latency_ms
         self.chunk_delay_ms = chunk_delay_ms
@@ -73,6 +77,11 @@ class FakeUpstream:
         self.gzip = gzip
         self.bad_input_marker = bad_input_marker
         self.required_key = required_key
+        # Chat and completions answer 200 with `choices: []` (not a whole answer).
+        self.empty_choices = empty_choices
+        # Every /v1 answer sends its headers, then one filler byte every `drip_ms` and never
+        # its end, until the knob is cleared or the client leaves (a trickling upstream).
+        self.drip_ms = drip_ms
         self.in_flight = 0
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_size: int | None = None
@@ -85,6 +94,7 @@ class FakeUpstream:
         self.max_in_flight = self.in_flight
         self.embedding_inputs_per_call: list[int] = []
         self.moderation_inputs_per_call: list[int] = []
+        self.abandoned = 0  # held (hang, drip) requests whose client closed the connection
 
     @property
     def total_calls(self) -> int:
@@ -149,6 +159,7 @@ class FakeUpstream:
             "max_in_flight": self.max_in_flight,
             "embedding_inputs_per_call": list(self.embedding_inputs_per_call),
             "moderation_inputs_per_call": list(self.moderation_inputs_per_call),
+            "abandoned": self.abandoned,
             "last_request": msgspec.to_builtins(last) if last is not None else None,
             "knobs": self.knobs(),
         }

@@ -197,6 +197,7 @@ async def _fetch(
         headers=upstream_headers(request, parsed),
         body=_encode(body),
         priority=parsed.priority,
+        tenant=parsed.identity.tenant,
     )
     reply = await runtime.upstream.call(call, lambda: client_connected(request))
     if reply.status != 200:

@@ -126,6 +126,7 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
                 headers=upstream_headers(request, parsed),
                 body=route.adapter.upstream_body(parsed, asked),
                 priority=parsed.priority,
+                tenant=parsed.identity.tenant,
             ),
             validate=route.adapter.validate,
             plan=plan,

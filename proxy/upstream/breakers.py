@@ -2,14 +2,17 @@
 
 pybreaker has no asyncio support, so a call is guarded with `with breaker.guard():` (pybreaker's
 `calling()` plus the probe gate below) around the awaited upstream call only, never around
-writes to a client; proxy/upstream/guarded.py is the one caller. 5xx answers, timeouts and
-connection errors count as failures; 4xx answers return normally and do not. While a breaker
-is open, misses fail fast with BreakerOpen (503 + Retry-After). Half-open lets exactly one
-probe through: pybreaker alone would let every concurrent call through.
+writes to a client; proxy/upstream/guarded.py is the one caller. Timeouts and connection errors
+count as failures; 5xx answers count only when they are not one tenant's alone (`counts_5xx`,
+docs/design.md §4); 4xx answers return normally and do not. A call cancelled because its
+clients left is no failure (pybreaker then counts it as a success). While a breaker is open,
+misses fail fast with BreakerOpen (503 + Retry-After). Half-open lets exactly one probe
+through: pybreaker alone would let every concurrent call through.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Iterator
@@ -22,6 +25,9 @@ from proxy.failures import BreakerOpen
 from proxy.vocabulary import Endpoint
 
 FAMILIES = ("chat", "embeddings", "moderation", "other")
+# How long a tenant counts as calling, or as having seen a 5xx, for `counts_5xx`.
+TENANT_WINDOW_S = 300.0
+_PRUNE_ABOVE = 1024  # callers remembered before old ones are dropped on a call
 _FAMILY_BY_ENDPOINT: dict[str, str] = {
     Endpoint.CHAT: "chat",
     Endpoint.COMPLETIONS: "chat",
@@ -59,8 +65,34 @@ class Breaker:
             name=name,
             listeners=[listener],
             throw_new_error_on_trip=False,
+            exclude=[asyncio.CancelledError],
         )
         self._probing = False
+        # tenant -> when it last called / last got a 5xx (time.monotonic), within the window.
+        self._callers: dict[str, float] = {}
+        self._failing: dict[str, float] = {}
+
+    def saw_call(self, tenant: str | None) -> None:
+        if tenant is None:
+            return
+        now = time.monotonic()
+        self._callers[tenant] = now
+        if len(self._callers) > _PRUNE_ABOVE:
+            _prune(self._callers, now)
+
+    def counts_5xx(self, tenant: str | None) -> bool:
+        """Whether this 5xx counts against the breaker: when tenants other than this one saw
+        5xx too within the window, or nobody else called at all (a single-tenant deployment
+        has no one else to protect). One tenant's malformed or hostile requests that make the
+        upstream fail therefore never refuse every other tenant's calls. A call without a
+        tenant (a micro-batch) always counts, as before."""
+        if tenant is None:
+            return True
+        now = time.monotonic()
+        self._failing[tenant] = now
+        _prune(self._failing, now)
+        _prune(self._callers, now)
+        return len(self._failing) >= min(2, len(self._callers))
 
     @property
     def state(self) -> str:
@@ -113,6 +145,7 @@ class Breaker:
     def reset(self) -> None:
         self.cb.close()
         self._probing = False
+        self._failing.clear()
 
     def _open_error(self) -> BreakerOpen:
         wait = self.retry_after_s()
@@ -121,6 +154,11 @@ class Breaker:
             f"while. Cached answers are still served. Retry in {wait} s.",
             retry_after_s=wait,
         )
+
+
+def _prune(seen: dict[str, float], now: float) -> None:
+    for tenant in [t for t, at in seen.items() if now - at > TENANT_WINDOW_S]:
+        del seen[tenant]
 
 
 class BreakerBoard:

@@ -1,8 +1,9 @@
 """The one HTTP client session to the upstream, with keep-alive and explicit timeouts.
 
 Connection failures raise UpstreamUnreachable and timeouts UpstreamTimeout (502 and 504 to the
-client, docs/design.md §7). There is no total
-timeout: a long SSE stream is fine as long as bytes keep coming (`read_timeout_s` between two).
+client, docs/design.md §7). The session has no total timeout
+(`read_timeout_s` bounds the gap between two bytes): pass-through streams may be long, and the
+understood calls' total deadline is GuardedUpstream's (UPSTREAM_TOTAL_TIMEOUT).
 """
 
 from __future__ import annotations

@@ -2,8 +2,13 @@
 breaker, timing, metrics and failure accounting, in that order, for every understood call
 (flights, micro-batches, embedding fetches). Retries, fallbacks and tracing belong here.
 
-A call waits for a gate slot (an open breaker refuses before it queues), then sends inside the
-breaker: timeouts, connection errors and 5xx answers count against it, 4xx answers do not. What
+A call waits for a gate slot (an open breaker refuses before it queues, a slot not free in time
+is UpstreamBusy), then sends inside the breaker: timeouts and connection errors count against
+it; 5xx answers count when more than one tenant sees them (breakers.py: one client's request
+shape must not open the breaker for everyone); 4xx answers do not. The whole call, answer body
+and relayed stream included, runs under one total deadline (`total_timeout_s`,
+UPSTREAM_TOTAL_TIMEOUT -> UpstreamTimeout), so no upstream that trickles bytes holds a slot
+beyond it; a call cancelled or timed out closes its upstream connection. What
 the caller does with the answer (read it whole, relay a stream) is a `Reader` run inside the
 breaker too, so a stream that breaks counts; writes to clients never happen in a reader (a
 flight buffers the events its clients read).
@@ -11,6 +16,7 @@ flight buffers the events its clients read).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -19,8 +25,9 @@ from typing import Generic, TypeVar, cast
 import aiohttp
 from multidict import CIMultiDict
 
+from proxy.failures import UpstreamTimeout
 from proxy.metrics import Metrics
-from proxy.upstream.breakers import BreakerBoard
+from proxy.upstream.breakers import Breaker, BreakerBoard
 from proxy.upstream.client import UpstreamClient, read_body
 from proxy.upstream.gate import Priority, UpstreamGate, Wanted
 from proxy.upstream.headers import client_response_headers
@@ -39,6 +46,8 @@ class UpstreamRequest:
     headers: Mapping[str, str]
     body: bytes | Callable[[], bytes]
     priority: Priority
+    # Whose call it is, for the breaker's 5xx accounting; None: counted as shared (a batch).
+    tenant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,15 +95,18 @@ class GuardedUpstream:
         gate: UpstreamGate,
         breakers: BreakerBoard,
         metrics: Metrics,
+        total_timeout_s: float = 600.0,
     ) -> None:
         self.client = client
         self.gate = gate
         self.breakers = breakers
         self.metrics = metrics
+        self.total_timeout_s = total_timeout_s
 
     async def call(self, request: UpstreamRequest, wanted: Wanted) -> Reply:
         """The upstream's whole answer. Raises UpstreamTimeout, UpstreamUnreachable,
-        BreakerOpen, or ClientGone when every client left while the call waited its turn."""
+        BreakerOpen, UpstreamBusy, or ClientGone when every client left while the call waited
+        its turn."""
         return await self.call_with(request, wanted, read_reply)
 
     async def call_with(self, request: UpstreamRequest, wanted: Wanted, read: Reader[T]) -> T:
@@ -104,20 +116,33 @@ class GuardedUpstream:
         breaker.admit()  # refuses at once rather than after waiting for a slot
         async with self.gate.slot(request.priority, wanted):
             body = request.body if isinstance(request.body, bytes) else request.body()
+            breaker.saw_call(request.tenant)
             try:
                 with breaker.guard():
-                    return await self._send(request, body, read)
+                    return await self._send(request, body, read, breaker)
             except UpstreamFailure as failure:
                 return cast(T, failure.result)
 
-    async def _send(self, request: UpstreamRequest, body: bytes, read: Reader[T]) -> T:
+    async def _send(
+        self, request: UpstreamRequest, body: bytes, read: Reader[T], breaker: Breaker
+    ) -> T:
         started = time.perf_counter()
-        response = await self.client.send("POST", request.path, request.headers, body)
-        self.metrics.observe_upstream(
-            request.endpoint, response.status, time.perf_counter() - started
-        )
-        relayed = client_response_headers(response.headers, decoded=True)
-        result = await read(response, Exchange(relayed, started))
-        if response.status >= 500:
+        try:
+            async with asyncio.timeout(self.total_timeout_s):
+                response = await self.client.send("POST", request.path, request.headers, body)
+                self.metrics.observe_upstream(
+                    request.endpoint, response.status, time.perf_counter() - started
+                )
+                relayed = client_response_headers(response.headers, decoded=True)
+                try:
+                    result = await read(response, Exchange(relayed, started))
+                except BaseException:
+                    response.close()  # cancelled or timed out mid-body: stop the upstream too
+                    raise
+        except UpstreamTimeout:
+            raise
+        except TimeoutError as exc:  # the total deadline
+            raise UpstreamTimeout() from exc
+        if response.status >= 500 and breaker.counts_5xx(request.tenant):
             raise UpstreamFailure(result)
         return result

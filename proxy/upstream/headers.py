@@ -30,6 +30,11 @@ _SIDECAR_HEADERS = frozenset({"x-user-id", "x-priority", "authorization", "cache
 # the encodings its HTTP client decodes, whatever the client accepts.
 DECODABLE_ENCODINGS = "gzip, deflate"
 _DECODED_BODY = frozenset({"content-encoding", "content-length"})
+# The sidecar's HTTP server decodes every request body sent with a Content-Encoding (aiohttp's
+# parser does, for `read()` and `content` alike), so what goes upstream is the decoded body:
+# forwarding its encoding made the upstream fail to read it, and its 5xx counted against the
+# shared breaker. Forward what is sent.
+_DECODED_REQUEST = frozenset({"content-encoding"})
 
 
 def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
@@ -51,6 +56,8 @@ def upstream_request_headers(
     for name, value in client_headers.items():
         lower = name.lower()
         if lower in HOP_BY_HOP or lower in _SIDECAR_HEADERS or lower in dropped:
+            continue
+        if lower in _DECODED_REQUEST:
             continue
         if lower.startswith(_SIDECAR_PREFIXES):
             continue
