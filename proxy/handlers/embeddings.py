@@ -69,7 +69,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     _count_hits(runtime, outcome, found)
     if not missing:
         return _answer(parsed, req, keys.request, found, 0, None)
-    request[MISS_HEADERS] = cache_headers(CacheStatus.MISS, keys.request)
+    request[MISS_HEADERS] = cache_headers(parsed.miss_status, keys.request)
     fetched = await _fill(request, runtime, parsed, outcome, req.model, keys, items, found)
     if isinstance(fetched, web.Response):
         fetched.headers.update(request[MISS_HEADERS])

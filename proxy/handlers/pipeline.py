@@ -178,7 +178,7 @@ async def submit_share(
     batch's Failure)."""
     params = {k: v for k, v in parsed.body.items() if k not in UNBATCHED_FIELDS}
     path = parsed.endpoint.path
-    account = parsed.identity.upstream_authorization
+    account = parsed.identity.account  # every credential, not Authorization alone
     key = batch_key(parsed.endpoint, path, params, account, headers)
     return await runtime.batcher.submit(
         key, kind, item, params=params, headers=headers, priority=parsed.priority, wanted=wanted
