@@ -72,11 +72,19 @@ def _account(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
     if ANSWER_HEADERS[0] not in headers and ANSWER_HEADERS[1] not in headers:
         return ()  # the common case: two lookups
     getall = getattr(headers, "getall", None)
-    return tuple(
+    account = tuple(
         (name, value)
         for name in ANSWER_HEADERS
-        for value in (getall(name, ()) if getall else [v for v in [headers.get(name)] if v])
+        for value in (getall(name, ()) if getall else [headers.get(name)])
+        if value is not None
     )
+    for name, value in account:
+        if not value.isascii():  # they are ids (org-..., proj_...); other bytes cannot be keyed
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise InvalidRequest(f"{name} must be valid UTF-8 text.", param=name) from None
+    return account
 
 
 def _parse_cache_control(value: str) -> tuple[bool, bool, int | None]:

@@ -102,3 +102,17 @@ def test_a_max_age_that_is_not_ascii_digits_is_a_400(
     assert error["param"] == "Cache-Control"
     assert "Cache-Control" in error["message"]
     assert stub.calls == 0
+
+
+@pytest.mark.parametrize("header", ["OpenAI-Project", "OpenAI-Organization"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings"])
+def test_an_account_header_that_is_not_utf8_is_a_400(
+    sidecar: Sidecar, stub: Stub, header: str, path: str
+) -> None:
+    """These headers key the entry (item 10), so they must be text."""
+    body = CHAT if path.endswith("completions") else '{"model": "m", "input": "x"}'
+    headers = [("Authorization", f"Bearer {API_KEY}".encode()), (header, b"proj_\xff")]
+    status, answer = raw_request(sidecar.root, "POST", path, headers, body.encode())
+    assert status == 400
+    assert error_of(answer)["param"] == header
+    assert stub.calls == 0
