@@ -58,7 +58,9 @@ def authenticate(request: web.Request, tokens: list[str], user_ids: list[str]) -
             "Missing admin token: send `Authorization: Bearer <token>`.",
             code="missing_admin_token",
         )
-    given = presented.encode()
+    given = _utf8(presented)
+    if given is None:  # bytes that are not UTF-8 match no configured token (never echoed)
+        raise NotAuthenticated("Invalid admin token.", code="invalid_admin_token")
     index = -1
     for i, token in enumerate(tokens):  # every token compared: no early exit to time
         if hmac.compare_digest(given, token.encode()) and index < 0:
@@ -76,7 +78,17 @@ def authenticate(request: web.Request, tokens: list[str], user_ids: list[str]) -
 
 
 def _same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+    given = _utf8(a)
+    return given is not None and hmac.compare_digest(given, b.encode())
+
+
+def _utf8(value: str) -> bytes | None:
+    """`value` as UTF-8, or None when it came as other bytes (aiohttp keeps those as lone
+    surrogates, which cannot be encoded: a 500 before this)."""
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        return None
 
 
 def auth_middleware(tokens: list[str], user_ids: list[str]) -> Middleware:

@@ -12,6 +12,9 @@ from proxy.settings import PERSONA_DIMENSIONS
 
 SCOPE_HEADER = "X-Cache-Scope"
 DIMS_HEADER = "X-Cache-Persona-Dims"
+# Forwarded headers that choose the upstream account a call is billed to and answered from, so
+# they can change the answer: each one present keys the entry (README "What is cached").
+ANSWER_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
 
 
 class Scope(StrEnum):
@@ -27,10 +30,17 @@ class Directives(msgspec.Struct, frozen=True):
     scope: Scope = Scope.PERSONA
     # None: the configured default for the endpoint/model; () means "none".
     dims: tuple[str, ...] | None = None
+    # The ANSWER_HEADERS present, as (name, value) pairs; () for most requests, whose keys it
+    # then leaves exactly as they were before these headers counted.
+    account: tuple[tuple[str, str], ...] = ()
 
     @property
     def bypass(self) -> bool:
         return not self.read and not self.write
+
+    def uncached(self) -> Directives:
+        """These directives with the cache neither read nor written (as `no-store`)."""
+        return msgspec.structs.replace(self, read=False, write=False)
 
 
 DEFAULT_DIRECTIVES = Directives()
@@ -42,7 +52,8 @@ def parse_directives(headers: Mapping[str, str]) -> Directives:
     cache_control = headers.get("Cache-Control")
     scope_raw = headers.get(SCOPE_HEADER)
     dims_raw = headers.get(DIMS_HEADER)
-    if cache_control is None and scope_raw is None and dims_raw is None:
+    account = _account(headers)
+    if cache_control is None and scope_raw is None and dims_raw is None and not account:
         return DEFAULT_DIRECTIVES
     read, write, max_age = _parse_cache_control(cache_control or "")
     scope = Scope.PERSONA
@@ -54,7 +65,26 @@ def parse_directives(headers: Mapping[str, str]) -> Directives:
                 param=SCOPE_HEADER,
             )
         scope = found
-    return Directives(read, write, max_age, scope, _parse_dims(dims_raw))
+    return Directives(read, write, max_age, scope, _parse_dims(dims_raw), account)
+
+
+def _account(headers: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    if ANSWER_HEADERS[0] not in headers and ANSWER_HEADERS[1] not in headers:
+        return ()  # the common case: two lookups
+    getall = getattr(headers, "getall", None)
+    account = tuple(
+        (name, value)
+        for name in ANSWER_HEADERS
+        for value in (getall(name, ()) if getall else [headers.get(name)])
+        if value is not None
+    )
+    for name, value in account:
+        if not value.isascii():  # they are ids (org-..., proj_...); other bytes cannot be keyed
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise InvalidRequest(f"{name} must be valid UTF-8 text.", param=name) from None
+    return account
 
 
 def _parse_cache_control(value: str) -> tuple[bool, bool, int | None]:
@@ -69,9 +99,11 @@ def _parse_cache_control(value: str) -> tuple[bool, bool, int | None]:
             read = write = False
         elif name == "max-age":
             argument = argument.strip().strip('"')
-            if not argument.isdigit():
+            # isdigit() alone takes "²" or "٣", which int() refuses or reads: ASCII digits only.
+            if not (argument.isascii() and argument.isdigit()):
+                shown = f" (got {argument!r})" if argument.isascii() else ""
                 raise InvalidRequest(
-                    f"Cache-Control max-age must be a whole number of seconds (got {argument!r})",
+                    f"Cache-Control max-age must be a whole number of seconds{shown}",
                     param="Cache-Control",
                 )
             max_age = int(argument)

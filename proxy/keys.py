@@ -69,12 +69,16 @@ class KeyMaker:
         user_id: str | None,
         default_dims: tuple[str, ...],
     ) -> ScopePart:
+        part: ScopePart
         if directives.scope is Scope.USER:
-            return ("u", user_id)
-        if directives.scope is Scope.TENANT:
-            return ("t",)
-        dims = default_dims if directives.dims is None else directives.dims
-        return ("p", dims, persona.project(dims))
+            part = ("u", user_id)
+        elif directives.scope is Scope.TENANT:
+            part = ("t",)
+        else:
+            dims = default_dims if directives.dims is None else directives.dims
+            part = ("p", dims, persona.project(dims))
+        # The upstream account headers, only when sent: a request without them keeps its key.
+        return (*part, directives.account) if directives.account else part
 
     def request_key(
         self, tenant: str, endpoint: str, body: Mapping[str, Any], scope: ScopePart

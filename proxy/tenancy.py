@@ -1,8 +1,11 @@
 """Who a request belongs to, and what credential goes upstream for it (docs/design.md §3).
 
-Pass-through mode: the client's Authorization goes upstream unchanged and the tenant is a keyed
-hash of it, so two API keys never share entries. Managed mode: clients present a sidecar key,
-each mapped to a tenant name, and the upstream key never leaves the sidecar.
+Pass-through mode: the client's credential headers go upstream unchanged and the tenant is a
+keyed hash of all of them (`Authorization`, Azure's `api-key`, Anthropic's `x-api-key`): the
+upstream may authenticate by any one, so any one that differs makes another tenant. A request
+with none of them is answered (the upstream says 401) but never reads or writes the cache.
+Managed mode: clients present a sidecar key, each mapped to a tenant name, and the upstream key
+never leaves the sidecar (the client's other credential headers are not forwarded).
 """
 
 from __future__ import annotations
@@ -11,14 +14,27 @@ import hashlib
 from collections.abc import Mapping
 from typing import NamedTuple
 
-from proxy.failures import NotAuthenticated
+from multidict import CIMultiDictProxy
+
+from proxy.failures import InvalidRequest, NotAuthenticated
 from proxy.keys import KeyMaker
 from proxy.settings import Settings
+
+# Every request header an OpenAI-compatible upstream may take a credential from, in the fixed
+# order the tenant's credential string lists them.
+CREDENTIAL_HEADERS = ("Authorization", "api-key", "x-api-key")
 
 
 class Identity(NamedTuple):
     tenant: str
     upstream_authorization: str | None
+    # False when a pass-through request carries no credential at all: its answer is for nobody
+    # in particular, so it must neither read nor write a shared entry.
+    credentialed: bool = True
+    # Which upstream account the request's call is made with (micro-batches never mix two).
+    account: str = ""
+    # Managed mode: the sidecar's key is the only credential that goes upstream.
+    managed: bool = False
 
 
 class TenantResolver:
@@ -33,17 +49,66 @@ class TenantResolver:
         }
 
     def resolve(self, headers: Mapping[str, str]) -> Identity:
-        authorization = headers.get("Authorization")
         if self._upstream_authorization is None:
-            return Identity(self._keys.tenant_id(authorization or ""), authorization)
-        token = _bearer_token(authorization)
-        tenant = self._tenant_by_digest.get(_digest(token)) if token else None
+            credential = pass_through_credential(headers)
+            try:
+                tenant_id = self._keys.tenant_id(credential)
+            except UnicodeEncodeError:  # checked only when hashing failed: no cost on a hit
+                raise _not_utf8(headers) from None
+            return Identity(tenant_id, headers.get("Authorization"), bool(credential), credential)
+        authorization = headers.get("Authorization")
+        try:
+            token = _bearer_token(authorization)
+            tenant = self._tenant_by_digest.get(_digest(token)) if token else None
+        except UnicodeEncodeError:
+            raise _not_utf8(headers) from None
         if tenant is None:
             raise NotAuthenticated(
                 "Missing or unknown sidecar key. Send Authorization: Bearer <sidecar key>.",
                 code="invalid_api_key",
             )
-        return Identity(tenant, self._upstream_authorization)
+        return Identity(
+            tenant, self._upstream_authorization, True, self._upstream_authorization, True
+        )
+
+
+def pass_through_credential(headers: Mapping[str, str]) -> str:
+    """Every credential the request carries, as one canonical string ("" for none).
+
+    A lone `Authorization` is its value as sent, so tenants made before `api-key` and
+    `x-api-key` counted keep their ids (and their entries). Otherwise each value, repeated
+    headers included (the upstream may read either), is listed as `\\n<name>:<value>`: a
+    header value holds no newline, so this form never equals a lone Authorization, and two
+    different sets never list alike. The same key in two different headers makes two tenants
+    (docs/design.md §3)."""
+    values = [_all(headers, name) for name in CREDENTIAL_HEADERS]
+    authorization, api_key, x_api_key = values
+    if not api_key and not x_api_key and len(authorization) <= 1:
+        return authorization[0] if authorization else ""
+    return "".join(
+        f"\n{name}:{value}"
+        for name, found in zip(CREDENTIAL_HEADERS, values, strict=True)
+        for value in found
+    )
+
+
+def _all(headers: Mapping[str, str], name: str) -> list[str]:
+    if isinstance(headers, CIMultiDictProxy):
+        return headers.getall(name, [])
+    value = headers.get(name)
+    return [] if value is None else [value]
+
+
+def _not_utf8(headers: Mapping[str, str]) -> InvalidRequest:
+    """aiohttp keeps header bytes that are not UTF-8 as lone surrogates, which cannot be hashed
+    or compared: the client's mistake, named but never echoed."""
+    for name in CREDENTIAL_HEADERS:
+        for value in _all(headers, name):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return InvalidRequest(f"The {name} header must be valid UTF-8 text.", param=name)
+    raise AssertionError("no credential header failed to encode")  # pragma: no cover
 
 
 def _bearer_token(authorization: str | None) -> str | None:

@@ -28,6 +28,9 @@ from tests.fixtures.sidecar import (
     Stub,
     http_request,
 )
+from tests.recorder_support import Recorder, recorder
+
+__all__ = ["recorder"]  # the fixture, used by name
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Name three prime numbers."}]
 GZIPPED = gzip.compress(b'{"object": "list", "data": ["compressed", "as", "sent"]}', mtime=0)
@@ -327,3 +330,39 @@ def test_delete_passes_through(sidecar: Sidecar, stub: Stub) -> None:
         "DELETE",
         "/v1/files/file-1",
     )
+
+
+ESCAPES = [
+    "/v1/%2e%2e/%2e%2e/internal/debug",
+    "/v1/%2E%2E/internal/debug",
+    "/v1/models/%2e%2e/%2e%2e/%2e%2e/internal",
+    "/v1/../internal/debug",
+    "/v1/a/..%2f..%2finternal",
+    "/v1/%252e%252e/%252e%252e/internal",  # one decoding more than HTTP asks for
+    "/v1/..%5c..%5cinternal",  # `\`, which some servers take for `/`
+]
+
+
+@pytest.mark.parametrize("managed", [False, True], ids=["pass-through", "managed"])
+@pytest.mark.parametrize("path", ESCAPES)
+def test_a_path_that_leaves_the_base_path_is_refused(
+    make_sidecar: SidecarFactory, recorder: Recorder, path: str, managed: bool
+) -> None:
+    """Issue 19 item 2: `/v1/%2e%2e/%2e%2e/internal/debug` reached the upstream as
+    `GET /internal/debug`, in managed mode with the upstream's own key."""
+    env = {"UPSTREAM_API_KEY": "sk-upstream", "SIDECAR_KEYS": f"{API_KEY}=team"} if managed else {}
+    sidecar = make_sidecar(UPSTREAM_BASE_URL=recorder.url, **env)
+    answer = sidecar.request("GET", path)
+    assert answer.status == 400
+    assert answer.json()["error"]["type"] == "invalid_request_error"
+    assert recorder.seen == []
+
+
+def test_dot_segments_that_stay_under_the_base_path_pass(
+    make_sidecar: SidecarFactory, recorder: Recorder
+) -> None:
+    sidecar = make_sidecar(UPSTREAM_BASE_URL=recorder.url)
+    for path in ("/v1/files/file..abc", "/v1/models/%2e%2e/files", "/v1/a%2fb"):
+        assert sidecar.request("GET", path).status == 200
+    assert all(s.raw_path.startswith("/v1/") for s in recorder.seen)
+    assert len(recorder.seen) == 3

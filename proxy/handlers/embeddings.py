@@ -32,6 +32,7 @@ from proxy.failures import BadUpstreamAnswer, InvalidRequest
 from proxy.handlers.answers import MISS_HEADERS, cache_headers, entry_meta
 from proxy.handlers.costing import open_outcome, preflight
 from proxy.handlers.freshness import still_valid
+from proxy.handlers.json_body import refuse_repeated_keys
 from proxy.handlers.parse import (
     ParsedRequest,
     client_connected,
@@ -69,7 +70,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     _count_hits(runtime, outcome, found)
     if not missing:
         return _answer(parsed, req, keys.request, found, 0, None)
-    request[MISS_HEADERS] = cache_headers(CacheStatus.MISS, keys.request)
+    refuse_repeated_keys(parsed.raw, parsed.body)  # the upstream must read what the key read
+    request[MISS_HEADERS] = cache_headers(parsed.miss_status, keys.request)
     fetched = await _fill(request, runtime, parsed, outcome, req.model, keys, items, found)
     if isinstance(fetched, web.Response):
         fetched.headers.update(request[MISS_HEADERS])

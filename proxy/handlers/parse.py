@@ -12,6 +12,7 @@ from multidict import CIMultiDict
 from proxy.body import read_body
 from proxy.directives import Directives, Scope, parse_directives
 from proxy.failures import InvalidRequest
+from proxy.handlers.json_body import decode_object
 from proxy.persona import NO_PERSONA, Persona, parse_user_id
 from proxy.runtime import Runtime
 from proxy.tenancy import Identity
@@ -19,7 +20,6 @@ from proxy.upstream.gate import PRIORITY_HEADER, Priority, parse_priority
 from proxy.upstream.headers import upstream_request_headers
 from proxy.vocabulary import CacheStatus, Endpoint
 
-_decode_json = msgspec.json.Decoder().decode
 T = TypeVar("T")
 
 
@@ -46,15 +46,12 @@ async def parse_request(
     headers = request.headers
     identity = runtime.tenants.resolve(headers)
     raw = await read_body(request)
-    try:
-        body = _decode_json(raw)
-    except (msgspec.DecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
-        raise InvalidRequest(
-            f"The request body is not valid JSON: {exc}", code="invalid_json"
-        ) from None
-    if not isinstance(body, dict):
-        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    body = decode_object(raw)
     directives = parse_directives(headers)
+    if not identity.credentialed:
+        # No credential: the answer is nobody's in particular, so it is shared with nobody.
+        # Decided here once; every step after reads only the directives (X-Cache: BYPASS).
+        directives = directives.uncached()
     user_id = parse_user_id(headers, body.get("user"))
     if directives.scope is Scope.USER and user_id is None:
         raise InvalidRequest(
@@ -80,8 +77,12 @@ def view(kind: type[T], body: dict[str, Any]) -> T:
 
 def upstream_headers(request: web.Request, parsed: ParsedRequest) -> CIMultiDict[str]:
     """The client's headers fit for the upstream, with this request's upstream credential."""
+    identity = parsed.identity
     return upstream_request_headers(
-        request.headers, parsed.identity.upstream_authorization, keep_encoding=False
+        request.headers,
+        identity.upstream_authorization,
+        keep_encoding=False,
+        managed=identity.managed,
     )
 
 

@@ -8,31 +8,41 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
 
-from proxy.failures import BodyTooLarge, UpstreamError
+from proxy.failures import BodyTooLarge, InvalidRequest, UpstreamError
 from proxy.runtime import RUNTIME
 from proxy.upstream.headers import client_response_headers, upstream_request_headers
 from proxy.vocabulary import PASSTHROUGH
 
 _READ_CHUNK = 64 * 1024
+_BASE = "/v1/"
+# Layers of %-encoding undone when checking a path: an upstream (or a proxy before it) that
+# decodes once more than it should must still find nothing to climb out with.
+_DECODE_LAYERS = 4
 
 
 async def passthrough(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
+    # The path and query as the client encoded them: decoding and re-encoding would change
+    # what the upstream reads (an escaped `/` or `+`, for one).
+    path, query = request.rel_url.raw_path, request.rel_url.raw_query_string
+    if not stays_under_base(path):
+        raise InvalidRequest(f"The path must stay under {_BASE}: it may hold no . or .. segment.")
     identity = runtime.tenants.resolve(request.headers)
     limit = runtime.settings.server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(limit)
     headers = upstream_request_headers(
-        request.headers, identity.upstream_authorization, keep_encoding=True
+        request.headers,
+        identity.upstream_authorization,
+        keep_encoding=True,
+        managed=identity.managed,
     )
     body = _CappedBody(request.content, limit) if request.body_exists else None
-    # The path and query as the client encoded them: decoding and re-encoding would change
-    # what the upstream reads (an escaped `/` or `+`, for one).
-    path, query = request.rel_url.raw_path, request.rel_url.raw_query_string
     started = time.perf_counter()
     try:
         upstream = await runtime.upstream_client.send(
@@ -63,6 +73,32 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     else:
         upstream.release()
     return response
+
+
+def stays_under_base(raw_path: str) -> bool:
+    """Whether `raw_path`, and every %-decoding of it, resolves below /v1/ (the HTTP client
+    and the upstream resolve `..` and `%2e%2e`; some take `\\` for `/`)."""
+    path = raw_path
+    for _ in range(_DECODE_LAYERS):
+        if not _resolves_under_base(path.replace("\\", "/")):
+            return False
+        decoded = unquote(path)
+        if decoded == path:
+            return True
+        path = decoded
+    return False  # still encoded after that many layers: nobody's honest path
+
+
+def _resolves_under_base(path: str) -> bool:
+    kept: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if not kept:
+                return False
+            kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+    return len(kept) > 2 and kept[0] == "" and kept[1] == _BASE.strip("/")
 
 
 class _CappedBody:

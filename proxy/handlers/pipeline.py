@@ -34,6 +34,7 @@ from proxy.dispatch.flight import Answer, Flight
 from proxy.dispatch.runner import Sender
 from proxy.handlers.answers import MISS_HEADERS, cache_headers, entry_meta, lookup, serve_stored
 from proxy.handlers.costing import count_flight, count_hit, open_outcome, preflight
+from proxy.handlers.json_body import refuse_repeated_keys
 from proxy.handlers.parse import ParsedRequest, parse_request, upstream_headers
 from proxy.handlers.respond import flight_for, respond
 from proxy.runtime import RUNTIME, Runtime
@@ -109,6 +110,7 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
             request, entry, key, stream=asked.stream, include_usage=asked.include_usage
         )
     # The semantic lookup goes here: after the exact miss, before anything is spent.
+    refuse_repeated_keys(parsed.raw, parsed.body)  # the upstream must read what the key read
     meta = entry_meta(parsed, asked.model, scope, runtime.invalidations.generation)
     await preflight(runtime, parsed, asked.model)
     plan = None
@@ -179,7 +181,7 @@ async def submit_share(
     batch's Failure)."""
     params = {k: v for k, v in parsed.body.items() if k not in UNBATCHED_FIELDS}
     path = parsed.endpoint.path
-    account = parsed.identity.upstream_authorization
+    account = parsed.identity.account  # every credential, not Authorization alone
     key = batch_key(parsed.endpoint, path, params, account, headers)
     return await runtime.batcher.submit(
         key, kind, item, params=params, headers=headers, priority=parsed.priority, wanted=wanted

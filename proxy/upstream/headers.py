@@ -26,6 +26,9 @@ HOP_BY_HOP = frozenset(
 # Sidecar-only request headers: they steer the cache and never go upstream (they carry user ids).
 _SIDECAR_PREFIXES = ("x-persona-", "x-cache-")
 _SIDECAR_HEADERS = frozenset({"x-user-id", "x-priority", "authorization", "cache-control"})
+# The client's other credentials (Azure's, Anthropic's): forwarded in pass-through mode only; in
+# managed mode the sidecar's key is the one credential the upstream may see.
+_CLIENT_CREDENTIALS = frozenset({"api-key", "x-api-key"})
 # Answers of understood routes are decompressed and re-framed by the sidecar, so it asks for
 # the encodings its HTTP client decodes, whatever the client accepts.
 DECODABLE_ENCODINGS = "gzip, deflate"
@@ -45,12 +48,17 @@ def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
 
 
 def upstream_request_headers(
-    client_headers: Mapping[str, str], authorization: str | None, *, keep_encoding: bool
+    client_headers: Mapping[str, str],
+    authorization: str | None,
+    *,
+    keep_encoding: bool,
+    managed: bool = False,
 ) -> CIMultiDict[str]:
     """Client headers fit to send upstream, with `authorization` as the credential.
 
     `keep_encoding`: the answer is relayed as is, so the client's Accept-Encoding (or its
-    absence) goes upstream unchanged; otherwise the sidecar decodes the answer itself."""
+    absence) goes upstream unchanged; otherwise the sidecar decodes the answer itself.
+    `managed`: the client's own credential headers stay here."""
     dropped = _connection_listed(client_headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in client_headers.items():
@@ -62,6 +70,8 @@ def upstream_request_headers(
         if lower.startswith(_SIDECAR_PREFIXES):
             continue
         if lower == "accept-encoding" and not keep_encoding:
+            continue
+        if managed and lower in _CLIENT_CREDENTIALS:
             continue
         out.add(name, value)
     if not keep_encoding:
