@@ -16,7 +16,8 @@ from proxy.budget.book import BudgetBook
 from proxy.budget.spend import SpendStore
 from proxy.errors import failure_headers, failure_response, http_status
 from proxy.failures import BudgetExceeded
-from proxy.settings import BudgetSettings
+from proxy.settings import BudgetSettings, SettingsError
+from proxy.settings_load import load_settings
 from tests.budget_support import Clock, spend_store
 from tests.ledger_db import LedgerDb
 
@@ -200,3 +201,13 @@ async def test_a_hold_never_settled_lapses(spend: SpendStore) -> None:
     await book.settle(TENANT, None, 0.5, held)
     spent = {(b.scope, b.period): t for b, t in await book.spent(TENANT, None)}
     assert spent[("tenant", "daily")] == pytest.approx(0.5)
+
+
+def test_budget_on_store_down_is_open_by_default_closed_on_request_and_nothing_else() -> None:
+    assert load_settings({}).budget.on_store_down == "open"
+    assert load_settings({"BUDGET_ON_STORE_DOWN": "closed"}).budget.on_store_down == "closed"
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"BUDGET_ON_STORE_DOWN": "maybe"})
+    assert str(caught.value) == (
+        "invalid setting BUDGET_ON_STORE_DOWN='maybe': expected one of open, closed"
+    )

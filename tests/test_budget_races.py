@@ -65,7 +65,12 @@ def estimate(sidecar: Sidecar, n: int) -> float:
 
 async def ledger_cost(loop_thread: LoopThread, sidecar: Sidecar) -> float:
     loop_thread.run(sidecar.runtime.ledger.flush())
-    db = LedgerDb("sqlite", sidecar.runtime.settings.ledger.path)
+    ledger = sidecar.runtime.settings.ledger
+    db = (
+        LedgerDb("postgres", ledger.database_url)
+        if ledger.database_url
+        else LedgerDb("sqlite", ledger.path)
+    )
     rows = await db.rows_by_id()
     return sum(float(row["cost"]) for row in rows.values())
 
@@ -161,17 +166,26 @@ async def test_a_budget_store_that_is_down_fails_as_configured(
     assert sample(sidecar, "sidecache_budget_store_up", backend="redis", on_store_down=mode) == 0
 
 
-@pytest.mark.parametrize("restart", ["redis-restarted-empty", "memory-new-process"])
+@pytest.mark.parametrize(
+    ("restart", "database"),
+    [
+        ("redis-restarted-empty", "sqlite"),
+        ("redis-restarted-empty", "postgres"),
+        ("memory-new-process", "sqlite"),
+    ],
+)
 async def test_budget_totals_are_restored_from_the_ledger(
     make_sidecar: SidecarFactory,
     loop_thread: LoopThread,
     private_redis: RedisServer,
     tmp_path: Any,
     restart: str,
+    database: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Issue #19 item 5: the spend of the period survives a Redis restart (an empty Redis) and
-    a new process on the memory store: the totals come back from the ledger (SQLite here), so
-    a used-up budget stays used up."""
+    a new process on the memory store: the totals come back from the ledger, so a used-up
+    budget stays used up."""
     limit = 1e-4  # about a dozen of these chats
     env = {
         "BUDGET_TENANT_DAILY_USD": str(limit),
@@ -181,6 +195,8 @@ async def test_budget_totals_are_restored_from_the_ledger(
     }
     if restart == "redis-restarted-empty":
         env["REDIS_URL"] = private_redis.url
+    if database == "postgres":
+        env["DATABASE_URL"] = request.getfixturevalue("postgres_dsn")
     sidecar = make_sidecar(**env)
     client = sidecar.aclient()
     statuses = [await ask(client, n) for n in range(40)]
