@@ -220,3 +220,17 @@ async def test_budget_totals_are_restored_from_the_ledger(
     assert status == 429  # still used up: restored, not reset
     assert tenant_daily(loop_thread, sidecar) == pytest.approx(spent, rel=1e-9)
     assert (sample(sidecar, "sidecache_budget_restored_total") or 0) >= 1
+
+
+async def test_a_settle_retried_after_it_landed_counts_once(redis_url: str) -> None:
+    """A settle whose answer was lost (a timeout after Redis ran it) is retried from the
+    backlog: its once-marker makes the second run add nothing."""
+    client = connect_redis(redis_url, 250, 4)
+    store = RedisSpend(client, timeout_ms=250)
+    keys = [("sc:b:{t1}:t:d:2026-11-24", 3600), ("sc:b:{t1}:t:m:2026-11", 3600)]
+    try:
+        assert await store.settle(keys, 0.25, "", "sc:b:{t1}:k:one") == [0.25, 0.25]
+        assert await store.settle(keys, 0.25, "", "sc:b:{t1}:k:one") == [0.25, 0.25]
+        assert await store.settle(keys, 0.25, "", "sc:b:{t1}:k:two") == [0.5, 0.5]
+    finally:
+        await client.aclose()

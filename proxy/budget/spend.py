@@ -115,8 +115,8 @@ class MemorySpend:
         self._prune(now)
         for key, _ in keys:
             self._holds.get(key, {}).pop(member, None)
-        if once and not await self.mark_once(once, 3600):
-            return [self._total(key, now) for key, _ in keys]
+        # `once` is not kept: a settle here never fails, so it is never retried (and a marker
+        # per settle would only grow the dict).
         out = []
         for key, ttl_s in keys:
             item = self._totals.get(key)
