@@ -147,6 +147,13 @@ class BudgetSettings(msgspec.Struct, forbid_unknown_fields=True):
     alert_thresholds: list[Share] = msgspec.field(default_factory=lambda: [0.5, 0.8, 1.0])
     webhook_timeout_s: Seconds = 3.0
     overrides_refresh_s: Seconds = 30.0
+    # The spend store (Redis) cannot be reached: "open" serves requests unchecked, "closed"
+    # refuses them with 503 `budget_store_unavailable` (both counted in
+    # sidecache_budget_unchecked_total).
+    on_store_down: Literal["open", "closed"] = "open"
+    # How long a pre-flight reservation holds its estimate when no settle comes (the process
+    # died mid-call): longer than any upstream call.
+    reservation_hold_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
 
 
 class ModelPriceSetting(msgspec.Struct, forbid_unknown_fields=True):

@@ -49,6 +49,7 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "BUDGET_TENANT_MONTHLY_USD": ("budget", "tenant_monthly_usd"),
     "BUDGET_USER_DAILY_USD": ("budget", "user_daily_usd"),
     "BUDGET_USER_MONTHLY_USD": ("budget", "user_monthly_usd"),
+    "BUDGET_ON_STORE_DOWN": ("budget", "on_store_down"),
     "PRICING_FILE": ("pricing", "file"),
     "PROXY_HOST": ("server", "proxy_host"),
     "PROXY_PORT": ("server", "proxy_port"),

@@ -10,7 +10,8 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.budget.spend import MemorySpend, RedisSpend, SpendStore
+from proxy.budget.spend import MemorySpend, SpendStore
+from proxy.budget.spend_redis import RedisSpend
 from proxy.cache.redis import connect_redis
 
 START = datetime(2026, 11, 24, 15, 30, tzinfo=UTC)

@@ -16,7 +16,8 @@ from proxy.budget.book import BudgetBook
 from proxy.budget.spend import SpendStore
 from proxy.errors import failure_headers, failure_response, http_status
 from proxy.failures import BudgetExceeded
-from proxy.settings import BudgetSettings
+from proxy.settings import BudgetSettings, SettingsError
+from proxy.settings_load import load_settings
 from tests.budget_support import Clock, spend_store
 from tests.ledger_db import LedgerDb
 
@@ -42,9 +43,11 @@ async def refusal(book: BudgetBook, user: str | None, estimate: float) -> Budget
 
 async def test_preflight_refuses_what_would_cross_the_tenant_budget(spend: SpendStore) -> None:
     book = book_for(spend, tenant_daily_usd=1.0)
-    await book.preflight(TENANT, None, 0.5)
-    await book.settle(TENANT, None, 0.7)
-    await book.preflight(TENANT, "u1", 0.3)  # exactly what is left still fits
+    held = await book.preflight(TENANT, None, 0.5)
+    await book.settle(TENANT, None, 0.7, held)  # the real cost replaces the estimate held
+    held = await book.preflight(TENANT, "u1", 0.3)  # exactly what is left still fits
+    assert "$0.0000 left" in (await refusal(book, "u1", 0.01)).message  # 0.3 of it is held
+    await book.settle(TENANT, "u1", 0.0, held)  # the call failed: its hold is released
     error = await refusal(book, "u1", 0.31)
     assert (http_status(error), error.code) == (429, "budget_exceeded")
     assert "tenant's daily budget of $1.00" in error.message
@@ -176,3 +179,35 @@ async def test_overrides_win_over_defaults_and_persist(
     await refusal(again, "u1", 5.0)
     await again.close()
     await sink.close()
+
+
+async def test_a_hold_never_settled_lapses(spend: SpendStore) -> None:
+    """A process that dies between reserve and settle leaves a hold: it stops counting after
+    `reservation_hold_s`, so the budget is not held forever."""
+    book = BudgetBook(
+        BudgetSettings(tenant_daily_usd=1.0, reservation_hold_s=0.2), spend, clock=Clock()
+    )
+    assert await book.preflight(TENANT, None, 0.6) is not None  # never settled
+    await refusal(book, None, 0.6)
+    for _ in range(100):  # bounded: the hold lapses 0.2 s after it was taken
+        await asyncio.sleep(0.05)
+        try:
+            held = await book.preflight(TENANT, None, 0.6)
+        except BudgetExceeded:
+            continue
+        break
+    else:
+        pytest.fail("the hold never lapsed")
+    await book.settle(TENANT, None, 0.5, held)
+    spent = {(b.scope, b.period): t for b, t in await book.spent(TENANT, None)}
+    assert spent[("tenant", "daily")] == pytest.approx(0.5)
+
+
+def test_budget_on_store_down_is_open_by_default_closed_on_request_and_nothing_else() -> None:
+    assert load_settings({}).budget.on_store_down == "open"
+    assert load_settings({"BUDGET_ON_STORE_DOWN": "closed"}).budget.on_store_down == "closed"
+    with pytest.raises(SettingsError) as caught:
+        load_settings({"BUDGET_ON_STORE_DOWN": "maybe"})
+    assert str(caught.value) == (
+        "invalid setting BUDGET_ON_STORE_DOWN='maybe': expected one of open, closed"
+    )

@@ -12,7 +12,8 @@ from prometheus_client import CollectorRegistry
 
 from proxy.budget.alerts import Alerter
 from proxy.budget.book import BudgetBook
-from proxy.budget.spend import RedisSpend, SpendStore
+from proxy.budget.spend import SpendStore
+from proxy.budget.spend_redis import RedisSpend
 from proxy.cache.redis import connect_redis
 from proxy.failures import BudgetExceeded
 from proxy.ledger.collector import register_ledger_metrics

@@ -2,9 +2,10 @@
 (docs/design.md §5)."""
 
 from proxy.budget.alerts import Alerter, BudgetAlert
-from proxy.budget.book import BudgetBook
+from proxy.budget.book import BudgetBook, Reservation
 from proxy.budget.limits import Budget
-from proxy.budget.spend import MemorySpend, RedisSpend, SpendStore, SpendUnavailable
+from proxy.budget.spend import MemorySpend, SpendStore, SpendUnavailable
+from proxy.budget.spend_redis import RedisSpend
 
 __all__ = [
     "Alerter",
@@ -13,6 +14,7 @@ __all__ = [
     "BudgetBook",
     "MemorySpend",
     "RedisSpend",
+    "Reservation",
     "SpendStore",
     "SpendUnavailable",
 ]

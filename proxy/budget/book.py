@@ -2,10 +2,14 @@
 
 Periods are UTC days and calendar months. Limits are the configured defaults unless an
 override (table `budget_overrides`, by tenant id or user id) says otherwise; 0 is unlimited.
-User spend is counted per (tenant, user). `preflight` refuses a request whose estimate would
-cross what is left of any limit; `settle` adds the real cost and fires alerts at the configured
-shares once per budget and period (a marker in the spend store, so once across replicas).
-When the spend store fails, requests are served (fail open) and the failure is counted.
+User spend is counted per (tenant, user). `preflight` reserves the request's estimate against
+every limited budget at once, or refuses it when it would cross what is left (spent plus what
+other requests in flight hold); `settle` replaces the reservation by the real cost (0 when the
+call failed) and fires alerts at the configured shares once per budget and period (a marker in
+the spend store, so once across replicas). Settles the store does not take are retried
+(proxy/budget/backlog.py); totals missing from the store are restored from the ledger
+(proxy/budget/restore.py). When the store cannot be reached, `on_store_down` decides: `open`
+serves the request unchecked, `closed` refuses it with 503; both are counted.
 """
 
 from __future__ import annotations
@@ -13,14 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
-from proxy.budget.alerts import Alerter, BudgetAlert, threshold_label
+from proxy.budget.alerts import Alerter
+from proxy.budget.backlog import SettleBacklog
+from proxy.budget.crossings import Crossings
 from proxy.budget.limits import Budget, exceeded, hashed_part, key_part, limit_for, seconds
-from proxy.budget.spend import MemorySpend, RedisSpend, SpendStore, SpendUnavailable
+from proxy.budget.restore import LedgerRestore
+from proxy.budget.spend import Check, MemorySpend, SpendStore, SpendUnavailable
+from proxy.budget.spend_redis import RedisSpend
+from proxy.failures import StoreUnavailable
 from proxy.ledger.records import BudgetOverride
 from proxy.settings import BudgetSettings, Settings
 from proxy.vocabulary import BUDGET_KEY_PREFIX
@@ -34,7 +46,26 @@ log = logging.getLogger("sidecache.budget")
 _DAY_TTL_S = 3 * 86400
 _MONTH_TTL_S = 35 * 86400
 _LOG_EVERY_S = 60.0
-_MARKS_MAX = 10_000
+_CLOSED_RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What `preflight` held: `member` names the hold in the store (`<id>|<usd>`)."""
+
+    tenant: str
+    user_id: str | None
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Settle:
+    tenant: str
+    user_id: str | None
+    budgets: list[Budget]
+    cost_usd: float
+    member: str
+    once: str  # the store adds a settle once per id, however often it is retried
 
 
 class BudgetBook:
@@ -53,14 +84,14 @@ class BudgetBook:
         self._source = overrides
         self._clock = clock
         self._overrides: dict[tuple[str, str], BudgetOverride] = {}
-        self._thresholds = sorted(set(settings.alert_thresholds))
-        # A refusal counts as reaching 100 % once spend has passed the threshold below it, so
-        # one oversized request at 10 % spent does not raise a 100 % alert.
-        self._refusal_floor = max((t for t in self._thresholds if t < 1.0), default=0.0)
-        self._marked: set[str] = set()  # markers known to be set: saves a round trip
+        self.crossings = Crossings(settings.alert_thresholds, store, self.alerter, clock)
         self._refresh: asyncio.Task[None] | None = None
         self._logged_at = -_LOG_EVERY_S
         self.store_errors = 0
+        self.store_up = True
+        self.unchecked: Counter[str] = Counter()  # store down: "allowed" / "refused" requests
+        self.restore = LedgerRestore(overrides)
+        self.backlog: SettleBacklog[_Settle] = SettleBacklog(self._apply)
 
     @classmethod
     def from_settings(
@@ -89,6 +120,7 @@ class BudgetBook:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresh
             self._refresh = None
+        await self.backlog.close()
         await self.alerter.close()
 
     async def refresh_overrides(self) -> bool:
@@ -148,84 +180,99 @@ class BudgetBook:
         totals = await self.store.get([b.key for b in budgets])
         return list(zip(budgets, totals, strict=True))
 
-    async def preflight(self, tenant: str, user_id: str | None, estimated_usd: float) -> None:
-        """Raises BudgetExceeded when `estimated_usd` would cross what is left
-        of any limited budget (or one is used up already)."""
+    async def preflight(
+        self, tenant: str, user_id: str | None, estimated_usd: float
+    ) -> Reservation | None:
+        """Holds `estimated_usd` against every limited budget, atomically; raises
+        BudgetExceeded when it would cross what is left of any (or one is used up already), and
+        StoreUnavailable when the store is down and `on_store_down` is `closed`. Returns the
+        hold for `settle` (None: nothing limited, or the store was down and the request goes on
+        unchecked)."""
         limited = [b for b in self.budgets(tenant, user_id) if b.limit_usd > 0]
         if not limited:
-            return
+            return None
+        checks = [Check(b.key, b.limit_usd, b.ttl_s) for b in limited]
+        member = f"{secrets.token_hex(8)}|{float(estimated_usd)!r}"
+        hold_s = self.settings.reservation_hold_s
         try:
-            totals = await self.store.get([b.key for b in limited])
+            verdict = await self.store.reserve(
+                checks, estimated_usd, member, hold_s, self.restore.wanted
+            )
+            if verdict.unseeded:
+                missing = [limited[i] for i in verdict.unseeded]
+                await self.restore.restore(self.store, tenant, user_id, missing)
+                verdict = await self.store.reserve(checks, estimated_usd, member, hold_s, False)
         except SpendUnavailable as exc:
-            self._complain("budget store unavailable; request allowed", exc)
-            return
-        for budget, spent in zip(limited, totals, strict=True):
-            if spent >= budget.limit_usd or spent + estimated_usd > budget.limit_usd:
-                if 1.0 in self._thresholds and spent >= self._refusal_floor * budget.limit_usd:
-                    await self._refused(budget, tenant, user_id, spent)
-                raise exceeded(budget, spent, estimated_usd)
+            self._store_down(exc)
+            return None
+        self.store_up = True
+        if verdict.refused is None:
+            return Reservation(tenant, user_id, member)
+        budget, spent = limited[verdict.refused], verdict.spent
+        if self.crossings.refusal_alerts(budget, spent):
+            try:
+                await self.crossings.fire(budget, tenant, user_id, spent, [1.0], "refused")
+            except SpendUnavailable as exc:
+                self._complain("budget store unavailable; alert not sent", exc)
+        raise exceeded(budget, spent + verdict.reserved, estimated_usd)
 
-    async def settle(self, tenant: str, user_id: str | None, cost_usd: float) -> None:
-        """Adds the real cost of a request to its budgets and fires the alerts it crosses."""
-        if not cost_usd > 0:
-            return
-        budgets = self.budgets(tenant, user_id)
-        try:
-            totals = await self.store.add([(b.key, b.ttl_s) for b in budgets], cost_usd)
-            for budget, total in zip(budgets, totals, strict=True):
-                crossed = [t for t in self._thresholds if total >= t * budget.limit_usd]
-                if budget.limit_usd > 0 and crossed:
-                    await self._alert(budget, tenant, user_id, total, crossed, "spent")
-        except SpendUnavailable as exc:
-            self._complain("budget store unavailable; spend not counted", exc)
+    def _store_down(self, exc: SpendUnavailable) -> None:
+        self.store_up = False
+        if self.settings.on_store_down == "closed":
+            self.unchecked["refused"] += 1
+            self._complain("budget store unavailable; request refused", exc)
+            raise StoreUnavailable(
+                "Budgets cannot be checked right now (the budget store is unavailable), and "
+                "this sidecar refuses requests it cannot check.",
+                code="budget_store_unavailable",
+                retry_after_s=_CLOSED_RETRY_AFTER_S,
+            ) from exc
+        self.unchecked["allowed"] += 1
+        self._complain("budget store unavailable; request allowed", exc)
 
-    async def _refused(
-        self, budget: Budget, tenant: str, user_id: str | None, spent: float
-    ) -> None:
-        """A refusal near the limit means the budget is used up for this period's requests: the
-        100 % alert fires then if spending has not fired it already (estimates err high, so
-        spend alone may stop short of 100 %)."""
-        try:
-            await self._alert(budget, tenant, user_id, spent, [1.0], "refused")
-        except SpendUnavailable as exc:
-            self._complain("budget store unavailable; alert not sent", exc)
-
-    async def _alert(
+    async def settle(
         self,
-        budget: Budget,
         tenant: str,
         user_id: str | None,
-        total: float,
-        thresholds: list[float],
-        reason: str,
+        cost_usd: float,
+        reservation: Reservation | None = None,
     ) -> None:
-        for threshold in thresholds:
-            marker = f"{budget.key}:a:{threshold_label(threshold)}"
-            if marker in self._marked:
-                continue
-            first = await self.store.mark_once(marker, budget.ttl_s)
-            if len(self._marked) >= _MARKS_MAX:
-                self._marked.clear()
-            self._marked.add(marker)
-            if not first:
-                continue
-            self.alerter.fire(
-                BudgetAlert(
-                    scope=budget.scope,
-                    tenant=tenant,
-                    user_id=user_id if budget.scope == "user" else None,
-                    period=budget.period,
-                    period_start=budget.period_start,
-                    threshold=threshold,
-                    reason=reason,
-                    spent_usd=total,
-                    limit_usd=budget.limit_usd,
-                    at=self._clock().astimezone(UTC).isoformat(timespec="seconds"),
-                )
-            )
+        """Adds the real cost of a request to its budgets in place of its reservation (a
+        failed call settles 0: the hold is released) and fires the alerts it crosses. When the
+        store does not take it, the settle is queued and retried (never lost silently)."""
+        member = reservation.member if reservation is not None else ""
+        cost = cost_usd if cost_usd > 0 else 0.0
+        if not cost and not member:
+            return
+        budgets = self.budgets(tenant, user_id)
+        base = BUDGET_KEY_PREFIX % key_part(tenant)
+        job = _Settle(tenant, user_id, budgets, cost, member, f"{base}:k:{secrets.token_hex(8)}")
+        try:
+            await self._apply(job)
+        except SpendUnavailable as exc:
+            self._complain("budget store unavailable; spend queued for retry", exc)
+            self.backlog.add(job)
+
+    async def _apply(self, job: _Settle) -> None:
+        totals = await self.store.settle(
+            [(b.key, b.ttl_s) for b in job.budgets], job.cost_usd, job.member, job.once
+        )
+        self.store_up = True
+        if not job.cost_usd:
+            return
+        for budget, total in zip(job.budgets, totals, strict=True):
+            crossed = self.crossings.crossed(budget, total)
+            if crossed:
+                try:
+                    await self.crossings.fire(
+                        budget, job.tenant, job.user_id, total, crossed, "spent"
+                    )
+                except SpendUnavailable as exc:  # the spend is counted; only the alert waits
+                    self._complain("budget store unavailable; alert not sent", exc)
 
     def _complain(self, what: str, exc: BaseException) -> None:
         self.store_errors += 1
+        self.store_up = False
         now = time.monotonic()
         if now - self._logged_at >= _LOG_EVERY_S:
             self._logged_at = now

@@ -8,6 +8,7 @@ import asyncio
 from aiohttp import web
 
 from proxy.accounting import OUTCOME, Outcome
+from proxy.budget import Reservation
 from proxy.cache.entry import StoredResponse
 from proxy.dispatch.flight import Flight
 from proxy.handlers.parse import ParsedRequest
@@ -31,28 +32,37 @@ def count_hit(runtime: Runtime, outcome: Outcome, entry: StoredResponse) -> None
     outcome.saved(runtime.prices, entry.prompt_tokens, entry.completion_tokens, entry.cached_tokens)
 
 
-async def preflight(runtime: Runtime, parsed: ParsedRequest, model: str) -> None:
-    """429 `budget_exceeded` before the upstream is asked, when the estimate would not fit."""
+async def preflight(runtime: Runtime, parsed: ParsedRequest, model: str) -> Reservation | None:
+    """429 `budget_exceeded` before the upstream is asked, when the estimate would not fit;
+    else the estimate is held against the budgets until the request settles (the returned
+    hold, for `count_flight` or `budgets.settle`)."""
     limit = parsed.body.get("max_completion_tokens") or parsed.body.get("max_tokens")
     max_tokens = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
     estimate = runtime.prices.estimate(model, len(parsed.raw), max_tokens)
-    await runtime.budgets.preflight(parsed.identity.tenant, parsed.user_id, estimate)
+    return await runtime.budgets.preflight(parsed.identity.tenant, parsed.user_id, estimate)
 
 
 async def count_flight(
-    runtime: Runtime, outcome: Outcome, parsed: ParsedRequest, flight: Flight, leader: bool
+    runtime: Runtime,
+    outcome: Outcome,
+    parsed: ParsedRequest,
+    flight: Flight,
+    leader: bool,
+    held: Reservation | None,
 ) -> None:
-    """The leader paid for the call (and its budgets are charged); everyone else saved it."""
+    """The leader paid for the call (its budgets are charged in place of its `held`
+    estimate); everyone else saved it, and a failed call cost nothing (their holds are
+    released)."""
     answer = await asyncio.shield(flight.result)  # the flight always ends (timeouts bound it)
-    if not answer.ok or answer.usage is None:
-        return
-    if leader and not answer.from_peer:
-        cost = charge(runtime, outcome, answer.usage)
-        outcome.upstream_ms = answer.upstream_ms
-        await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, cost)
-    else:
-        prompt, completion, cached = tokens(answer.usage)
-        outcome.saved(runtime.prices, prompt, completion, cached)
+    cost = 0.0
+    if answer.ok and answer.usage is not None:
+        if leader and not answer.from_peer:
+            cost = charge(runtime, outcome, answer.usage)
+            outcome.upstream_ms = answer.upstream_ms
+        else:
+            prompt, completion, cached = tokens(answer.usage)
+            outcome.saved(runtime.prices, prompt, completion, cached)
+    await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, cost, held)
 
 
 def charge(runtime: Runtime, outcome: Outcome, usage: Usage) -> float:

@@ -169,15 +169,16 @@ async def _fill(
     error answer."""
     missing = [i for i, vector in enumerate(found) if vector is None]
     meta = entry_meta(parsed, model, keys.scope, runtime.invalidations.generation)
-    await preflight(runtime, parsed, model)
+    held = await preflight(runtime, parsed, model)
     if len(items) == 1:
         fetched = await _fetch_batched(request, runtime, parsed, items[0])
     else:
         fetched = await _fetch(request, runtime, parsed, [items[i] for i in missing])
-    if isinstance(fetched, web.Response):
+    if isinstance(fetched, web.Response):  # the upstream's error answer: release the hold
+        await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, 0.0, held)
         return fetched
     cost = outcome.paid(runtime.prices, fetched.spent, 0, 0)
-    await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, cost)
+    await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, cost, held)
     new = fetched.vectors(meta)
     for i, vector in zip(missing, new, strict=True):
         found[i] = vector

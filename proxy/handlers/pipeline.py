@@ -112,7 +112,7 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
     # The semantic lookup goes here: after the exact miss, before anything is spent.
     refuse_repeated_keys(parsed.raw, parsed.body)  # the upstream must read what the key read
     meta = entry_meta(parsed, asked.model, scope, runtime.invalidations.generation)
-    await preflight(runtime, parsed, asked.model)
+    held = await preflight(runtime, parsed, asked.model)
     plan = None
     if parsed.directives.write:
         ttl = runtime.ttl.seconds(asked.ttl_kind, parsed.persona.score, parsed.directives.max_age)
@@ -137,11 +137,12 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
             coalesce=parsed.directives.read,
         )
         runtime.runner.launch(flight, call, _batched_sender(runtime, route, parsed, asked))
-    response = await respond(
-        request, flight, key, label, stream=asked.stream, include_usage=asked.include_usage
-    )
-    await count_flight(runtime, outcome, parsed, flight, leader)
-    return response
+    try:
+        return await respond(
+            request, flight, key, label, stream=asked.stream, include_usage=asked.include_usage
+        )
+    finally:  # a failed answer settles too: its hold is released, never left to lapse
+        await count_flight(runtime, outcome, parsed, flight, leader, held)
 
 
 def _batched_sender(

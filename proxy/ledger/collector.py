@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from proxy.budget.metrics import budget_store_metrics
+
 if TYPE_CHECKING:
     from proxy.budget.book import BudgetBook
     from proxy.ledger.pricing import PriceTable
@@ -94,7 +96,7 @@ class LedgerCollector(Collector):
         for name, doc, value in (
             (
                 "sidecache_budget_store_errors",
-                "Budget spend-store failures (requests were allowed: fail open).",
+                "Budget spend-store failures (what was decided: sidecache_budget_unchecked_total).",
                 budgets.store_errors,
             ),
             (
@@ -106,6 +108,7 @@ class LedgerCollector(Collector):
             counter = CounterMetricFamily(name, doc)
             counter.add_metric([], value)
             yield counter
+        yield from budget_store_metrics(budgets)
 
 
 def register_ledger_metrics(
