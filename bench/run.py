@@ -22,6 +22,11 @@ answers under load, requests of a hit run reaching the upstream). The whole run 
 four minutes, half of it loading the 10M-row ledger of the `costs` row; `--quick` scales every
 count and duration down (about 90 s), and `--only hit_max_rate,costs` runs some rows alone.
 
+Issue 19's rows start servers of their own and stop them as soon as they are done (on an
+ExitStack of their own: the big-body servers alone hold ~1 GB): `big_bodies_rss`
+(bench/bodies.py), `budget_overshoot` (bench/overshoot.py) and `busy_refusal` (bench/busy.py).
+Their counts are the issue's and not scaled by --quick; they take about 20 s together.
+
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
 `--only hits_vs_baseline` it runs alone (about 20 s with `--quick`, 75 s without).
@@ -46,6 +51,8 @@ from typing import Any
 
 from . import (
     batching,
+    bodies,
+    busy,
     coalescing,
     costs,
     hits,
@@ -54,6 +61,7 @@ from . import (
     loadgen,
     memory,
     misses,
+    overshoot,
     versus,
     worktree,
 )
@@ -77,6 +85,9 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     ledger.ledger_ingest,
     ledger_overhead.ledger_overhead,
     costs.costs,
+    bodies.big_bodies_rss,
+    overshoot.budget_overshoot,
+    busy.busy_refusal,
     memory.peak_rss,
 )
 # Run only with `--baseline REV` (by default, or when --only names them).

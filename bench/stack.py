@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,16 @@ SETTING_NAMES = (
     "ALERT_WEBHOOK_URL",
     "MAX_BODY_MB",
     "LOG_LEVEL",
+    "MAX_INFLIGHT_BODY_MB",
+    "UPSTREAM_MAX_IN_FLIGHT",
+    "UPSTREAM_QUEUE_TIMEOUT",
+    "UPSTREAM_TOTAL_TIMEOUT",
+    "BUDGET_TENANT_DAILY_USD",
+    "BUDGET_TENANT_MONTHLY_USD",
+    "BUDGET_USER_DAILY_USD",
+    "BUDGET_USER_MONTHLY_USD",
+    "LEDGER_ENABLED",
+    "LEDGER_FLUSH_INTERVAL_S",
 )
 _LISTENING = re.compile(r"listening on (http://\S+/v1)")
 
@@ -94,7 +105,7 @@ class Bench:
     upstream: str  # the fake upstream's base URL, ending in /v1
     sidecar: str  # the sidecar's base URL, ending in /v1
     admin: str  # the admin port's root URL
-    redis_url: str
+    redis_url: str  # "" when the sidecar runs on the in-process memory store
     sidecar_proc: subprocess.Popen[bytes]
     sidecar_log: Path
     body: Path
@@ -182,10 +193,18 @@ def start_floor(stack: ExitStack, bench: Bench) -> str:
 
 
 def start_sidecar(
-    stack: ExitStack, workdir: Path, *, redis_url: str, upstream: str, source: Path = REPO
+    stack: ExitStack,
+    workdir: Path,
+    *,
+    redis_url: str | None,
+    upstream: str,
+    source: Path = REPO,
+    settings: Mapping[str, str] | None = None,
 ) -> Bench:
     """`python -m proxy serve` from the `proxy` package of `source` (this checkout, or another
-    revision's worktree): started there with `source` first on PYTHONPATH, which is checked."""
+    revision's worktree): started there with `source` first on PYTHONPATH, which is checked.
+    `redis_url=None` runs it on the in-process memory store; `settings` adds environment
+    settings (e.g. a budget) over the bench's."""
     proxy_port, admin_port = free_port(), free_port()
     python_path = [str(source), *filter(None, [os.environ.get("PYTHONPATH")])]
     env = clean_env(
@@ -194,11 +213,12 @@ def start_sidecar(
             "PROXY_PORT": str(proxy_port),
             "ADMIN_HOST": "127.0.0.1",
             "ADMIN_PORT": str(admin_port),
-            "REDIS_URL": redis_url,
+            **({"REDIS_URL": redis_url} if redis_url else {}),
             "UPSTREAM_BASE_URL": upstream,
             "LEDGER_PATH": str(workdir / "ledger.db"),
             "LOG_LEVEL": "WARNING",
             "PYTHONPATH": os.pathsep.join(python_path),
+            **(settings or {}),
         },
         drop=SETTING_NAMES,
     )
@@ -214,7 +234,7 @@ def start_sidecar(
         stack=stack,
         scale=1.0,
         upstream=upstream,
-        redis_url=redis_url,
+        redis_url=redis_url or "",
         sidecar=f"http://127.0.0.1:{proxy_port}/v1",
         admin=admin,
         sidecar_proc=proc,

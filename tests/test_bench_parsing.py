@@ -1,6 +1,6 @@
 """The bench's parsers of hey and wrk output, fed outputs captured from real runs
-(tests/data/bench), the PASS/MISS verdicts built on them, and `--baseline`'s options, ratio rows
-and import check."""
+(tests/data/bench), the PASS/MISS verdicts built on them, `--baseline`'s options, ratio rows
+and import check, and the request bodies and cost estimate of issue 19's rows."""
 
 from __future__ import annotations
 
@@ -10,12 +10,15 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from bench.bodies import BigBody, filler
+from bench.overshoot import chat_body, estimate_usd
 from bench.parse import ParseError, parse_hey, parse_wrk
 from bench.procs import REPO, HarnessError
 from bench.report import Check, Row, format_table
 from bench.run import parse_args
 from bench.versus import best_rate, median_percentile, ratio, versus
 from bench.worktree import proxy_imported_from
+from proxy.ledger.pricing import ModelPrice, PriceTable
 
 DATA = Path(__file__).parent / "data" / "bench"
 
@@ -201,3 +204,37 @@ def test_the_import_check_finds_which_tree_a_sidecar_would_run(tmp_path: Path) -
         proxy_imported_from(tmp_path, dict(os.environ, PYTHONPATH=str(tmp_path)))
         == (tmp_path / "proxy" / "__init__.py").resolve()
     )
+
+
+def test_issue_19_rows_run_alone_in_run_order() -> None:
+    rows = "busy_refusal,big_bodies_rss,budget_overshoot"
+    assert _names(["--only", rows]) == ["big_bodies_rss", "budget_overshoot", "busy_refusal"]
+    everything = _names([])
+    assert everything[-4:] == ["big_bodies_rss", "budget_overshoot", "busy_refusal", "peak_rss"]
+
+
+def test_a_big_body_is_one_json_message_of_exactly_its_size() -> None:
+    size = 64 * 1024
+    shared = filler(size)
+    first, second = BigBody(0, shared, size), BigBody(29, shared, size)
+    for body in (first, second):
+        parts = [bytes(part) for part in body]
+        assert len(body) == sum(map(len, parts)) == size  # the Content-Length sent
+        decoded = msgspec.json.decode(b"".join(parts))
+        assert [m["role"] for m in decoded["messages"]] == ["user"]
+    # Distinct requests (no single-flight between them), sharing the filler's memory.
+    assert first.head != second.head
+    assert first.filler.obj is second.filler.obj is shared
+    with pytest.raises(ValueError, match="too short"):
+        BigBody(0, shared[:100], size)
+
+
+def test_budget_burst_bodies_are_distinct_and_estimated_like_the_sidecar() -> None:
+    bodies = {chat_body(n, "abcd1234") for n in (0, 7, 299, 999_999)}
+    assert len(bodies) == 4
+    assert len({len(body) for body in bodies}) == 1  # one estimate fits them all
+    body = chat_body(0, "abcd1234")
+    prices = PriceTable({"gpt-4o-mini": ModelPrice(input=0.15, output=0.60)})
+    # ceil(len / 4 chars per token) prompt tokens at the input rate + max_tokens at the output's.
+    expected = (-(-len(body) // 4) * 0.15 + 100 * 0.60) / 1e6
+    assert estimate_usd(prices, body) == pytest.approx(expected)
