@@ -211,3 +211,11 @@ def test_budget_on_store_down_is_open_by_default_closed_on_request_and_nothing_e
     assert str(caught.value) == (
         "invalid setting BUDGET_ON_STORE_DOWN='maybe': expected one of open, closed"
     )
+
+
+async def test_a_tiny_budget_reads_in_its_own_digits(spend: SpendStore) -> None:
+    """A $0.001 budget once read "budget of $0.00 ... $0.0000 left" in its refusal."""
+    book = book_for(spend, tenant_daily_usd=0.001)
+    error = await refusal(book, None, 0.0025)
+    assert "budget of $0.001 " in error.message
+    assert "$0.001 left" in error.message and "estimated at $0.0025" in error.message

@@ -57,8 +57,17 @@ def exceeded(budget: Budget, spent: float, estimate: float) -> BudgetExceeded:
     when = "today" if budget.period == "daily" else "this month"
     left = max(0.0, budget.limit_usd - spent)
     return BudgetExceeded(
-        f"Budget exceeded: the {who}'s {budget.period} budget of ${budget.limit_usd:.2f} "
-        f"({budget.period_start}, UTC) has ${left:.4f} left {when}; this request is "
-        f"estimated at ${estimate:.4f}. It resets in {budget.resets_in_s} s.",
+        f"Budget exceeded: the {who}'s {budget.period} budget of {usd(budget.limit_usd, 2)} "
+        f"({budget.period_start}, UTC) has {usd(left, 4)} left {when}; this request is "
+        f"estimated at {usd(estimate, 4)}. It resets in {budget.resets_in_s} s.",
         retry_after_s=budget.resets_in_s,
     )
+
+
+def usd(amount: float, places: int) -> str:
+    """Dollars to `places` decimals, or to the first significant digits when that would show a
+    non-zero amount as $0.00 (a $0.001 budget must not read "$0.00")."""
+    text = f"${amount:.{places}f}"
+    if amount <= 0 or amount >= 10**-places:
+        return text
+    return f"${amount:.{places + 6}f}".rstrip("0")
