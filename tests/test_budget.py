@@ -218,4 +218,4 @@ async def test_a_tiny_budget_reads_in_its_own_digits(spend: SpendStore) -> None:
     book = book_for(spend, tenant_daily_usd=0.001)
     error = await refusal(book, None, 0.0025)
     assert "budget of $0.001 " in error.message
-    assert "$0.001 left" in error.message and "estimated at $0.0025" in error.message
+    assert "$0.0010 left" in error.message and "estimated at $0.0025" in error.message
