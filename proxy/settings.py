@@ -174,6 +174,14 @@ class PricingSettings(msgspec.Struct, forbid_unknown_fields=True):
     default_output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 512
 
 
+class InvalidationSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # Rules held (per replica, and in Redis); past it a tenant's rules collapse into one
+    # whole-tenant rule (docs/design.md §3).
+    max_rules: Positive = 10_000
+    # At most one automatic persona-change rule per user in this many seconds per replica.
+    user_flush_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
@@ -186,6 +194,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
     budget: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
     pricing: PricingSettings = msgspec.field(default_factory=PricingSettings)
+    invalidation: InvalidationSettings = msgspec.field(default_factory=InvalidationSettings)
 
     @property
     def managed_mode(self) -> bool:

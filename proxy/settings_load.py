@@ -62,6 +62,8 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "ADMIN_USER_IDS": ("admin", "user_ids"),
     "AI_BATCH_SIZE": ("batch", "size"),
     "AI_BATCH_WAIT_MS": ("batch", "wait_ms"),
+    "INVALIDATION_MAX_RULES": ("invalidation", "max_rules"),
+    "INVALIDATION_USER_FLUSH_INTERVAL_S": ("invalidation", "user_flush_interval_s"),
 }
 # DATABASE_URL may carry a password and webhook URLs often carry a token.
 SECRET_ENV = frozenset(
