@@ -64,9 +64,21 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TenancySettings(msgspec.Struct, forbid_unknown_fields=True):
-    # Managed mode only: sidecar key -> tenant name. Never logged.
+    # Managed mode only: sidecar key -> tenant name, or "tenant:user" for a key bound to one
+    # user (docs/design.md §3). Never logged.
     sidecar_keys: dict[str, str] = {}
     key_secret: str | None = None
+    # Managed mode: the tenants whose keys not bound to a user may name any user (X-User-Id,
+    # the body's user); "*" is every tenant (the default), an empty list none.
+    trusted_user_header_keys: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+    def key_bindings(self) -> dict[str, tuple[str, str | None]]:
+        """Sidecar key -> (tenant, the user it is bound to or None)."""
+        bindings: dict[str, tuple[str, str | None]] = {}
+        for key, value in self.sidecar_keys.items():
+            tenant, bound, user = value.partition(":")
+            bindings[key] = (tenant.strip(), user.strip() if bound else None)
+        return bindings
 
 
 class AdminSettings(msgspec.Struct, forbid_unknown_fields=True):
