@@ -14,8 +14,9 @@ from proxy.cache.entry import EntryMeta
 from proxy.invalidation.rules import Rule, RuleBook
 from proxy.invalidation.selectors import Selector
 from proxy.vocabulary import INVALIDATION_RULES_KEY
+from tests.admin_support import TOKEN, TOKENS
 from tests.fixtures.sidecar import API_KEY, OTHER_API_KEY, Sidecar, SidecarFactory
-from tests.invalidation_support import chat_status
+from tests.invalidation_support import chat_status, invalidate
 from tests.test_invalidation_rules import matches, metas, selectors
 
 BEGINNER = {"X-Persona-Experience": "beginner"}
@@ -134,3 +135,18 @@ def test_repeated_persona_flips_add_one_rule_and_are_never_served(
         assert chat_status(url, "Flip.", **user("flipper"), **BEGINNER) == "HIT"
         assert sidecar.runtime.invalidations.rules == 1
         assert chat_status(url, "Flip.", api_key=API_KEY, **user("flipper"), **EXPERT) == "MISS"
+
+
+def test_a_replica_that_starts_later_learns_every_selector_of_one_invalidation(
+    make_sidecar: SidecarFactory, redis_url: str
+) -> None:
+    """One invalidation stores a member per selector under one generation; a reload used to keep
+    only the first of them (the generation counted as known after it), serving the rest stale."""
+    first = make_sidecar(ADMIN_TOKENS=TOKENS, REDIS_URL=redis_url)
+    for model in ("gpt-4o-mini", "gpt-4o"):
+        assert chat_status(first.url, "Both models.", model=model) == "MISS"
+    invalidate(first.admin_url, TOKEN, {"model": "gpt-4o-mini"}, {"model": "gpt-4o"})
+    later = make_sidecar(ADMIN_TOKENS=TOKENS, REDIS_URL=redis_url)
+    assert later.runtime.invalidations.rules == 2
+    for model in ("gpt-4o-mini", "gpt-4o"):
+        assert chat_status(later.url, "Both models.", model=model) == "MISS"
