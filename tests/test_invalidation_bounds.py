@@ -150,3 +150,25 @@ def test_a_replica_that_starts_later_learns_every_selector_of_one_invalidation(
     assert later.runtime.invalidations.rules == 2
     for model in ("gpt-4o-mini", "gpt-4o"):
         assert chat_status(later.url, "Both models.", model=model) == "MISS"
+
+
+def test_redis_collapses_many_tenants_rules_into_one_rule_for_everything(
+    make_sidecar: SidecarFactory, redis_url: str
+) -> None:
+    env = {"ADMIN_TOKENS": TOKENS, "REDIS_URL": redis_url, "INVALIDATION_MAX_RULES": "4"}
+    first = make_sidecar(**env)
+    assert chat_status(first.url, "Older than all.") == "MISS"
+    generations = [
+        invalidate(first.admin_url, TOKEN, {"tenant": f"t_other{n}"})["generation"]
+        for n in range(5)
+    ]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        held = client.zrange(INVALIDATION_RULES_KEY, 0, -1)
+    finally:
+        client.close()
+    assert held == [f'{generations[-1]} {{"all":true}}'.encode()]
+    later = make_sidecar(**env)  # reads the one broad rule: the older entry is refused
+    assert later.runtime.invalidations.rules == 1
+    assert chat_status(later.url, "Older than all.") == "MISS"
+    assert chat_status(later.url, "Older than all.") == "HIT"
