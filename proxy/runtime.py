@@ -99,6 +99,8 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
         max_age_s=settings.ttl.max,
         timeout_ms=settings.cache.redis_timeout_ms,
         on_rule=lambda source: metrics.invalidations.labels(source).inc(),
+        max_rules=settings.invalidation.max_rules,
+        user_flush_interval_s=settings.invalidation.user_flush_interval_s,
     )
     await invalidations.start()
     secret = await _key_secret(settings, redis)

@@ -64,9 +64,21 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TenancySettings(msgspec.Struct, forbid_unknown_fields=True):
-    # Managed mode only: sidecar key -> tenant name. Never logged.
+    # Managed mode only: sidecar key -> tenant name, or "tenant:user" for a key bound to one
+    # user (docs/design.md §3). Never logged.
     sidecar_keys: dict[str, str] = {}
     key_secret: str | None = None
+    # Managed mode: the tenants whose keys not bound to a user may name any user (X-User-Id,
+    # the body's user); "*" is every tenant (the default), an empty list none.
+    trusted_user_header_keys: list[str] = msgspec.field(default_factory=lambda: ["*"])
+
+    def key_bindings(self) -> dict[str, tuple[str, str | None]]:
+        """Sidecar key -> (tenant, the user it is bound to or None)."""
+        bindings: dict[str, tuple[str, str | None]] = {}
+        for key, value in self.sidecar_keys.items():
+            tenant, bound, user = value.partition(":")
+            bindings[key] = (tenant.strip(), user.strip() if bound else None)
+        return bindings
 
 
 class AdminSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -174,6 +186,14 @@ class PricingSettings(msgspec.Struct, forbid_unknown_fields=True):
     default_output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 512
 
 
+class InvalidationSettings(msgspec.Struct, forbid_unknown_fields=True):
+    # Rules held (per replica, and in Redis); past it a tenant's rules collapse into one
+    # whole-tenant rule (docs/design.md §3).
+    max_rules: Positive = 10_000
+    # At most one automatic persona-change rule per user in this many seconds per replica.
+    user_flush_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
@@ -186,6 +206,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
     budget: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
     pricing: PricingSettings = msgspec.field(default_factory=PricingSettings)
+    invalidation: InvalidationSettings = msgspec.field(default_factory=InvalidationSettings)
 
     @property
     def managed_mode(self) -> bool:

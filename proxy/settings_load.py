@@ -8,6 +8,7 @@ value raises `SettingsError` with one line naming the setting, the value and wha
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
@@ -62,6 +63,9 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "ADMIN_USER_IDS": ("admin", "user_ids"),
     "AI_BATCH_SIZE": ("batch", "size"),
     "AI_BATCH_WAIT_MS": ("batch", "wait_ms"),
+    "TRUSTED_USER_HEADER_KEYS": ("tenancy", "trusted_user_header_keys"),
+    "INVALIDATION_MAX_RULES": ("invalidation", "max_rules"),
+    "INVALIDATION_USER_FLUSH_INTERVAL_S": ("invalidation", "user_flush_interval_s"),
 }
 # DATABASE_URL may carry a password and webhook URLs often carry a token.
 SECRET_ENV = frozenset(
@@ -129,6 +133,9 @@ def _parse_env(name: str, raw: str) -> Any:
         return pairs
     if name == "LOG_LEVEL":
         return raw.upper()
+    if name == "TRUSTED_USER_HEADER_KEYS":
+        items = [item.strip() for item in raw.split(",") if item.strip()]
+        return [] if items == ["none"] else items
     return raw
 
 
@@ -203,8 +210,37 @@ def _check_consistency(settings: Settings, env: Mapping[str, str]) -> None:
             f"invalid setting budget.alert_thresholds={thresholds!r} (config file): "
             "expected distinct shares of the budget in increasing order, e.g. [0.5, 0.8, 1.0]"
         )
+    _check_user_binding(settings)
     if settings.ttl.min > settings.ttl.max:
         raise SettingsError(
             f"invalid setting ttl.min={settings.ttl.min!r} (config file): must not exceed "
             f"ttl.max={settings.ttl.max}"
+        )
+
+
+_USER_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # as X-User-Id (proxy/persona.py)
+
+
+def _check_user_binding(settings: Settings) -> None:
+    """SIDECAR_KEYS' `key=tenant:user` and TRUSTED_USER_HEADER_KEYS (docs/design.md §3)."""
+    bindings = settings.tenancy.key_bindings()
+    for n, (tenant, user) in enumerate(bindings.values(), start=1):
+        if not tenant or (user is not None and not _USER_ID.match(user)):
+            raise SettingsError(
+                f"invalid setting SIDECAR_KEYS=<redacted>: entry #{n} must be key=tenant or "
+                "key=tenant:user (a user id is 1 to 128 printable characters, no spaces)"
+            )
+    trusted = settings.tenancy.trusted_user_header_keys
+    if trusted == ["*"]:
+        return
+    if not settings.managed_mode:
+        raise SettingsError(
+            f"invalid setting TRUSTED_USER_HEADER_KEYS={','.join(trusted) or 'none'!r}: it names "
+            "tenants of SIDECAR_KEYS, so it needs managed mode (UPSTREAM_API_KEY set)"
+        )
+    unknown = sorted(set(trusted) - {"*"} - {tenant for tenant, _ in bindings.values()})
+    if unknown:
+        raise SettingsError(
+            f"invalid setting TRUSTED_USER_HEADER_KEYS={','.join(trusted)!r}: "
+            f"{unknown[0]!r} is not a tenant of SIDECAR_KEYS"
         )

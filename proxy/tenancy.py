@@ -6,6 +6,12 @@ upstream may authenticate by any one, so any one that differs makes another tena
 with none of them is answered (the upstream says 401) but never reads or writes the cache.
 Managed mode: clients present a sidecar key, each mapped to a tenant name, and the upstream key
 never leaves the sidecar (the client's other credential headers are not forwarded).
+
+Users: `X-User-Id` (else the body's `user`) is trusted from anyone holding the tenant's key; a
+user id is a label the app vouches for, not a credential. In managed mode an operator can
+narrow that: a key written `key=tenant:user` is bound to that user (its requests are that user's;
+naming another is a 403), and TRUSTED_USER_HEADER_KEYS lists the tenants whose unbound keys may
+name users at all (docs/design.md §3).
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from typing import NamedTuple
 
 from multidict import CIMultiDictProxy
 
-from proxy.failures import InvalidRequest, NotAuthenticated
+from proxy.failures import InvalidRequest, NotAuthenticated, NotPermitted
 from proxy.keys import KeyMaker
+from proxy.persona import USER_ID_HEADER, parse_user_id
 from proxy.settings import Settings
 
 # Every request header an OpenAI-compatible upstream may take a credential from, in the fixed
@@ -35,6 +42,31 @@ class Identity(NamedTuple):
     account: str = ""
     # Managed mode: the sidecar's key is the only credential that goes upstream.
     managed: bool = False
+    # Managed mode: the user the sidecar key is bound to (`key=tenant:user`), else None.
+    user: str | None = None
+    # Whether the request may name its user (X-User-Id, the body's user): false for a key bound
+    # to a user and for an unbound key whose tenant is not in TRUSTED_USER_HEADER_KEYS.
+    names_users: bool = True
+
+    def user_id(self, headers: Mapping[str, str], body_user: object) -> str | None:
+        """Whose request this is. A key that may name users: `X-User-Id`, else the body's `user`
+        (trusted as sent). Any other key: its bound user, or none; an `X-User-Id` naming anyone
+        else is a 403 (so it cannot read or flush another user's entries), and the body's `user`
+        is left to the upstream (apps often put their own hashed id there) but not read."""
+        if self.names_users:
+            return parse_user_id(headers, body_user)
+        claimed = parse_user_id(headers, None)
+        if claimed is not None and claimed != self.user:
+            reason = (
+                "is bound to one user: X-User-Id must be that user's id or absent"
+                if self.user is not None
+                else "may not name a user (its tenant is not in TRUSTED_USER_HEADER_KEYS): "
+                "send no X-User-Id, or use a key bound to the user (SIDECAR_KEYS key=tenant:user)"
+            )
+            raise NotPermitted(
+                f"This sidecar key {reason}.", param=USER_ID_HEADER, code="user_not_permitted"
+            )
+        return self.user
 
 
 class TenantResolver:
@@ -43,9 +75,20 @@ class TenantResolver:
         api_key = settings.upstream.api_key
         self._upstream_authorization = f"Bearer {api_key}" if api_key else None
         # Looked up by digest: the dict never holds a presented key, and lookup time does not
-        # depend on how much of a wrong key matches a right one.
-        self._tenant_by_digest = {
-            _digest(key): tenant for key, tenant in settings.tenancy.sidecar_keys.items()
+        # depend on how much of a wrong key matches a right one. Each key's whole identity is
+        # made here once, so a request only looks it up.
+        trusted = settings.tenancy.trusted_user_header_keys
+        self._identity_by_digest = {
+            _digest(key): Identity(
+                tenant,
+                self._upstream_authorization,
+                True,
+                self._upstream_authorization or "",
+                True,
+                user,
+                user is None and ("*" in trusted or tenant in trusted),
+            )
+            for key, (tenant, user) in settings.tenancy.key_bindings().items()
         }
 
     def resolve(self, headers: Mapping[str, str]) -> Identity:
@@ -59,17 +102,15 @@ class TenantResolver:
         authorization = headers.get("Authorization")
         try:
             token = _bearer_token(authorization)
-            tenant = self._tenant_by_digest.get(_digest(token)) if token else None
+            identity = self._identity_by_digest.get(_digest(token)) if token else None
         except UnicodeEncodeError:
             raise _not_utf8(headers) from None
-        if tenant is None:
+        if identity is None:
             raise NotAuthenticated(
                 "Missing or unknown sidecar key. Send Authorization: Bearer <sidecar key>.",
                 code="invalid_api_key",
             )
-        return Identity(
-            tenant, self._upstream_authorization, True, self._upstream_authorization, True
-        )
+        return identity
 
 
 def pass_through_credential(headers: Mapping[str, str]) -> str:

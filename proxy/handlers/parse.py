@@ -13,7 +13,7 @@ from proxy.body import read_body
 from proxy.directives import Directives, Scope, parse_directives
 from proxy.failures import InvalidRequest
 from proxy.handlers.json_body import decode_object
-from proxy.persona import NO_PERSONA, Persona, parse_user_id
+from proxy.persona import NO_PERSONA, Persona
 from proxy.runtime import Runtime
 from proxy.tenancy import Identity
 from proxy.upstream.gate import PRIORITY_HEADER, Priority, parse_priority
@@ -52,7 +52,7 @@ async def parse_request(
         # No credential: the answer is nobody's in particular, so it is shared with nobody.
         # Decided here once; every step after reads only the directives (X-Cache: BYPASS).
         directives = directives.uncached()
-    user_id = parse_user_id(headers, body.get("user"))
+    user_id = identity.user_id(headers, body.get("user"))
     if directives.scope is Scope.USER and user_id is None:
         raise InvalidRequest(
             "X-Cache-Scope: user needs the user's id in X-User-Id or the body's user field.",

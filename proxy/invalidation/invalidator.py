@@ -8,6 +8,12 @@ also reads the shared generation with every hit, in the same round trip as the e
 (`RedisStore`): a replica that has not yet heard of a rule reloads the rules before it answers.
 That is what makes an invalidation effective on every replica at once, at the cost of one small
 extra reply per hit and no extra round trip.
+
+Both tables are bounded by `max_rules` (docs/design.md §3): the book here collapses rules
+(`RuleBook`), and the script collapses the shared sorted set the same way, so a flood of rules
+costs its tenant misses, never memory, and never serves a stale entry. A collapse in Redis is not
+announced: a replica that holds the precise rules is as correct as one that reloads the broader
+ones.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -26,6 +33,7 @@ from proxy.cache.entry import EntryMeta
 from proxy.cache.store import CacheStore
 from proxy.failures import StoreUnavailable
 from proxy.invalidation.rules import Rule, RuleBook
+from proxy.invalidation.script import ADD_RULES, ADD_RULES_KEYS
 from proxy.invalidation.selectors import Selector
 from proxy.vocabulary import (
     INVALIDATION_CHANNEL,
@@ -35,28 +43,6 @@ from proxy.vocabulary import (
 
 log = logging.getLogger("sidecache.invalidation")
 _RETRY_S = 1.0
-_ADD_KEYS = (INVALIDATION_GENERATION_KEY, INVALIDATION_RULES_KEY, INVALIDATION_CHANNEL)
-# KEYS: generation, rules, channel. ARGV: max age in seconds, then one selector (JSON) each.
-# A generation is the Redis server's clock in microseconds (or the previous generation + 1),
-# so it keeps growing even when Redis restarts empty and replicas still hold older ones.
-# Answers {generation, previous, time}; publishes "<generation> <previous> <time>\n<json>...".
-# Numbers go through string.format: Lua's tostring would print them as 1.7e+15.
-_ADD = """
-local prev = tonumber(redis.call('GET', KEYS[1]) or '0')
-local now = redis.call('TIME')
-local g = string.format('%d', math.max(tonumber(now[1]) * 1000000 + tonumber(now[2]), prev + 1))
-local p = string.format('%d', prev)
-redis.call('SET', KEYS[1], g)
-local at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(at) - tonumber(ARGV[1]))
-local lines = {g .. ' ' .. p .. ' ' .. at}
-for i = 2, #ARGV do
-  redis.call('ZADD', KEYS[2], at, g .. ' ' .. ARGV[i])
-  lines[#lines + 1] = ARGV[i]
-end
-redis.call('PUBLISH', KEYS[3], table.concat(lines, '\\n'))
-return {g, p, at}
-"""
 _encode = msgspec.json.Encoder().encode
 _decode_selector = msgspec.json.Decoder(Selector).decode
 _PRUNE_EVERY = 64  # rules added between two prunings of expired ones
@@ -78,13 +64,20 @@ class Invalidator:
         max_age_s: int,
         timeout_ms: int,
         on_rule: Callable[[str], None] | None = None,
+        max_rules: int = 10_000,
+        user_flush_interval_s: float = 60.0,
     ) -> None:
         self._store = store
         self._redis = redis
         self._max_age_s = max_age_s
         self._timeout_s = timeout_ms / 1000
         self._on_rule = on_rule
-        self._book = RuleBook()
+        self._max_rules = max_rules
+        self._book = RuleBook(max_rules)
+        # (tenant, user) -> when this process last flushed that user's entries; bounded like
+        # the rules, oldest forgotten first (forgetting one only allows one more rule).
+        self._user_flushes: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._user_flush_interval_s = user_flush_interval_s
         self._known: set[int] = set()  # generations whose rules are in the book
         self._added = 0
         self.generation = 0  # every rule up to this generation is known here
@@ -128,12 +121,34 @@ class Invalidator:
             self._on_rule(source)
         return stamp
 
+    async def flush_user(self, tenant: str, user_id: str, source: str) -> None:
+        """Invalidates a user's user-scoped entries, at most once per user per
+        `user_flush_interval_s` in this process: anyone holding a tenant's key may name any
+        user (docs/design.md §3), so each flip of a persona must not cost a rule. Within the
+        interval the entry met is still not served (the caller's persona check refuses it);
+        what is given up is invalidating that user's entries made since the last flush for the
+        persona they switch back to. Raises StoreUnavailable like `invalidate`."""
+        key = (tenant, user_id)
+        now = time.monotonic()
+        last = self._user_flushes.get(key)
+        if last is not None and now - last < self._user_flush_interval_s:
+            return
+        await self.invalidate([Selector(tenant=tenant, user_id=user_id, scope="user")], source)
+        self._user_flushes[key] = now
+        self._user_flushes.move_to_end(key)
+        if len(self._user_flushes) > self._max_rules:
+            self._user_flushes.popitem(last=False)
+
     async def _publish(self, selectors: Sequence[Selector]) -> Stamp:
-        args: list[str | int] = [self._max_age_s, *(_encode(s).decode() for s in selectors)]
+        args: list[str | int] = [
+            self._max_age_s,
+            self._max_rules,
+            *(_encode(s).decode() for s in selectors),
+        ]
         try:
             async with asyncio.timeout(self._timeout_s * 4):
                 generation, previous, at = await self._redis.eval(  # type: ignore[union-attr]
-                    _ADD, 3, *_ADD_KEYS, *args
+                    ADD_RULES, 3, *ADD_RULES_KEYS, *args
                 )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(
@@ -201,10 +216,15 @@ class Invalidator:
         except (RedisError, OSError) as exc:
             log.warning("cannot read the shared invalidation rules: %s", type(exc).__name__)
             return False
+        # One invalidation is one member per selector under one generation: each generation is
+        # added whole, since `_add` skips a generation it already knows.
+        found: dict[int, tuple[float, list[Selector]]] = {}
         for member, at in members:
             text = member.decode() if isinstance(member, bytes) else member
             generation, _, selector = text.partition(" ")
-            self._add(int(generation), float(at), [_decode_selector(selector)])
+            found.setdefault(int(generation), (float(at), []))[1].append(_decode_selector(selector))
+        for generation, (at, selectors) in found.items():
+            self._add(generation, at, selectors)
         self.generation = max(self.generation, int(shared or 0))
         return True
 
