@@ -19,6 +19,7 @@ import msgspec
 from aiohttp import web
 
 from admin.app import create_admin_app
+from proxy.connection import GuardedAppRunner
 from proxy.fake_upstream import FakeUpstream, start_fake_upstream
 from proxy.ledger.factory import migrate_ledger
 from proxy.logs import configure_logging
@@ -143,7 +144,12 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
         access_log = logging.getLogger("aiohttp.access") if server.access_log else None
         apps = (create_proxy_app(runtime), create_admin_app(runtime, _loopback_url(sockets[0])))
         for app, sock in zip(apps, sockets, strict=True):
-            runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=SHUTDOWN_GRACE_S)
+            runner = GuardedAppRunner(
+                app,
+                header_read_timeout=server.header_read_timeout_s,
+                access_log=access_log,
+                shutdown_timeout=SHUTDOWN_GRACE_S,
+            )
             await runner.setup()
             runners.insert(0, runner)
             await web.SockSite(runner, sock).start()
@@ -161,7 +167,7 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
         await stop.wait()
         log.info("shutting down: draining in-flight requests")
     finally:
-        for runner in runners:
-            await runner.cleanup()
+        for started in runners:
+            await started.cleanup()
         await close_runtime(runtime)
     log.info("stopped")
