@@ -55,10 +55,41 @@ _KIND_OF_PARSER_ERROR: tuple[tuple[type[Exception], str], ...] = (
     (http_exceptions.PayloadEncodingError, "The request body's encoding is not valid."),
 )
 _MALFORMED = "The request is not valid HTTP."
+# aiohttp's C parser raises a plain BadHttpMessage whose message starts with llhttp's fixed
+# reason, then the bytes. The reason is only compared with these keys: the answer is always our
+# own text, so no byte of the request can reach it even if the message's format changes.
+_HEADER_NAME = "A request header name contains a character HTTP does not allow."
+_HEADER_VALUE = "A request header value contains a character HTTP does not allow."
+_TARGET = "The request target contains a character HTTP does not allow."
+_LINE_END = "A request line or header does not end with CRLF."
+_FRAMING = "The request's Content-Length or Transfer-Encoding is not valid."
+_KIND_OF_LLHTTP_REASON = {
+    "Invalid header value char": _HEADER_VALUE,
+    "Invalid header field char": _HEADER_NAME,
+    "Invalid header token": _HEADER_NAME,
+    "Invalid method encountered": "The request method is not valid HTTP.",
+    "Invalid char in url path": _TARGET,
+    "Invalid char in url query": _TARGET,
+    "Invalid char in url fragment start": _TARGET,
+    "Invalid characters in url": _TARGET,
+    "Invalid HTTP version": "The request line's HTTP version is not valid.",
+    "Missing expected CR after header value": _LINE_END,
+    "Missing expected LF after header value": _LINE_END,
+    "Expected LF after CR": _LINE_END,
+    "Expected CRLF after version": _LINE_END,
+    "Duplicate Content-Length": _FRAMING,
+    "Invalid character in Content-Length": _FRAMING,
+    "Content-Length can't be present with Transfer-Encoding": _FRAMING,
+    "Request has invalid `Transfer-Encoding`": _FRAMING,
+}
 
 
 def parser_error_message(exc: BaseException | None) -> str:
     """The kind of a parser error, in words that contain none of the request's bytes."""
+    if isinstance(exc, http_exceptions.HttpProcessingError):
+        reason = str(exc.message).partition(":")[0].strip()
+        if reason in _KIND_OF_LLHTTP_REASON:
+            return _KIND_OF_LLHTTP_REASON[reason]
     for cls, message in _KIND_OF_PARSER_ERROR:
         if isinstance(exc, cls):
             return message

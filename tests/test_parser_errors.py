@@ -31,21 +31,29 @@ def _roots(sidecar: Sidecar) -> list[str]:
     return [sidecar.root, sidecar.admin_url]
 
 
+# Each bad head, and words of its answer: the kind of error, in the sidecar's own words.
 BAD_HEADS = {
-    "control byte in Authorization": b"GET /v1/models HTTP/1.1\r\nHost: x\r\n"
-    b"Authorization: Bearer \x01" + SECRET + b"\r\n\r\n",
-    "control byte in a header name": b"GET /v1/models HTTP/1.1\r\nHost: x\r\n"
-    b"X-\x02" + SECRET + b": 1\r\n\r\n",
-    "bad request line": b"GET /v1/models " + SECRET + b"\r\nHost: x\r\n\r\n",
-    "header too long": b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
-    + SECRET * 400
-    + b"\r\n\r\n",
+    "control byte in Authorization": (
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \x01" + SECRET + b"\r\n\r\n",
+        "header value",
+    ),
+    "control byte in a header name": (
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-\x02" + SECRET + b": 1\r\n\r\n",
+        "header name",
+    ),
+    "bad request line": (b"GET /v1/models " + SECRET + b"\r\nHost: x\r\n\r\n", "request line"),
+    "header too long": (
+        b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + SECRET * 400
+        + b"\r\n\r\n",
+        "too long",
+    ),
 }
 
 
-@pytest.mark.parametrize("raw", BAD_HEADS.values(), ids=BAD_HEADS.keys())
+@pytest.mark.parametrize(("raw", "kind"), BAD_HEADS.values(), ids=BAD_HEADS.keys())
 def test_a_parser_error_is_an_openai_400_that_echoes_nothing(
-    sidecar: Sidecar, stub: Stub, caplog: pytest.LogCaptureFixture, raw: bytes
+    sidecar: Sidecar, stub: Stub, caplog: pytest.LogCaptureFixture, raw: bytes, kind: str
 ) -> None:
     caplog.set_level(logging.DEBUG)
     for root in _roots(sidecar):
@@ -56,6 +64,7 @@ def test_a_parser_error_is_an_openai_400_that_echoes_nothing(
         error = json.loads(body)["error"]
         assert error["type"] == "invalid_request_error"
         assert error["code"] == "malformed_request"
+        assert kind in error["message"]
         assert b"sk-" not in answer
         assert b"\\x0" not in answer
     assert stub.calls == 0
@@ -65,10 +74,11 @@ def test_a_parser_error_is_an_openai_400_that_echoes_nothing(
     refused = [r for r in caplog.records if "malformed request" in r.getMessage()]
     assert len(refused) == 2  # one line per port
     assert all(r.levelno == logging.WARNING and r.exc_info is None for r in refused)
+    assert all(kind in r.getMessage() for r in refused)
 
 
 def test_the_sidecar_still_answers_after_parser_errors(sidecar: Sidecar) -> None:
-    for raw in BAD_HEADS.values():
+    for raw, _ in BAD_HEADS.values():
         _send_and_read(sidecar.root, raw)
     answer = sidecar.request("GET", "/healthz")
     assert answer.status == 200
