@@ -4,6 +4,7 @@ Both on both ports."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
@@ -115,6 +116,15 @@ def test_a_head_that_trickles_in_is_cut(make_sidecar: SidecarFactory, port: str)
         assert _closed_while_trickling(sock, head, 0.05)
     assert time.monotonic() - started < WAIT_S
     assert sidecar.request("GET", "/healthz", admin=port == "admin").status == 200
+
+
+def test_a_connection_that_never_sends_a_head_is_cut(make_sidecar: SidecarFactory) -> None:
+    """As nginx's client_header_timeout: the first head is due from the connection's start
+    (aiohttp alone would hold it for keepalive_timeout, about an hour)."""
+    sidecar = make_sidecar(HEADER_READ_TIMEOUT="0.3")
+    # A reset is a close too.
+    with _open(sidecar.root) as sock, contextlib.suppress(ConnectionResetError):
+        assert sock.recv(1) == b""  # closed by the server, well within WAIT_S
 
 
 def _read_answer(sock: socket.socket) -> bytes:
