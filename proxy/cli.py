@@ -14,11 +14,13 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import msgspec
 from aiohttp import web
 
 from admin.app import create_admin_app
+from proxy.connection import GuardedAppRunner
 from proxy.fake_upstream import FakeUpstream, start_fake_upstream
 from proxy.ledger.factory import migrate_ledger
 from proxy.logs import configure_logging
@@ -29,6 +31,10 @@ from proxy.settings_load import load_settings
 
 log = logging.getLogger("sidecache")
 SHUTDOWN_GRACE_S = 10.0
+# Connections the kernel may queue before `accept`: a burst of new connections beyond it is
+# refused or retried by SYN timeouts. Linux caps it at net.core.somaxconn (backlog_note).
+BACKLOG = 1024
+SOMAXCONN = Path("/proc/sys/net/core/somaxconn")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,10 +97,27 @@ def migrate_command(environ: dict[str, str]) -> int:
     return 0
 
 
+def backlog_note(requested: int = BACKLOG, somaxconn: Path = SOMAXCONN) -> str | None:
+    """What to log when the kernel silently caps the listen backlog below `requested`: Linux
+    truncates `listen(backlog)` to net.core.somaxconn (128 before kernel 5.4, 4096 since).
+    None when it does not, or where there is no such file (not Linux)."""
+    try:
+        cap = int(somaxconn.read_text())
+    except (OSError, ValueError):
+        return None
+    if cap >= requested:
+        return None
+    return (
+        f"the listen backlog is {cap}, not {requested}: the kernel caps it at "
+        f"net.core.somaxconn; raise it with `sysctl -w net.core.somaxconn={requested}` "
+        "(in a container: its own sysctl, e.g. `docker run --sysctl`)"
+    )
+
+
 def _listen(host: str, port: int, setting: str) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=1024)
+        return socket.create_server((host, port), family=family, backlog=BACKLOG)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise OSError(f"cannot listen on {host}:{port} ({setting}): {reason}") from None
@@ -138,15 +161,25 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
         upstream = msgspec.structs.replace(settings.upstream, base_url=fake_url, api_key=None)
         settings = msgspec.structs.replace(settings, upstream=upstream)
         log.info("using the built-in fake upstream at %s", fake_url)
+    note = backlog_note()
+    if note is not None:
+        log.warning("%s", note)
     runtime = await open_runtime(settings)
     try:
         access_log = logging.getLogger("aiohttp.access") if server.access_log else None
         apps = (create_proxy_app(runtime), create_admin_app(runtime, _loopback_url(sockets[0])))
         for app, sock in zip(apps, sockets, strict=True):
-            runner = web.AppRunner(app, access_log=access_log, shutdown_timeout=SHUTDOWN_GRACE_S)
+            runner = GuardedAppRunner(
+                app,
+                header_read_timeout=server.header_read_timeout_s,
+                access_log=access_log,
+                shutdown_timeout=SHUTDOWN_GRACE_S,
+            )
             await runner.setup()
             runners.insert(0, runner)
-            await web.SockSite(runner, sock).start()
+            # The event loop calls listen() again with the site's backlog (aiohttp's default:
+            # 128), so the site must be given it too.
+            await web.SockSite(runner, sock, backlog=BACKLOG).start()
         log.info(
             "sidecache ready: proxy http://%s:%d/v1, admin http://%s:%d (cache: %s, upstream: %s)",
             server.proxy_host,
@@ -161,7 +194,7 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
         await stop.wait()
         log.info("shutting down: draining in-flight requests")
     finally:
-        for runner in runners:
-            await runner.cleanup()
+        for started in runners:
+            await started.cleanup()
         await close_runtime(runtime)
     log.info("stopped")

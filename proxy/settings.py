@@ -28,6 +28,9 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     max_inflight_body_mb: Annotated[float, msgspec.Meta(gt=0, le=65536)] = 128
     log_level: LogLevel = "INFO"
     access_log: bool = False
+    # The longest a request head may take to arrive (proxy/connection.py); idle keep-alive
+    # connections and bodies are not timed by it.
+    header_read_timeout_s: Seconds = 10.0
 
     @property
     def max_body_bytes(self) -> int:

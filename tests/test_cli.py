@@ -16,6 +16,7 @@ from typing import IO, Any
 import openai
 import pytest
 
+from proxy.cli import backlog_note
 from proxy.settings_load import ENV_FIELDS
 from tests.fixtures.server_base import free_port
 from tests.fixtures.sidecar import API_KEY, HttpAnswer, http_request
@@ -162,3 +163,35 @@ def test_port_in_use_exits_1_with_one_line(tmp_path: Path, which: str) -> None:
     assert lines[0].startswith("sidecache: ")
     assert str(port) in lines[0]
     assert "in use" in lines[0].lower()
+
+
+def _listen_backlog(port: int) -> int:
+    """The backlog the kernel holds for a listening port (ss's Send-Q of a LISTEN socket)."""
+    out = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.split()
+    return int(out[2])
+
+
+def test_both_ports_listen_with_the_backlog_asked_for(serve: Any) -> None:
+    """Issue 19 item 11: the ports asked 1024 but aiohttp's site listened again with its default
+    128. Now the kernel's cap (net.core.somaxconn) is the only limit, and it is logged."""
+    served: Served = serve("--upstream", "fake")
+    cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    expected = min(1024, cap)
+    for url in (served.url, served.admin):
+        port = int(url.removeprefix("http://").split(":")[1].split("/")[0])
+        assert _listen_backlog(port) == expected
+    assert ("net.core.somaxconn" in served.stderr()) == (cap < 1024)
+
+
+def test_the_somaxconn_cap_is_explained(tmp_path: Path) -> None:
+    somaxconn = tmp_path / "somaxconn"
+    somaxconn.write_text("128\n")
+    note = backlog_note(1024, somaxconn)
+    assert note is not None
+    assert "128" in note
+    assert "sysctl -w net.core.somaxconn=1024" in note
+    somaxconn.write_text("4096\n")
+    assert backlog_note(1024, somaxconn) is None
+    assert backlog_note(1024, tmp_path / "absent") is None  # not Linux: nothing said
