@@ -39,8 +39,8 @@ test: lint test-servers
 ## and drive the dashboard page in Debian's headless Chromium (no browser download).
 test-servers:
 	@command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
-	  && test -x /usr/lib/chromium/chromium \
-	  || (apt-get update -qq && apt-get install -y -qq redis-server postgresql chromium)
+	  && test -x /usr/lib/chromium/chromium && command -v ss >/dev/null \
+	  || (apt-get update -qq && apt-get install -y -qq redis-server postgresql chromium iproute2)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .import_linter_cache
