@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from redis.asyncio import ConnectionPool, Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
 
 from proxy.cache.pipe import PipeError, RedisPipe
 
