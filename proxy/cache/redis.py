@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
-from redis.asyncio.retry import Retry
 
 from proxy.cache.pipe import PipeError, RedisPipe
 
