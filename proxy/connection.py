@@ -97,46 +97,59 @@ def parser_error_message(exc: BaseException | None) -> str:
 
 
 class GuardedRequestHandler(RequestHandler):
-    __slots__ = ("_body", "_head_timeout_s", "_head_timer")
+    """Times each request head: from the connection's start for the first, from its first byte
+    for the next ones (an idle keep-alive connection and a body being uploaded are not timed).
+
+    One timer per connection, re-armed only when it fires early: a head that arrives in one
+    read (nearly every one) costs no timer at all, and one in pieces costs a clock read, not a
+    timer made and cancelled per request (that cost hits ~4 us each)."""
+
+    __slots__ = ("_body", "_head_since", "_head_timeout_s", "_head_timer")
 
     def __init__(self, manager: web.Server, *, header_read_timeout: float, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._head_timeout_s = header_read_timeout
         self._head_timer: asyncio.TimerHandle | None = None
+        self._head_since: float | None = None  # when the head being awaited began
         # The body of the newest request whose head arrived: bytes arriving while it is still
         # open are body bytes, not a head.
         self._body: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self._arm_head_timer()  # the first head is due from the connection's start
+        self._head_began()  # the first head is due from the connection's start
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._disarm_head_timer()
-        self._body = None
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        in_body = self._body is not None and not self._body.is_eof()
-        heads_before = self._request_count
-        super().data_received(data)
-        if self._request_count != heads_before:
-            self._disarm_head_timer()  # a complete head (or a parser error, answered now)
-            self._body = self._messages[-1][1] if self._messages else None
-        elif data and not in_body and self._head_timer is None:
-            self._arm_head_timer()  # the first bytes of a next head: from now on it is timed
-
-    def _arm_head_timer(self) -> None:
-        self._head_timer = self._loop.call_later(self._head_timeout_s, self._head_timed_out)
-
-    def _disarm_head_timer(self) -> None:
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        self._head_since = self._body = None
+        super().connection_lost(exc)
 
-    def _head_timed_out(self) -> None:
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages:  # a complete head arrived (or a parser error, answered now)
+            self._body = self._messages[-1][1]
+            self._head_since = None
+        elif data and self._head_since is None and (self._body is None or self._body.is_eof()):
+            self._head_began()  # the first bytes of a next head: from now on it is timed
+
+    def _head_began(self) -> None:
+        self._head_since = self._loop.time()
+        if self._head_timer is None:
+            self._arm_head_timer(self._head_since + self._head_timeout_s)
+
+    def _arm_head_timer(self, due: float) -> None:
+        self._head_timer = self._loop.call_at(due, self._head_timer_fired)
+
+    def _head_timer_fired(self) -> None:
         self._head_timer = None
-        if self.transport is None:
+        since = self._head_since
+        if since is None or self.transport is None:
+            return  # no head is being awaited: the next one arms the timer again
+        due = since + self._head_timeout_s
+        if self._loop.time() < due:
+            self._arm_head_timer(due)  # a later head than the one the timer was armed for
             return
         peer = self.transport.get_extra_info("peername")
         log.warning(
