@@ -122,10 +122,11 @@ def pass_through_credential(headers: Mapping[str, str]) -> str:
     header value holds no newline, so this form never equals a lone Authorization, and two
     different sets never list alike. The same key in two different headers makes two tenants
     (docs/design.md §3)."""
+    if CREDENTIAL_HEADERS[1] not in headers and CREDENTIAL_HEADERS[2] not in headers:
+        authorization = _all(headers, CREDENTIAL_HEADERS[0])  # the common case: one lookup
+        if len(authorization) <= 1:
+            return authorization[0] if authorization else ""
     values = [_all(headers, name) for name in CREDENTIAL_HEADERS]
-    authorization, api_key, x_api_key = values
-    if not api_key and not x_api_key and len(authorization) <= 1:
-        return authorization[0] if authorization else ""
     return "".join(
         f"\n{name}:{value}"
         for name, found in zip(CREDENTIAL_HEADERS, values, strict=True)
