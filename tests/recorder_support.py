@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from tests.fixtures.sidecar import LoopThread
+from tests.fixtures.sidecar import LoopThread, serve_double
 
 
 @dataclass
@@ -73,14 +73,6 @@ def recorder(loop_thread: LoopThread) -> Iterator[Recorder]:
     double = Recorder()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", double.handle)
-
-    async def start() -> web.AppRunner:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner
-
-    runner = loop_thread.run(start())
-    double.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    runner, double.url = loop_thread.run(serve_double(app))
     yield double
     loop_thread.run(runner.cleanup())

@@ -27,6 +27,7 @@ from tests.fixtures.sidecar import (
     SidecarFactory,
     Stub,
     http_request,
+    serve_double,
 )
 from tests.recorder_support import Recorder, recorder
 
@@ -84,15 +85,7 @@ def echo(loop_thread: LoopThread) -> Iterator[Echo]:
     app.router.add_get("/v1/gzipped", double.gzipped)
     app.router.add_get("/v1/stream", double.stream)
     app.router.add_route("*", "/v1/{tail:.*}", double.echo)
-
-    async def start() -> web.AppRunner:
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        return runner
-
-    runner = loop_thread.run(start())
-    double.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    runner, double.url = loop_thread.run(serve_double(app))
     yield double
     double.release.set()
     loop_thread.run(runner.cleanup())

@@ -38,6 +38,16 @@ def budget_store_metrics(budgets: BudgetBook) -> Iterator[Metric]:
     yield backlog
     for name, doc, value in (
         (
+            "sidecache_budget_store_errors",
+            "Budget spend-store failures (what was decided: sidecache_budget_unchecked_total).",
+            budgets.store_errors,
+        ),
+        (
+            "sidecache_budget_webhook_failures",
+            "Alert webhook POSTs that failed.",
+            budgets.alerter.webhook_failures,
+        ),
+        (
             "sidecache_budget_settles_dropped",
             "Settles dropped because the retry backlog was full (spend not counted).",
             budgets.backlog.dropped,

@@ -93,21 +93,6 @@ class LedgerCollector(Collector):
         for (scope, threshold), count in sorted(budgets.alerter.counts.items()):
             alerts.add_metric([scope, threshold], count)
         yield alerts
-        for name, doc, value in (
-            (
-                "sidecache_budget_store_errors",
-                "Budget spend-store failures (what was decided: sidecache_budget_unchecked_total).",
-                budgets.store_errors,
-            ),
-            (
-                "sidecache_budget_webhook_failures",
-                "Alert webhook POSTs that failed.",
-                budgets.alerter.webhook_failures,
-            ),
-        ):
-            counter = CounterMetricFamily(name, doc)
-            counter.add_metric([], value)
-            yield counter
         yield from budget_store_metrics(budgets)
 
 
