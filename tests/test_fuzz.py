@@ -83,23 +83,18 @@ def check(port: int, request: Request, authorized: Headers) -> None:
     assert status != 500 and status < 600, (method, path, headers, body[:80], status)
 
 
-def test_the_proxy_port_survives_hostile_requests(hostile: Sidecar) -> None:
-    authorized = [("Authorization", f"Bearer {API_KEY}".encode())]
+@pytest.mark.parametrize("port", ["proxy", "admin"])
+def test_a_port_survives_hostile_requests(hostile: Sidecar, port: str) -> None:
+    number, paths, secret = (
+        (hostile.port, PROXY_PATHS, API_KEY)
+        if port == "proxy"
+        else (hostile.admin_port, ADMIN_PATHS, TOKEN)
+    )
+    authorized = [("Authorization", f"Bearer {secret}".encode())]
 
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(requests(PROXY_PATHS), st.booleans())
+    @given(requests(paths), st.booleans())
     def run(request: Request, keyed: bool) -> None:
-        check(hostile.port, request, authorized if keyed else [])
-
-    run()
-
-
-def test_the_admin_port_survives_hostile_requests(hostile: Sidecar) -> None:
-    authorized = [("Authorization", f"Bearer {TOKEN}".encode())]
-
-    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(requests(ADMIN_PATHS), st.booleans())
-    def run(request: Request, keyed: bool) -> None:
-        check(hostile.admin_port, request, authorized if keyed else [])
+        check(number, request, authorized if keyed else [])
 
     run()
