@@ -29,6 +29,7 @@ from proxy.ledger import LedgerWriter, PriceTable, open_ledger
 from proxy.ledger.collector import register_ledger_metrics
 from proxy.metrics import Metrics
 from proxy.persona import PersonaParser
+from proxy.semantic.cache import SemanticCache
 from proxy.settings import Settings
 from proxy.tenancy import TenantResolver
 from proxy.ttl import TtlPolicy
@@ -64,6 +65,7 @@ class Runtime:
     budgets: BudgetBook
     invalidations: Invalidator
     bodies: InflightBodies  # request-body bytes held at once (MAX_INFLIGHT_BODY_MB)
+    semantic: SemanticCache | None = None  # with SEMANTIC_CACHE=on
 
 
 RUNTIME = web.AppKey("runtime", Runtime)

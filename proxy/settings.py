@@ -197,6 +197,24 @@ class InvalidationSettings(msgspec.Struct, forbid_unknown_fields=True):
     user_flush_interval_s: Annotated[float, msgspec.Meta(ge=0)] = 60.0
 
 
+class SemanticSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """The opt-in semantic cache (docs/design.md §10)."""
+
+    enabled: bool = False
+    # `local` (all-MiniLM-L6-v2 in this process) or `upstream:<model>` (the upstream's
+    # embeddings, through this sidecar's own embedding cache, with the request's credential).
+    embedder: Annotated[str, msgspec.Meta(pattern=r"^(local|upstream:\S+)$")] = "local"
+    # Cosine similarity a candidate needs before the guards look at it; chosen on the tuning
+    # half of tests/data/semantic_pairs.jsonl (README, "Semantic cache").
+    threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.80
+    # Answers holding tool calls are served only to the exact question unless this is on.
+    serve_tool_calls: bool = False
+    # Vectors one partition keeps (oldest dropped first), and vectors all partitions held in
+    # this process keep together (least recently searched partitions dropped first).
+    max_per_partition: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
+    max_vectors: Annotated[int, msgspec.Meta(ge=1)] = 200_000
+
+
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     upstream: UpstreamSettings = msgspec.field(default_factory=UpstreamSettings)
@@ -210,6 +228,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     budget: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
     pricing: PricingSettings = msgspec.field(default_factory=PricingSettings)
     invalidation: InvalidationSettings = msgspec.field(default_factory=InvalidationSettings)
+    semantic: SemanticSettings = msgspec.field(default_factory=SemanticSettings)
 
     @property
     def managed_mode(self) -> bool:

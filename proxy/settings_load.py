@@ -67,6 +67,10 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "TRUSTED_USER_HEADER_KEYS": ("tenancy", "trusted_user_header_keys"),
     "INVALIDATION_MAX_RULES": ("invalidation", "max_rules"),
     "INVALIDATION_USER_FLUSH_INTERVAL_S": ("invalidation", "user_flush_interval_s"),
+    "SEMANTIC_CACHE": ("semantic", "enabled"),
+    "SEMANTIC_EMBEDDER": ("semantic", "embedder"),
+    "SEMANTIC_THRESHOLD": ("semantic", "threshold"),
+    "SEMANTIC_SERVE_TOOL_CALLS": ("semantic", "serve_tool_calls"),
 }
 # DATABASE_URL may carry a password and webhook URLs often carry a token.
 SECRET_ENV = frozenset(
@@ -119,6 +123,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
+_SWITCH = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
+
+
 def _parse_env(name: str, raw: str) -> Any:
     if name in ("ADMIN_TOKENS", "ADMIN_USER_IDS"):
         return [item.strip() for item in raw.split(",") if item.strip()]
@@ -132,6 +139,8 @@ def _parse_env(name: str, raw: str) -> Any:
                 )
             pairs[key.strip()] = tenant.strip()
         return pairs
+    if name in ("SEMANTIC_CACHE", "SEMANTIC_SERVE_TOOL_CALLS"):
+        return _SWITCH.get(raw.strip().lower(), raw)  # anything else fails as "expected bool"
     if name == "LOG_LEVEL":
         return raw.upper()
     if name == "TRUSTED_USER_HEADER_KEYS":

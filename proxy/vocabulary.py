@@ -38,6 +38,13 @@ class CacheStatus(StrEnum):
     COALESCED = "COALESCED"  # another request's identical upstream call answered it
 
 
+class CacheMatch(StrEnum):
+    """How a hit matched (`X-Cache-Match`, the ledger's `cache_match`)."""
+
+    EXACT = "exact"  # the same request, byte for byte once canonical
+    SEMANTIC = "semantic"  # a paraphrase of the last user message, same partition, guards passed
+
+
 # -- the Redis keyspace ----------------------------------------------------------------------
 
 SHARED_SECRET_KEY = "sc:secret"  # the tenant-hash secret replicas agree on when none is set
@@ -47,5 +54,8 @@ INVALIDATION_RULES_KEY = "sc:{inv}:rules"
 INVALIDATION_CHANNEL = "sc:invalidations"
 # Templates, filled with `%` (an operator, not a call: the entry key is made on every hit).
 ENTRY_KEY = "sc:e:{%s}"  # a stored answer (or embedding item), by its key's digest
+SEMANTIC_LOG_KEY = "sc:s:{%s}"  # a semantic partition's vectors, appended in order (a stream)
+# A semantic hit an operator reported wrong, by the entry's X-Cache-Key: never served again.
+SEMANTIC_WRONG_KEY = "sc:w:%s"
 LOCK_KEY = "sc:l:{%s}"  # an entry's cross-replica single-flight lock: the entry's slot
 BUDGET_KEY_PREFIX = "sc:b:{%s}"  # every spend counter of one tenant (and its users): one slot
