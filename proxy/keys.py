@@ -86,6 +86,14 @@ class KeyMaker:
         semantic = {k: v for k, v in body.items() if k not in NON_SEMANTIC_FIELDS}
         return self._key((tenant, endpoint, scope, semantic))
 
+    def partition_key(
+        self, tenant: str, endpoint: str, rest: Mapping[str, Any], scope: ScopePart, index: str
+    ) -> CacheKey:
+        """A semantic partition (docs/design.md §10): everything of a request but its question
+        (`rest`, proxy/semantic/question.py), and the index (embedder and dimension) it is in."""
+        semantic = {k: v for k, v in rest.items() if k not in NON_SEMANTIC_FIELDS}
+        return self._key((tenant, endpoint, scope, semantic, "semantic", index))
+
     def item_key(
         self, tenant: str, endpoint: str, params: Mapping[str, Any], item: Any, scope: ScopePart
     ) -> CacheKey:
