@@ -164,10 +164,11 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
     note = backlog_note()
     if note is not None:
         log.warning("%s", note)
-    runtime = await open_runtime(settings)
+    proxy_url = _loopback_url(sockets[0])
+    runtime = await open_runtime(settings, proxy_url=proxy_url)
     try:
         access_log = logging.getLogger("aiohttp.access") if server.access_log else None
-        apps = (create_proxy_app(runtime), create_admin_app(runtime, _loopback_url(sockets[0])))
+        apps = (create_proxy_app(runtime), create_admin_app(runtime, proxy_url))
         for app, sock in zip(apps, sockets, strict=True):
             runner = GuardedAppRunner(
                 app,

@@ -29,6 +29,7 @@ from proxy.ledger import LedgerWriter, PriceTable, open_ledger
 from proxy.ledger.collector import register_ledger_metrics
 from proxy.metrics import Metrics
 from proxy.persona import PersonaParser
+from proxy.semantic.build import open_semantic
 from proxy.semantic.cache import SemanticCache
 from proxy.settings import Settings
 from proxy.tenancy import TenantResolver
@@ -71,7 +72,11 @@ class Runtime:
 RUNTIME = web.AppKey("runtime", Runtime)
 
 
-async def open_runtime(settings: Settings, registry: CollectorRegistry | None = None) -> Runtime:
+async def open_runtime(
+    settings: Settings, registry: CollectorRegistry | None = None, proxy_url: str | None = None
+) -> Runtime:
+    """`proxy_url`: how this process reaches its own proxy port (the `upstream:` semantic
+    embedder sends its embeddings through it); None where nothing needs it."""
     metrics = Metrics(registry or CollectorRegistry())
     redis: Redis | None = None
     store: CacheStore
@@ -128,6 +133,7 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
     budgets = BudgetBook.from_settings(settings, redis=redis, sink=ledger.sink)
     await budgets.start()
     register_ledger_metrics(metrics.registry, writer=ledger, prices=prices, budgets=budgets)
+    semantic = await open_semantic(settings, store, redis, keys, metrics.registry, proxy_url)
     return Runtime(
         settings=settings,
         store=store,
@@ -152,12 +158,15 @@ async def open_runtime(settings: Settings, registry: CollectorRegistry | None = 
         bodies=InflightBodies(
             settings.server.max_inflight_body_bytes, settings.server.max_body_bytes
         ),
+        semantic=semantic,
     )
 
 
 async def close_runtime(runtime: Runtime) -> None:
     await runtime.runner.close()  # let shared calls land (and be stored)
     await runtime.batcher.close()
+    if runtime.semantic is not None:
+        await runtime.semantic.close()
     if runtime.peers is not None:
         await runtime.peers.close()
     await runtime.invalidations.close()

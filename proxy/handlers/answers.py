@@ -15,7 +15,7 @@ from proxy.handlers.parse import ParsedRequest
 from proxy.keys import CacheKey, ScopePart
 from proxy.runtime import Runtime
 from proxy.sse import DONE, format_event
-from proxy.vocabulary import CacheStatus
+from proxy.vocabulary import CacheMatch, CacheStatus
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -24,12 +24,15 @@ SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Contro
 # adds them to a failure's answer, so a 503 or 504 of a miss still says MISS (or COALESCED).
 MISS_HEADERS = web.RequestKey("sidecache_miss_headers", dict[str, str])
 _X_CACHE = {status: status.value for status in CacheStatus}  # a sixth of `.value`'s time
+_EXACT = CacheMatch.EXACT.value
 
 
 def cache_headers(
     status: CacheStatus, key: CacheKey | None, stored_at: float | None = None
 ) -> dict[str, str]:
     headers = {"X-Cache": _X_CACHE[status]}
+    if status is CacheStatus.HIT:
+        headers["X-Cache-Match"] = _EXACT  # a semantic hit's headers replace it
     if key is not None:
         headers["X-Cache-Key"] = key.short_id
     if stored_at is not None:
@@ -74,8 +77,12 @@ async def serve_stored(
     *,
     stream: bool = False,
     include_usage: bool = False,
+    match: dict[str, str] | None = None,
 ) -> web.StreamResponse:
+    """`match`: a semantic hit's X-Cache-Match and X-Cache-Similarity."""
     headers = cache_headers(CacheStatus.HIT, key, entry.stored_at)
+    if match is not None:
+        headers.update(match)
     if not stream:
         return web.Response(body=entry.body, content_type="application/json", headers=headers)
     return await write_replay(request, entry.body, include_usage, headers)

