@@ -11,7 +11,7 @@ from aiohttp import web
 from proxy.ledger.pricing import PriceTable
 from proxy.ledger.records import LedgerRecord, new_record_id
 from proxy.ledger.writer import LedgerWriter
-from proxy.vocabulary import CacheStatus, Endpoint
+from proxy.vocabulary import CacheMatch, CacheStatus, Endpoint
 
 _now = datetime.now
 # X-Cache as the ledger records it; an answer without one (an error before the lookup) is a MISS.
@@ -34,6 +34,8 @@ class Outcome:
     cost: float = 0.0
     saved_cost: float = 0.0
     upstream_ms: float | None = None
+    match: CacheMatch | None = None  # set by the pipeline on a hit
+    similarity: float | None = None  # a semantic hit's, set with match
 
     def paid(self, prices: PriceTable, prompt: int, completion: int, cached: int) -> float:
         """This request made the upstream call: its tokens at the model's price."""
@@ -87,5 +89,7 @@ def record_outcome(
             cache_status,
             response.status,
             _now(UTC),  # created_at
+            outcome.match,  # cache_match (a StrEnum: its value as text)
+            outcome.similarity,
         )
     )
