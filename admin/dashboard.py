@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 from aiohttp import web
@@ -178,7 +179,7 @@ class Dashboard:
             exact_hits=max(0, hits - int(n)),
             exact_saved_usd=max(0.0, saved - float(semantic_saved)),
             similarity=[SimilarityBucket(lower=low, upper=high, hits=int(c or 0))
-                        for low, high, c in zip(bounds, bounds[1:], counts, strict=False)],
+                        for (low, high), c in zip(pairwise(bounds), counts, strict=True)],
         )  # fmt: skip
 
 

@@ -9,6 +9,8 @@ semantic figures read only the window's semantic hits (migration 003's partial i
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 TOTALS = """
 SELECT coalesce(sum(requests), 0), coalesce(sum(hits), 0), coalesce(sum(errors), 0),
        coalesce(sum(cost), 0), coalesce(sum(saved_cost), 0), coalesce(sum(response_ms_sum), 0),
@@ -100,8 +102,7 @@ def _bucket_count(low: float, high: float) -> str:
 
 
 _BUCKET_COUNTS = ",\n       ".join(
-    _bucket_count(low, high)
-    for low, high in zip(SIMILARITY_BOUNDS, SIMILARITY_BOUNDS[1:], strict=False)
+    _bucket_count(low, high) for low, high in pairwise(SIMILARITY_BOUNDS)
 )
 SEMANTIC = f"""
 SELECT count(*), coalesce(sum(saved_cost), 0),

@@ -58,7 +58,9 @@ async def at_002(db: LedgerDb) -> None:
             await conn.execute(_PG_MIGRATIONS)
             for m in first:
                 await conn.execute(m.sql)
-                await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2)", m.version, m.name)
+                await conn.execute(
+                    "INSERT INTO schema_migrations VALUES ($1, $2)", m.version, m.name
+                )
             await conn.execute(_OLD_ROW.format(hit="true"))
         finally:
             await conn.close()

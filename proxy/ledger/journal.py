@@ -60,7 +60,9 @@ def _packed_records(payload: bytes) -> list[bytes]:
 def _in_earlier_order(packed: bytes) -> bool:
     fields = msgspec.msgpack.decode(packed)
     return (
-        isinstance(fields, list) and len(fields) == len(_EARLIER_ORDER) and isinstance(fields[3], str)
+        isinstance(fields, list)
+        and len(fields) == len(_EARLIER_ORDER)
+        and isinstance(fields[3], str)
     )
 
 
