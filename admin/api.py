@@ -37,6 +37,7 @@ def add_api_routes(app: web.Application, runtime: Runtime, proxy_url: str) -> No
     app.router.add_get(f"{PREFIX}/users", board.users)
     app.router.add_get(f"{PREFIX}/cache", board.cache)
     app.router.add_post(f"{PREFIX}/cache/invalidate", cache.invalidate)
+    app.router.add_post(f"{PREFIX}/cache/feedback", cache.feedback)
     app.router.add_post(f"{PREFIX}/cache/warm", cache.warm)
     app.router.add_get(f"{PREFIX}/cache/warm", cache.warm_jobs)
     app.router.add_get(f"{PREFIX}/cache/warm/{{job}}", cache.warm_job)

@@ -28,6 +28,32 @@ class Invalidated(msgspec.Struct):
     audited: bool
 
 
+# An entry's X-Cache-Key (16 hex digits), or its whole key digest (64), which names the same entry.
+CacheKeyText = Annotated[
+    str, msgspec.Meta(pattern="^(?:[0-9a-fA-F]{16}|[0-9a-fA-F]{64})$", min_length=16, max_length=64)
+]
+# Only `true` is feedback to act on: a right answer needs nothing done (`false` is a 400
+# naming `wrong`, which the document says by allowing true alone).
+WrongFlag = Annotated[bool, msgspec.Meta(extra_json_schema={"const": True})]
+
+
+class FeedbackBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """A semantic hit an operator found wrong, by the X-Cache-Key its answer carried."""
+
+    key: CacheKeyText
+    wrong: WrongFlag
+
+
+class Feedback(msgspec.Struct):
+    """The entry `key` (its 16-digit X-Cache-Key) is never served semantically again, on any
+    replica; `indexed_here`: this replica's semantic index held it."""
+
+    key: str
+    wrong: bool
+    indexed_here: bool
+    audited: bool
+
+
 class WarmPersona(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """One persona to warm for: docs/design.md §3's dimensions (as the X-Persona-* headers take
     them) and, for `scope: user`, the user."""

@@ -1,7 +1,9 @@
-"""The cache mutations of the admin API: invalidate by selectors, and warming jobs (audited)."""
+"""The cache mutations of the admin API: invalidate by selectors, feedback on semantic hits,
+and warming jobs (audited)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import msgspec
@@ -9,16 +11,25 @@ from aiohttp import web
 
 from admin.audit import audit
 from admin.auth import CALLER
-from admin.cache_models import InvalidateBody, Invalidated, WarmBody, WarmJobs
+from admin.cache_models import (
+    Feedback,
+    FeedbackBody,
+    InvalidateBody,
+    Invalidated,
+    WarmBody,
+    WarmJobs,
+)
 from admin.warming import Warmer, persona_headers
 from admin.wire import json_answer, read_body
 from proxy.directives import DIMS_HEADER, SCOPE_HEADER, parse_directives
-from proxy.failures import InvalidRequest, NotAuthenticated, NotFound
+from proxy.failures import Conflict, InvalidRequest, NotAuthenticated, NotFound
 from proxy.invalidation.selectors import canonical
 from proxy.runtime import Runtime
 
 ADMIN = "admin"
 MAX_WARM_REQUESTS = 10_000
+_HEX_KEY = re.compile(r"[0-9a-fA-F]{16}(?:[0-9a-fA-F]{48})?")
+SHORT_ID_LENGTH = 16  # proxy.keys.CacheKey.short_id: the digest's first 16 hex digits
 
 
 class CacheApi:
@@ -46,6 +57,33 @@ class CacheApi:
             generation=stamp.generation, at=at, selectors=selectors,
             rules_held=invalidations.rules, audited=audited,
         ))  # fmt: skip
+
+    async def feedback(self, request: web.Request) -> web.Response:
+        """A semantic hit reported wrong: removed from the semantic index on every replica
+        (docs/design.md §10). Only `wrong: true` is taken; there is nothing to do for a right
+        answer."""
+        body = await read_body(request, FeedbackBody)
+        if not _HEX_KEY.fullmatch(body.key):  # the schema's `$` lets a final newline through
+            raise InvalidRequest("`key` is an X-Cache-Key: 16 or 64 hex digits.", param="key")
+        if not body.wrong:
+            raise InvalidRequest("Only wrong answers are reported: `wrong` must be true.",
+                                 param="wrong")  # fmt: skip
+        semantic = self.runtime.semantic
+        if semantic is None:
+            raise Conflict("The semantic cache is off on this sidecar (SEMANTIC_CACHE).",
+                           code="semantic_cache_off")  # fmt: skip
+        short_id = body.key[:SHORT_ID_LENGTH].lower()
+        indexed_here = await semantic.mark_wrong(short_id)
+        audited = await audit(
+            self.runtime.ledger.sink,
+            request[CALLER],
+            "cache.feedback",
+            {"key": short_id},
+            {"wrong": True, "indexed_here": indexed_here},
+        )
+        return json_answer(
+            Feedback(key=short_id, wrong=True, indexed_here=indexed_here, audited=audited)
+        )
 
     async def warm(self, request: web.Request) -> web.Response:
         body = await read_body(request, WarmBody)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from itertools import pairwise
 from typing import Any
 
 from aiohttp import web
@@ -28,6 +29,8 @@ from admin.models import (
     Performance,
     PerformanceParams,
     PersonaHitRate,
+    SemanticStats,
+    SimilarityBucket,
     TimedQuery,
     UserRow,
     Users,
@@ -144,14 +147,18 @@ class Dashboard:
     async def cache(self, request: web.Request) -> web.Response:
         p = params(request, WindowParams)
         hour, since = self.since_hour(p.window), self.since(p.window)
-        endpoints, models, personas = await asyncio.gather(
+        endpoints, models, personas, semantic = await asyncio.gather(
             self.q.run("cache.by_endpoint", sql.HITS_BY_ENDPOINT, [hour]),
             self.q.run("cache.by_model", sql.HITS_BY_MODEL, [hour]),
             self.q.run("cache.by_persona", sql.PERSONA[self.q.dialect], [since]),
+            # From the top of the hour, as the roll-up: exact = the roll-up's hits - these.
+            self.q.run("cache.semantic", sql.SEMANTIC, [hour]),
         )
         store = self.runtime.store
         entries, size = store.usage()
         by_endpoint = [_hit_rate(r) for r in endpoints]
+        saved = sum(x.saved_usd for x in by_endpoint)
+        hits = sum(x.hits for x in by_endpoint)
         return json_answer(CacheStats(
             window=p.window, backend=store.backend,
             entries=entries if entries >= 0 else None, bytes=size if size >= 0 else None,
@@ -159,8 +166,21 @@ class Dashboard:
             by_persona=[PersonaHitRate(dimension=str(k), value=str(v), requests=int(n),
                                        hits=int(h), hit_rate=rate(h, n))
                         for k, v, n, h in personas],
-            saved_usd=sum(x.saved_usd for x in by_endpoint),
+            saved_usd=saved,
+            semantic=self._semantic(semantic[0], hits, saved),
         ))  # fmt: skip
+
+    def _semantic(self, row: tuple[Any, ...], hits: int, saved: float) -> SemanticStats:
+        n, semantic_saved, *counts = row
+        bounds = sql.SIMILARITY_BOUNDS
+        return SemanticStats(
+            enabled=self.runtime.semantic is not None,
+            hits=int(n), saved_usd=float(semantic_saved),
+            exact_hits=max(0, hits - int(n)),
+            exact_saved_usd=max(0.0, saved - float(semantic_saved)),
+            similarity=[SimilarityBucket(lower=low, upper=high, hits=int(c or 0))
+                        for (low, high), c in zip(pairwise(bounds), counts, strict=True)],
+        )  # fmt: skip
 
 
 def _ms(value: Any) -> float:

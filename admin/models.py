@@ -165,6 +165,27 @@ class PersonaHitRate(msgspec.Struct):
     hit_rate: float
 
 
+class SimilarityBucket(msgspec.Struct):
+    """Semantic hits with lower <= similarity < upper; the first bucket (lower 0) also holds
+    anything lower and the last (upper 1) anything from its lower bound up, 1.0 included."""
+
+    lower: float
+    upper: float
+    hits: int
+
+
+class SemanticStats(msgspec.Struct):
+    """How the window's hits matched (docs/design.md §10). A hit without a recorded match (a
+    row written before the ledger had the column) counts as exact."""
+
+    enabled: bool  # SEMANTIC_CACHE on this replica
+    hits: int
+    saved_usd: float
+    exact_hits: int
+    exact_saved_usd: float
+    similarity: list[SimilarityBucket]  # the semantic hits by similarity; every bucket, in order
+
+
 class CacheStats(msgspec.Struct):
     window: str
     backend: str
@@ -174,6 +195,7 @@ class CacheStats(msgspec.Struct):
     by_model: list[HitRate]
     by_persona: list[PersonaHitRate]
     saved_usd: float
+    semantic: SemanticStats
 
 
 class LastFailure(msgspec.Struct):

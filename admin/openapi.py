@@ -27,6 +27,8 @@ ROUTES: list[tuple[str, str, str, type | None, type | None, type]] = [
      m.ResetAnswer),
     ("/cache/invalidate", "post", "Invalidate entries by selectors, on every replica (audited)",
      None, c.InvalidateBody, c.Invalidated),
+    ("/cache/feedback", "post", "Report a semantic hit wrong: never served semantically again "
+     "(audited)", None, c.FeedbackBody, c.Feedback),
     ("/cache/warm", "post", "Start a warming job at low priority (audited)", None, c.WarmBody,
      c.WarmJob),
     ("/cache/warm", "get", "The warming jobs of this replica", None, None, c.WarmJobs),
@@ -39,6 +41,9 @@ _ERRORS = {
     "403": "X-Admin-User is not in ADMIN_USER_IDS",
     "404": "No such route, or no such warming job on this replica",
     "503": "The ledger database (or, to invalidate, Redis) cannot answer",
+}
+_MORE_ERRORS = {  # what only some operations answer
+    ("/cache/feedback", "post"): {"409": "The semantic cache is off (`semantic_cache_off`)"},
 }
 
 
@@ -70,7 +75,8 @@ def openapi_document() -> dict[str, Any]:
                     "content": {"application/json": {
                         "schema": {"$ref": f"#/components/schemas/{answer.__name__}"}}},
                 },
-                **{code: {"description": text, "content": error} for code, text in _ERRORS.items()},
+                **{code: {"description": text, "content": error} for code, text in
+                   {**_ERRORS, **_MORE_ERRORS.get((path, method), {})}.items()},
             },
         }  # fmt: skip
         if body is not None:

@@ -4,9 +4,12 @@ Windows over the hourly roll-ups start at the top of the hour `window` ago. Answ
 name users read the per-tenant roll-up (`ai_usage_tenant_hourly`, a few rows per tenant and
 hour), those about users the per-user one (`ai_usage_hourly`). Two answers need dimensions the
 roll-ups do not keep (cache status for latency percentiles, persona values),
-so they read raw rows of the window; `performance` reports them and suggests a view."""
+so they read raw rows of the window; `performance` reports them and suggests a view. The
+semantic figures read only the window's semantic hits (migration 003's partial index)."""
 
 from __future__ import annotations
+
+from itertools import pairwise
 
 TOTALS = """
 SELECT coalesce(sum(requests), 0), coalesce(sum(hits), 0), coalesce(sum(errors), 0),
@@ -83,6 +86,28 @@ PERSONA = {
     "postgres": _PERSONA.format(each="jsonb_each_text"),
     "sqlite": _PERSONA.format(each="json_each"),
 }
+
+
+# The similarity distribution's buckets: [0, 0.5), then [0.50, 0.55) … [0.95, 1.0] in steps of
+# 0.05. Bounds are literals compared as they are, so a similarity equal to a bound always lands
+# in the bucket it opens (no float arithmetic on the value); the first bucket takes anything
+# lower and the last anything higher (a cosine may round a hair past 1).
+SIMILARITY_BOUNDS = (0.0, *(round(0.5 + 0.05 * n, 2) for n in range(10)), 1.0)
+
+
+def _bucket_count(low: float, high: float) -> str:
+    tests = [f"similarity >= {low}"] if low > 0.0 else []
+    tests += [f"similarity < {high}"] if high < 1.0 else []
+    return f"sum(CASE WHEN {' AND '.join(tests)} THEN 1 ELSE 0 END)"
+
+
+_BUCKET_COUNTS = ",\n       ".join(
+    _bucket_count(low, high) for low, high in pairwise(SIMILARITY_BOUNDS)
+)
+SEMANTIC = f"""
+SELECT count(*), coalesce(sum(saved_cost), 0),
+       {_BUCKET_COUNTS}
+FROM ai_requests WHERE created_at >= ? AND cache_match = 'semantic'"""
 
 
 def costs(dialect: str, bucket: str, column: str) -> str:

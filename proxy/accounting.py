@@ -34,8 +34,8 @@ class Outcome:
     cost: float = 0.0
     saved_cost: float = 0.0
     upstream_ms: float | None = None
-    match: CacheMatch | None = None
-    similarity: float | None = None
+    match: CacheMatch | None = None  # set by the pipeline on a hit
+    similarity: float | None = None  # a semantic hit's, set with match
 
     def paid(self, prices: PriceTable, prompt: int, completion: int, cached: int) -> float:
         """This request made the upstream call: its tokens at the model's price."""
@@ -89,5 +89,7 @@ def record_outcome(
             cache_status,
             response.status,
             _now(UTC),  # created_at
+            outcome.match,  # cache_match (a StrEnum: its value as text)
+            outcome.similarity,
         )
     )

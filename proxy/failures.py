@@ -10,6 +10,7 @@ proxy/errors.py, the way httpx maps its transport's errors once at the boundary:
     ├── NotAuthenticated        no or an unknown credential (401)
     ├── NotPermitted            a known caller that may not do this (403)
     ├── NotFound                no such thing (404)
+    ├── Conflict                not possible in the sidecar's present state (409)
     ├── BudgetExceeded          the estimate does not fit a budget (429)
     ├── ClientGone              everyone who wanted the answer has left (499)
     ├── StoreUnavailable        Redis (or the ledger database) cannot answer (503)
@@ -77,6 +78,13 @@ class NotPermitted(Failure):
 
 class NotFound(Failure):
     default_code = "not_found"
+
+
+class Conflict(Failure):
+    """A valid request this sidecar cannot act on as it is configured or as things stand
+    (feedback on semantic hits while the semantic cache is off)."""
+
+    default_code = "conflict"
 
 
 class BudgetExceeded(Failure):

@@ -18,6 +18,8 @@ ACCEPTED: dict[tuple[str, str], tuple[Any, int]] = {
     ("post", "/cache/warm"): ({"api_key": "sk-k", "requests": [
         {"endpoint": "moderations", "body": {"input": "hi"}}]}, 202),
     ("get", "/cache/warm/{job}"): (None, 404),  # no such job: but past the token check
+    # The semantic cache is off by default: past the token check, a 409.
+    ("post", "/cache/feedback"): ({"key": "0123456789abcdef", "wrong": True}, 409),
 }  # fmt: skip
 ROUTES = [
     pytest.param(method.upper(), f"{BASE}{path}".replace("{job}", "warm_0"),

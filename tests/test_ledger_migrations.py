@@ -21,7 +21,7 @@ TABLES = {"ai_requests", "ai_usage_hourly", "ai_usage_tenant_hourly", "admin_aud
           "budget_overrides", "schema_migrations"}  # fmt: skip
 INDEXES = {"ai_requests_user_created", "ai_requests_tenant_created"}
 
-ALL = [1, 2]  # every migration shipped, in order
+ALL = [1, 2, 3]  # every migration shipped, in order
 
 
 @pytest.fixture(params=["postgres", "sqlite"])

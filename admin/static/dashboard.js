@@ -17,7 +17,11 @@
 //                     "hit_rate": 0.6, "saved_usd": 0.1}],
 //    "by_persona":  [{"dimension": "tone", "value": "formal", "requests": 4, "hits": 2,
 //                     "hit_rate": 0.5}], …}
-//   [key: endpoint, name; lists may be maps {name: {hit_rate} | number}]
+//    "semantic": {"enabled": true, "hits": 3, "saved_usd": 0.02, "exact_hits": 9,
+//                 "exact_saved_usd": 0.05, "similarity": [{"lower": 0.9, "upper": 0.95,
+//                 "hits": 2}, …]}, …}
+//   [key: endpoint, name; lists may be maps {name: {hit_rate} | number}; semantic missing →
+//    no semantic figures]
 // GET  /api/admin/dashboard/circuits
 //   {"upstream": "closed", "circuits": [{"name": "upstream", "state": "open", "failures": 5,
 //     "last_failure": {"at": "2026-11-24T10:00:00Z", "error": "timeout"} | null,
@@ -122,7 +126,20 @@ export async function loadCache(span) {
       const label = value === undefined ? dimension : `${dimension}=${value}`;
       return { label, value: hitRate(row) };
     });
-  return { endpoints, persona };
+  const semantic = pick(json, "semantic") ?? {};
+  const buckets = Array.isArray(semantic.similarity) ? semantic.similarity : [];
+  const semanticHits = number(semantic, "hits");
+  const similarity = buckets
+    .filter((b) => number(b, "hits") > 0)
+    .map((b) => ({
+      label: `${Number(b.lower).toFixed(2)}–${Number(b.upper).toFixed(2)} (${number(b, "hits")})`,
+      value: semanticHits ? number(b, "hits") / semanticHits : 0,
+    }));
+  return {
+    endpoints, persona, similarity,
+    exactHits: number(semantic, "exact_hits"), exactSaved: number(semantic, "exact_saved_usd"),
+    semanticHits, semanticSaved: number(semantic, "saved_usd"),
+  };
 }
 
 function failureText(failure) {
@@ -191,6 +208,11 @@ function renderCosts(points) {
 function renderCache(view) {
   barChart($("chart-endpoints"), view.endpoints, percent);
   barChart($("chart-persona"), view.persona, percent);
+  $("fig-exact-hits").textContent = count.format(view.exactHits);
+  $("fig-exact-saved").textContent = usd.format(view.exactSaved);
+  $("fig-semantic-hits").textContent = count.format(view.semanticHits);
+  $("fig-semantic-saved").textContent = usd.format(view.semanticSaved);
+  barChart($("chart-similarity"), view.similarity, percent);
 }
 
 function cell(text, className = "") {

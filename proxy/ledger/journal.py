@@ -36,7 +36,8 @@ _EARLIER_ORDER = (
     *("completion_tokens", "cached_tokens", "cost", "saved_cost", "response_time_ms"),
     *("upstream_ms", "cache_hit", "cache_status", "status", "created_at"),
 )
-_FROM_EARLIER = [_EARLIER_ORDER.index(column) for column in COLUMNS]
+# The columns appended since (cache_match, similarity) take their defaults.
+_FROM_EARLIER = [_EARLIER_ORDER.index(column) for column in COLUMNS[: len(_EARLIER_ORDER)]]
 _decode_arrays = msgspec.msgpack.Decoder(list[list[Any]]).decode
 _encode = msgspec.msgpack.Encoder().encode
 
@@ -58,7 +59,11 @@ def _packed_records(payload: bytes) -> list[bytes]:
 
 def _in_earlier_order(packed: bytes) -> bool:
     fields = msgspec.msgpack.decode(packed)
-    return isinstance(fields, list) and len(fields) == len(COLUMNS) and isinstance(fields[3], str)
+    return (
+        isinstance(fields, list)
+        and len(fields) == len(_EARLIER_ORDER)
+        and isinstance(fields[3], str)
+    )
 
 
 def read_frames(fh: BinaryIO, offset: int = 0) -> Iterator[tuple[int, list[bytes]]]:

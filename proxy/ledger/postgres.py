@@ -28,7 +28,7 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGE} (
     prompt_tokens integer, completion_tokens integer, cached_tokens integer,
     cost double precision, saved_cost double precision, response_time_ms double precision,
     upstream_ms double precision, cache_hit boolean, cache_status text, status integer,
-    created_at timestamptz
+    created_at timestamptz, cache_match text, similarity double precision
 ) ON COMMIT DELETE ROWS"""
 
 # What every roll-up row sums, and how, from the rows of one flush.

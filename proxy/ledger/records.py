@@ -50,7 +50,8 @@ class LedgerRecord(msgspec.Struct, gc=False):
     """Costs in USD. `cost` is what this request paid upstream (0 for a hit or a coalesced
     follower); `saved_cost` is what the cache avoided (the stored answer's original cost).
 
-    The fields are the columns of `ai_requests`, in the table's order (migrations/*/001):
+    The fields are the columns of `ai_requests`, in the table's order (migrations/*/001, then
+    the columns later migrations append):
     COLUMNS, the sinks' COPY and INSERT statements and the packed arrays all follow it. So
     user_id and persona, before the required request_type and model, have no defaults.
 
@@ -75,6 +76,11 @@ class LedgerRecord(msgspec.Struct, gc=False):
     cache_status: CacheStatus = CacheStatus.MISS
     status: int = 200
     created_at: datetime = msgspec.field(default_factory=utc_now)
+    # Appended by migration 003 (a migration appends columns, so these come last): how a hit
+    # matched, CacheMatch's value ("exact" or "semantic"; None for anything but a hit), and a
+    # semantic hit's similarity to the question it was served for.
+    cache_match: str | None = None
+    similarity: float | None = None
 
 
 # The column order of `ai_requests` as the sinks write it: the record's fields.
@@ -177,6 +183,7 @@ Row = tuple[Any, ...]
 
 # The client-supplied texts but persona, which each dialect stores in its own type.
 TEXT_CLEANERS: Converters = {"tenant": clean_text, "user_id": clean_optional, "model": clean_text}
+# cache_match is set by the sidecar (CacheMatch), never by a client: no cleaning.
 _CLEANERS: Converters = {**TEXT_CLEANERS, "persona": clean_persona}
 
 
