@@ -4,15 +4,21 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX   ?=
 
 .PHONY: install run run-fake test test-servers lint bench clean
 
 install: $(STAMP)
 
+# torch's CPU build goes in first (TORCH_INDEX: another index to take it from, e.g.
+# https://download.pytorch.org/whl/cpu; pip here finds it on this machine's disk): the semantic
+# extra's range then accepts it instead of pulling a CUDA build of several GB.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,lint]'
+	$(BIN)/pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(BIN)/pip install --quiet -e '.[test,lint,semantic]'
 	touch $(STAMP)
 
 ## Start Sidecache on its embedded defaults (memory cache) against UPSTREAM_BASE_URL.

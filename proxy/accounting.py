@@ -17,6 +17,7 @@ _now = datetime.now
 # X-Cache as the ledger records it; an answer without one (an error before the lookup) is a MISS.
 _CACHE_STATUS = {status.value: status for status in CacheStatus}
 _HIT, _MISS = CacheStatus.HIT, CacheStatus.MISS  # an enum attribute costs a dict lookup
+_EXACT = CacheMatch.EXACT
 
 
 @dataclass(slots=True)
@@ -89,7 +90,9 @@ def record_outcome(
             cache_status,
             response.status,
             _now(UTC),  # created_at
-            outcome.match,  # cache_match (a StrEnum: its value as text)
+            # cache_match (a StrEnum: its value as text); a hit the pipeline did not mark
+            # semantic is exact (embeddings items, moderations, exact chat)
+            outcome.match or (_EXACT if cache_status is _HIT else None),
             outcome.similarity,
         )
     )

@@ -75,9 +75,7 @@ def test_a_paraphrase_streams_the_stored_answer(semantic_sidecar: Sidecar) -> No
     ) as response:
         assert response.headers["x-cache-match"] == "semantic"
         text = "".join(
-            chunk.choices[0].delta.content or ""
-            for chunk in response.parse()
-            if chunk.choices
+            chunk.choices[0].delta.content or "" for chunk in response.parse() if chunk.choices
         )
     assert text == first.choices[0].message.content
 
@@ -88,7 +86,10 @@ def test_a_hard_negative_does_not_hit(semantic_sidecar: Sidecar, stub: Stub) -> 
     headers, _ = ask(semantic_sidecar, NEGATIVE)
     assert headers["x-cache"] == "MISS"
     assert stub.calls == calls + 1
-    for negative in ("How does photosynthesis work in 3 plants?", "How does respiration work in plants?"):
+    for negative in (
+        "How does photosynthesis work in 3 plants?",
+        "How does respiration work in plants?",
+    ):
         assert ask(semantic_sidecar, negative)[0]["x-cache"] == "MISS"
 
 

@@ -47,4 +47,3 @@ async def open_semantic(
     )
     await cache.start()
     return cache
-
