@@ -33,11 +33,24 @@ longer:shorter larger:smaller higher:lower bigger:smaller older:younger early:la
 earlier:later underline:overline overestimate:underestimate prefix:suffix minimum:maximum
 sum:difference multiply:divide add:subtract plus:minus even:odd rational:irrational
 prime:composite absolute:relative direct:indirect active:passive transitive:intransitive
-weak:strong cause:effect causes:effects import:export
+weak:strong cause:effect causes:effects import:export beginning:end start:end front:back
+cause:consequence progressive:regressive benefit:drawback advantage:disadvantage
 """
+
+
+def singular(word: str) -> str:
+    """A crude singular ("queries" -> "query", "lists" -> "list"): both texts get the same."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+# Keyed by singular form, as the guards read words ("advantages" / "disadvantages").
 ANTONYMS: dict[str, frozenset[str]] = {}
 for _pair in _ANTONYM_PAIRS.split():
-    _a, _b = _pair.split(":")
+    _a, _b = (singular(w) for w in _pair.split(":"))
     for _x, _y in ((_a, _b), (_b, _a)):
         ANTONYMS[_x] = ANTONYMS.get(_x, frozenset()) | {_y}
 
@@ -101,7 +114,8 @@ TASKS = {
     "prove": "prove", "proof": "prove", "derive": "prove", "derivation": "prove",
     "example": "example", "examples": "example", "instance": "example",
     "compare": "compare", "comparison": "compare", "difference": "compare",
-    "differences": "compare", "differ": "compare", "contrast": "compare",
+    "differences": "compare", "differ": "compare", "contrast": "compare", "vs": "compare",
+    "versus": "compare", "different": "compare", "diff": "compare", "compared": "compare",
     "history": "history", "invented": "history", "discovered": "history", "origin": "history",
     "origins": "history", "founded": "history",
     "code": "code", "implement": "code", "implementation": "code", "snippet": "code",
@@ -113,6 +127,7 @@ TASKS = {
     "spell": "spell", "spelling": "spell",
     "translate": "translate", "translation": "translate",
     "advantages": "evaluate", "disadvantages": "evaluate", "pros": "evaluate", "cons": "evaluate",
+    "benefit": "evaluate", "benefits": "evaluate", "drawback": "evaluate", "drawbacks": "evaluate",
     "calculate": "calculate", "formula": "calculate",
     "diagram": "diagram", "draw": "diagram",
     "list": "list",
@@ -164,10 +179,12 @@ NUMBER_WORDS = {
         """zero one two three four five six seven eight nine ten eleven twelve thirteen
         fourteen fifteen sixteen seventeen eighteen nineteen twenty""".split()
     )
+    if word != "one"
 } | {
     "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70",
     "eighty": "80", "ninety": "90", "hundred": "100", "thousand": "1000",
-    "million": "1000000", "billion": "1000000000", "first": "1st", "second": "2nd",
-    "third": "3rd", "fourth": "4th", "fifth": "5th", "half": "0.5", "quarter": "0.25",
-    "double": "x2", "twice": "x2", "triple": "x3", "dozen": "12",
+    "million": "1000000", "billion": "1000000000", "third": "3rd", "fourth": "4th",
+    "fifth": "5th", "half": "0.5", "quarter": "0.25", "dozen": "12",
 }  # fmt: skip
+# "one", "first", "second", "double" and "twice" are left out: "which one", "the First World
+# War", "Newton's second law", "a double six" name no quantity a paraphrase must repeat.
