@@ -48,8 +48,10 @@ def main() -> None:
         for cut in np.arange(0.01, 1.0, 0.01):
             recall, wrong, false = _score(queries, w, threshold, float(cut))
             if wrong <= 0.01 and false <= 0.01:
-                print(f"t={threshold:.2f} cut={cut:.2f} recall={recall:.3f} wrong={wrong:.3f} "
-                      f"false={false:.3f}")
+                print(
+                    f"t={threshold:.2f} cut={cut:.2f} recall={recall:.3f} wrong={wrong:.3f} "
+                    f"false={false:.3f}"
+                )
                 break
         else:
             print(f"t={threshold:.2f}: no cut keeps false hits at 1 %")

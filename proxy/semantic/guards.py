@@ -29,9 +29,9 @@ from proxy.semantic.lexicon import (
 
 _TOKEN = re.compile(r"c\+\+|c#|f#|\d+(?:[.,]\d+)*|[^\W\d_]+(?:\d+[^\W\d_]*)*|[%$]", re.UNICODE)
 _CONTRACTIONS = (
-    (re.compile(r"\bcan[’']t\b"), "can not"),
-    (re.compile(r"\bwon[’']t\b"), "will not"),
-    (re.compile(r"n[’']t\b"), " not"),
+    (re.compile(r"\bcan[\u2019']t\b"), "can not"),
+    (re.compile(r"\bwon[\u2019']t\b"), "will not"),
+    (re.compile(r"n[\u2019']t\b"), " not"),
 )
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-zA-Z0-9+#]*)")
 # Sentence-initial or quoted capitals, and the pronoun, are not names.
@@ -67,7 +67,7 @@ def read_text(text: str) -> Text:
     names.update(
         singular(m.lower())
         for m in _CAPITALISED.findall(text)
-        if m.lower() not in _NOT_NAMES and not m.isupper() or len(m) > 1 and m.isupper()
+        if (m.lower() not in _NOT_NAMES and not m.isupper()) or (len(m) > 1 and m.isupper())
     )
     names.update(w for w in raw if any(c.isdigit() for c in w) and any(c.isalpha() for c in w))
     return Text(
@@ -164,7 +164,9 @@ def signals(new: Text, stored: Text) -> dict[str, float]:
         "order": float(overlap >= 0.6 and _swapped(new.content, stored.content)),
         "task": float(new.tasks != stored.tasks),
         "audience": float(new.audiences != stored.audiences),
-        "overlap": overlap,
+        # Lexical overlap of two texts that still differ: hard negatives are small edits of a
+        # question, paraphrases reword it. The same words in the same order are no edit.
+        "edit": overlap if new.content != stored.content else 0.0,
         "substitution": overlap * min(_substitutions(new.content, stored.content), 2) / 2,
         "unmatched": min(len(only_new) + len(only_stored), 6) / 6,
     }

@@ -3,15 +3,20 @@ swap changes the answer while barely moving an embedding. Lower case, one word e
 
 from __future__ import annotations
 
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
 STOPWORDS = frozenset(
-    """a an the of in on at for to from by with about as into is are was were be been being am
-    do does did doing have has had i me my you your we our it its this that these those there
+    _words("""a an the of in on at for to from by with about as into is are was were be been being
+    am do does did doing have has had i me my you your we our it its this that these those there
     what which who whom whose how why when where can could would should will shall may might
     must please pls plz tell explain show give me help want need know like just really so and or
-    but if then also any some way ways thing things get got make go going let s t""".split()
+    but if then also any some way ways thing things get got make go going let s t""")
 )
 
-NEGATORS = frozenset("not no never without none nothing neither nor nobody cannot".split())
+NEGATORS = frozenset(_words("not no never without none nothing neither nor nobody cannot"))
 
 # Either word of a pair present in one text only, the other in the other text only: the two ask
 # opposite things ("turn dark mode on" / "turn dark mode off").
@@ -56,14 +61,14 @@ for _pair in _ANTONYM_PAIRS.split():
 
 # Words that order what they join: "miles to km", "encrypt then zip", "A bigger than B".
 DIRECTIONAL = frozenset(
-    """to into onto toward towards then before after than from followed vs versus per over
-    under above below divided minus""".split()
+    _words("""to into onto toward towards then before after than from followed vs versus per over
+    under above below divided minus""")
 )
 
 # Named things of one kind, typed in lower case as often as not: programming languages and
 # tools, natural languages, countries and peoples, elements, planets, organs, sciences.
 ENTITIES = frozenset(
-    """python java javascript typescript kotlin swift rust golang ruby php perl scala haskell
+    _words("""python java javascript typescript kotlin swift rust golang ruby php perl scala haskell
     c++ c# cpp csharp matlab julia sql mysql postgresql postgres sqlite mongodb redis html
     css bash powershell lua dart elixir erlang fortran cobol assembly react vue angular svelte
     django flask fastapi rails node nodejs pandas numpy pytorch tensorflow keras
@@ -86,7 +91,7 @@ ENTITIES = frozenset(
     monday tuesday wednesday thursday friday saturday sunday january february march april
     june july august september october november december
     summer autumn winter
-    """.split()
+    """)
 )
 
 # Different spellings of one entity (the guards compare their canonical form).
@@ -176,8 +181,8 @@ UNITS = {
 NUMBER_WORDS = {
     word: str(n)
     for n, word in enumerate(
-        """zero one two three four five six seven eight nine ten eleven twelve thirteen
-        fourteen fifteen sixteen seventeen eighteen nineteen twenty""".split()
+        _words("""zero one two three four five six seven eight nine ten eleven twelve thirteen
+        fourteen fifteen sixteen seventeen eighteen nineteen twenty""")
     )
     if word != "one"
 } | {

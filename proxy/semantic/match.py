@@ -28,7 +28,8 @@ def pick(
     rejected: Callable[[str], None] | None = None,
 ) -> Candidate | None:
     """The best candidate at or above `threshold` the verifier accepts; `rejected` is told the
-    reason (the signal that weighed most) for each one turned away. `candidates` come most similar first."""
+    reason (the signal that weighed most) for each one turned away. `candidates` come most
+    similar first."""
     for candidate in candidates[:MAX_TRIES]:
         if candidate.similarity < threshold:
             break

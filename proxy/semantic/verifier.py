@@ -17,7 +17,7 @@ SIMILARITY = 1.761
 WEIGHTS = {
     "number": -1.832, "number_one_side": -1.899, "unit": -0.120, "negation": -1.789,
     "antonym": -4.738, "entity": -0.985, "entity_one_side": -1.261, "direction": -0.297,
-    "order": 0.739, "task": -1.074, "audience": -2.043, "overlap": -6.526,
+    "order": 0.739, "task": -1.074, "audience": -2.043, "edit": -6.526,
     "substitution": -1.448, "unmatched": 3.496,
 }  # fmt: skip
 CUT = 0.92
