@@ -10,6 +10,7 @@ README ("Semantic cache"). Pure functions: microseconds per pair, on the miss pa
 from __future__ import annotations
 
 import re
+from difflib import SequenceMatcher
 from typing import NamedTuple
 
 from proxy.semantic.lexicon import (
@@ -23,13 +24,14 @@ from proxy.semantic.lexicon import (
     STOPWORDS,
     TASKS,
     UNITS,
+    singular,
 )
 
 _TOKEN = re.compile(r"c\+\+|c#|f#|\d+(?:[.,]\d+)*|[^\W\d_]+(?:\d+[^\W\d_]*)*|[%$]", re.UNICODE)
 _CONTRACTIONS = (
-    (re.compile(r"\bcan[’']t\b"), "can not"),
-    (re.compile(r"\bwon[’']t\b"), "will not"),
-    (re.compile(r"n[’']t\b"), " not"),
+    (re.compile(r"\bcan[\u2019']t\b"), "can not"),
+    (re.compile(r"\bwon[\u2019']t\b"), "will not"),
+    (re.compile(r"n[\u2019']t\b"), " not"),
 )
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b([A-Z][a-zA-Z0-9+#]*)")
 # Sentence-initial or quoted capitals, and the pronoun, are not names.
@@ -40,6 +42,7 @@ class Text(NamedTuple):
     """What the guards read of one question, made once per text."""
 
     words: tuple[str, ...]  # lower case, singular, in order
+    content: tuple[str, ...]  # the words that are no stopword, in order
     numbers: frozenset[str]
     units: frozenset[str]
     negations: int
@@ -53,7 +56,7 @@ def read_text(text: str) -> Text:
     for pattern, replacement in _CONTRACTIONS:
         lowered = pattern.sub(replacement, lowered)
     raw = _TOKEN.findall(lowered)
-    words = tuple(_singular(ALIASES.get(word, word)) for word in raw)
+    words = tuple(singular(ALIASES.get(word, word)) for word in raw)
     numbers = set()
     for word in raw:
         if word[0].isdigit():
@@ -62,13 +65,14 @@ def read_text(text: str) -> Text:
             numbers.add(NUMBER_WORDS[word])
     names = {ALIASES.get(w, w) for w in raw if w in ENTITIES}
     names.update(
-        _singular(m.lower())
+        singular(m.lower())
         for m in _CAPITALISED.findall(text)
         if (m.lower() not in _NOT_NAMES and not m.isupper()) or (len(m) > 1 and m.isupper())
     )
     names.update(w for w in raw if any(c.isdigit() for c in w) and any(c.isalpha() for c in w))
     return Text(
         words=words,
+        content=tuple(w for w in words if w not in STOPWORDS),
         numbers=frozenset(numbers),
         units=frozenset(UNITS[w] for w in raw if w in UNITS),
         negations=sum(w in NEGATORS for w in raw),
@@ -97,14 +101,6 @@ def disagreement(new: Text, stored: Text) -> str | None:
     if new.audiences != stored.audiences:
         return "audience"
     return None
-
-
-def _singular(word: str) -> str:
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
 
 
 def _antonyms(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
@@ -143,3 +139,53 @@ def _first_positions(words: tuple[str, ...]) -> dict[str, int]:
 def _between(words: tuple[str, ...], i: int, j: int) -> bool:
     lo, hi = min(i, j), max(i, j)
     return any(word in DIRECTIONAL for word in words[lo + 1 : hi])
+
+
+def signals(new: Text, stored: Text) -> dict[str, float]:
+    """Every guard's finding on one pair, each in [0, 1], as the verifier
+    (proxy/semantic/verifier.py) weighs them. One-sided findings (a number or a name only one
+    text states) are kept apart from conflicts (both state one, and they differ): paraphrases
+    often add or drop the first, hard negatives are made of the second."""
+    set_new, set_stored = set(new.content), set(stored.content)
+    only_new, only_stored = set_new - set_stored, set_stored - set_new
+    union = set_new | set_stored
+    overlap = len(set_new & set_stored) / len(union) if union else 1.0
+    names_new = new.names - set(stored.words) - stored.names
+    names_stored = stored.names - set(new.words) - new.names
+    return {
+        "number": float(bool(new.numbers and stored.numbers) and new.numbers != stored.numbers),
+        "number_one_side": float(bool(new.numbers) != bool(stored.numbers)),
+        "unit": float(bool(new.units and stored.units) and new.units != stored.units),
+        "negation": float(new.negations % 2 != stored.negations % 2),
+        "antonym": float(_antonyms(new.words, stored.words)),
+        "entity": float(bool(names_new) and bool(names_stored)),
+        "entity_one_side": float(bool(names_new) != bool(names_stored)),
+        "direction": float(_reversed(new.words, stored.words)),
+        "order": float(overlap >= 0.6 and _swapped(new.content, stored.content)),
+        "task": float(new.tasks != stored.tasks),
+        "audience": float(new.audiences != stored.audiences),
+        # Lexical overlap of two texts that still differ: hard negatives are small edits of a
+        # question, paraphrases reword it. The same words in the same order are no edit.
+        "edit": overlap if new.content != stored.content else 0.0,
+        "substitution": overlap * min(_substitutions(new.content, stored.content), 2) / 2,
+        "unmatched": min(len(only_new) + len(only_stored), 6) / 6,
+    }
+
+
+def _swapped(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Two words both hold in opposite orders ("km in 10 miles" / "miles in 10 km")."""
+    first_a, first_b = _first_positions(a), _first_positions(b)
+    shared = [w for w in first_a if w in first_b]
+    return any(
+        (first_a[x] < first_a[y]) != (first_b[x] < first_b[y])
+        for i, x in enumerate(shared)
+        for y in shared[i + 1 :]
+    )
+
+
+def _substitutions(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    """Words swapped one for one in place ("reverse a list" / "sort a list")."""
+    matcher = SequenceMatcher(a=a, b=b, autojunk=False)
+    return sum(
+        min(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag == "replace"
+    )

@@ -3,15 +3,20 @@ swap changes the answer while barely moving an embedding. Lower case, one word e
 
 from __future__ import annotations
 
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
 STOPWORDS = frozenset(
-    """a an the of in on at for to from by with about as into is are was were be been being am
-    do does did doing have has had i me my you your we our it its this that these those there
+    _words("""a an the of in on at for to from by with about as into is are was were be been being
+    am do does did doing have has had i me my you your we our it its this that these those there
     what which who whom whose how why when where can could would should will shall may might
     must please pls plz tell explain show give me help want need know like just really so and or
-    but if then also any some way ways thing things get got make go going let s t""".split()
+    but if then also any some way ways thing things get got make go going let s t""")
 )
 
-NEGATORS = frozenset("not no never without none nothing neither nor nobody cannot".split())
+NEGATORS = frozenset(_words("not no never without none nothing neither nor nobody cannot"))
 
 # Either word of a pair present in one text only, the other in the other text only: the two ask
 # opposite things ("turn dark mode on" / "turn dark mode off").
@@ -33,24 +38,37 @@ longer:shorter larger:smaller higher:lower bigger:smaller older:younger early:la
 earlier:later underline:overline overestimate:underestimate prefix:suffix minimum:maximum
 sum:difference multiply:divide add:subtract plus:minus even:odd rational:irrational
 prime:composite absolute:relative direct:indirect active:passive transitive:intransitive
-weak:strong cause:effect causes:effects import:export
+weak:strong cause:effect causes:effects import:export beginning:end start:end front:back
+cause:consequence progressive:regressive benefit:drawback advantage:disadvantage
 """
+
+
+def singular(word: str) -> str:
+    """A crude singular ("queries" -> "query", "lists" -> "list"): both texts get the same."""
+    if len(word) > 4 and word.endswith("ies"):
+        return word[:-3] + "y"
+    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
+        return word[:-1]
+    return word
+
+
+# Keyed by singular form, as the guards read words ("advantages" / "disadvantages").
 ANTONYMS: dict[str, frozenset[str]] = {}
 for _pair in _ANTONYM_PAIRS.split():
-    _a, _b = _pair.split(":")
+    _a, _b = (singular(w) for w in _pair.split(":"))
     for _x, _y in ((_a, _b), (_b, _a)):
         ANTONYMS[_x] = ANTONYMS.get(_x, frozenset()) | {_y}
 
 # Words that order what they join: "miles to km", "encrypt then zip", "A bigger than B".
 DIRECTIONAL = frozenset(
-    """to into onto toward towards then before after than from followed vs versus per over
-    under above below divided minus""".split()
+    _words("""to into onto toward towards then before after than from followed vs versus per over
+    under above below divided minus""")
 )
 
 # Named things of one kind, typed in lower case as often as not: programming languages and
 # tools, natural languages, countries and peoples, elements, planets, organs, sciences.
 ENTITIES = frozenset(
-    """python java javascript typescript kotlin swift rust golang ruby php perl scala haskell
+    _words("""python java javascript typescript kotlin swift rust golang ruby php perl scala haskell
     c++ c# cpp csharp matlab julia sql mysql postgresql postgres sqlite mongodb redis html
     css bash powershell lua dart elixir erlang fortran cobol assembly react vue angular svelte
     django flask fastapi rails node nodejs pandas numpy pytorch tensorflow keras
@@ -73,7 +91,7 @@ ENTITIES = frozenset(
     monday tuesday wednesday thursday friday saturday sunday january february march april
     june july august september october november december
     summer autumn winter
-    """.split()
+    """)
 )
 
 # Different spellings of one entity (the guards compare their canonical form).
@@ -101,7 +119,8 @@ TASKS = {
     "prove": "prove", "proof": "prove", "derive": "prove", "derivation": "prove",
     "example": "example", "examples": "example", "instance": "example",
     "compare": "compare", "comparison": "compare", "difference": "compare",
-    "differences": "compare", "differ": "compare", "contrast": "compare",
+    "differences": "compare", "differ": "compare", "contrast": "compare", "vs": "compare",
+    "versus": "compare", "different": "compare", "diff": "compare", "compared": "compare",
     "history": "history", "invented": "history", "discovered": "history", "origin": "history",
     "origins": "history", "founded": "history",
     "code": "code", "implement": "code", "implementation": "code", "snippet": "code",
@@ -113,6 +132,7 @@ TASKS = {
     "spell": "spell", "spelling": "spell",
     "translate": "translate", "translation": "translate",
     "advantages": "evaluate", "disadvantages": "evaluate", "pros": "evaluate", "cons": "evaluate",
+    "benefit": "evaluate", "benefits": "evaluate", "drawback": "evaluate", "drawbacks": "evaluate",
     "calculate": "calculate", "formula": "calculate",
     "diagram": "diagram", "draw": "diagram",
     "list": "list",
@@ -161,13 +181,15 @@ UNITS = {
 NUMBER_WORDS = {
     word: str(n)
     for n, word in enumerate(
-        """zero one two three four five six seven eight nine ten eleven twelve thirteen
-        fourteen fifteen sixteen seventeen eighteen nineteen twenty""".split()
+        _words("""zero one two three four five six seven eight nine ten eleven twelve thirteen
+        fourteen fifteen sixteen seventeen eighteen nineteen twenty""")
     )
+    if word != "one"
 } | {
     "thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70",
     "eighty": "80", "ninety": "90", "hundred": "100", "thousand": "1000",
-    "million": "1000000", "billion": "1000000000", "first": "1st", "second": "2nd",
-    "third": "3rd", "fourth": "4th", "fifth": "5th", "half": "0.5", "quarter": "0.25",
-    "double": "x2", "twice": "x2", "triple": "x3", "dozen": "12",
+    "million": "1000000", "billion": "1000000000", "third": "3rd", "fourth": "4th",
+    "fifth": "5th", "half": "0.5", "quarter": "0.25", "dozen": "12",
 }  # fmt: skip
+# "one", "first", "second", "double" and "twice" are left out: "which one", "the First World
+# War", "Newton's second law", "a double six" name no quantity a paraphrase must repeat.
