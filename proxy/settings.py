@@ -206,7 +206,7 @@ class SemanticSettings(msgspec.Struct, forbid_unknown_fields=True):
     embedder: Annotated[str, msgspec.Meta(pattern=r"^(local|upstream:\S+)$")] = "local"
     # Cosine similarity a candidate needs before the guards look at it; chosen on the tuning
     # half of tests/data/semantic_pairs.jsonl (README, "Semantic cache").
-    threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.80
+    threshold: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.75
     # Answers holding tool calls are served only to the exact question unless this is on.
     serve_tool_calls: bool = False
     # Vectors one partition keeps (oldest dropped first), and vectors all partitions held in

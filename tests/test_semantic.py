@@ -9,10 +9,20 @@ from typing import Any
 
 import openai
 import pytest
+from aiohttp import web
 
 from tests.admin_support import TOKENS
 from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.sidecar import API_KEY, OTHER_API_KEY, LoopThread, Sidecar, SidecarFactory, Stub
+from tests.fixtures.replicas import Replica
+from tests.fixtures.sidecar import (
+    API_KEY,
+    OTHER_API_KEY,
+    LoopThread,
+    Sidecar,
+    SidecarFactory,
+    Stub,
+    serve_double,
+)
 
 ANCHOR = "How does photosynthesis work in plants?"
 PARAPHRASE = "can you explain how plants do photosynthesis"
@@ -181,3 +191,123 @@ def test_redis_down_degrades_to_misses(
         assert ask(sidecar, "explain how plants carry out photosynthesis")[0]["x-cache"] == "MISS"
     finally:
         private_redis.start()
+
+
+def test_an_entry_stored_by_one_replica_is_found_by_another(
+    tmp_path: Path, private_redis: RedisServer, stub: Stub
+) -> None:
+    env = {"SEMANTIC_CACHE": "on"}
+    started = [Replica(tmp_path, n, private_redis.url, stub.url, env) for n in ("a", "b")]
+    try:
+        for replica in started:
+            replica.wait_healthy()
+            deadline = time.monotonic() + 120
+            while "embedding model all-MiniLM-L6-v2 loaded" not in replica.stderr():
+                assert time.monotonic() < deadline, replica.stderr()
+                time.sleep(0.2)
+        a, b = (openai.OpenAI(base_url=r.url, api_key=API_KEY, max_retries=0) for r in started)
+        question = [{"role": "user", "content": ANCHOR}]
+        stored = a.chat.completions.with_raw_response.create(model=MODEL, messages=question)
+        assert stored.headers["x-cache"] == "MISS"
+        time.sleep(0.6)  # the other replica's view of a partition is at most SYNC_S old
+        paraphrase = [{"role": "user", "content": PARAPHRASE}]
+        found = b.chat.completions.with_raw_response.create(model=MODEL, messages=paraphrase)
+        assert found.headers["x-cache-match"] == "semantic"
+        assert found.parse().choices[0].message.content == stored.parse().choices[0].message.content
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+def test_feedback_removes_an_entry_and_the_ledger_records_the_match(
+    semantic_sidecar: Sidecar,
+) -> None:
+    first_headers, _ = ask(semantic_sidecar, ANCHOR)
+    assert ask(semantic_sidecar, PARAPHRASE)[0]["x-cache-match"] == "semantic"
+    answer = semantic_sidecar.request(
+        "POST",
+        "/api/admin/dashboard/cache/feedback",
+        {"key": first_headers["x-cache-key"], "wrong": True},
+        {"Authorization": "Bearer " + TOKENS.split(",")[0]},
+        admin=True,
+    )
+    assert answer.status == 200, answer.body
+    assert answer.json()["indexed_here"] is True
+    assert ask(semantic_sidecar, PARAPHRASE + " please")[0]["x-cache"] == "MISS"
+    deadline = time.monotonic() + 10
+    while True:
+        view = semantic_sidecar.request(
+            "GET",
+            "/api/admin/dashboard/cache?window=1h",
+            None,
+            {"Authorization": "Bearer " + TOKENS.split(",")[0]},
+            admin=True,
+        ).json()
+        if view["semantic"]["hits"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert view["semantic"]["hits"] == 1
+    assert view["semantic"]["exact_hits"] == 0
+    assert sum(bucket["hits"] for bucket in view["semantic"]["similarity"]) == 1
+
+
+def test_the_upstream_embedder_goes_through_the_sidecars_own_embedding_cache(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    sidecar = wait_ready(make_sidecar(SEMANTIC_CACHE="on", SEMANTIC_EMBEDDER="upstream:emb-1"))
+    assert ask(sidecar, ANCHOR)[0]["x-cache"] == "MISS"
+    embedded = list(stub.fake.embedding_inputs_per_call)
+    assert embedded == [1]  # the question, embedded once, through the sidecar
+    # The same text as content parts: another exact key, the same question (similarity 1).
+    client = sidecar.client()
+    raw = client.chat.completions.with_raw_response.create(
+        model=MODEL, messages=[{"role": "user", "content": [{"type": "text", "text": ANCHOR}]}]
+    )
+    assert raw.headers["x-cache-match"] == "semantic"
+    assert raw.headers["x-cache-similarity"] == "1.000"
+    assert stub.fake.embedding_inputs_per_call == embedded  # the embedding was a cache hit
+
+
+def test_answers_with_tool_calls_are_not_served_semantically(
+    make_sidecar: SidecarFactory, loop_thread: LoopThread
+) -> None:
+    app = web.Application()
+
+    async def tool_call(request: web.Request) -> web.Response:
+        return web.json_response(TOOL_CALL_ANSWER)
+
+    app.router.add_post("/v1/chat/completions", tool_call)
+    runner, url = loop_thread.run(serve_double(app))
+    try:
+        sidecar = wait_ready(make_sidecar(SEMANTIC_CACHE="on", UPSTREAM_BASE_URL=url))
+        assert ask(sidecar, ANCHOR)[0]["x-cache"] == "MISS"
+        assert ask(sidecar, ANCHOR)[0]["x-cache-match"] == "exact"
+        assert ask(sidecar, PARAPHRASE)[0]["x-cache"] == "MISS"
+    finally:
+        loop_thread.run(runner.cleanup())
+
+
+TOOL_CALL_ANSWER = {
+    "id": "chatcmpl-tools",
+    "object": "chat.completion",
+    "created": 1,
+    "model": MODEL,
+    "choices": [
+        {
+            "index": 0,
+            "finish_reason": "tool_calls",
+            "message": {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "lookup", "arguments": "{}"},
+                    }
+                ],
+            },
+        }
+    ],
+    "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
+}

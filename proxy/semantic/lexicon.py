@@ -14,6 +14,12 @@ STOPWORDS = frozenset(
     what which who whom whose how why when where can could would should will shall may might
     must please pls plz tell explain show give me help want need know like just really so and or
     but if then also any some way ways thing things get got make go going let s t""")
+    # Light words: how a question is put, not what it asks ("why is the sky blue" / "why does
+    # the sky look blue"). A hard negative never differs only in these.
+    + _words("""work works working look looks happen happens happening mean means describe
+    exactly actually basically really carry carried out process kind of something
+    anything stuff ok okay hey hi hello thanks thank question wondering wonder curious
+    understand figure idea clear properly correctly mind anyone someone one""")
 )
 
 NEGATORS = frozenset(_words("not no never without none nothing neither nor nobody cannot"))

