@@ -1,14 +1,15 @@
 """The labelled set of learners' questions (tests/data/semantic_pairs.jsonl) and how the semantic
 cache's matching is scored on it; `make bench` and tests/test_semantic_quality.py both use it.
 
-Each group holds an anchor (the question asked first, so the one in the cache), two paraphrases
-(must hit the anchor) and two hard negatives (same topic and words, another question: must not
-hit). The groups with odd numbers are the tuning half: the default threshold and the guards
+Each group holds an anchor (the question asked first, so the one in the cache), one close
+paraphrase (the same question retyped: fillers, contractions, light verbs, typos), two reworded
+paraphrases (all three must hit the anchor) and two hard negatives (same topic and words,
+another question: must not hit). The groups with odd numbers are the tuning half: the default threshold and the guards
 were chosen on them. The even ones are held out and only ever measured.
 
 Scoring puts every anchor of a half in ONE partition, harsher than real traffic (where the
 model, persona and earlier turns split them), and asks each paraphrase and negative:
-- recall: a paraphrase served its own anchor's answer;
+- recall: a paraphrase served its own anchor's answer (also given for close ones alone);
 - wrong hit: a paraphrase served another anchor's answer;
 - false hit: a hard negative served any answer.
 """
@@ -29,6 +30,7 @@ from proxy.semantic.match import Candidate, pick
 
 PAIRS = Path(__file__).resolve().parent.parent / "tests" / "data" / "semantic_pairs.jsonl"
 Encode = Callable[[Sequence[str]], NDArray[np.float32]]
+CLOSE = "close"  # the marker of a close paraphrase among the scored queries
 
 
 class Negative(msgspec.Struct):
@@ -42,6 +44,12 @@ class Group(msgspec.Struct):
     anchor: str
     paraphrases: list[str]
     negatives: list[Negative]
+    close: list[str] = []
+
+    @property
+    def same(self) -> list[str]:
+        """Every text that asks what the anchor asks."""
+        return [*self.close, *self.paraphrases]
 
     @property
     def tuning(self) -> bool:
@@ -58,6 +66,8 @@ class Score:
     paraphrases: int = 0
     negatives: int = 0
     recalled: int = 0
+    closes: int = 0
+    close_recalled: int = 0
     wrong: int = 0
     false: int = 0
     false_by_class: Counter[str] = field(default_factory=Counter)
@@ -66,6 +76,10 @@ class Score:
     @property
     def recall(self) -> float:
         return self.recalled / self.paraphrases
+
+    @property
+    def close_recall(self) -> float:
+        return self.close_recalled / self.closes if self.closes else 0.0
 
     @property
     def wrong_rate(self) -> float:
@@ -83,8 +97,10 @@ class Scorer:
         self.groups = list(groups)
         self.anchors = [g.anchor for g in self.groups]
         self._anchor_vectors = encode(self.anchors)
-        self._queries: list[tuple[int, str, str | None]] = []  # (group, text, negative class)
+        # (group, text, negative class: None for a paraphrase, CLOSE for a close one)
+        self._queries: list[tuple[int, str, str | None]] = []
         for i, group in enumerate(self.groups):
+            self._queries += [(i, text, CLOSE) for text in group.close]
             self._queries += [(i, text, None) for text in group.paraphrases]
             self._queries += [(i, neg.text, neg.kind) for neg in group.negatives]
         vectors = encode([text for _, text, _ in self._queries])
@@ -95,10 +111,13 @@ class Scorer:
         for (group, text, kind), sims in zip(self._queries, self._similarities, strict=True):
             order = np.argsort(-sims)
             served = self._served(text, sims, order, threshold, guarded, result.rejected_by)
-            if kind is None:
+            if kind is None or kind is CLOSE:
                 result.paraphrases += 1
                 result.recalled += served == group
                 result.wrong += served is not None and served != group
+                if kind is CLOSE:
+                    result.closes += 1
+                    result.close_recalled += served == group
             else:
                 result.negatives += 1
                 if served is not None:

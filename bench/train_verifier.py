@@ -68,7 +68,7 @@ def _pairs(
     read_anchors = [read_text(a) for a in anchors]
     texts: list[tuple[int, str, bool]] = []
     for i, g in enumerate(groups):
-        texts += [(i, t, True) for t in g.paraphrases] + [(i, n.text, False) for n in g.negatives]
+        texts += [(i, t, True) for t in g.same] + [(i, n.text, False) for n in g.negatives]
     sims = encode([t for _, t, _ in texts]) @ encode(anchors).T
     names: list[str] = []
     rows: list[NDArray[np.float64]] = []

@@ -11,6 +11,8 @@ import openai
 import pytest
 from aiohttp import web
 
+from proxy.settings import SettingsError
+from proxy.settings_load import load_settings
 from tests.admin_support import TOKENS
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.replicas import Replica
@@ -25,7 +27,7 @@ from tests.fixtures.sidecar import (
 )
 
 ANCHOR = "How does photosynthesis work in plants?"
-PARAPHRASE = "can you explain how plants do photosynthesis"
+PARAPHRASE = "Can you explain how photosynthesis works in plants?"
 NEGATIVE = "How does photosynthesis not work in plants?"
 MODEL = "gpt-4o-mini"
 
@@ -311,3 +313,25 @@ TOOL_CALL_ANSWER = {
     ],
     "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},
 }
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("SEMANTIC_CACHE", "maybe"),
+        ("SEMANTIC_THRESHOLD", "1.5"),
+        ("SEMANTIC_THRESHOLD", "0"),
+        ("SEMANTIC_EMBEDDER", "remote"),
+        ("SEMANTIC_EMBEDDER", "upstream:"),
+    ],
+)
+def test_a_bad_setting_stops_start_up_naming_it(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings({name: value})
+    assert name in str(caught.value)
+
+
+def test_switch_spellings() -> None:
+    assert load_settings({"SEMANTIC_CACHE": "on"}).semantic.enabled is True
+    assert load_settings({"SEMANTIC_CACHE": "OFF"}).semantic.enabled is False
+    assert load_settings({}).semantic.enabled is False  # off by default

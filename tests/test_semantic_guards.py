@@ -67,9 +67,9 @@ ACCEPTED = [
         0.956,
     ),
     (
-        "What are the advantages of UDP over TCP?",
-        "What benefits does UDP have compared with TCP?",
-        0.954,
+        "How does photosynthesis work in plants?",
+        "Can you explain how photosynthesis works in plants?",
+        0.968,
     ),
     (
         "How many hours a day should I study for the SAT if the test is in 2 months?",
@@ -81,7 +81,11 @@ ACCEPTED = [
         "which organ in the body is the biggest",
         0.914,
     ),
-    ("What is the time complexity of binary search?", "whats the big O of binary search", 0.873),
+    (
+        "What is the time complexity of binary search?",
+        "whats the time complexity of binary search",
+        0.97,
+    ),
     (
         "Why does salt make water boil at a higher temperature?",
         "How does adding salt raise the boiling point of water?",
@@ -146,7 +150,7 @@ def test_pick_skips_a_rejected_candidate_for_the_next_one_and_reports_why() -> N
     reasons: list[str] = []
     candidates = [
         Candidate("neg", 0.96, "What are the disadvantages of UDP compared to TCP?"),
-        Candidate("own", 0.954, "What benefits does UDP have compared with TCP?"),
+        Candidate("own", 0.954, "So what are the advantages of UDP over TCP exactly?"),
     ]
     question = read_text("What are the advantages of UDP over TCP?")
     chosen = pick(question, candidates, 0.8, reasons.append)

@@ -72,7 +72,12 @@ def read_text(text: str) -> Text:
     names.update(w for w in raw if any(c.isdigit() for c in w) and any(c.isalpha() for c in w))
     return Text(
         words=words,
-        content=tuple(w for w in words if w not in STOPWORDS),
+        # a stopword as typed or as singular ("does" is not the singular of "doe")
+        content=tuple(
+            w
+            for w, typed in zip(words, raw, strict=True)
+            if w not in STOPWORDS and typed not in STOPWORDS
+        ),
         numbers=frozenset(numbers),
         units=frozenset(UNITS[w] for w in raw if w in UNITS),
         negations=sum(w in NEGATORS for w in raw),
