@@ -4,8 +4,8 @@ cache's matching is scored on it; `make bench` and tests/test_semantic_quality.p
 Each group holds an anchor (the question asked first, so the one in the cache), one close
 paraphrase (the same question retyped: fillers, contractions, light verbs, typos), two reworded
 paraphrases (all three must hit the anchor) and two hard negatives (same topic and words,
-another question: must not hit). The groups with odd numbers are the tuning half: the default threshold and the guards
-were chosen on them. The even ones are held out and only ever measured.
+another question: must not hit). The groups with odd numbers are the tuning half: the default
+threshold and the verifier were fitted on them. The even ones are held out, only measured.
 
 Scoring puts every anchor of a half in ONE partition, harsher than real traffic (where the
 model, persona and earlier turns split them), and asks each paraphrase and negative:

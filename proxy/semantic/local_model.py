@@ -42,7 +42,7 @@ def load_local_model(threads: int = 1) -> Encode:
     torch.set_num_threads(threads)
     from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # no progress bars in the sidecar's log
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # no bars in the log
     model = load_model(device="cpu")
 
     def encode(texts: Sequence[str]) -> NDArray[np.float32]:
