@@ -51,7 +51,7 @@ async def semantic_lookup(
         metrics.lookups.labels("skipped").inc()
         return None, None
     if probe.chosen is None:
-        metrics.lookups.labels("miss").inc()
+        metrics.lookups.labels("rejected" if probe.rejected else "miss").inc()
         return probe, None
     entry = await _read_candidate(runtime, semantic, parsed, probe.chosen)
     if entry is None:

@@ -41,6 +41,7 @@ class Probe(NamedTuple):
     vector: Vector
     question: str
     chosen: Candidate | None
+    rejected: bool = False  # candidates reached the threshold, and the verifier refused them
 
 
 class SemanticCache:
@@ -103,7 +104,8 @@ class SemanticCache:
         candidates = self._index.partition(name, len(vector)).search(vector, time.time())
         chosen = pick(read_text(question.text), candidates, threshold, self._reject)
         self.metrics.lookup_seconds.observe(time.perf_counter() - started)
-        return Probe(name, vector, question.text, chosen)
+        rejected = chosen is None and bool(candidates) and candidates[0].similarity >= threshold
+        return Probe(name, vector, question.text, chosen, rejected)
 
     def remember(self, probe: Probe, digest: str, ttl_s: int) -> None:
         """Indexes a stored answer's question here at once; shares it in the background."""
