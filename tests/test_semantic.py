@@ -98,6 +98,11 @@ def test_a_hard_negative_does_not_hit(semantic_sidecar: Sidecar, stub: Stub) -> 
     headers, _ = ask(semantic_sidecar, NEGATIVE)
     assert headers["x-cache"] == "MISS"
     assert stub.calls == calls + 1
+    registry = semantic_sidecar.runtime.metrics.registry
+    lookups = "sidecache_semantic_lookups_total"
+    assert registry.get_sample_value(lookups, {"result": "rejected"}) == 1
+    assert registry.get_sample_value(lookups, {"result": "miss"}) == 1  # the anchor's own
+    assert registry.get_sample_value("sidecache_semantic_stored_total") == 2
     for negative in (
         "How does photosynthesis work in 3 plants?",
         "How does respiration work in plants?",
