@@ -11,6 +11,7 @@ the others within `SYNC_S`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -29,6 +30,7 @@ from proxy.semantic.vector_log import VectorLog, VectorRecord
 from proxy.settings import SemanticSettings
 from proxy.vocabulary import SEMANTIC_WRONG_KEY
 
+log = logging.getLogger("sidecache.semantic")
 # How stale a replica's view of a partition may be: an entry stored on one replica is found
 # by another within this (docs/design.md §10 promises a second).
 SYNC_S = 0.5
@@ -94,7 +96,11 @@ class SemanticCache:
         if question is None:
             return None
         started = time.perf_counter()
-        vector = await self._embedder.embed(question.text, credentials)
+        try:
+            vector = await self._embedder.embed(question.text, credentials)
+        except Exception as exc:  # the model failed on this text: a plain miss, never a 500
+            log.warning("semantic embedding failed: %s", type(exc).__name__)
+            return None
         if vector is None:
             return None
         index_name = f"{self._embedder.name}/{len(vector)}"

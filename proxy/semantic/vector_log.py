@@ -76,7 +76,7 @@ class RedisVectorLog:
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.xadd(key, {_FIELD: _encode(record)}, maxlen=self._max, approximate=True)
+                    pipe.xadd(key, {_FIELD: _encode(record)}, maxlen=self._max, approximate=False)
                     pipe.expire(key, ttl_s, nx=True)  # a new stream
                     pipe.expire(key, ttl_s, gt=True)  # the newest entry outlives the others
                     await pipe.execute()
