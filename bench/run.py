@@ -27,6 +27,11 @@ ExitStack of their own: the big-body servers alone hold ~1 GB): `big_bodies_rss`
 (bench/bodies.py), `budget_overshoot` (bench/overshoot.py) and `busy_refusal` (bench/busy.py).
 Their counts are the issue's and not scaled by --quick; they take about 20 s together.
 
+Issue 13's rows (bench/semantic.py) measure the opt-in semantic cache with the real local model:
+`semantic_quality` (held-out recall and wrong/false hits, against plain cosine),
+`semantic_lookup_latency` (one lookup with 1 and 10,000 entries, the model's RSS) and
+`semantic_exact_hits` (the exact hit path with SEMANTIC_CACHE on vs off, in alternating rounds).
+
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
 `--only hits_vs_baseline` it runs alone (about 20 s with `--quick`, 75 s without).
@@ -62,6 +67,7 @@ from . import (
     memory,
     misses,
     overshoot,
+    semantic,
     versus,
     worktree,
 )
@@ -88,6 +94,9 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     bodies.big_bodies_rss,
     overshoot.budget_overshoot,
     busy.busy_refusal,
+    semantic.semantic_quality,
+    semantic.semantic_lookup_latency,
+    semantic.semantic_exact_hits,
     memory.peak_rss,
 )
 # Run only with `--baseline REV` (by default, or when --only names them).
