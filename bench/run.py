@@ -30,7 +30,8 @@ Their counts are the issue's and not scaled by --quick; they take about 20 s tog
 Issue 13's rows (bench/semantic.py) measure the opt-in semantic cache with the real local model:
 `semantic_quality` (held-out recall and wrong/false hits, against plain cosine),
 `semantic_lookup_latency` (one lookup with 1 and 10,000 entries, the model's RSS) and
-`semantic_exact_hits` (the exact hit path with SEMANTIC_CACHE on vs off, in alternating rounds).
+`semantic_exact_hits` (bench/semantic_hits.py: the exact hit path with SEMANTIC_CACHE on vs
+off, in alternating rounds).
 
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
@@ -68,6 +69,7 @@ from . import (
     misses,
     overshoot,
     semantic,
+    semantic_hits,
     versus,
     worktree,
 )
@@ -96,7 +98,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     busy.busy_refusal,
     semantic.semantic_quality,
     semantic.semantic_lookup_latency,
-    semantic.semantic_exact_hits,
+    semantic_hits.semantic_exact_hits,
     memory.peak_rss,
 )
 # Run only with `--baseline REV` (by default, or when --only names them).

@@ -7,23 +7,18 @@ the exact hit path (nothing, by design: it only runs after an exact miss).
 - `semantic_lookup_latency`: `SemanticCache.probe` (embedding, partition search, guards) built
   in this process, with 1 and 10,000 entries in the partition; the search alone; the RSS the
   local model adds (measured in a fresh interpreter).
-- `semantic_exact_hits`: two sidecars, SEMANTIC_CACHE=on and off, under the same wrk hit load in
-  alternating rounds (as bench/versus.py).
+- `semantic_exact_hits` (bench/semantic_hits.py): the exact hit path with it on vs off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
-from dataclasses import replace
 
-import msgspec
 import numpy as np
 from prometheus_client import CollectorRegistry
 
@@ -38,13 +33,10 @@ from proxy.semantic.vector_log import LocalVectorLog, VectorRecord
 from proxy.settings import CacheSettings, SemanticSettings
 from proxy.vocabulary import Endpoint
 
-from . import loadgen
-from .machine import process_cpu_s
-from .parse import WrkResult
-from .procs import REPO, HarnessError, request, wait_until
+from .procs import REPO, HarnessError
 from .report import Check, Row
 from .semantic_set import Score, Scorer, halves, load_groups
-from .stack import Bench, start_sidecar, warm_cache
+from .stack import Bench
 
 MAX_FALSE = MAX_WRONG = 0.01  # docs/design.md §10: at most 1 % false hits at the defaults
 TABLE = (0.70, 0.75, 0.80, 0.85, 0.90)
@@ -52,8 +44,6 @@ PEERS_THRESHOLD = 0.80
 LOOKUPS = 500  # timed probes per partition size
 SEARCHES = 2000
 BIG = 10_000
-ROUNDS, RUN_S = 3, 5  # semantic_exact_hits: wrk runs per side, seconds each
-MIN_RATIO = 0.95
 TUTOR = "You are a patient tutor for adult learners. Explain in short, clear steps."
 
 
@@ -132,7 +122,7 @@ def _ms(samples: Sequence[float]) -> tuple[float, float]:
     return float(p50), float(p99)
 
 
-def _body(question: str, prompt: str = TUTOR) -> dict[str, object]:
+def chat_body_of(question: str, prompt: str = TUTOR) -> dict[str, object]:
     messages = [{"role": "system", "content": prompt}, {"role": "user", "content": question}]
     return {"model": "gpt-4o-mini", "messages": messages, "temperature": 0}
 
@@ -160,7 +150,7 @@ async def _probe_latency(n: int) -> dict[str, tuple[float, float]]:
     questions = [text for group in groups for text in group.paraphrases]
 
     async def lookup(question: str, prompt: str) -> Probe:
-        body = _body(question, prompt)
+        body = chat_body_of(question, prompt)
         probe = await cache.probe("t_bench", Endpoint.CHAT, ("t",), body, {}, settings.threshold)
         assert probe is not None
         return probe
@@ -251,75 +241,5 @@ def semantic_lookup_latency(bench: Bench) -> list[Row]:
             "  RSS added by the local model (fresh process)",
             f"{added / 1024:.0f} MB loaded, {embedded / 1024:.0f} MB after one embedding",
             data=rss,
-        ),
-    ]
-
-
-def _semantic_ready(side: Bench) -> None:
-    """Asks new questions until one is looked up (not skipped): the model is loaded."""
-    url, headers = side.sidecar + "/chat/completions", {"Authorization": side.auth}
-    asked = iter(range(1_000_000))
-
-    def looked_up() -> bool:
-        body = msgspec.json.encode(_body(f"Is the model loaded yet, try {next(asked)}?"))
-        if request("POST", url, body=body, headers=headers).status != 200:
-            raise HarnessError("a question to the semantic sidecar failed")
-        text = request("GET", side.admin + "/metrics").body.decode()
-        return re.search(r'lookups_total\{result="miss"\} [1-9]', text) is not None
-
-    what = "the semantic sidecar's model"
-    wait_until(looked_up, what=what, proc=side.sidecar_proc, log=side.sidecar_log, timeout_s=120)
-
-
-def _wrk(side: Bench, seconds: int) -> WrkResult:
-    url = side.sidecar + "/chat/completions"
-    return loadgen.wrk(url, side.body, auth=side.auth, threads=1, connections=32, seconds=seconds)
-
-
-def semantic_exact_hits(bench: Bench) -> list[Row]:
-    sides: dict[str, Bench] = {}
-    rates: dict[str, list[float]] = {"on": [], "off": []}
-    cpu = {"on": 0.0, "off": 0.0}
-    with ExitStack() as stack:
-        for name in ("on", "off"):
-            workdir = bench.workdir / f"semantic-{name}-sidecar"
-            workdir.mkdir()
-            settings = {"SEMANTIC_CACHE": name, "SEMANTIC_EMBEDDER": "local"}
-            side = start_sidecar(
-                stack,
-                workdir,
-                redis_url=bench.redis_url,
-                upstream=bench.upstream,
-                settings=settings,
-            )
-            sides[name] = replace(side, scale=bench.scale)
-        _semantic_ready(sides["on"])
-        for side in sides.values():
-            warm_cache(side)
-            _wrk(side, 1)
-        calls = bench.upstream_calls()
-        for n in range(ROUNDS):
-            for name in ("on", "off") if n % 2 == 0 else ("off", "on"):
-                before = process_cpu_s(sides[name].sidecar_pid)
-                result = _wrk(sides[name], bench.seconds(RUN_S))
-                rates[name].append(result.requests_per_s)
-                cpu[name] += (process_cpu_s(sides[name].sidecar_pid) - before) / result.requests
-        for side in sides.values():
-            side.check_sidecar()
-        if bench.upstream_calls() != calls:
-            raise HarnessError("requests of the semantic hit comparison reached the upstream")
-    on, off = max(rates["on"]), max(rates["off"])
-    us = {name: cpu[name] / ROUNDS * 1e6 for name in cpu}
-    return [
-        Row(
-            f"exact hit max req/s, SEMANTIC_CACHE on vs off (wrk -t1 -c32, best of {ROUNDS})",
-            f"{on:,.0f} vs {off:,.0f} req/s (x{on / off:.2f})",
-            (Check("on/off", on / off, MIN_RATIO, "", at_least=True),),
-            data={"requests_per_s": rates, "ratio": on / off},
-        ),
-        Row(
-            "  sidecar CPU per exact hit, on vs off",
-            f"{us['on']:.0f} vs {us['off']:.0f} us",
-            data={"cpu_us_per_request": us},
         ),
     ]
