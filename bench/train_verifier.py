@@ -1,7 +1,8 @@
 """Fit the verifier's weights (proxy/semantic/verifier.py) on the tuning half of
 tests/data/semantic_pairs.jsonl and choose its cut; prints constants to paste into the module.
 
-    python -m bench.train_verifier
+    python -m bench.train_verifier             # fit, print the constants
+    python -m bench.train_verifier --folds 5   # cross-validate a change on the tuning half
 
 Pairs: each paraphrase with its own anchor (same), each hard negative with its own anchor (not
 the same), and every paraphrase and negative with the three most similar OTHER anchors of the
@@ -21,7 +22,7 @@ from numpy.typing import NDArray
 
 from bench.semantic_set import Group, halves, load_groups
 from proxy.semantic.guards import read_text
-from proxy.semantic.verifier import features
+from proxy.semantic.verifier import VETOES, features
 
 OTHERS = 3
 L2 = 0.1
@@ -29,6 +30,13 @@ L2 = 0.1
 MIN_SIMILARITY = 0.6
 THRESHOLDS = (0.70, 0.75, 0.80, 0.85, 0.90)
 MATCH_TRIES = 3
+# The cut keeps the tuning half at HALF the promise (1 %: with 120 negatives, none at all), as
+# margin for questions it was never fitted on: at exactly 1 % the held-out half served 2.5 %.
+TUNING_MAX = 0.005
+CV_THRESHOLD = 0.75
+# Where the vetoed signals sit in a pair's row (a 1 for the bias, then the features in order).
+_NAMES = list(features(read_text("a"), read_text("a"), 1.0))
+VETO_COLUMNS = [1 + _NAMES.index(veto) for veto in VETOES]
 
 
 def main() -> None:
@@ -36,6 +44,8 @@ def main() -> None:
 
     tune, _ = halves(load_groups())
     encode = load_local_model(4)
+    if "--folds" in sys.argv:
+        return cross_validate(tune, encode, int(sys.argv[sys.argv.index("--folds") + 1]))
     names, rows, labels, queries = _pairs(tune, encode)
     x, y = np.array(rows), np.array(labels, dtype=np.float64)
     keep = x[:, 1] >= (MIN_SIMILARITY - 0.8) * 10  # column 1: the scaled similarity
@@ -47,7 +57,7 @@ def main() -> None:
     for threshold in THRESHOLDS:
         for cut in np.arange(0.01, 1.0, 0.01):
             recall, wrong, false = _score(queries, w, threshold, float(cut))
-            if wrong <= 0.01 and false <= 0.01:
+            if wrong <= TUNING_MAX and false <= TUNING_MAX:
                 print(
                     f"t={threshold:.2f} cut={cut:.2f} recall={recall:.3f} wrong={wrong:.3f} "
                     f"false={false:.3f}"
@@ -58,6 +68,29 @@ def main() -> None:
 
 
 Query = tuple[bool, int, list[tuple[int, float, NDArray[np.float64]]]]
+
+
+def cross_validate(tune: list[Group], encode: object, folds: int) -> None:
+    """`--folds K`: how a choice of signals or word lists generalises, judged without the
+    held-out half: fit and cut on K-1 parts of the tuning half, score the K-th, for each."""
+    totals = np.zeros(3)
+    for k in range(folds):
+        fitting = [g for i, g in enumerate(tune) if i % folds != k]
+        scored = [g for i, g in enumerate(tune) if i % folds == k]
+        _, rows, labels, queries = _pairs(fitting, encode)
+        x, y = np.array(rows), np.array(labels, dtype=np.float64)
+        keep = x[:, 1] >= (MIN_SIMILARITY - 0.8) * 10
+        w = _fit(x[keep], y[keep])
+        cut = next(
+            (float(c) for c in np.arange(0.01, 1.0, 0.01)
+             if max(_score(queries, w, CV_THRESHOLD, float(c))[1:]) <= TUNING_MAX),
+            1.0,
+        )  # fmt: skip
+        recall, wrong, false = _score(_pairs(scored, encode)[3], w, CV_THRESHOLD, cut)
+        totals += (recall, wrong, false)
+        print(f"fold {k}: cut={cut:.2f} recall={recall:.3f} wrong={wrong:.3f} false={false:.3f}")
+    recall, wrong, false = totals / folds
+    print(f"mean: recall={recall:.3f} wrong={wrong:.3f} false={false:.3f}")
 
 
 def _pairs(
@@ -114,6 +147,8 @@ def _score(
         for j, sim, row in ranked[:MATCH_TRIES]:
             if sim < threshold:
                 break
+            if any(row[i] for i in VETO_COLUMNS):
+                continue
             if 1 / (1 + np.exp(-float(row @ w))) >= cut:
                 served = j
                 break

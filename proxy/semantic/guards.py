@@ -56,7 +56,7 @@ def read_text(text: str) -> Text:
     for pattern, replacement in _CONTRACTIONS:
         lowered = pattern.sub(replacement, lowered)
     raw = _TOKEN.findall(lowered)
-    words = tuple(singular(ALIASES.get(word, word)) for word in raw)
+    words = tuple(_canonical(word) for word in raw)
     numbers = set()
     for word in raw:
         if word[0].isdigit():
@@ -83,8 +83,24 @@ def read_text(text: str) -> Text:
         negations=sum(w in NEGATORS for w in raw),
         names=frozenset(n for n in names if n not in _NOT_NAMES),
         tasks=frozenset(TASKS[w] for w in raw if w in TASKS),
-        audiences=frozenset(AUDIENCES[w] for w in raw if w in AUDIENCES),
+        audiences=_audiences(words),
     )
+
+
+def _audiences(words: tuple[str, ...]) -> frozenset[str]:
+    """Who the answer is for: the lexicon's words ("quick" and "long" are no audience: "how
+    long is the Nile"), and an age in years ("to a 6-year-old": a child)."""
+    found = {AUDIENCES[w] for w in words if w in AUDIENCES}
+    if any(a == "year" and b == "old" for a, b in zip(words, words[1:], strict=False)):
+        found.add("simple")
+    return frozenset(found)
+
+
+def _canonical(word: str) -> str:
+    """One spelling per word: aliases, units ("kilometres" = "km"), number words ("zero" = "0"),
+    singulars."""
+    word = ALIASES.get(word, word)
+    return UNITS.get(word) or NUMBER_WORDS.get(word) or singular(word)
 
 
 def disagreement(new: Text, stored: Text) -> str | None:

@@ -19,7 +19,8 @@ STOPWORDS = frozenset(
     + _words("""work works working look looks happen happens happening mean means describe
     exactly actually basically really carry carried out process kind of something
     anything stuff ok okay hey hi hello thanks thank question wondering wonder curious
-    understand figure idea clear properly correctly mind anyone someone one""")
+    understand figure idea clear properly correctly mind anyone someone one using during
+    away exactly""")
 )
 
 NEGATORS = frozenset(_words("not no never without none nothing neither nor nobody cannot"))
@@ -117,6 +118,15 @@ ALIASES = {
     "sulphur": "sulfur",
     "lung": "lungs",
     "kidney": "kidneys",
+    # spellings and short forms of one word
+    "temp": "temperature",
+    "info": "information",
+    "maths": "math",
+    "ww1": "wwi",
+    "ww2": "wwii",
+    "colour": "color",
+    "favourite": "favorite",
+    "centre": "center",
 }
 
 # Tasks on one subject that want different answers (define vs prove vs example vs compare …):
@@ -153,12 +163,13 @@ AUDIENCES = {
     "expert": "expert", "experts": "expert", "advanced": "expert", "phd": "expert",
     "professional": "expert", "technical": "expert", "graduate": "expert", "rigorous": "expert",
     "rigorously": "expert", "formally": "expert", "mathematically": "expert",
-    "brief": "brief", "briefly": "brief", "short": "brief", "quick": "brief",
-    "quickly": "brief", "concise": "brief", "concisely": "brief", "sentence": "brief",
+    "brief": "brief", "briefly": "brief", "short": "brief",
+    "concise": "brief", "concisely": "brief", "sentence": "brief",
     "tldr": "brief", "nutshell": "brief",
     "detailed": "detailed", "detail": "detailed", "details": "detailed", "depth": "detailed",
     "thorough": "detailed", "thoroughly": "detailed", "comprehensive": "detailed",
-    "essay": "detailed", "long": "detailed",
+    "school": "simple", "elementary": "simple", "teen": "simple", "teenager": "simple",
+    "essay": "detailed", "university": "expert", "college": "expert", "seminar": "expert",
 }  # fmt: skip
 
 # Units, canonical form by spelling: "5 km" and "5 miles" ask different things.
