@@ -9,6 +9,7 @@ README ("Semantic cache"). Pure functions: microseconds per pair, on the miss pa
 
 from __future__ import annotations
 
+import itertools
 import re
 from difflib import SequenceMatcher
 from typing import NamedTuple
@@ -91,7 +92,7 @@ def _audiences(words: tuple[str, ...]) -> frozenset[str]:
     """Who the answer is for: the lexicon's words ("quick" and "long" are no audience: "how
     long is the Nile"), and an age in years ("to a 6-year-old": a child)."""
     found = {AUDIENCES[w] for w in words if w in AUDIENCES}
-    if any(a == "year" and b == "old" for a, b in zip(words, words[1:], strict=False)):
+    if ("year", "old") in set(itertools.pairwise(words)):
         found.add("simple")
     return frozenset(found)
 
