@@ -9,6 +9,8 @@
 # The semantic variant's local torch wheels (SEMANTIC=1 below): empty unless the build names a
 # directory for it, `--build-context torchwheels=DIR` (a named context replaces this stage).
 FROM scratch AS torchwheels
+# The label lets deploy/podman/build-image.sh prune the empty image this stage leaves behind.
+LABEL org.opencontainers.image.title="sidecache"
 
 # Builder: a virtual environment at /opt/venv holding the wheel built from this tree and the
 # wheels of its dependencies. Every dependency publishes manylinux wheels, so no compiler is
