@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Sequence
 
 import numpy as np
 from redis.asyncio import Redis
 
+from proxy.semantic.embedder import LocalEmbedder
 from proxy.semantic.index import VectorIndex
+from proxy.semantic.local_model import load_local_model
 from proxy.semantic.vector_log import RedisVectorLog, VectorRecord
 
 DIM = 8
@@ -92,3 +96,30 @@ def test_an_unreachable_redis_reads_as_nothing_to_add() -> None:
         await redis.aclose()
 
     asyncio.run(scenario())
+
+
+def test_concurrent_questions_are_embedded_in_batches_off_the_loop() -> None:
+    model = load_local_model()
+    batches: list[int] = []
+    threads: set[str] = set()
+
+    def counting(texts: Sequence[str]) -> np.ndarray:
+        batches.append(len(texts))
+        threads.add(threading.current_thread().name)
+        return model(texts)
+
+    async def scenario() -> list[np.ndarray | None]:
+        embedder = LocalEmbedder(load=lambda: counting)
+        await embedder.start()
+        assert await embedder.loaded()
+        questions = [f"What is question number {n} about?" for n in range(16)]
+        vectors = await asyncio.gather(*(embedder.embed(q, {}) for q in questions))
+        await embedder.close()
+        return vectors
+
+    vectors = asyncio.run(scenario())
+    assert all(v is not None and v.shape == (384,) for v in vectors)
+    assert sum(batches) == 16 and len(batches) < 16  # whatever queued meanwhile went together
+    assert threads == {t for t in threads if t.startswith("sidecache-embed")}
+    direct = model(["What is question number 3 about?"])[0]
+    assert vectors[3] is not None and float(vectors[3] @ direct) > 0.999

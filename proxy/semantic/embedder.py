@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -51,7 +51,9 @@ class Embedder(Protocol):
 class LocalEmbedder:
     name = f"local:{LOCAL_MODEL}:{LOCAL_DIMENSION}"
 
-    def __init__(self) -> None:
+    def __init__(self, load: Callable[[], Encode] = load_local_model) -> None:
+        """`load`: makes the model's encode function (blocking; run on the embedder's thread)."""
+        self._load_model = load
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="sidecache-embed")
         self._encode: Encode | None = None
         self._waiting: list[tuple[str, asyncio.Future[Vector]]] = []
@@ -69,10 +71,16 @@ class LocalEmbedder:
             return
         self._loading = asyncio.create_task(self._load())
 
+    async def loaded(self) -> bool:
+        """Waits for the background load (bench and tests); whether the model is ready."""
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
+        return self.ready
+
     async def _load(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            self._encode = await loop.run_in_executor(self._thread, load_local_model)
+            self._encode = await loop.run_in_executor(self._thread, self._load_model)
         except Exception as exc:  # the proxy goes on without the semantic cache
             log.error("the local embedding model failed to load: %s", exc)
             return
