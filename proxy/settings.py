@@ -212,7 +212,7 @@ class SemanticSettings(msgspec.Struct, forbid_unknown_fields=True):
     # Vectors one partition keeps (oldest dropped first), and vectors all partitions held in
     # this process keep together (least recently searched partitions dropped first).
     max_per_partition: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] = 10_000
-    max_vectors: Annotated[int, msgspec.Meta(ge=1)] = 200_000
+    max_vectors: Annotated[int, msgspec.Meta(ge=1)] = 100_000
 
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
