@@ -10,7 +10,7 @@ from aiohttp import web
 
 from proxy.accounting import record_outcome
 from proxy.errors import error_response, failure_response
-from proxy.failures import BodyTooLarge, Failure, UnreadableBody
+from proxy.failures import BodyTooLarge, ClientGone, Failure, UnreadableBody
 from proxy.handlers.answers import MISS_HEADERS
 from proxy.handlers.embeddings import embeddings
 from proxy.handlers.generative import chat_completions, completions
@@ -34,7 +34,13 @@ _ENDPOINT_BY_PATH = {endpoint.path: endpoint.value for endpoint in UNDERSTOOD}
 
 def create_proxy_app(runtime: Runtime) -> web.Application:
     max_body = runtime.settings.server.max_body_bytes
-    app = web.Application(client_max_size=max_body, middlewares=[_answer_and_observe])
+    # Request bodies are inflated by proxy/body.py within bounds, never by aiohttp's parser
+    # (which inflates a gzip bomb whole before a handler runs).
+    app = web.Application(
+        client_max_size=max_body,
+        middlewares=[_answer_and_observe],
+        handler_args={"auto_decompress": False},
+    )
     app[RUNTIME] = runtime
     for endpoint, handler in UNDERSTOOD.items():
         app.router.add_post(endpoint.path, handler)
@@ -68,6 +74,8 @@ async def _answer_and_observe(request: web.Request, handler: Handler) -> web.Str
             response.headers.update(miss_headers)
         if isinstance(exc, UnreadableBody):
             response.force_close()  # the rest of the connection's bytes cannot be trusted
+        elif isinstance(exc, ClientGone):  # not the sidecar's failure, nor an attack: INFO
+            log.info("the client closed %s %s before its answer", request.method, request.path)
     except web.HTTPRequestEntityTooLarge:
         response = failure_response(BodyTooLarge(runtime.settings.server.max_body_bytes))
     except web.HTTPException as exc:

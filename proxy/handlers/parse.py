@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
-from proxy.body import read_body
+from proxy.body import read_inflated
 from proxy.directives import Directives, Scope, parse_directives
 from proxy.failures import InvalidRequest
 from proxy.handlers.json_body import decode_object
@@ -45,7 +45,7 @@ async def parse_request(
 ) -> ParsedRequest:
     headers = request.headers
     identity = runtime.tenants.resolve(headers)
-    raw = await read_body(request)
+    raw = await read_inflated(request, runtime.settings.server.max_body_bytes)
     body = decode_object(raw)
     directives = parse_directives(headers)
     if not identity.credentialed:

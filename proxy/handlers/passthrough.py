@@ -1,7 +1,10 @@
 """Every other `/v1/*` route: streamed through unchanged in both directions, never cached.
 
 Bodies are not buffered: the request streams upstream as it arrives (its size still capped by
-MAX_BODY_MB) and the answer streams back byte for byte, compressed or not.
+MAX_BODY_MB) and the answer streams back byte for byte, compressed or not. A compressed request
+body is inflated here as it streams, within the bounds of proxy/body.py, and goes upstream
+without its Content-Encoding (the upstream is sent what the headers say, issue 23): one that
+does not inflate is the client's mistake, a 400, not a 502.
 """
 
 from __future__ import annotations
@@ -13,7 +16,15 @@ from urllib.parse import unquote
 import aiohttp
 from aiohttp import web
 
-from proxy.failures import BodyTooLarge, InvalidRequest, UpstreamError
+from proxy.body import Inflater, client_left, content_encoding
+from proxy.failures import (
+    BodyTooLarge,
+    ClientGone,
+    Failure,
+    InvalidRequest,
+    UnreadableBody,
+    UpstreamError,
+)
 from proxy.runtime import RUNTIME
 from proxy.upstream.headers import client_response_headers, upstream_request_headers
 from proxy.vocabulary import PASSTHROUGH
@@ -36,22 +47,23 @@ async def passthrough(request: web.Request) -> web.StreamResponse:
     limit = runtime.settings.server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(limit)
+    encoding = content_encoding(request.headers)
     headers = upstream_request_headers(
         request.headers,
         identity.upstream_authorization,
         keep_encoding=True,
         managed=identity.managed,
     )
-    body = _CappedBody(request.content, limit) if request.body_exists else None
+    body = _RequestBody(request, limit, encoding) if request.body_exists else None
     started = time.perf_counter()
     try:
         upstream = await runtime.upstream_client.send(
             request.method, path, headers, body, query=query, decompress=False
         )
     except UpstreamError:
-        if body is not None and body.exceeded:
+        if body is not None and body.failure is not None:
             # The HTTP client reports the aborted upload as a connection error: it was ours.
-            raise BodyTooLarge(limit) from None
+            raise body.failure from None
         raise
     runtime.metrics.observe_upstream(PASSTHROUGH, upstream.status, time.perf_counter() - started)
     response = web.StreamResponse(
@@ -101,20 +113,42 @@ def _resolves_under_base(path: str) -> bool:
     return len(kept) > 2 and kept[0] == "" and kept[1] == _BASE.strip("/")
 
 
-class _CappedBody:
-    """The request body as it arrives, cut off with a 413 past `limit` bytes (a chunked body
-    has no Content-Length to check up front)."""
+class _RequestBody:
+    """The request body as it arrives, inflated if compressed, cut off with a 413 past `limit`
+    bytes (a chunked body has no Content-Length to check up front). `failure` keeps why the
+    upload stopped, which the HTTP client reports as a connection error."""
 
-    def __init__(self, content: aiohttp.StreamReader, limit: int) -> None:
-        self._content = content
+    def __init__(self, request: web.Request, limit: int, encoding: str | None) -> None:
+        self._request = request
         self._limit = limit
-        self.exceeded = False
+        self._inflater = Inflater(encoding, limit) if encoding is not None else None
+        self.failure: Failure | None = None
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         sent = 0
-        async for chunk in self._content.iter_chunked(_READ_CHUNK):
-            sent += len(chunk)
-            if sent > self._limit:
-                self.exceeded = True
-                raise BodyTooLarge(self._limit)
-            yield chunk
+        try:
+            async for chunk in self._chunks():
+                sent += len(chunk)
+                if sent > self._limit:
+                    raise BodyTooLarge(self._limit)
+                yield chunk
+        except Failure as exc:
+            self.failure = exc
+            raise
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        inflater = self._inflater
+        try:
+            async for chunk in self._request.content.iter_chunked(_READ_CHUNK):
+                if inflater is not None:
+                    chunk = inflater.feed(chunk)
+                if chunk:  # an empty chunk may read as the end of a chunked upload
+                    yield chunk
+        except (web.RequestPayloadError, ConnectionError):
+            if client_left(self._request):
+                raise ClientGone() from None
+            raise UnreadableBody(
+                "The request body could not be read as sent.", param="body"
+            ) from None
+        if inflater is not None:
+            inflater.finish()

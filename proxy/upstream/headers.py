@@ -33,11 +33,14 @@ _CLIENT_CREDENTIALS = frozenset({"api-key", "x-api-key"})
 # the encodings its HTTP client decodes, whatever the client accepts.
 DECODABLE_ENCODINGS = "gzip, deflate"
 _DECODED_BODY = frozenset({"content-encoding", "content-length"})
-# The sidecar's HTTP server decodes every request body sent with a Content-Encoding (aiohttp's
-# parser does, for `read()` and `content` alike), so what goes upstream is the decoded body:
+# The sidecar decodes every request body sent with a Content-Encoding (proxy/body.py, within
+# bounds; on every route), so what goes upstream is the decoded body:
 # forwarding its encoding made the upstream fail to read it, and its 5xx counted against the
 # shared breaker. Forward what is sent.
-_DECODED_REQUEST = frozenset({"content-encoding"})
+# `Expect: 100-continue` was answered by the sidecar's server already; forwarded, it made the
+# HTTP client wait for the upstream's 100 before sending the body, which some upstreams never
+# send: a 10-byte request held an upstream connection for the whole read timeout (issue 23).
+_DECODED_REQUEST = frozenset({"content-encoding", "expect"})
 
 
 def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
