@@ -24,8 +24,10 @@ count and duration down (about 90 s), and `--only hit_max_rate,costs` runs some 
 
 Issue 19's rows start servers of their own and stop them as soon as they are done (on an
 ExitStack of their own: the big-body servers alone hold ~1 GB): `big_bodies_rss`
-(bench/bodies.py), `budget_overshoot` (bench/overshoot.py) and `busy_refusal` (bench/busy.py).
-Their counts are the issue's and not scaled by --quick; they take about 20 s together.
+(bench/bodies.py), `budget_overshoot` (bench/overshoot.py) and `busy_refusal` (bench/busy.py);
+so does issue 23's `gzip_bombs_rss` (bench/bombs.py: peak RSS under 16 concurrent gzip bombs
+and a cached hit's p99 meanwhile). Their counts are the issues' and not scaled by --quick; they
+take about 30 s together.
 
 Issue 13's rows (bench/semantic.py) measure the opt-in semantic cache with the real local model:
 `semantic_quality` (held-out recall and wrong/false hits, against plain cosine),
@@ -58,6 +60,7 @@ from typing import Any
 from . import (
     batching,
     bodies,
+    bombs,
     busy,
     coalescing,
     costs,
@@ -94,6 +97,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     ledger_overhead.ledger_overhead,
     costs.costs,
     bodies.big_bodies_rss,
+    bombs.gzip_bombs_rss,
     overshoot.budget_overshoot,
     busy.busy_refusal,
     semantic.semantic_quality,
