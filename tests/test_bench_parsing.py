@@ -210,10 +210,11 @@ def test_issue_19_rows_run_alone_in_run_order() -> None:
     rows = "busy_refusal,big_bodies_rss,budget_overshoot"
     assert _names(["--only", rows]) == ["big_bodies_rss", "budget_overshoot", "busy_refusal"]
     everything = _names([])
-    assert everything[-7:] == [
+    assert everything[-8:] == [
         "big_bodies_rss",
         "budget_overshoot",
         "busy_refusal",
+        "gzip_bombs_rss",  # issue 23's, beside them
         "semantic_quality",  # issue 13's rows, before the peak RSS that covers them all
         "semantic_lookup_latency",
         "semantic_exact_hits",
