@@ -11,7 +11,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from admin.api import add_api_routes
 from admin.auth import auth_middleware
 from admin.page import add_page_routes
-from proxy.errors import error_response, failure_response
+from proxy.errors import error_response, failure_response, http_error_response
 from proxy.failures import Failure
 from proxy.health import healthz, readyz
 from proxy.runtime import RUNTIME, Runtime
@@ -48,5 +48,8 @@ async def _openai_shaped_http_errors(
     except web.HTTPException as exc:
         if exc.status == 404:
             return error_response(404, f"Unknown admin route {request.path}.", code="unknown_url")
-        return error_response(exc.status, exc.reason)
+        if exc.status == 405:
+            message = f"Method {request.method} is not allowed on {request.path}."
+            return http_error_response(exc, message)
+        return http_error_response(exc, exc.reason)
     return response

@@ -15,6 +15,13 @@
    from the first byte of its head until the head is complete; on expiry the connection is
    closed. An idle keep-alive connection (no byte after an answer) is left to aiohttp's
    `keepalive_timeout`, and a body being uploaded is never timed by this guard.
+3. **An `Expect` other than `100-continue` is a 417 in the OpenAI shape (issue 23).** aiohttp
+   checks `Expect` before any middleware runs (`Application._handle` calls the route's expect
+   handler), answering a text/plain 417 that echoes the header's value; a value with a byte
+   that is not UTF-8 cannot even be encoded there, and every route of both ports, `/healthz`
+   included, answered a 500 with a traceback. The check is made here instead, in front of the
+   application, for every route alike (aiohttp's 404 and 405 routes cannot be given an expect
+   handler); a `100-continue` is still aiohttp's to answer.
 
 How it is installed: aiohttp builds each connection's protocol in `web.Server.__call__`, which
 always instantiates `RequestHandler`, and `AppRunner` builds the `Server` inside
@@ -22,7 +29,8 @@ always instantiates `RequestHandler`, and `AppRunner` builds the `Server` inside
 `GuardedAppRunner`, an `AppRunner` whose `_make_server` lets aiohttp build its `Server` as
 usual (application start-up, `handler_args`, runner keyword arguments all unchanged) and then
 hands the same handler, request factory and keyword arguments to `GuardedServer`, a `Server`
-whose only change is to build `GuardedRequestHandler`. Private names used: `AppRunner.
+whose only changes are to build `GuardedRequestHandler` and to check `Expect` before the
+application's handler. Private names used: `AppRunner.
 _make_server`, `Server._kwargs`, and, in the handler, `_request_count` (how many heads the parser
 has produced); all exist unchanged since aiohttp 3.0. Both ports (proxy/cli.py) and the test
 fixture (tests/fixtures/sidecar.py) start their applications through `GuardedAppRunner`.
@@ -32,9 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import http_exceptions, web
+from aiohttp import hdrs, http_exceptions, web
+from aiohttp.http import HttpVersion11
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
@@ -190,12 +200,38 @@ class GuardedRequestHandler(RequestHandler):
         return response
 
 
+RequestHandlerFunction = Callable[[BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def checking_expect(handle: RequestHandlerFunction) -> RequestHandlerFunction:
+    """`handle`, behind a 417 for an HTTP/1.1 `Expect` that is not `100-continue` (where
+    aiohttp's own expect handler would refuse it). The value is neither answered nor logged."""
+
+    async def handle_request(request: BaseRequest) -> web.StreamResponse:
+        expect = request.headers.get(hdrs.EXPECT)
+        if expect and request.version == HttpVersion11 and expect.lower() != "100-continue":
+            log.warning(
+                "refused a request from %s: its Expect header is not 100-continue",
+                request.remote,
+            )
+            return error_response(
+                417,
+                "The only expectation this server meets is Expect: 100-continue.",
+                param="Expect",
+                code="expectation_failed",
+            )
+        return await handle(request)
+
+    return handle_request
+
+
 class GuardedServer(web.Server):
-    """aiohttp's `Server`, building `GuardedRequestHandler` connections."""
+    """aiohttp's `Server`, building `GuardedRequestHandler` connections and checking `Expect`
+    before the application's handler."""
 
     def __init__(self, built: web.Server, *, header_read_timeout: float) -> None:
         super().__init__(
-            built.request_handler,
+            checking_expect(built.request_handler),
             request_factory=built.request_factory,
             handler_cancellation=built.handler_cancellation,
             **built._kwargs,

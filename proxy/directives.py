@@ -106,9 +106,24 @@ def _parse_cache_control(value: str) -> tuple[bool, bool, int | None]:
                     f"Cache-Control max-age must be a whole number of seconds{shown}",
                     param="Cache-Control",
                 )
-            max_age = int(argument)
+            max_age = _delta_seconds(argument)
         # Other directives (private, no-transform, ...) mean nothing to this cache.
     return read, write, max_age
+
+
+# RFC 9111 §1.2.2: a delta-seconds too large to represent is taken as 2**31. It also keeps a
+# value of thousands of digits from int(), which refuses more than 4,300 of them (a ValueError,
+# then a 500); any such max-age is clamped to ttl.max anyway (proxy/ttl.py).
+_MAX_DELTA_SECONDS = 2**31
+_MAX_DELTA_DIGITS = len(str(_MAX_DELTA_SECONDS))
+
+
+def _delta_seconds(digits: str) -> int:
+    """ASCII `digits` as a number of seconds, at most 2**31."""
+    significant = digits.lstrip("0")
+    if len(significant) > _MAX_DELTA_DIGITS:
+        return _MAX_DELTA_SECONDS
+    return min(int(significant or "0"), _MAX_DELTA_SECONDS)
 
 
 def _parse_dims(raw: str | None) -> tuple[str, ...] | None:

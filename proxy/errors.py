@@ -72,6 +72,7 @@ _TYPE_BY_STATUS = {
     405: "invalid_request_error",
     409: "invalid_request_error",
     413: "invalid_request_error",
+    417: "invalid_request_error",
     429: "rate_limit_error",
     500: "server_error",
     502: "upstream_error",
@@ -92,6 +93,19 @@ def failure_headers(failure: Failure) -> dict[str, str]:
     if failure.retry_after_s is None:
         return {}
     return {"Retry-After": str(failure.retry_after_s)}
+
+
+# The headers of aiohttp's own HTTP errors that our answer keeps: a 405 must say which methods
+# the route allows (RFC 9110 §15.5.6). Nothing else of theirs is kept.
+_KEPT_HTTP_ERROR_HEADERS = ("Allow",)
+
+
+def http_error_response(
+    exc: web.HTTPException, message: str, *, code: str | None = None
+) -> web.Response:
+    """aiohttp's HTTP error `exc` in the OpenAI shape, with `message` for its text."""
+    headers = {name: exc.headers[name] for name in _KEPT_HTTP_ERROR_HEADERS if name in exc.headers}
+    return error_response(exc.status, message, code=code, headers=headers or None)
 
 
 def failure_response(failure: Failure) -> web.Response:

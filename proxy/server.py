@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.accounting import record_outcome
-from proxy.errors import error_response, failure_response
+from proxy.errors import error_response, failure_response, http_error_response
 from proxy.failures import BodyTooLarge, ClientGone, Failure, UnreadableBody
 from proxy.handlers.answers import MISS_HEADERS
 from proxy.handlers.embeddings import embeddings
@@ -98,5 +98,6 @@ def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:
         message = f"Unknown route {request.method} {request.path}; the API lives under /v1/."
         return error_response(404, message, code="unknown_url")
     if exc.status == 405:
-        return error_response(405, f"Method {request.method} is not allowed on {request.path}.")
-    return error_response(exc.status, exc.reason)
+        message = f"Method {request.method} is not allowed on {request.path}."
+        return http_error_response(exc, message)
+    return http_error_response(exc, exc.reason)
