@@ -7,7 +7,9 @@ rules rewrite the generated schemas of the cache mutations to accept exactly wha
 accepts: the same rules as proxy/invalidation/selectors.py `canonical`, proxy/persona.py,
 proxy/directives.py `_parse_dims` and admin/cache_ops.py, in ECMA regexes (JSON Schema's
 dialect, where `$` is the end of the text and no flag makes a match case-insensitive).
-What a schema cannot say is listed in `UNSAID`.
+What no schema says is left to the server's 400s: a job of more than 10,000 requests (requests
+times personas), more distinct interest tags than `interests_max`, and, in managed mode, an
+`api_key` that is not a sidecar key.
 """
 
 from __future__ import annotations
@@ -19,11 +21,6 @@ from proxy.invalidation.selectors import ENDPOINTS
 from proxy.settings import PERSONA_DIMENSIONS, PersonaSettings
 from proxy.vocabulary import Endpoint
 
-# Left to the server's 400s: a job of more than 10,000 requests (requests times personas),
-# more distinct interest tags than PERSONA_INTERESTS_MAX, and, in managed mode, an `api_key`
-# that is not a sidecar key.
-UNSAID = ("requests x personas <= 10000", "distinct interests <= interests_max", "managed keys")
-_TAG_CHARS = "a-z0-9 _.+#-"  # proxy/persona.py _TAG, after lower()
 _HEADER_SPACE = "[ \\t]"  # what str.strip() removes from printable ASCII
 
 

@@ -188,8 +188,10 @@ def test_a_job_whose_requests_cannot_be_sent_ends_failed_with_its_reason(
         ("circuits/reset", b'{"breaker":"\xc0\xaf"}'),  # an overlong "/"
         ("cache/feedback", b'{"key":"0123456789abcde\x80","wrong":true}'),
         # nested deeper than msgspec recurses, in the one field that takes any JSON
-        ("cache/warm", b'{"api_key":"k","requests":[{"endpoint":"embeddings","body":'
-         + b'{"a":' * 50_000),
+        (
+            "cache/warm",
+            b'{"api_key":"k","requests":[{"endpoint":"embeddings","body":' + b'{"a":' * 50_000,
+        ),
     ],
 )
 def test_an_admin_body_not_in_utf8_is_a_400(admin_sidecar: Sidecar, path: str, raw: bytes) -> None:

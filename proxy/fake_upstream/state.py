@@ -177,8 +177,11 @@ class FakeUpstream:
             "embedding_inputs_per_call": list(self.embedding_inputs_per_call),
             "moderation_inputs_per_call": list(self.moderation_inputs_per_call),
             "abandoned": self.abandoned,
-            "last_request": None if last is None else msgspec.to_builtins(
-                msgspec.structs.replace(last, headers=redact(last.headers))
-            ),
+            "last_request": None if last is None else _answerable(last),
             "knobs": self.knobs(),
         }
+
+
+def _answerable(recorded: RecordedRequest) -> Any:
+    """A recorded request as `/_fake/stats` answers it: never with a credential."""
+    return msgspec.to_builtins(msgspec.structs.replace(recorded, headers=redact(recorded.headers)))
