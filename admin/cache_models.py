@@ -89,7 +89,11 @@ class WarmBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     personas: Annotated[list[WarmPersona], msgspec.Meta(max_length=100)] = []
     scope: Literal["persona", "user", "tenant"] | None = None  # X-Cache-Scope
     persona_dims: HeaderText | None = None  # X-Cache-Persona-Dims
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=16)] = 4
+    # JSON Schema counts 4.0 an integer, so the server takes it too (Warmer casts it).
+    concurrency: (
+        Annotated[int, msgspec.Meta(ge=1, le=16)]
+        | Annotated[float, msgspec.Meta(ge=1, le=16, multiple_of=1)]
+    ) = 4
 
 
 class WarmJob(msgspec.Struct):

@@ -46,6 +46,9 @@ class CacheApi:
 
     async def invalidate(self, request: web.Request) -> web.Response:
         body = await read_body(request, InvalidateBody)
+        for i, selector in enumerate(body.selectors):
+            interests = (selector.persona or {}).get("interests")
+            self._check_tag_count(interests, f"selectors[{i}].persona.interests")
         personas = self.runtime.personas
         selectors = [
             canonical(s, personas, f"selectors[{i}]") for i, s in enumerate(body.selectors)
@@ -110,6 +113,7 @@ class CacheApi:
             field = "scope" if exc.param == SCOPE_HEADER else "persona_dims"
             raise InvalidRequest(exc.message, param=field) from None
         for i, persona in enumerate(body.personas):
+            self._check_tag_count(persona.interests, f"personas[{i}].interests")
             try:
                 self.runtime.personas.parse(persona_headers(persona))
                 if persona.user_id is not None:  # what the proxy port will check, checked now
@@ -135,6 +139,13 @@ class CacheApi:
             {"requests": len(body.requests), "personas": len(body.personas), "total": job.total},
         )
         return json_answer(job, status=202)
+
+    def _check_tag_count(self, interests: str | None, param: str) -> None:
+        """At most PERSONA_INTERESTS_MAX tags, repeats included: what the OpenAPI document can
+        say (the proxy port counts distinct tags; a repeat means nothing to an admin call)."""
+        most = self.runtime.settings.persona.interests_max
+        if interests is not None and sum(1 for t in interests.split(",") if t.strip()) > most:
+            raise InvalidRequest(f"At most {most} interest tags.", param=param)
 
     async def warm_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job"]

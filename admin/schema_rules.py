@@ -64,20 +64,21 @@ def _not_blank() -> dict[str, Any]:
     return {"type": "string", "pattern": "[^" + _space()[1:]}
 
 
-def _tags(space: str, *, ascii_only: bool) -> str:
+def _tags(space: str, most: int, *, ascii_only: bool) -> str:
     """Comma-separated interest tags, each stripped and lower-cased into proxy/persona.py's
-    `_TAG` (empty parts are dropped)."""
+    `_TAG`, at most `most` of them (empty parts are dropped; admin/cache_ops.py counts the
+    others, repeats included, where the proxy port counts distinct tags)."""
     extra = "" if ascii_only else "".join(_escape(c) for c in _lowers_to() if not c.isascii())
-    first, rest = f"[a-zA-Z0-9{extra}]", f"[a-zA-Z0-9{extra} _.+#-]"
-    part = f"{space}*(?:{first}{rest}{{0,39}})?{space}*"
-    return f"^{part}(?:,{part})*$"
+    tag = f"[a-zA-Z0-9{extra}][a-zA-Z0-9{extra} _.+#-]{{0,39}}"
+    gap = f"[{space[1:-1]},]*"  # spaces and commas: empty parts
+    return f"^{gap}(?:{tag}{space}*(?:,{gap}|$)){{0,{most}}}$"
 
 
 def _persona_value(dim: str, persona: PersonaSettings, space: str, *, ascii_only: bool) -> str:
     """One persona dimension's value: blank is no value (headers) or a 400 (selectors, which
     check blanks first); otherwise its allowed values, stripped and lower-cased."""
     if dim == "interests":
-        return _tags(space, ascii_only=ascii_only)
+        return _tags(space, persona.interests_max, ascii_only=ascii_only)
     words = "|".join(_caseless(v, ascii_only=ascii_only) for v in getattr(persona, dim))
     return f"^{space}*(?:{words})?{space}*$"
 

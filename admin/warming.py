@@ -86,7 +86,8 @@ class Warmer:
         personas = body.personas or [WarmPersona()]
         work = [(r, persona_headers(p)) for r in body.requests for p in personas]
         job = _Job(id="warm_" + secrets.token_hex(8), tenant=tenant, total=len(work))
-        job.task = asyncio.create_task(self._run(job, work, base_headers, body.concurrency))
+        concurrency = int(body.concurrency)
+        job.task = asyncio.create_task(self._run(job, work, base_headers, concurrency))
         self._jobs[job.id] = job
         while len(self._jobs) > KEEP_JOBS:
             self._jobs.popitem(last=False)

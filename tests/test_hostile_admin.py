@@ -216,6 +216,8 @@ REFUSED = [
     ("cache/invalidate", "InvalidateBody", {"selectors": [{"model": " \u00a0"}]}),
     ("cache/invalidate", "InvalidateBody", {"selectors": [{"persona": {"tone": "grumpy"}}]}),
     ("cache/invalidate", "InvalidateBody", {"selectors": [{"persona": {"mood": "x"}}]}),
+    ("cache/invalidate", "InvalidateBody", {"selectors": [{"persona": {"interests": "a," * 11}}]}),
+    ("cache/warm", "WarmBody", {"api_key": "k", "requests": WARM_REQUESTS, "concurrency": 4.5}),
     ("cache/warm", "WarmBody", {"api_key": "k", "requests": WARM_REQUESTS, "persona_dims": ""}),
     ("cache/warm", "WarmBody", {"api_key": "k", "requests": WARM_REQUESTS, "persona_dims": ","}),
     ("cache/warm", "WarmBody", {"api_key": "k", "requests": WARM_REQUESTS, "persona_dims": "x"}),
@@ -231,6 +233,9 @@ ACCEPTED = [
     ("cache/warm", "WarmBody", {"api_key": "k", "requests": WARM_REQUESTS,
                                 "persona_dims": " Tone,, density ,"}),
     ("cache/warm", "WarmBody", {"api_key": "k", "requests": WARM_REQUESTS, "persona_dims": "NONE"}),
+    ("cache/warm", "WarmBody", {"api_key": "k", "requests": WARM_REQUESTS, "concurrency": 4.0}),
+    ("cache/warm", "WarmBody", {"api_key": "k", "requests": WARM_REQUESTS,
+                                "personas": [{"interests": ", ".join("abcdefghij") + ",,"}]}),
     ("cache/warm", "WarmBody", {"api_key": "k", "requests": WARM_REQUESTS, "scope": "user",
                                 "personas": [{"user_id": " u-1 ", "experience": ""}]}),
 ]  # fmt: skip
