@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/sidecache serve
 
-## Same, answering from the built-in fake upstream: no API key needed.
+## Same, answering from the built-in fake upstream: no API key needed. The proxy port binds
+## 127.0.0.1 only (`make run-fake PROXY_HOST=0.0.0.0` opens it).
 run-fake: install
 	$(BIN)/sidecache serve --upstream fake
 

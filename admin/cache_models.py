@@ -54,16 +54,24 @@ class Feedback(msgspec.Struct):
     audited: bool
 
 
+# What a warming job sends as a header value (the key, persona values, X-Cache-Persona-Dims):
+# printable ASCII, space and tab. A control character cannot be sent at all (the worker would
+# fail on it), so it is a 400 at the API. The schema's `$` lets a final newline through in
+# Python, so admin/cache_ops.py checks the same rule with `fullmatch`.
+HEADER_TEXT = "^[\\t\\x20-\\x7e]*$"
+HeaderText = Annotated[str, msgspec.Meta(pattern=HEADER_TEXT)]
+
+
 class WarmPersona(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
     """One persona to warm for: docs/design.md §3's dimensions (as the X-Persona-* headers take
     them) and, for `scope: user`, the user."""
 
-    experience: str | None = None
-    learning_style: str | None = None
-    tone: str | None = None
-    density: str | None = None
-    interests: str | None = None  # comma-separated tags
-    user_id: str | None = None
+    experience: HeaderText | None = None
+    learning_style: HeaderText | None = None
+    tone: HeaderText | None = None
+    density: HeaderText | None = None
+    interests: HeaderText | None = None  # comma-separated tags
+    user_id: HeaderText | None = None
 
 
 class WarmRequest(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -76,12 +84,16 @@ class WarmBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     priority with `api_key` as the client credential (it picks the tenant; it is used for the
     calls only, never stored, logged, audited or answered)."""
 
-    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
+    api_key: Annotated[str, msgspec.Meta(min_length=1, max_length=512, pattern=HEADER_TEXT)]
     requests: Annotated[list[WarmRequest], msgspec.Meta(min_length=1, max_length=1000)]
     personas: Annotated[list[WarmPersona], msgspec.Meta(max_length=100)] = []
     scope: Literal["persona", "user", "tenant"] | None = None  # X-Cache-Scope
-    persona_dims: str | None = None  # X-Cache-Persona-Dims
-    concurrency: Annotated[int, msgspec.Meta(ge=1, le=16)] = 4
+    persona_dims: HeaderText | None = None  # X-Cache-Persona-Dims
+    # JSON Schema counts 4.0 an integer, so the server takes it too (Warmer casts it).
+    concurrency: (
+        Annotated[int, msgspec.Meta(ge=1, le=16)]
+        | Annotated[float, msgspec.Meta(ge=1, le=16, multiple_of=1)]
+    ) = 4
 
 
 class WarmJob(msgspec.Struct):

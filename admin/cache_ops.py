@@ -12,24 +12,31 @@ from aiohttp import web
 from admin.audit import audit
 from admin.auth import CALLER
 from admin.cache_models import (
+    HEADER_TEXT,
     Feedback,
     FeedbackBody,
     InvalidateBody,
     Invalidated,
     WarmBody,
     WarmJobs,
+    WarmPersona,
 )
 from admin.warming import Warmer, persona_headers
 from admin.wire import json_answer, read_body
 from proxy.directives import DIMS_HEADER, SCOPE_HEADER, parse_directives
 from proxy.failures import Conflict, InvalidRequest, NotAuthenticated, NotFound
 from proxy.invalidation.selectors import canonical
+from proxy.persona import HEADER_BY_DIMENSION, USER_ID_HEADER, parse_user_id
 from proxy.runtime import Runtime
 
 ADMIN = "admin"
 MAX_WARM_REQUESTS = 10_000
 _HEX_KEY = re.compile(r"[0-9a-fA-F]{16}(?:[0-9a-fA-F]{48})?")
 SHORT_ID_LENGTH = 16  # proxy.keys.CacheKey.short_id: the digest's first 16 hex digits
+_HEADER_TEXT = re.compile(HEADER_TEXT.removeprefix("^").removesuffix("$"))
+# The header a persona check names -> the field of a warming persona it came from.
+_PERSONA_FIELD = {header: f".{dim}" for dim, header in HEADER_BY_DIMENSION.items()}
+_PERSONA_FIELD[USER_ID_HEADER] = ".user_id"
 
 
 class CacheApi:
@@ -39,6 +46,9 @@ class CacheApi:
 
     async def invalidate(self, request: web.Request) -> web.Response:
         body = await read_body(request, InvalidateBody)
+        for i, selector in enumerate(body.selectors):
+            interests = (selector.persona or {}).get("interests")
+            self._check_tag_count(interests, f"selectors[{i}].persona.interests")
         personas = self.runtime.personas
         selectors = [
             canonical(s, personas, f"selectors[{i}]") for i, s in enumerate(body.selectors)
@@ -87,6 +97,7 @@ class CacheApi:
 
     async def warm(self, request: web.Request) -> web.Response:
         body = await read_body(request, WarmBody)
+        _check_header_texts(body)
         headers = {"Authorization": f"Bearer {body.api_key}"}
         try:
             tenant = self.runtime.tenants.resolve(headers).tenant
@@ -102,10 +113,14 @@ class CacheApi:
             field = "scope" if exc.param == SCOPE_HEADER else "persona_dims"
             raise InvalidRequest(exc.message, param=field) from None
         for i, persona in enumerate(body.personas):
+            self._check_tag_count(persona.interests, f"personas[{i}].interests")
             try:
                 self.runtime.personas.parse(persona_headers(persona))
+                if persona.user_id is not None:  # what the proxy port will check, checked now
+                    parse_user_id({USER_ID_HEADER: persona.user_id}, None)
             except InvalidRequest as exc:
-                raise InvalidRequest(exc.message, param=f"personas[{i}]") from None
+                field = _PERSONA_FIELD.get(exc.param or "", "")
+                raise InvalidRequest(exc.message, param=f"personas[{i}]{field}") from None
             if body.scope == "user" and persona.user_id is None:
                 raise InvalidRequest("scope user needs a user_id in every persona.",
                                   param=f"personas[{i}].user_id")  # fmt: skip
@@ -125,6 +140,13 @@ class CacheApi:
         )
         return json_answer(job, status=202)
 
+    def _check_tag_count(self, interests: str | None, param: str) -> None:
+        """At most PERSONA_INTERESTS_MAX tags, repeats included: what the OpenAPI document can
+        say (the proxy port counts distinct tags; a repeat means nothing to an admin call)."""
+        most = self.runtime.settings.persona.interests_max
+        if interests is not None and sum(1 for t in interests.split(",") if t.strip()) > most:
+            raise InvalidRequest(f"At most {most} interest tags.", param=param)
+
     async def warm_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job"]
         job = self.warmer.get(job_id)
@@ -134,3 +156,22 @@ class CacheApi:
 
     async def warm_jobs(self, request: web.Request) -> web.Response:
         return json_answer(WarmJobs(jobs=self.warmer.jobs()))
+
+
+def _check_header_texts(body: WarmBody) -> None:
+    """Every value a job sends as a header is printable ASCII (the schema's pattern, checked
+    with `fullmatch`: its `$` lets a final newline through): a 400 naming the field, never a
+    job whose requests cannot be sent."""
+    fields: list[tuple[str, str | None]] = [("api_key", body.api_key)]
+    fields.append(("persona_dims", body.persona_dims))
+    for i, persona in enumerate(body.personas):
+        fields += [
+            (f"personas[{i}].{name}", getattr(persona, name))
+            for name in WarmPersona.__struct_fields__
+        ]
+    for param, value in fields:
+        if value is not None and not _HEADER_TEXT.fullmatch(value):
+            raise InvalidRequest(
+                f"`{param}` is sent as a header: printable ASCII, space and tab only.",
+                param=param,
+            )

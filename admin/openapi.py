@@ -10,7 +10,9 @@ import msgspec
 
 from admin import cache_models as c
 from admin import models as m
+from admin.schema_rules import tighten
 from proxy.errors import ErrorBody
+from proxy.settings import PersonaSettings
 
 PREFIX = "/api/admin/dashboard"
 # path -> (method, summary, query params struct, body struct, answer struct)
@@ -55,11 +57,13 @@ def _query_parameters(kind: type, schemas: dict[str, Any]) -> list[dict[str, Any
     ]
 
 
-def openapi_document() -> dict[str, Any]:
+def openapi_document(persona: PersonaSettings | None = None) -> dict[str, Any]:
+    """The document for a sidecar whose persona values are `persona` (the defaults if None)."""
     kinds: list[type] = [ErrorBody]
     for _, _, _, query, body, answer in ROUTES:
         kinds += [k for k in (query, body, answer) if k is not None]
     _, schemas = msgspec.json.schema_components(kinds, ref_template="#/components/schemas/{name}")
+    tighten(schemas, persona or PersonaSettings())
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     paths: dict[str, Any] = {}
     for path, method, summary, query, body, answer in ROUTES:

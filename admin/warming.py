@@ -86,7 +86,8 @@ class Warmer:
         personas = body.personas or [WarmPersona()]
         work = [(r, persona_headers(p)) for r in body.requests for p in personas]
         job = _Job(id="warm_" + secrets.token_hex(8), tenant=tenant, total=len(work))
-        job.task = asyncio.create_task(self._run(job, work, base_headers, body.concurrency))
+        concurrency = int(body.concurrency)
+        job.task = asyncio.create_task(self._run(job, work, base_headers, concurrency))
         self._jobs[job.id] = job
         while len(self._jobs) > KEEP_JOBS:
             self._jobs.popitem(last=False)
@@ -126,11 +127,18 @@ class Warmer:
                 job.counts[label] = job.counts.get(label, 0) + 1
 
         try:
-            await asyncio.gather(*(worker() for _ in range(min(concurrency, len(work)))))
+            async with asyncio.TaskGroup() as workers:  # one failing stops the others
+                for _ in range(min(concurrency, len(work))):
+                    workers.create_task(worker())
             job.state = "failed" if job.counts.get("error") == job.total else "done"
         except asyncio.CancelledError:
             job.state = "cancelled"
             raise
+        except Exception as exc:  # a job never stays `running` after its workers are gone
+            cause = exc.exceptions[0] if isinstance(exc, ExceptionGroup) else exc
+            job.state = "failed"
+            job.last_error = f"the job stopped: {type(cause).__name__}"  # its text may hold a key
+            log.warning("warming job %s failed: %s", job.id, type(cause).__name__)
         finally:
             job.finished_at = time.time()
             log.info("warming job %s %s: %s", job.id, job.state, job.snapshot().done)
@@ -149,6 +157,9 @@ class Warmer:
                 status = response.status
         except aiohttp.ClientError as exc:
             job.last_error = f"the proxy port did not answer ({type(exc).__name__})"
+            return "error"
+        except ValueError as exc:  # a header aiohttp will not send; its text may hold the key
+            job.last_error = f"the request could not be sent ({type(exc).__name__})"
             return "error"
         if status == 200:
             return label

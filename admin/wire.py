@@ -37,5 +37,7 @@ async def read_body(request: web.Request, kind: type[P], *, optional: bool = Fal
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
         raise invalid(exc) from None
-    except msgspec.DecodeError:
-        raise InvalidRequest("The body must be a JSON object.", param="body") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        # msgspec raises the last two itself for bytes that are not UTF-8 and for nesting
+        # deeper than it recurses: the client's mistake all the same, never a 500.
+        raise InvalidRequest("The body must be a JSON object in UTF-8.", param="body") from None

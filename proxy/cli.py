@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fake = args.upstream == "fake"
     if args.upstream and not fake:
         environ["UPSTREAM_BASE_URL"] = args.upstream
+    if fake:  # a demo answering anyone's key: loopback only, unless PROXY_HOST says otherwise
+        environ.setdefault("PROXY_HOST", "127.0.0.1")
     settings = _settings(environ)
     if settings is None:
         return 2

@@ -104,7 +104,7 @@ def test_requests_the_proxy_refuses_are_counted_as_errors(admin_sidecar: Sidecar
         ({"api_key": API_KEY, "requests": [{"endpoint": "images", "body": {}}]},
          "requests[0].endpoint"),
         ({"api_key": API_KEY, "requests": [chat("x")], "personas": [{"tone": "grumpy"}]},
-         "personas[0]"),
+         "personas[0].tone"),
         ({"api_key": API_KEY, "requests": [chat("x")], "scope": "user",
           "personas": [{"tone": "formal"}]}, "personas[0].user_id"),
         ({"api_key": API_KEY, "requests": [chat("x")], "persona_dims": "mood"}, "persona_dims"),

@@ -33,8 +33,10 @@ def _parse_body(raw: bytes) -> ParsedBody:
         return ParsedBody(None)
     try:
         return ParsedBody(msgspec.json.decode(raw))
-    except msgspec.DecodeError as err:
-        return ParsedBody(None, str(err))
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as err:
+        # msgspec raises the last two for bytes that are not UTF-8 and for nesting deeper than
+        # it recurses: OpenAI answers both with its 400, and so does the fake.
+        return ParsedBody(None, f"{type(err).__name__}: {err}")
 
 
 def _check_auth(request: web.Request, fake: FakeUpstream) -> None:

@@ -10,6 +10,18 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 MAX_RECORDED_REQUESTS = 1000
+# Request headers that carry a credential: recorded as REDACTED unless the fake was built
+# with `record_credentials=True` (tests that check which key was forwarded), and never
+# answered by `/_fake/stats`.
+CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "api-key", "x-api-key", "cookie"}
+)
+REDACTED = "[redacted]"
+
+
+def redact(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` (names lower-cased) with every credential's value replaced by REDACTED."""
+    return {k: REDACTED if k in CREDENTIAL_HEADERS else v for k, v in headers.items()}
 
 
 class RecordedRequest(msgspec.Struct):
@@ -65,6 +77,7 @@ class FakeUpstream:
         required_key: str | None = None,
         empty_choices: bool = False,
         drip_ms: float | None = None,
+        record_credentials: bool = False,
     ) -> None:
         self.latency_ms = latency_ms
         self.chunk_delay_ms = chunk_delay_ms
@@ -82,6 +95,8 @@ class FakeUpstream:
         # Every /v1 answer sends its headers, then one filler byte every `drip_ms` and never
         # its end, until the knob is cleared or the client leaves (a trickling upstream).
         self.drip_ms = drip_ms
+        # Not a knob (no HTTP call can turn it on): the process that built the fake chooses.
+        self.record_credentials = record_credentials
         self.in_flight = 0
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_size: int | None = None
@@ -119,6 +134,8 @@ class FakeUpstream:
 
     def record(self, method: str, path: str, headers: dict[str, str], body: Any | None) -> None:
         self.calls[path] += 1
+        if not self.record_credentials:
+            headers = redact(headers)
         self.requests.append(RecordedRequest(method, path, headers, body))
         if len(self.requests) > MAX_RECORDED_REQUESTS:
             del self.requests[0]
@@ -160,6 +177,11 @@ class FakeUpstream:
             "embedding_inputs_per_call": list(self.embedding_inputs_per_call),
             "moderation_inputs_per_call": list(self.moderation_inputs_per_call),
             "abandoned": self.abandoned,
-            "last_request": msgspec.to_builtins(last) if last is not None else None,
+            "last_request": None if last is None else _answerable(last),
             "knobs": self.knobs(),
         }
+
+
+def _answerable(recorded: RecordedRequest) -> Any:
+    """A recorded request as `/_fake/stats` answers it: never with a credential."""
+    return msgspec.to_builtins(msgspec.structs.replace(recorded, headers=redact(recorded.headers)))
