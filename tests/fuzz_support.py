@@ -125,9 +125,13 @@ def _complete(received: bytes) -> bool:
 
 
 def status_of(answer: bytes) -> int:
-    """The status of the first answer in `answer`; 0 when there is none."""
-    parts = answer.split(b" ", 2)
-    return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    """The status of the first final (not 1xx) answer in `answer`; 0 when there is none."""
+    while True:
+        parts = answer.split(b" ", 2)
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        if not 100 <= status < 200:
+            return status
+        answer = answer.partition(b"\r\n\r\n")[2]
 
 
 @dataclass
@@ -219,37 +223,107 @@ def framing_cases(admin: bool) -> list[tuple[str, bytes, bool]]:
     body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
 
     def post(head: bytes, payload: bytes = body, target: bytes = path) -> bytes:
-        start = b"POST " + target + b" HTTP/1.1\r\nHost: x\r\n" + auth
+        start = b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth
         return start + head + b"\r\n" + payload
 
     def sized(payload: bytes, extra: bytes = b"", target: bytes = path) -> bytes:
         return post(b"Content-Length: %d\r\n" % len(payload) + extra, payload, target)
 
     cases = [
-        ("Content-Length longer than the body, then hang up", post(b"Content-Length: 500\r\n"), True),
+        (
+            "Content-Length longer than the body, then hang up",
+            post(b"Content-Length: 500\r\n"),
+            True,
+        ),
         ("body longer than Content-Length", post(b"Content-Length: 10\r\n"), False),
         ("duplicate Content-Length, same", post(b"Content-Length: %d\r\n" % len(body) * 2), False),
-        ("duplicate Content-Length, different", post(b"Content-Length: 5\r\nContent-Length: 9\r\n"), False),
-        ("Transfer-Encoding and Content-Length", post(b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", b"5\r\nhello\r\n0\r\n\r\n"), False),
-        ("chunk size not hex", post(b"Transfer-Encoding: chunked\r\n", b"zz\r\nhello\r\n0\r\n\r\n"), False),
-        ("chunk size negative", post(b"Transfer-Encoding: chunked\r\n", b"-5\r\nhello\r\n0\r\n\r\n"), False),
-        ("chunk size huge", post(b"Transfer-Encoding: chunked\r\n", b"ffffffffffffffffffff\r\nhi\r\n"), True),
-        ("chunk longer than its size", post(b"Transfer-Encoding: chunked\r\n", b"2\r\nhello\r\n0\r\n\r\n"), False),
-        ("chunked without the last chunk, then hang up", post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n"), True),
+        (
+            "duplicate Content-Length, different",
+            post(b"Content-Length: 5\r\nContent-Length: 9\r\n"),
+            False,
+        ),
+        (
+            "Transfer-Encoding and Content-Length",
+            post(
+                b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", b"5\r\nhello\r\n0\r\n\r\n"
+            ),
+            False,
+        ),
+        (
+            "chunk size not hex",
+            post(b"Transfer-Encoding: chunked\r\n", b"zz\r\nhello\r\n0\r\n\r\n"),
+            False,
+        ),
+        (
+            "chunk size negative",
+            post(b"Transfer-Encoding: chunked\r\n", b"-5\r\nhello\r\n0\r\n\r\n"),
+            False,
+        ),
+        (
+            "chunk size huge",
+            post(b"Transfer-Encoding: chunked\r\n", b"ffffffffffffffffffff\r\nhi\r\n"),
+            True,
+        ),
+        (
+            "chunk longer than its size",
+            post(b"Transfer-Encoding: chunked\r\n", b"2\r\nhello\r\n0\r\n\r\n"),
+            False,
+        ),
+        (
+            "chunked without the last chunk, then hang up",
+            post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n"),
+            True,
+        ),
         ("bare LF line endings", sized(body, b"X-A: 1\r\n").replace(b"\r\n", b"\n"), False),
-        ("obs-fold", post(b"X-User-Id: a\r\n  folded\r\nContent-Length: %d\r\n" % len(body)), False),
+        (
+            "obs-fold",
+            post(b"X-User-Id: a\r\n  folded\r\nContent-Length: %d\r\n" % len(body)),
+            False,
+        ),
         ("very long header value", sized(body, b"X-User-Id: " + b"v" * 200_000 + b"\r\n"), False),
-        ("very many headers", sized(body, b"".join(b"X-H%d: v\r\n" % i for i in range(500))), False),
+        (
+            "very many headers",
+            sized(body, b"".join(b"X-H%d: v\r\n" % i for i in range(500))),
+            False,
+        ),
         ("header name with a space", sized(body, b"Bad Name: v\r\n"), False),
         ("Expect: 100-continue", sized(body, b"Expect: 100-continue\r\n"), False),
         ("Expect: odd token", sized(body, b"Expect: 200-ok\r\n"), False),
         ("Expect: non-ASCII byte", sized(body, b"Expect: 100-continu\xe9\r\n"), False),
-        ("Expect: non-ASCII on /healthz", b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + auth + b"Expect: \xff\r\n\r\n", False),
-        ("Cache-Control: max-age= 5000 digits", sized(body, b"Cache-Control: max-age=" + b"9" * 5000 + b"\r\n"), False),
-        ("Cache-Control: max-age= non-ASCII digits", sized(body, "Cache-Control: max-age=\u0663\r\n".encode()), False),
-        ("Expect 100-continue + deflate, pass-through", sized(zlib.compress(body), b"Expect: 100-continue\r\nContent-Encoding: deflate\r\n", through), False),
-        ("invalid UTF-8 body", sized(b'{"a":"\xff\xfe"}', b"Content-Type: application/json\r\n"), False),
+        (
+            "Expect: non-ASCII on /healthz",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + auth + b"Expect: \xff\r\n\r\n",
+            False,
+        ),
+        (
+            "Cache-Control: max-age= 5000 digits",
+            sized(body, b"Cache-Control: max-age=" + b"9" * 5000 + b"\r\n"),
+            False,
+        ),
+        (
+            "Cache-Control: max-age= non-ASCII digits",
+            sized(body, "Cache-Control: max-age=\u0663\r\n".encode()),
+            False,
+        ),
+        (
+            "Expect 100-continue + deflate, pass-through",
+            sized(
+                zlib.compress(body),
+                b"Expect: 100-continue\r\nContent-Encoding: deflate\r\n",
+                through,
+            ),
+            False,
+        ),
+        (
+            "invalid UTF-8 body",
+            sized(b'{"a":"\xff\xfe"}', b"Content-Type: application/json\r\n"),
+            False,
+        ),
     ]
+    if not admin:  # the fake upstream's control routes, reached through the proxy
+        for target in (b"/v1/%2e%2e/_fake/stats", b"/v1/../_fake/stats", b"/v1/%2E%2E/_fake/knobs"):
+            get = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth
+            cases.append((f"GET {target.decode()}", get + b"\r\n", False))
     for encoding in ("gzip", "deflate", "br"):
         garbage = b"\x1f\x8b\x08\x00garbage-not-" + encoding.encode()
         ce = b"Content-Encoding: %s\r\n" % encoding.encode()
@@ -257,5 +331,11 @@ def framing_cases(admin: bool) -> list[tuple[str, bytes, bool]]:
         cases.append((f"{encoding} garbage, pass-through", sized(garbage, ce, through), False))
         if encoding != "br":
             cases.append((f"{encoding} bomb 2 MB", sized(small_bomb(encoding), ce), False))
-            cases.append((f"{encoding} bomb 2 MB, pass-through", sized(small_bomb(encoding), ce, through), False))
+            cases.append(
+                (
+                    f"{encoding} bomb 2 MB, pass-through",
+                    sized(small_bomb(encoding), ce, through),
+                    False,
+                )
+            )
     return cases
