@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import time
+import zlib
 from collections.abc import Iterator
 
 import pytest
@@ -36,12 +37,12 @@ from tests.fuzz_support import (
     Findings,
     LogTrap,
     Request,
-    framing_cases,
     log_problems,
     requests,
     route_of,
     send,
     send_raw,
+    small_bomb,
     status_of,
     trapped_logs,
 )
@@ -122,6 +123,133 @@ def test_a_port_survives_hostile_requests(fuzzed: Fuzzed, port: str) -> None:
 
     run()
     assert not fuzzed.findings.seen, fuzzed.findings.report()
+
+
+def framing_cases(admin: bool) -> list[tuple[str, bytes, bool]]:
+    """(name, raw request, half-close) for the framing matrix on one port: the bytes an HTTP
+    client refuses to send. Every request carries the port's credential."""
+    auth = f"Authorization: Bearer {SECRET_TOKEN if admin else SECRET_KEY}\r\n".encode()
+    path = b"/api/admin/dashboard/cache/invalidate" if admin else b"/v1/chat/completions"
+    through = b"/api/admin/dashboard/cache/warm" if admin else b"/v1/files"
+    body = b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}'
+
+    def post(head: bytes, payload: bytes = body, target: bytes = path) -> bytes:
+        start = b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth
+        return start + head + b"\r\n" + payload
+
+    def sized(payload: bytes, extra: bytes = b"", target: bytes = path) -> bytes:
+        return post(b"Content-Length: %d\r\n" % len(payload) + extra, payload, target)
+
+    cases = [
+        (
+            "Content-Length longer than the body, then hang up",
+            post(b"Content-Length: 500\r\n"),
+            True,
+        ),
+        ("body longer than Content-Length", post(b"Content-Length: 10\r\n"), False),
+        ("duplicate Content-Length, same", post(b"Content-Length: %d\r\n" % len(body) * 2), False),
+        (
+            "duplicate Content-Length, different",
+            post(b"Content-Length: 5\r\nContent-Length: 9\r\n"),
+            False,
+        ),
+        (
+            "Transfer-Encoding and Content-Length",
+            post(
+                b"Transfer-Encoding: chunked\r\nContent-Length: 5\r\n", b"5\r\nhello\r\n0\r\n\r\n"
+            ),
+            False,
+        ),
+        (
+            "chunk size not hex",
+            post(b"Transfer-Encoding: chunked\r\n", b"zz\r\nhello\r\n0\r\n\r\n"),
+            False,
+        ),
+        (
+            "chunk size negative",
+            post(b"Transfer-Encoding: chunked\r\n", b"-5\r\nhello\r\n0\r\n\r\n"),
+            False,
+        ),
+        (
+            "chunk size huge",
+            post(b"Transfer-Encoding: chunked\r\n", b"ffffffffffffffffffff\r\nhi\r\n"),
+            True,
+        ),
+        (
+            "chunk longer than its size",
+            post(b"Transfer-Encoding: chunked\r\n", b"2\r\nhello\r\n0\r\n\r\n"),
+            False,
+        ),
+        (
+            "chunked without the last chunk, then hang up",
+            post(b"Transfer-Encoding: chunked\r\n", b"5\r\nhello\r\n"),
+            True,
+        ),
+        ("bare LF line endings", sized(body, b"X-A: 1\r\n").replace(b"\r\n", b"\n"), False),
+        (
+            "obs-fold",
+            post(b"X-User-Id: a\r\n  folded\r\nContent-Length: %d\r\n" % len(body)),
+            False,
+        ),
+        ("very long header value", sized(body, b"X-User-Id: " + b"v" * 200_000 + b"\r\n"), False),
+        (
+            "very many headers",
+            sized(body, b"".join(b"X-H%d: v\r\n" % i for i in range(500))),
+            False,
+        ),
+        ("header name with a space", sized(body, b"Bad Name: v\r\n"), False),
+        ("Expect: 100-continue", sized(body, b"Expect: 100-continue\r\n"), False),
+        ("Expect: odd token", sized(body, b"Expect: 200-ok\r\n"), False),
+        ("Expect: non-ASCII byte", sized(body, b"Expect: 100-continu\xe9\r\n"), False),
+        (
+            "Expect: non-ASCII on /healthz",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + auth + b"Expect: \xff\r\n\r\n",
+            False,
+        ),
+        (
+            "Cache-Control: max-age= 5000 digits",
+            sized(body, b"Cache-Control: max-age=" + b"9" * 5000 + b"\r\n"),
+            False,
+        ),
+        (
+            "Cache-Control: max-age= non-ASCII digits",
+            sized(body, "Cache-Control: max-age=\u0663\r\n".encode()),
+            False,
+        ),
+        (
+            "Expect 100-continue + deflate, pass-through",
+            sized(
+                zlib.compress(body),
+                b"Expect: 100-continue\r\nContent-Encoding: deflate\r\n",
+                through,
+            ),
+            False,
+        ),
+        (
+            "invalid UTF-8 body",
+            sized(b'{"a":"\xff\xfe"}', b"Content-Type: application/json\r\n"),
+            False,
+        ),
+    ]
+    if not admin:  # the fake upstream's control routes, reached through the proxy
+        for target in (b"/v1/%2e%2e/_fake/stats", b"/v1/../_fake/stats", b"/v1/%2E%2E/_fake/knobs"):
+            get = b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + auth
+            cases.append((f"GET {target.decode()}", get + b"\r\n", False))
+    for encoding in ("gzip", "deflate", "br"):
+        garbage = b"\x1f\x8b\x08\x00garbage-not-" + encoding.encode()
+        ce = b"Content-Encoding: %s\r\n" % encoding.encode()
+        cases.append((f"{encoding} body that is garbage", sized(garbage, ce), False))
+        cases.append((f"{encoding} garbage, pass-through", sized(garbage, ce, through), False))
+        if encoding != "br":
+            cases.append((f"{encoding} bomb 2 MB", sized(small_bomb(encoding), ce), False))
+            cases.append(
+                (
+                    f"{encoding} bomb 2 MB, pass-through",
+                    sized(small_bomb(encoding), ce, through),
+                    False,
+                )
+            )
+    return cases
 
 
 @pytest.mark.parametrize("port", ["proxy", "admin"])
