@@ -11,6 +11,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from admin.api import add_api_routes
 from admin.auth import auth_middleware
 from admin.page import add_page_routes
+from admin.wire import ADMIN_BODY_BYTES
 from proxy.errors import error_response, failure_response, http_error_response
 from proxy.failures import Failure
 from proxy.health import healthz, readyz
@@ -23,7 +24,11 @@ def create_admin_app(runtime: Runtime, proxy_url: str) -> web.Application:
     """`proxy_url` is where this sidecar's proxy port answers (warming jobs go through it)."""
     admin = runtime.settings.admin
     app = web.Application(
-        middlewares=[_openai_shaped_http_errors, auth_middleware(admin.tokens, admin.user_ids)]
+        client_max_size=ADMIN_BODY_BYTES,
+        middlewares=[_openai_shaped_http_errors, auth_middleware(admin.tokens, admin.user_ids)],
+        # Bodies are inflated by admin/wire.py, bounded, and only when a handler reads one:
+        # aiohttp's own inflating would also run on bodies nobody reads (and log their errors).
+        handler_args={"auto_decompress": False},
     )
     app[RUNTIME] = runtime
     app.router.add_get("/healthz", healthz)

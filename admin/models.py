@@ -19,21 +19,21 @@ GROUP_COLUMNS = {"model": "model", "user": "user_id", "tenant": "tenant",
                  "request_type": "request_type"}  # fmt: skip
 
 
-class WindowParams(msgspec.Struct, kw_only=True):
+class WindowParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     window: Window = "24h"
 
 
-class PerformanceParams(msgspec.Struct, kw_only=True):
+class PerformanceParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     window: Window = "1h"
 
 
-class CostsParams(msgspec.Struct, kw_only=True):
+class CostsParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     window: Window = "24h"
     bucket: Literal["hour", "day"] = "hour"
     group_by: Literal["model", "user", "tenant", "request_type"] = "model"
 
 
-class UsersParams(msgspec.Struct, kw_only=True):
+class UsersParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     window: Window = "24h"
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
 
