@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import CHECKS, is_check_class, load_all_checks
-from schemathesis.core.parameters import ParameterLocation
 from schemathesis.core.failures import FailureGroup
+from schemathesis.core.parameters import ParameterLocation
 
 from tests.admin_support import TOKEN, TOKENS
 from tests.fixtures.sidecar import SidecarFactory
