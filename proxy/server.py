@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.accounting import record_outcome
+from proxy.dispatch.batch_shapes import SerialIds
 from proxy.errors import error_response, failure_response, http_error_response
 from proxy.failures import BodyTooLarge, ClientGone, Failure, UnreadableBody
 from proxy.handlers.answers import MISS_HEADERS
@@ -30,6 +31,7 @@ UNDERSTOOD: dict[Endpoint, Handler] = {
     Endpoint.MODERATIONS: moderations,
 }
 _ENDPOINT_BY_PATH = {endpoint.path: endpoint.value for endpoint in UNDERSTOOD}
+REQUEST_ID = "X-Request-ID"
 
 
 def create_proxy_app(runtime: Runtime) -> web.Application:
@@ -42,6 +44,7 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
         handler_args={"auto_decompress": False},
     )
     app[RUNTIME] = runtime
+    app.on_response_prepare.append(_RequestIds())
     for endpoint, handler in UNDERSTOOD.items():
         app.router.add_post(endpoint.path, handler)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
@@ -91,6 +94,22 @@ async def _answer_and_observe(request: web.Request, handler: Handler) -> web.Str
         runtime.metrics.observe_request(endpoint, cache, response.status, elapsed)
         record_outcome(runtime.ledger, request, response, elapsed, cache)
     return response
+
+
+class _RequestIds:
+    """Every answer of the proxy port carries an `X-Request-ID`: the upstream's when it is
+    relayed (a miss, a pass-through, an upstream error), else one of the sidecar's own (a hit,
+    the sidecar's own errors), so the SDKs' `_request_id` is set on every answer. A response
+    signal rather than the middleware: streamed answers send their headers inside the handler,
+    and this runs just before any answer's headers are sent."""
+
+    def __init__(self) -> None:
+        self._ids = SerialIds("req_")
+
+    async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        if REQUEST_ID not in headers:
+            headers[REQUEST_ID] = self._ids()
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:

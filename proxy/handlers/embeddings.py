@@ -1,9 +1,11 @@
 """`/v1/embeddings`, cached per input item (docs/design.md §3).
 
 A request of 100 inputs of which 70 are cached sends only the 30 others upstream, always as
-base64, and answers in the original order in the requested `encoding_format`. The answer's
-`usage` counts only what went upstream; each stored item keeps its share of those tokens so a
-later hit knows what it saved.
+base64, and answers in the original order in the requested `encoding_format`. Each stored item
+keeps its share of its call's tokens, so a later hit knows what it saved and what it counts:
+the answer's `usage` is the tokens of its inputs as the upstream counted them, a cached input's
+as stored, a fetched one's as just charged (README: one `usage` convention on every endpoint's
+hits), so a hit answers the `usage` its miss did. What the request cost is the ledger's.
 
 A single-input request whose input is not cached is micro-batched (proxy/dispatch/batcher.py):
 it may share one upstream call with others of the same model, parameters and upstream account;
@@ -67,16 +69,16 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     found = await _lookup(runtime, parsed, keys)
     missing = [i for i, vector in enumerate(found) if vector is None]
     outcome = open_outcome(request, parsed, req.model)
-    _count_hits(runtime, outcome, found)
+    cached_tokens = _count_hits(runtime, outcome, found)
     if not missing:
-        return _answer(parsed, req, keys.request, found, 0, None)
+        return _answer(parsed, req, keys.request, found, 0, None, cached_tokens)
     refuse_repeated_keys(parsed.raw, parsed.body)  # the upstream must read what the key read
     request[MISS_HEADERS] = cache_headers(parsed.miss_status, keys.request)
     fetched = await _fill(request, runtime, parsed, outcome, req.model, keys, items, found)
     if isinstance(fetched, web.Response):
         fetched.headers.update(request[MISS_HEADERS])
         return fetched  # the upstream's error, unchanged
-    return _answer(parsed, req, keys.request, found, len(missing), fetched)
+    return _answer(parsed, req, keys.request, found, len(missing), fetched, cached_tokens)
 
 
 def input_items(value: str | list[Any]) -> list[Any]:
@@ -133,13 +135,15 @@ async def _lookup(
     return found
 
 
-def _count_hits(runtime: Runtime, outcome: Outcome, found: list[StoredVector | None]) -> None:
+def _count_hits(runtime: Runtime, outcome: Outcome, found: list[StoredVector | None]) -> int:
+    """Counts the cached items in the metrics and ledger; returns their stored tokens."""
     hits = [vector for vector in found if vector is not None]
     saved_tokens = sum(vector.tokens for vector in hits)
     if saved_tokens:
         outcome.saved(runtime.prices, saved_tokens, 0, 0)
     runtime.metrics.embedding_items.labels(CacheStatus.HIT).inc(len(hits))
     runtime.metrics.embedding_items.labels(CacheStatus.MISS).inc(len(found) - len(hits))
+    return saved_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,9 +240,10 @@ def _answer(
     found: list[StoredVector | None],
     missed: int,
     fetched: _Fetched | None,
+    cached_tokens: int,
 ) -> web.Response:
     encoding = req.encoding_format or "float"
-    spent = fetched.spent if fetched else 0
+    tokens = cached_tokens + (fetched.spent if fetched else 0)
     body = {
         "object": "list",
         "data": [
@@ -247,7 +252,7 @@ def _answer(
             if v is not None
         ],
         "model": fetched.model or req.model if fetched else req.model,
-        "usage": {"prompt_tokens": spent, "total_tokens": spent},
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     if parsed.directives.bypass:
         status = CacheStatus.BYPASS
@@ -258,7 +263,9 @@ def _answer(
         response.headers.update(client_response_headers(fetched.relayed, decoded=True))
         if fetched.shared:
             response.headers[BATCH_SIZE_HEADER] = str(fetched.shared)
-    response.headers.update(cache_headers(status, key))
+    # A hit assembled from items is as old as its oldest item.
+    stored_at = min(v.stored_at for v in found if v is not None) if not missed else None
+    response.headers.update(cache_headers(status, key, stored_at))
     response.headers["X-Cache-Hits"] = f"{len(found) - missed}/{len(found)}"
     return response
 

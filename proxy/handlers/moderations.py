@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from proxy.dispatch.batch_shapes import BatchKind, Share, Split
+from proxy.dispatch.batch_shapes import BatchKind, SerialIds, Share, Split
 from proxy.dispatch.call import Validator, validator
 from proxy.handlers.parse import ParsedRequest, view
 from proxy.handlers.pipeline import Asked, Batching, CachedRoute, serve_cached
@@ -45,17 +45,26 @@ def split_answer(payload: bytes, count: int) -> Split:
     return Split(results, rest, tokens if isinstance(tokens, int) else None)
 
 
-def share_answer(share: Share) -> tuple[bytes, Usage]:
-    """One text's answer cut from a merged call's, as if it had been asked alone."""
-    answer: dict[str, Any] = {**share.rest, "results": [share.part]}
-    if share.has_usage:
-        answer["usage"] = {"prompt_tokens": share.tokens, "total_tokens": share.tokens}
-    usage = Usage(prompt_tokens=share.item_tokens, total_tokens=share.item_tokens)
-    return _encode(answer), usage
+class ShareAnswers:
+    """Cuts one text's answer from a merged call's, as if it had been asked alone: its own
+    result, its share of the usage, and an `id` of its own when others shared the call (one
+    answer's id is never given to two requests, as the upstream never does)."""
+
+    def __init__(self) -> None:
+        self._ids = SerialIds("modr-")
+
+    def __call__(self, share: Share) -> tuple[bytes, Usage]:
+        answer: dict[str, Any] = {**share.rest, "results": [share.part]}
+        if share.requests > 1:
+            answer["id"] = self._ids()
+        if share.has_usage:
+            answer["usage"] = {"prompt_tokens": share.tokens, "total_tokens": share.tokens}
+        usage = Usage(prompt_tokens=share.item_tokens, total_tokens=share.item_tokens)
+        return _encode(answer), usage
 
 
 BATCHED = BatchKind(endpoint=Endpoint.MODERATIONS, split=split_answer)
-_BATCHING = Batching(BATCHED, share_answer)
+_BATCHING = Batching(BATCHED, ShareAnswers())
 _VALIDATE = validator(ModerationAnswer)
 
 
