@@ -1,5 +1,5 @@
 """Embeddings through the sidecar: cached per input item, answered in the original order and in
-the requested encoding, with honest usage (docs/design.md §3, issue 2 item 7)."""
+the requested encoding, with the usage of every input (docs/design.md §3, issue 21 item 4)."""
 
 from __future__ import annotations
 
@@ -63,14 +63,15 @@ def test_seventy_of_a_hundred_cached_sends_thirty(any_sidecar: Sidecar, stub: St
     assert sent(stub)["input"] == others  # only the 30 others, in their original order
     assert headers["x-cache"] == "MISS"
     assert headers["x-cache-hits"] == "70/100"
-    assert answer.usage.prompt_tokens == words(others)
-    assert answer.usage.total_tokens == words(others)
+    # The answer's usage counts every input, cached or fetched (README: usage on hits).
+    assert answer.usage.prompt_tokens == words(inputs)
+    assert answer.usage.total_tokens == words(inputs)
 
     again, headers = embed(client, inputs)
     assert stub.calls == calls + 1
     assert headers["x-cache"] == "HIT"
     assert headers["x-cache-hits"] == "100/100"
-    assert again.usage.prompt_tokens == 0
+    assert again.usage.prompt_tokens == words(inputs)
 
     # Every vector is what the upstream gives for that input, in the original order.
     expected = vectors(direct(stub).embeddings.create(model=MODEL, input=inputs))
