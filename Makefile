@@ -80,7 +80,7 @@ docker-smoke: install
 ## Measure the sidecar with real load generators on loopback (installs Debian's wrk and hey once).
 ## BASELINE=REV also compares git revision REV's cache-hit path with the working tree's, same run.
 BASELINE ?=
-bench: install
+bench: install node-deps
 	@command -v wrk >/dev/null && command -v hey >/dev/null || \
 		{ apt-get update && apt-get install -y wrk hey; }
 	$(BIN)/python -m bench.run $(if $(BASELINE),--baseline '$(BASELINE)')
