@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 TORCH_INDEX   ?=
 
-.PHONY: install run run-fake test test-servers lint bench clean
+.PHONY: install run run-fake test test-servers node-deps lint bench clean
 
 install: $(STAMP)
 
@@ -38,7 +38,7 @@ lint: install
 	$(BIN)/lint-imports --no-logo
 	$(BIN)/vulture
 
-test: lint test-servers
+test: lint test-servers node-deps
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q browser_tests
 
@@ -49,8 +49,17 @@ test-servers:
 	  && test -x /usr/lib/chromium/chromium && command -v ss >/dev/null \
 	  || (apt-get update -qq && apt-get install -y -qq redis-server postgresql chromium iproute2)
 
+## The official openai npm package for tests/test_clients.py, pinned by tests/node/package-lock.json
+## and installed under tests/node/node_modules (nothing global; needs the machine's Node >= 20).
+NODE_STAMP := tests/node/node_modules/.package-lock.json
+node-deps: $(NODE_STAMP)
+$(NODE_STAMP): tests/node/package.json tests/node/package-lock.json
+	@command -v npm >/dev/null || { echo "make node-deps: npm not found (install Node 20+)"; exit 1; }
+	npm ci --prefix tests/node --no-audit --no-fund
+	touch $(NODE_STAMP)
+
 clean:
-	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .import_linter_cache
+	rm -rf tests/node/node_modules $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .import_linter_cache
 
 ## Container image with podman, no Docker engine or registry needed (docs/design.md §9):
 ## deploy/podman/ makes a local python:3.11-slim base, then builds ./Dockerfile.
@@ -71,7 +80,7 @@ docker-smoke: install
 ## Measure the sidecar with real load generators on loopback (installs Debian's wrk and hey once).
 ## BASELINE=REV also compares git revision REV's cache-hit path with the working tree's, same run.
 BASELINE ?=
-bench: install
+bench: install node-deps
 	@command -v wrk >/dev/null && command -v hey >/dev/null || \
 		{ apt-get update && apt-get install -y wrk hey; }
 	$(BIN)/python -m bench.run $(if $(BASELINE),--baseline '$(BASELINE)')

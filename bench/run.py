@@ -29,6 +29,10 @@ so does issue 23's `gzip_bombs_rss` (bench/bombs.py: peak RSS under 16 concurren
 and a cached hit's p99 meanwhile). Their counts are the issues' and not scaled by --quick; they
 take about 30 s together.
 
+Issue 21's `clients_four_vs_one` (bench/clients.py) sends a 200-request mixed workload through
+the openai SDK (Python and Node), langchain-openai and litellm in turn, then through one client,
+each run on a fresh fake upstream and sidecar, and compares their upstream calls (about 20 s).
+
 Issue 13's rows (bench/semantic.py) measure the opt-in semantic cache with the real local model:
 `semantic_quality` (held-out recall and wrong/false hits, against plain cosine),
 `semantic_lookup_latency` (one lookup with 1 and 10,000 entries, the model's RSS) and
@@ -62,6 +66,7 @@ from . import (
     bodies,
     bombs,
     busy,
+    clients,
     coalescing,
     costs,
     hits,
@@ -100,6 +105,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     overshoot.budget_overshoot,
     busy.busy_refusal,
     bombs.gzip_bombs_rss,
+    clients.clients_four_vs_one,
     semantic.semantic_quality,
     semantic.semantic_lookup_latency,
     semantic_hits.semantic_exact_hits,

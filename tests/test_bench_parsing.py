@@ -210,11 +210,12 @@ def test_issue_19_rows_run_alone_in_run_order() -> None:
     rows = "busy_refusal,big_bodies_rss,budget_overshoot"
     assert _names(["--only", rows]) == ["big_bodies_rss", "budget_overshoot", "busy_refusal"]
     everything = _names([])
-    assert everything[-8:] == [
+    assert everything[-9:] == [
         "big_bodies_rss",
         "budget_overshoot",
         "busy_refusal",
         "gzip_bombs_rss",  # issue 23's, beside them
+        "clients_four_vs_one",  # issue 21's, its own servers too
         "semantic_quality",  # issue 13's rows, before the peak RSS that covers them all
         "semantic_lookup_latency",
         "semantic_exact_hits",
