@@ -37,6 +37,7 @@ TOOLS: list[Any] = [
         },
     },
 ]
+MESSAGES: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
 UNKNOWN = "gpt-4o-mini-nonexistent"
 UNKNOWN_BODIES: dict[str, dict[str, Any]] = {
     "/v1/chat/completions": {"model": UNKNOWN, "messages": [{"role": "user", "content": "hi"}]},
@@ -77,7 +78,7 @@ def _chat(
     client: openai.OpenAI, stream: bool, **params: Any
 ) -> tuple[str, ChatCompletion, list[Any]]:
     """(X-Cache, the completion as the SDK parses or assembles it, the raw chunks)."""
-    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    messages = MESSAGES
     if not stream:
         raw = client.chat.completions.with_raw_response.create(
             model="gpt-4o-mini", messages=messages, **params
@@ -159,6 +160,12 @@ def test_logprobs_replay_on_a_hit(
     assert (status, stub.calls) == ("HIT", 1)
     assert hit.choices[0].logprobs == logprobs
     assert hit.choices[0].message.content == miss.choices[0].message.content
+    # The stored answer keeps OpenAI's whole logprobs object, `"refusal": null` included.
+    body = {"model": "gpt-4o-mini", "messages": MESSAGES, "logprobs": True, "top_logprobs": 3}
+    raw = any_sidecar.request("POST", "/v1/chat/completions", body)
+    assert (raw.status, raw.headers["x-cache"], stub.calls) == (200, "HIT", 1)
+    assert raw.json()["choices"][0]["logprobs"]["refusal"] is None
+    assert set(raw.json()["choices"][0]["logprobs"]) == {"content", "refusal"}
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
