@@ -4,6 +4,8 @@ hit (JSON or SSE, either shape first) exactly as the miss delivered them."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -11,6 +13,7 @@ import pytest
 from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion
 
+from proxy.fake_upstream import FakeUpstream, start_fake_upstream
 from tests.fixtures.sidecar import Sidecar, Stub
 
 TOOLS: list[Any] = [
@@ -199,3 +202,94 @@ def test_completion_logprobs_replay(sidecar: Sidecar, stub: Stub, stream: bool) 
     assert ask(not stream) == ("HIT", text, logprobs)
     assert ask(stream) == ("HIT", text, logprobs)
     assert stub.calls == 1
+
+
+# The fake on its own: the wire shapes above, as OpenAI sends them.
+
+
+@pytest.fixture
+async def fake_client() -> AsyncIterator[tuple[FakeUpstream, openai.AsyncOpenAI]]:
+    fake = FakeUpstream()
+    runner, url = await start_fake_upstream(fake)
+    client = openai.AsyncOpenAI(base_url=url, api_key="sk-test", max_retries=0)
+    try:
+        yield fake, client
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+
+async def test_tool_calls_stream_as_openai_chunks_them(
+    fake_client: tuple[FakeUpstream, openai.AsyncOpenAI],
+) -> None:
+    _, client = fake_client
+    stream = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, tools=TOOLS, tool_choice="required", stream=True
+    )
+    deltas = [chunk.choices[0].delta async for chunk in stream if chunk.choices]
+    first = deltas[0]
+    assert (first.role, first.content) == ("assistant", None)
+    assert first.tool_calls is not None and first.tool_calls[0].index == 0
+    opening = first.tool_calls[0]
+    assert opening.id and opening.function is not None
+    assert (opening.function.name, opening.function.arguments) == ("get_weather", "")
+    fragments = [d.tool_calls[0] for d in deltas[1:] if d.tool_calls]
+    second = [f for f in fragments if f.id is not None]
+    assert [(f.index, f.function.name if f.function else None) for f in second] == [(1, "get_time")]
+    # Arguments come in several fragments carrying only index and arguments.
+    pieces = [f for f in fragments if f.id is None]
+    assert len(pieces) > 2 and all(f.function and f.function.name is None for f in pieces)
+    plain = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, tools=TOOLS, tool_choice="required"
+    )
+    whole = plain.choices[0].message.tool_calls or []
+    arguments = "".join(f.function.arguments or "" for f in pieces if f.index == 0 and f.function)
+    # Deterministic: the same request gets the same arguments, streamed or not.
+    assert arguments == whole[0].function.arguments  # type: ignore[union-attr]
+    assert json.loads(arguments)["unit"] in ("celsius", "fahrenheit")
+
+
+async def test_tools_without_a_demand_answer_text_unless_the_knob_says(
+    fake_client: tuple[FakeUpstream, openai.AsyncOpenAI],
+) -> None:
+    fake, client = fake_client
+    plain = await client.chat.completions.create(model="gpt-4o", messages=MESSAGES, tools=TOOLS)
+    assert plain.choices[0].message.tool_calls is None and plain.choices[0].message.content
+    fake.prefer_tools = True
+    called = await client.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, tools=TOOLS, parallel_tool_calls=False
+    )
+    calls = called.choices[0].message.tool_calls or []
+    assert [c.function.name for c in calls] == ["get_weather"]  # type: ignore[union-attr]
+    assert called.choices[0].finish_reason == "tool_calls"
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model="gpt-4o", messages=MESSAGES, tool_choice="required"
+        )
+    assert caught.value.param == "tool_choice"
+
+
+async def test_logprobs_stream_one_entry_per_chunk(
+    fake_client: tuple[FakeUpstream, openai.AsyncOpenAI],
+) -> None:
+    _, client = fake_client
+    stream = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, logprobs=True, top_logprobs=2, stream=True
+    )
+    chunks = [chunk.choices[0] async for chunk in stream if chunk.choices]
+    texts = [c for c in chunks if c.delta.content]
+    assert all(c.logprobs and c.logprobs.content and len(c.logprobs.content) == 1 for c in texts)
+    assert all(c.logprobs.content[0].token == c.delta.content for c in texts)  # type: ignore[union-attr,index]
+    plain = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=MESSAGES, logprobs=True, top_logprobs=2
+    )
+    entries = plain.choices[0].logprobs.content or []  # type: ignore[union-attr]
+    streamed = [c.logprobs.content[0] for c in texts]  # type: ignore[union-attr,index]
+    assert streamed == entries
+    assert all(e.top_logprobs[0].token == e.token for e in entries)
+    assert all(e.top_logprobs[1].logprob < e.logprob for e in entries)
+    without = await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES)
+    assert without.choices[0].logprobs is None
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, top_logprobs=2)
+    assert caught.value.param == "top_logprobs"
