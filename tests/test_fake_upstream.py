@@ -206,7 +206,9 @@ async def test_embeddings_depend_only_on_the_item(upstream: Upstream) -> None:
     single = await client.embeddings.create(
         model="text-embedding-3-small", input="b", encoding_format="float"
     )
-    other_model = await client.embeddings.create(model="n", input="b", encoding_format="float")
+    other_model = await client.embeddings.create(
+        model="text-embedding-3-large", input="b", encoding_format="float"
+    )
     wide = await client.embeddings.create(model="text-embedding-3-small", input="b", dimensions=32)
     tokens = await client.embeddings.create(model="text-embedding-3-small", input=[[1, 2, 3], [4]])
     assert batch.data[1].embedding == single.data[0].embedding
