@@ -200,11 +200,17 @@ async def test_embeddings_base64_default_matches_float(upstream: Upstream) -> No
 
 async def test_embeddings_depend_only_on_the_item(upstream: Upstream) -> None:
     client = upstream.client
-    batch = await client.embeddings.create(model="m", input=["a", "b"], encoding_format="float")
-    single = await client.embeddings.create(model="m", input="b", encoding_format="float")
-    other_model = await client.embeddings.create(model="n", input="b", encoding_format="float")
-    wide = await client.embeddings.create(model="m", input="b", dimensions=32)
-    tokens = await client.embeddings.create(model="m", input=[[1, 2, 3], [4]])
+    batch = await client.embeddings.create(
+        model="text-embedding-3-small", input=["a", "b"], encoding_format="float"
+    )
+    single = await client.embeddings.create(
+        model="text-embedding-3-small", input="b", encoding_format="float"
+    )
+    other_model = await client.embeddings.create(
+        model="text-embedding-3-large", input="b", encoding_format="float"
+    )
+    wide = await client.embeddings.create(model="text-embedding-3-small", input="b", dimensions=32)
+    tokens = await client.embeddings.create(model="text-embedding-3-small", input=[[1, 2, 3], [4]])
     assert batch.data[1].embedding == single.data[0].embedding
     assert batch.data[0].embedding != batch.data[1].embedding
     assert other_model.data[0].embedding != single.data[0].embedding
@@ -217,16 +223,17 @@ async def test_embeddings_reject_empty_and_oversized_input(upstream: Upstream) -
     client = upstream.client
     for bad in ("", [], ["ok", ""]):
         with pytest.raises(openai.BadRequestError) as caught:
-            await client.embeddings.create(model="m", input=bad)
+            await client.embeddings.create(model="text-embedding-3-small", input=bad)
         assert caught.value.param == "input"
     with pytest.raises(openai.BadRequestError, match="2048"):
-        await client.embeddings.create(model="m", input=["x"] * 2049)
+        await client.embeddings.create(model="text-embedding-3-small", input=["x"] * 2049)
 
 
 async def test_bad_input_marker_names_the_index(upstream: Upstream) -> None:
     with pytest.raises(openai.BadRequestError) as caught:
         await upstream.client.embeddings.create(
-            model="m", input=["fine", "fine too", "this is BAD_INPUT", "also BAD_INPUT"]
+            model="text-embedding-3-small",
+            input=["fine", "fine too", "this is BAD_INPUT", "also BAD_INPUT"],
         )
     assert caught.value.param == "input"
     assert caught.value.type == "invalid_request_error"
@@ -291,24 +298,24 @@ async def test_rate_limit_with_retry_after(upstream: Upstream) -> None:
     upstream.fake.fail_status = 429
     upstream.fake.fail_retry_after = "7"
     with pytest.raises(openai.RateLimitError) as caught:
-        await upstream.client.embeddings.create(model="m", input="x")
+        await upstream.client.embeddings.create(model="text-embedding-3-small", input="x")
     assert caught.value.response.headers["retry-after"] == "7"
     assert caught.value.code == "rate_limit_exceeded"
 
 
 async def test_auth(upstream: Upstream, http: aiohttp.ClientSession) -> None:
-    body = {"model": "m", "input": "x"}
+    body = {"model": "text-embedding-3-small", "input": "x"}
     async with http.post(upstream.url + "/embeddings", json=body) as resp:
         assert resp.status == 401
         assert (await resp.json())["error"]["type"] == "invalid_request_error"
     upstream.fake.required_key = "sk-right"
     with pytest.raises(openai.AuthenticationError) as caught:
-        await upstream.client.embeddings.create(model="m", input="x")
+        await upstream.client.embeddings.create(model="text-embedding-3-small", input="x")
     assert caught.value.code == "invalid_api_key"
     assert "sk-test" not in caught.value.message
     right = openai.AsyncOpenAI(base_url=upstream.url, api_key="sk-right", max_retries=0)
     async with right:
-        answer = await right.embeddings.create(model="m", input="x")
+        answer = await right.embeddings.create(model="text-embedding-3-small", input="x")
     assert len(answer.data) == 1
 
 
@@ -331,7 +338,7 @@ async def test_cut_stream_raises_in_the_sdk(
 
 async def test_gzip_knob(upstream: Upstream, http: aiohttp.ClientSession) -> None:
     upstream.fake.gzip = True
-    body = {"model": "m", "input": "x", "encoding_format": "float"}
+    body = {"model": "text-embedding-3-small", "input": "x", "encoding_format": "float"}
     headers = {**AUTH, "Accept-Encoding": "gzip"}
     async with http.post(upstream.url + "/embeddings", json=body, headers=headers) as resp:
         assert resp.headers["Content-Encoding"] == "gzip"
@@ -355,14 +362,17 @@ def test_accept_encoding_parsing(header: str, expected: bool) -> None:
 async def test_latency_knob(upstream: Upstream) -> None:
     upstream.fake.latency_ms = 150
     started = time.perf_counter()
-    await upstream.client.embeddings.create(model="m", input="x")
+    await upstream.client.embeddings.create(model="text-embedding-3-small", input="x")
     assert time.perf_counter() - started >= 0.15
 
 
 async def test_max_concurrency_bounds_in_flight(upstream: Upstream) -> None:
     upstream.fake.max_concurrency = 3
     upstream.fake.latency_ms = 20
-    calls = [upstream.client.embeddings.create(model="m", input=f"x{i}") for i in range(20)]
+    calls = [
+        upstream.client.embeddings.create(model="text-embedding-3-small", input=f"x{i}")
+        for i in range(20)
+    ]
     answers = await asyncio.gather(*calls)
     assert len(answers) == 20
     assert upstream.fake.max_in_flight == 3
@@ -371,7 +381,9 @@ async def test_max_concurrency_bounds_in_flight(upstream: Upstream) -> None:
 
 async def test_hang_until_cleared(upstream: Upstream) -> None:
     upstream.fake.hang = True
-    call = asyncio.ensure_future(upstream.client.embeddings.create(model="m", input="x"))
+    call = asyncio.ensure_future(
+        upstream.client.embeddings.create(model="text-embedding-3-small", input="x")
+    )
     await _until(lambda: upstream.fake.in_flight == 1)
     await asyncio.sleep(0.05)
     assert not call.done()
@@ -385,7 +397,9 @@ async def test_hang_ends_when_client_leaves(
 ) -> None:
     caplog.set_level(logging.ERROR)
     upstream.fake.hang = True
-    call = asyncio.ensure_future(upstream.client.embeddings.create(model="m", input="x"))
+    call = asyncio.ensure_future(
+        upstream.client.embeddings.create(model="text-embedding-3-small", input="x")
+    )
     await _until(lambda: upstream.fake.in_flight == 1)
     call.cancel()
     await _until(lambda: upstream.fake.in_flight == 0)
@@ -397,7 +411,9 @@ async def test_shutdown_releases_a_hung_request() -> None:
     fake = FakeUpstream(hang=True)
     runner, url = await start_fake_upstream(fake)
     async with openai.AsyncOpenAI(base_url=url, api_key="sk-test", max_retries=0) as client:
-        call = asyncio.ensure_future(client.embeddings.create(model="m", input="x"))
+        call = asyncio.ensure_future(
+            client.embeddings.create(model="text-embedding-3-small", input="x")
+        )
         await _until(lambda: fake.in_flight == 1)
         started = time.monotonic()
         await runner.cleanup()
@@ -442,13 +458,19 @@ async def test_errors_are_openai_shaped(upstream: Upstream, http: aiohttp.Client
 
 
 async def test_requests_are_recorded(upstream: Upstream) -> None:
-    await upstream.client.embeddings.create(model="m", input="x", extra_headers={"X-Trace": "t1"})
+    await upstream.client.embeddings.create(
+        model="text-embedding-3-small", input="x", extra_headers={"X-Trace": "t1"}
+    )
     recorded = upstream.fake.requests[-1]
     assert (recorded.method, recorded.path) == ("POST", "/v1/embeddings")
     # a fake never records a credential unless built with record_credentials=True
     assert recorded.headers["authorization"] == REDACTED
     assert recorded.headers["x-trace"] == "t1"
-    assert recorded.body == {"model": "m", "input": "x", "encoding_format": "base64"}
+    assert recorded.body == {
+        "model": "text-embedding-3-small",
+        "input": "x",
+        "encoding_format": "base64",
+    }
     assert upstream.fake.total_calls == 1
 
 
@@ -479,9 +501,9 @@ async def test_control_endpoints(upstream: Upstream, http: aiohttp.ClientSession
         assert (await resp.json())["knobs"]["fail_status"] == 503
     assert upstream.fake.fail_next == 1 and upstream.fake.latency_ms == 1
     with pytest.raises(openai.InternalServerError) as caught:
-        await upstream.client.embeddings.create(model="m", input=["a", "b"])
+        await upstream.client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
     assert caught.value.status_code == 503
-    await upstream.client.embeddings.create(model="m", input=["a", "b"])
+    await upstream.client.embeddings.create(model="text-embedding-3-small", input=["a", "b"])
     async with http.get(root + "/_fake/stats") as resp:
         stats = await resp.json()
     assert stats["calls"] == {"/v1/embeddings": 2}

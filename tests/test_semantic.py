@@ -263,7 +263,9 @@ def test_feedback_removes_an_entry_and_the_ledger_records_the_match(
 def test_the_upstream_embedder_goes_through_the_sidecars_own_embedding_cache(
     make_sidecar: SidecarFactory, stub: Stub
 ) -> None:
-    sidecar = wait_ready(make_sidecar(SEMANTIC_CACHE="on", SEMANTIC_EMBEDDER="upstream:emb-1"))
+    sidecar = wait_ready(
+        make_sidecar(SEMANTIC_CACHE="on", SEMANTIC_EMBEDDER="upstream:text-embedding-3-small")
+    )
     assert ask(sidecar, ANCHOR)[0]["x-cache"] == "MISS"
     embedded = list(stub.fake.embedding_inputs_per_call)
     assert embedded == [1]  # the question, embedded once, through the sidecar

@@ -66,7 +66,10 @@ def replay(answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:
         logprobs = choice.get("logprobs")
         if chat:
             message = choice.get("message") or {}
-            opening = {"role": message.get("role", "assistant"), "content": ""}
+            # OpenAI opens with content "" for a text answer and null for a tool-call (or
+            # refusal) answer; the assembled hit must keep the miss's null.
+            content = "" if isinstance(message.get("content"), str) else None
+            opening = {"role": message.get("role", "assistant"), "content": content}
             chunks.append({**head, "choices": [_part(index, opening)], **tail})
             delta = {k: v for k, v in message.items() if k != "role" and v is not None}
             if "tool_calls" in delta:
@@ -147,4 +150,6 @@ def _merge_logprobs(choice: dict[str, Any], logprobs: dict[str, Any]) -> None:
             merged[field] = (merged.get(field) or []) + values
         elif values is not None:
             merged[field] = values
+        else:
+            merged.setdefault(field, None)  # e.g. chat's `"refusal": null`, kept as sent
     choice["logprobs"] = merged

@@ -7,6 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .catalog import check_model, model_ids, model_object
 from .content import (
     DEFAULT_EMBEDDING_DIMENSIONS,
     embedding_vector,
@@ -25,21 +26,11 @@ from .inputs import (
 )
 from .wire import FAKE_KEY, FakeApiError, json_answer
 
-MODELS = {
-    "gpt-4o-mini": 1721172741,
-    "gpt-4o": 1715367049,
-    "gpt-4.1-mini": 1744318173,
-    "gpt-3.5-turbo-instruct": 1692901427,
-    "text-embedding-3-small": 1705948997,
-    "text-embedding-3-large": 1705953180,
-    "text-embedding-ada-002": 1671217299,
-    "omni-moderation-latest": 1731689265,
-}
-
 
 async def embeddings(request: web.Request) -> web.Response:
     fake = request.app[FAKE_KEY]
     params = convert(object_body(request), EmbeddingParams)
+    check_model(fake, params.model)
     items = input_items(params.input, "input")
     fake.embedding_inputs_per_call.append(len(items))
     if len(items) > MAX_EMBEDDING_INPUTS:
@@ -98,6 +89,7 @@ def _moderation_inputs(value: Any) -> list[tuple[str, bool]]:
 async def moderations(request: web.Request) -> web.Response:
     fake = request.app[FAKE_KEY]
     params = convert(object_body(request), ModerationParams)
+    check_model(fake, params.model)
     inputs = _moderation_inputs(params.input)
     fake.moderation_inputs_per_call.append(len(inputs))
     check_items([text for text, _ in inputs], fake.bad_input_marker, allow_empty=True)
@@ -109,24 +101,23 @@ async def moderations(request: web.Request) -> web.Response:
     return json_answer(request, payload)
 
 
-def _model(model_id: str) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": MODELS[model_id], "owned_by": "system"}
-
-
 async def list_models(request: web.Request) -> web.Response:
-    return json_answer(request, {"object": "list", "data": [_model(m) for m in MODELS]})
+    fake = request.app[FAKE_KEY]
+    data = [model_object(fake, m) for m in model_ids(fake)]
+    return json_answer(request, {"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
+    fake = request.app[FAKE_KEY]
     model_id = request.match_info["model_id"]
-    if model_id not in MODELS:
+    if model_id not in model_ids(fake):
         raise FakeApiError(
             404,
-            f"The model '{model_id}' does not exist or you do not have access to it.",
+            f"The model '{model_id}' does not exist",
             param="model",
             code="model_not_found",
         )
-    return json_answer(request, _model(model_id))
+    return json_answer(request, model_object(fake, model_id))
 
 
 async def unknown_url(request: web.Request) -> web.Response:

@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .catalog import check_model
 from .content import (
     DEFAULT_REPLY_WORDS,
     MAX_REPLY_WORDS,
@@ -18,7 +19,10 @@ from .content import (
     word_deltas,
 )
 from .inputs import ChatParams, CompletionParams, convert, input_items, is_stream, object_body
+from .logprobs import chat_logprobs, join_text, text_logprobs
 from .sse import SseStream
+from .state import FakeUpstream
+from .toolcalls import call_deltas, call_tokens, chosen_functions, tool_calls
 from .wire import FAKE_KEY, FakeApiError, json_answer
 
 FINGERPRINT = "fp_fake"
@@ -66,40 +70,85 @@ class _Envelope:
         return {**self.head, "choices": [], "usage": usage}
 
 
+def _top_logprobs(params: ChatParams) -> int | None:
+    """How many alternatives per token, or None when logprobs were not asked for."""
+    if params.top_logprobs is not None and not params.logprobs:
+        raise FakeApiError(
+            400,
+            "Invalid value for 'top_logprobs': it can only be set when 'logprobs' is true.",
+            param="top_logprobs",
+        )
+    return (params.top_logprobs or 0) if params.logprobs else None
+
+
+def _chat_choices(
+    params: ChatParams, seed: bytes, fake: FakeUpstream
+) -> tuple[list[dict[str, Any]], int]:
+    """(the whole choices, completion tokens): text (with logprobs when asked) or tool calls."""
+    count, finish = _length(params.max_completion_tokens or params.max_tokens)
+    functions, tool_finish = chosen_functions(
+        params.tools, params.tool_choice, params.parallel_tool_calls, fake.prefer_tools
+    )
+    top = _top_logprobs(params)
+    choices: list[dict[str, Any]] = []
+    tokens = 0
+    for i in range(params.n or 1):
+        if functions:
+            calls = tool_calls(seed, i, functions)
+            tokens += call_tokens(calls)
+            message = {"role": "assistant", "content": None, "tool_calls": calls}
+            choice = {"index": i, "message": {**message, "refusal": None}, "logprobs": None}
+            choices.append({**choice, "finish_reason": tool_finish})
+            continue
+        words = reply_words(seed, i, count)
+        tokens += len(words)
+        message = {"role": "assistant", "content": " ".join(words), "refusal": None}
+        logprobs = None
+        if top is not None:
+            logprobs = {"content": chat_logprobs(seed, i, words, top), "refusal": None}
+        choices.append(
+            {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish}
+        )
+    return choices, tokens
+
+
+def _chat_pieces(choice: dict[str, Any]) -> list[tuple[dict[str, Any], Any]]:
+    """(delta, logprobs) of each chunk of one streamed choice, before its closing chunk."""
+    message = choice["message"]
+    if message.get("tool_calls"):
+        return [(delta, None) for delta in call_deltas(message["tool_calls"])]
+    pieces: list[tuple[dict[str, Any], Any]] = [({"role": "assistant", "content": ""}, None)]
+    entries = (choice["logprobs"] or {}).get("content")
+    for n, piece in enumerate(word_deltas(message["content"].split(" "))):
+        logprobs = None if entries is None else {"content": [entries[n]], "refusal": None}
+        pieces.append(({"content": piece}, logprobs))
+    return pieces
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    fake = request.app[FAKE_KEY]
     body = object_body(request)
     params = convert(body, ChatParams)
+    check_model(fake, params.model)
     streaming, include_usage = is_stream(params.stream, params.stream_options)
-    count, finish = _length(params.max_completion_tokens or params.max_tokens)
-    seed = request_seed(body)
-    replies = [reply_words(seed, i, count) for i in range(params.n or 1)]
-    usage = _usage(chat_prompt_tokens(params.messages), sum(map(len, replies)), details=True)
+    choices, completion_tokens = _chat_choices(params, request_seed(body), fake)
+    usage = _usage(chat_prompt_tokens(params.messages), completion_tokens, details=True)
     if not streaming:
         envelope = _Envelope("chatcmpl-", "chat.completion", params.model, False)
-        choices = [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": " ".join(words), "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish,
-            }
-            for i, words in enumerate(replies)
-        ]
-        if request.app[FAKE_KEY].empty_choices:
+        if fake.empty_choices:
             choices = []
         payload = {**envelope.head, "choices": choices, "usage": usage, "service_tier": "default"}
         return json_answer(request, payload)
 
     envelope = _Envelope("chatcmpl-", "chat.completion.chunk", params.model, include_usage)
-    stream = SseStream(request, request.app[FAKE_KEY])
+    stream = SseStream(request, fake)
     await stream.open()
-    for i, words in enumerate(replies):
-        pieces: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
-        pieces += [{"content": piece} for piece in word_deltas(words)]
-        for delta in pieces:
-            choice = {"index": i, "delta": delta, "logprobs": None, "finish_reason": None}
-            await stream.send(envelope.chunk([choice]))
-        end = {"index": i, "delta": {}, "logprobs": None, "finish_reason": finish}
+    for choice in choices:
+        i = choice["index"]
+        for delta, logprobs in _chat_pieces(choice):
+            part = {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": None}
+            await stream.send(envelope.chunk([part]))
+        end = {"index": i, "delta": {}, "logprobs": None, "finish_reason": choice["finish_reason"]}
         await stream.send(envelope.chunk([end]))
     if include_usage:
         await stream.send(envelope.usage_chunk(usage))
@@ -109,6 +158,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def completions(request: web.Request) -> web.StreamResponse:
     body = object_body(request)
     params = convert(body, CompletionParams)
+    check_model(request.app[FAKE_KEY], params.model)
     streaming, include_usage = is_stream(params.stream, params.stream_options)
     prompts = input_items(params.prompt, "prompt")
     if not prompts:
@@ -121,9 +171,18 @@ async def completions(request: web.Request) -> web.StreamResponse:
     replies = [reply_words(seed, i, count) for i in range(len(prompts) * n)]
     usage = _usage(sum(map(item_tokens, prompts)), sum(map(len, replies)), details=False)
     envelope = _Envelope("cmpl-", "text_completion", params.model, include_usage)
+    top = params.logprobs
+    logprobs = [
+        [] if top is None else text_logprobs(seed, i, w, top) for i, w in enumerate(replies)
+    ]
     if not streaming:
         choices = [
-            {"text": " ".join(words), "index": i, "logprobs": None, "finish_reason": finish}
+            {
+                "text": " ".join(words),
+                "index": i,
+                "logprobs": None if top is None else join_text(logprobs[i]),
+                "finish_reason": finish,
+            }
             for i, words in enumerate(replies)
         ]
         return json_answer(request, {**envelope.head, "choices": choices, "usage": usage})
@@ -131,8 +190,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     stream = SseStream(request, request.app[FAKE_KEY])
     await stream.open()
     for i, words in enumerate(replies):
-        for piece in word_deltas(words):
-            choice = {"text": piece, "index": i, "logprobs": None, "finish_reason": None}
+        for n, piece in enumerate(word_deltas(words)):
+            piece_logprobs = None if top is None else logprobs[i][n]
+            choice = {"text": piece, "index": i, "logprobs": piece_logprobs, "finish_reason": None}
             await stream.send(envelope.chunk([choice]))
         end = {"text": "", "index": i, "logprobs": None, "finish_reason": finish}
         await stream.send(envelope.chunk([end]))

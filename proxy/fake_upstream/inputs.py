@@ -41,6 +41,11 @@ class ChatParams(msgspec.Struct):
     max_completion_tokens: Positive | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
+    tools: list[Any] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    logprobs: bool | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
 
 
 class CompletionParams(msgspec.Struct):
@@ -48,6 +53,7 @@ class CompletionParams(msgspec.Struct):
     prompt: Any
     n: Annotated[int, msgspec.Meta(ge=1, le=128)] | None = None
     max_tokens: Positive | None = None
+    logprobs: Annotated[int, msgspec.Meta(ge=0, le=5)] | None = None
     stream: bool | None = None
     stream_options: StreamOptions | None = None
 

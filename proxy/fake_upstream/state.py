@@ -49,6 +49,8 @@ class KnobUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     required_key: str | UnsetType | None = UNSET
     empty_choices: bool | UnsetType = UNSET
     drip_ms: Annotated[float, msgspec.Meta(gt=0)] | UnsetType | None = UNSET
+    extra_models: frozenset[str] | UnsetType = UNSET
+    prefer_tools: bool | UnsetType = UNSET
 
 
 KNOB_NAMES: tuple[str, ...] = KnobUpdate.__struct_fields__
@@ -77,6 +79,8 @@ class FakeUpstream:
         required_key: str | None = None,
         empty_choices: bool = False,
         drip_ms: float | None = None,
+        extra_models: frozenset[str] = frozenset(),
+        prefer_tools: bool = False,
         record_credentials: bool = False,
     ) -> None:
         self.latency_ms = latency_ms
@@ -95,6 +99,10 @@ class FakeUpstream:
         # Every /v1 answer sends its headers, then one filler byte every `drip_ms` and never
         # its end, until the knob is cleared or the client leaves (a trickling upstream).
         self.drip_ms = drip_ms
+        # Model names served besides the real ones in catalog.MODELS (any other is a 404).
+        self.extra_models = extra_models
+        # With `tools` and `tool_choice` "auto" (or absent), answer tool calls, not text.
+        self.prefer_tools = prefer_tools
         # Not a knob (no HTTP call can turn it on): the process that built the fake chooses.
         self.record_credentials = record_credentials
         self.in_flight = 0
@@ -130,7 +138,9 @@ class FakeUpstream:
                 setattr(self, name, value)
 
     def knobs(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in KNOB_NAMES}
+        knobs = {name: getattr(self, name) for name in KNOB_NAMES}
+        knobs["extra_models"] = sorted(self.extra_models)
+        return knobs
 
     def record(self, method: str, path: str, headers: dict[str, str], body: Any | None) -> None:
         self.calls[path] += 1
