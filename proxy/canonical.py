@@ -59,6 +59,7 @@ MEANS_ABSENT: dict[str, Any] = {
 }
 
 _INT64 = 2**63
+_MODERATIONS: str = Endpoint.MODERATIONS.value  # a plain str: an enum attribute costs ~100 ns
 
 
 def number(text: str) -> int | float:
@@ -70,18 +71,24 @@ def number(text: str) -> int | float:
 
 
 def canonical_body(endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
-    """The part of `body` a key is made of (its numbers already by value, see `number`)."""
+    """The part of `body` a key is made of (its numbers already by value, see `number`).
+
+    Runs on every request, hits included, so the common case (no null, nothing to drop) costs
+    one comprehension and one C-level `None in values` per message."""
     canonical = {
         name: value
         for name, value in body.items()
-        if value is not None and name not in NON_SEMANTIC_FIELDS and not _means_absent(name, value)
+        if name not in NON_SEMANTIC_FIELDS
+        and value is not None
+        and (name not in MEANS_ABSENT or not _means_absent(name, value))
     }
     messages = canonical.get("messages")
-    if type(messages) is list and any(
-        type(message) is dict and None in message.values() for message in messages
-    ):
-        canonical["messages"] = [_without_nulls(message) for message in messages]
-    if endpoint == Endpoint.MODERATIONS:
+    if type(messages) is list:
+        for message in messages:
+            if type(message) is dict and None in message.values():
+                canonical["messages"] = [_without_nulls(each) for each in messages]
+                break
+    if endpoint == _MODERATIONS:
         text = canonical.get("input")
         if type(text) is list and len(text) == 1 and type(text[0]) is str:
             canonical["input"] = text[0]
@@ -89,8 +96,6 @@ def canonical_body(endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _means_absent(name: str, value: Any) -> bool:
-    if name not in MEANS_ABSENT:
-        return False
     absent = MEANS_ABSENT[name]
     return type(value) is type(absent) and value == absent
 
