@@ -217,6 +217,17 @@ def test_moderation_input_forms_are_one(text: str, other: str) -> None:
         assert moderation(text) != moderation([other])
 
 
+def test_embedding_items_are_keyed_from_canonical_parameters() -> None:
+    def item(params: str) -> str:
+        decoded = decode_object(params.encode())
+        return KEYS.item_key("t", "embeddings", decoded, "some text", ("t",)).digest
+
+    plain = item('{"model":"m","dimensions":256}')
+    assert item('{"dimensions":256.0,"model":"m","user":"u","safety_identifier":"s"}') == plain
+    assert item('{"model":"m","dimensions":256,"extra":null}') == plain
+    assert item('{"model":"m","dimensions":512}') != plain
+
+
 def test_an_already_canonical_body_keeps_its_key() -> None:
     """Entries stored before canonical keys survive the upgrade: the key of a body with no
     float, null, means-absent value or identity field is exactly the one it had."""
