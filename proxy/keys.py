@@ -1,8 +1,9 @@
 """Cache keys and tenant ids (docs/design.md §3).
 
 A key is a SHA-256 over the tenant, the endpoint, the scope part and the canonical request body
-(decoded values re-encoded with sorted keys, so JSON key order and whitespace never matter;
-every field counts except the non-semantic ones). Keys are fixed length, hold no prompt text and
+(proxy/canonical.py: numbers by value, nulls and means-absent values dropped, every field counts
+except the non-semantic ones; re-encoded with sorted keys, so JSON key order and whitespace never
+matter). Keys are fixed length, hold no prompt text and
 carry a Redis Cluster hash tag so an entry and its single-flight lock share one slot.
 """
 
@@ -15,13 +16,14 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from proxy.canonical import NON_SEMANTIC_FIELDS, canonical_body
 from proxy.directives import Directives, Scope
 from proxy.failures import InvalidRequest
 from proxy.persona import Persona
 from proxy.settings import CacheSettings
 from proxy.vocabulary import ENTRY_KEY, LOCK_KEY
 
-NON_SEMANTIC_FIELDS = frozenset({"stream", "stream_options", "user", "metadata", "store"})
+__all__ = ["NON_SEMANTIC_FIELDS", "CacheKey", "KeyMaker", "ScopePart"]
 ScopePart = tuple[Any, ...]
 
 
@@ -83,22 +85,22 @@ class KeyMaker:
     def request_key(
         self, tenant: str, endpoint: str, body: Mapping[str, Any], scope: ScopePart
     ) -> CacheKey:
-        semantic = {k: v for k, v in body.items() if k not in NON_SEMANTIC_FIELDS}
-        return self._key((tenant, endpoint, scope, semantic))
+        return self._key((tenant, endpoint, scope, canonical_body(endpoint, body)))
 
     def partition_key(
         self, tenant: str, endpoint: str, rest: Mapping[str, Any], scope: ScopePart, index: str
     ) -> CacheKey:
         """A semantic partition (docs/design.md §10): everything of a request but its question
         (`rest`, proxy/semantic/question.py), and the index (embedder and dimension) it is in."""
-        semantic = {k: v for k, v in rest.items() if k not in NON_SEMANTIC_FIELDS}
+        semantic = canonical_body(endpoint, rest)
         return self._key((tenant, endpoint, scope, semantic, "semantic", index))
 
     def item_key(
         self, tenant: str, endpoint: str, params: Mapping[str, Any], item: Any, scope: ScopePart
     ) -> CacheKey:
-        """The key of one input of a multi-input request (embeddings are cached per item)."""
-        return self._key((tenant, endpoint, scope, params, item))
+        """The key of one input of a multi-input request (embeddings are cached per item):
+        `params` is the rest of the body, canonical as a whole body is."""
+        return self._key((tenant, endpoint, scope, canonical_body(endpoint, params), item))
 
     def _key(self, parts: tuple[Any, ...]) -> CacheKey:
         try:

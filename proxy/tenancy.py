@@ -7,11 +7,11 @@ with none of them is answered (the upstream says 401) but never reads or writes 
 Managed mode: clients present a sidecar key, each mapped to a tenant name, and the upstream key
 never leaves the sidecar (the client's other credential headers are not forwarded).
 
-Users: `X-User-Id` (else the body's `user`) is trusted from anyone holding the tenant's key; a
-user id is a label the app vouches for, not a credential. In managed mode an operator can
-narrow that: a key written `key=tenant:user` is bound to that user (its requests are that user's;
-naming another is a 403), and TRUSTED_USER_HEADER_KEYS lists the tenants whose unbound keys may
-name users at all (docs/design.md §3).
+Users: `X-User-Id` (else the body's `safety_identifier`, else its `user`) is trusted from anyone
+holding the tenant's key; a user id is a label the app vouches for, not a credential. In managed
+mode an operator can narrow that: a key written `key=tenant:user` is bound to that user (its
+requests are that user's; naming another is a 403), and TRUSTED_USER_HEADER_KEYS lists the tenants
+whose unbound keys may name users at all (docs/design.md §3).
 """
 
 from __future__ import annotations
@@ -48,13 +48,14 @@ class Identity(NamedTuple):
     # to a user and for an unbound key whose tenant is not in TRUSTED_USER_HEADER_KEYS.
     names_users: bool = True
 
-    def user_id(self, headers: Mapping[str, str], body_user: object) -> str | None:
-        """Whose request this is. A key that may name users: `X-User-Id`, else the body's `user`
+    def user_id(self, headers: Mapping[str, str], body: Mapping[str, object]) -> str | None:
+        """Whose request this is. A key that may name users: `X-User-Id`, else the body's
+        `safety_identifier` (what OpenAI now recommends in place of `user`), else its `user`
         (trusted as sent). Any other key: its bound user, or none; an `X-User-Id` naming anyone
-        else is a 403 (so it cannot read or flush another user's entries), and the body's `user`
-        is left to the upstream (apps often put their own hashed id there) but not read."""
+        else is a 403 (so it cannot read or flush another user's entries), and the body's fields
+        are left to the upstream (apps often put their own hashed id there) but not read."""
         if self.names_users:
-            return parse_user_id(headers, body_user)
+            return parse_user_id(headers, body_user(body))
         claimed = parse_user_id(headers, None)
         if claimed is not None and claimed != self.user:
             reason = (
@@ -111,6 +112,20 @@ class TenantResolver:
                 code="invalid_api_key",
             )
         return identity
+
+
+def body_user(body: Mapping[str, object]) -> object:
+    """The body's user id: `safety_identifier` when set, else `user` (as sent, checked by
+    parse_user_id); a `safety_identifier` that is not a short string is a 400 naming it."""
+    identifier = body.get("safety_identifier")
+    if identifier is None or identifier == "":
+        return body.get("user")
+    if not isinstance(identifier, str) or len(identifier) > 512:
+        raise InvalidRequest(
+            "safety_identifier must be a string of at most 512 characters",
+            param="safety_identifier",
+        )
+    return identifier
 
 
 def pass_through_credential(headers: Mapping[str, str]) -> str:

@@ -24,9 +24,13 @@ from typing import Any
 
 import msgspec
 
+from proxy.canonical import number
 from proxy.failures import InvalidRequest
 
-_decode = msgspec.json.Decoder().decode
+# Numbers are read by value as they are decoded (an integral float is its integer): the cache
+# key needs them so (proxy/canonical.py), and doing it here costs nothing for a body without
+# floats, where a walk of the decoded body would cost on every hit.
+_decode = msgspec.json.Decoder(float_hook=number).decode
 _encode = msgspec.json.Encoder().encode
 _ESCAPES_3X = b"\\u003"  # the start of `\\u003a` or `\\u003A` (and of `\\u0030` to `\\u003f`)
 

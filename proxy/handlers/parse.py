@@ -52,10 +52,11 @@ async def parse_request(
         # No credential: the answer is nobody's in particular, so it is shared with nobody.
         # Decided here once; every step after reads only the directives (X-Cache: BYPASS).
         directives = directives.uncached()
-    user_id = identity.user_id(headers, body.get("user"))
+    user_id = identity.user_id(headers, body)
     if directives.scope is Scope.USER and user_id is None:
         raise InvalidRequest(
-            "X-Cache-Scope: user needs the user's id in X-User-Id or the body's user field.",
+            "X-Cache-Scope: user needs the user's id in X-User-Id or the body's "
+            "safety_identifier or user field.",
             param="X-Cache-Scope",
         )
     persona = runtime.personas.parse(headers) if persona_aware else NO_PERSONA
