@@ -360,6 +360,7 @@ def test_random_bodies_never_get_a_500(sidecar: Sidecar, request: tuple[str, byt
     path, body = request
     answer = raw_post(sidecar, path, body)
     event(f"status {answer.status}")
-    assert answer.status in {200, 400, 413}, (answer.status, answer.body[:300])
+    # 404: the upstream's model_not_found for a model it does not list, relayed as it is
+    assert answer.status in {200, 400, 404, 413}, (answer.status, answer.body[:300])
     if answer.status != 200:
         openai_error(answer, answer.status)
