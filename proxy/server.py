@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.accounting import record_outcome
-from proxy.dispatch.batch_shapes import SerialIds
 from proxy.errors import error_response, failure_response, http_error_response
 from proxy.failures import BodyTooLarge, ClientGone, Failure, UnreadableBody
 from proxy.handlers.answers import MISS_HEADERS
@@ -18,6 +17,7 @@ from proxy.handlers.generative import chat_completions, completions
 from proxy.handlers.moderations import moderations
 from proxy.handlers.passthrough import passthrough
 from proxy.health import healthz, readyz
+from proxy.ids import SerialIds
 from proxy.runtime import RUNTIME, Runtime
 from proxy.vocabulary import PASSTHROUGH, Endpoint
 

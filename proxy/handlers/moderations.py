@@ -16,10 +16,11 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from proxy.dispatch.batch_shapes import BatchKind, SerialIds, Share, Split
+from proxy.dispatch.batch_shapes import BatchKind, Share, Split
 from proxy.dispatch.call import Validator, validator
 from proxy.handlers.parse import ParsedRequest, view
 from proxy.handlers.pipeline import Asked, Batching, CachedRoute, serve_cached
+from proxy.ids import SerialIds
 from proxy.ttl import Kind
 from proxy.vocabulary import Endpoint
 from proxy.wire import ModerationAnswer, ModerationRequest, Usage
