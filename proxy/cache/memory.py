@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
+
+from proxy.cache.lru import ByteLru
+from proxy.cache.store import answer_in_turn
 
 # Bookkeeping bytes charged per entry on top of key and value (dict slot, tuple, floats).
 _OVERHEAD = 120
@@ -14,10 +16,8 @@ class MemoryStore:
     backend = "memory"
 
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._max_bytes = max_bytes
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-        self._bytes = 0
+        self._entries: ByteLru[str, tuple[bytes, float]] = ByteLru(max_bytes)
         self.shared_generation = 0  # invalidations are this process's own
 
     @property
@@ -25,9 +25,11 @@ class MemoryStore:
         return True
 
     async def get(self, key: str) -> bytes | None:
+        await answer_in_turn()
         return self._get(key, self._clock())
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        await answer_in_turn()
         now = self._clock()
         return [self._get(key, now) for key in keys]
 
@@ -43,11 +45,10 @@ class MemoryStore:
         return True
 
     def usage(self) -> tuple[int, int]:
-        return len(self._entries), self._bytes
+        return len(self._entries), self._entries.bytes
 
     async def close(self) -> None:
         self._entries.clear()
-        self._bytes = 0
 
     def _get(self, key: str, now: float) -> bytes | None:
         found = self._entries.get(key)
@@ -55,25 +56,11 @@ class MemoryStore:
             return None
         value, expires_at = found
         if expires_at <= now:
-            self._drop(key)
+            self._entries.pop(key)
             return None
-        self._entries.move_to_end(key)
         return value
 
     def _put(self, key: str, value: bytes, expires_at: float) -> None:
         size = len(key) + len(value) + _OVERHEAD
-        if size > self._max_bytes:
-            return  # larger than the whole cache: never stored
-        self._drop(key)
-        self._entries[key] = (value, expires_at)
-        self._bytes += size
-        while self._bytes > self._max_bytes:
-            oldest = next(iter(self._entries))
-            self._drop(oldest)
-
-    def _drop(self, key: str) -> bool:
-        found = self._entries.pop(key, None)
-        if found is None:
-            return False
-        self._bytes -= len(key) + len(found[0]) + _OVERHEAD
-        return True
+        if not self._entries.put(key, (value, expires_at), size):
+            self._entries.pop(key)  # larger than the whole cache: never stored, nor the old one

@@ -7,8 +7,19 @@ reports `available = False` until the backend answers again.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Protocol
+
+
+async def answer_in_turn() -> None:
+    """Lets the loop run every other ready request before this one goes on. A store that
+    answers from process memory calls it once per read, so its hits are served in phases as
+    the Redis store's are (all ready requests parsed, then all answers written back to back)
+    rather than each request parsed and written in one go: measured under wrk (issue #22),
+    answering inline cost about 25% more CPU per hit (user and system time) than this one
+    extra task step, as each answer's send woke the client between two requests' work."""
+    await asyncio.sleep(0)
 
 
 class CacheStore(Protocol):
