@@ -14,8 +14,10 @@ from proxy.failures import BodyTooLarge, ClientGone, Failure, UnreadableBody
 from proxy.handlers.answers import MISS_HEADERS
 from proxy.handlers.embeddings import embeddings
 from proxy.handlers.generative import chat_completions, completions
+from proxy.handlers.hot import PREPARED, TABLE_BYTES, KnownRequests, PreparedEntries
 from proxy.handlers.moderations import moderations
 from proxy.handlers.passthrough import passthrough
+from proxy.handlers.pipeline import KNOWN
 from proxy.health import healthz, readyz
 from proxy.ids import SerialIds
 from proxy.runtime import RUNTIME, Runtime
@@ -44,6 +46,8 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
         handler_args={"auto_decompress": False},
     )
     app[RUNTIME] = runtime
+    app[KNOWN] = KnownRequests(TABLE_BYTES)
+    app[PREPARED] = PreparedEntries(TABLE_BYTES)
     app.on_response_prepare.append(_RequestIds())
     for endpoint, handler in UNDERSTOOD.items():
         app.router.add_post(endpoint.path, handler)

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from proxy.sse import DONE, format_event
+
 CHAT = "chat.completion"
 TEXT = "text_completion"
 
@@ -45,6 +49,16 @@ def assemble(chunks: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     if usage is not None:
         answer["usage"] = usage
     return answer
+
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.Decoder().decode
+
+
+def replay_stream(body: bytes, include_usage: bool) -> bytes:
+    """A stored JSON answer as the whole SSE stream it would have been, `[DONE]` included."""
+    chunks = replay(_decode(body), include_usage)
+    return b"".join(format_event(_encode(chunk)) for chunk in chunks) + DONE
 
 
 def replay(answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import time
 
-import msgspec
 from aiohttp import web
 
-from proxy.cache.entry import EntryMeta, StoredResponse, decode_response
-from proxy.cache.replay import replay
+from proxy.cache.entry import EntryMeta
+from proxy.cache.replay import replay_stream
 from proxy.handlers.freshness import still_valid
+from proxy.handlers.hot import Prepared, PreparedEntries
 from proxy.handlers.parse import ParsedRequest
 from proxy.keys import CacheKey, ScopePart
 from proxy.runtime import Runtime
-from proxy.sse import DONE, format_event
 from proxy.vocabulary import CacheMatch, CacheStatus
 
-_encode = msgspec.json.Encoder().encode
-_decode = msgspec.json.Decoder().decode
 SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
 # The cache headers of a request that went upstream, set before the call: the error middleware
 # adds them to a failure's answer, so a 503 or 504 of a miss still says MISS (or COALESCED).
@@ -36,8 +33,12 @@ def cache_headers(
     if key is not None:
         headers["X-Cache-Key"] = key.short_id
     if stored_at is not None:
-        headers["Age"] = str(max(0, int(time.time() - stored_at)))
+        headers["Age"] = _age(stored_at)
     return headers
+
+
+def _age(stored_at: float) -> str:
+    return str(max(0, int(time.time() - stored_at)))
 
 
 def entry_meta(parsed: ParsedRequest, model: str, scope: ScopePart, generation: int) -> EntryMeta:
@@ -59,43 +60,49 @@ def entry_meta(parsed: ParsedRequest, model: str, scope: ScopePart, generation: 
     )
 
 
-async def lookup(runtime: Runtime, parsed: ParsedRequest, key: CacheKey) -> StoredResponse | None:
+async def lookup(
+    runtime: Runtime, prepared: PreparedEntries, parsed: ParsedRequest, key: CacheKey
+) -> Prepared | None:
     """The stored answer for `key`, unless the request said not to read (or it is broken)."""
     if not parsed.directives.read:
         return None
     raw = await runtime.store.get(key.entry)
-    entry = decode_response(raw) if raw is not None else None
-    if entry is None or await still_valid(runtime, parsed, entry.meta):
-        return entry
+    found = prepared.get(key, raw) if raw is not None else None
+    if found is None or await still_valid(runtime, parsed, found.entry.meta):
+        return found
     return None
 
 
 async def serve_stored(
     request: web.Request,
-    entry: StoredResponse,
-    key: CacheKey,
+    found: Prepared,
     *,
     stream: bool = False,
     include_usage: bool = False,
     match: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """`match`: a semantic hit's X-Cache-Match and X-Cache-Similarity."""
-    headers = cache_headers(CacheStatus.HIT, key, entry.stored_at)
+    headers = {**found.headers, "Age": _age(found.entry.stored_at)}
     if match is not None:
         headers.update(match)
     if not stream:
-        return web.Response(body=entry.body, content_type="application/json", headers=headers)
-    return await write_replay(request, entry.body, include_usage, headers)
+        return web.Response(body=found.entry.body, headers=headers)
+    headers.update(SSE_HEADERS)
+    return await _write_sse(request, found.replay(include_usage), headers)
 
 
 async def write_replay(
     request: web.Request, body: bytes, include_usage: bool, headers: dict[str, str]
 ) -> web.StreamResponse:
     """A whole chat.completion / text_completion answered as the SSE stream it would have been."""
-    chunks = replay(_decode(body), include_usage)
-    response = web.StreamResponse(headers={**SSE_HEADERS, **headers})
+    return await _write_sse(request, replay_stream(body, include_usage), {**SSE_HEADERS, **headers})
+
+
+async def _write_sse(
+    request: web.Request, payload: bytes, headers: dict[str, str]
+) -> web.StreamResponse:
+    response = web.StreamResponse(headers=headers)
     await response.prepare(request)
-    payload = b"".join(format_event(_encode(chunk)) for chunk in chunks) + DONE
     try:
         await response.write(payload)
         await response.write_eof()

@@ -22,6 +22,7 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.body import read_body
 from proxy.dispatch.batch_shapes import (
     BATCH_SIZE_HEADER,
     UNBATCHED_FIELDS,
@@ -34,11 +35,12 @@ from proxy.dispatch.flight import Answer, Flight
 from proxy.dispatch.runner import Sender
 from proxy.handlers.answers import MISS_HEADERS, cache_headers, entry_meta, lookup, serve_stored
 from proxy.handlers.costing import count_flight, count_hit, open_outcome, preflight
+from proxy.handlers.hot import PREPARED, KnownRequests
 from proxy.handlers.json_body import refuse_repeated_keys
 from proxy.handlers.parse import ParsedRequest, parse_request, upstream_headers
 from proxy.handlers.respond import flight_for, respond
 from proxy.handlers.semantic import remember_answer, semantic_headers, semantic_lookup
-from proxy.keys import CacheKey
+from proxy.keys import CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
 from proxy.upstream.gate import Wanted
@@ -95,33 +97,47 @@ class CachedRoute:
     semantic: bool = False  # whether its last user message may match semantically
 
 
+class Known(msgspec.Struct, frozen=True):
+    """What parsing a request found, kept for the next request with the very same bytes
+    (proxy/handlers/hot.py): shared between requests, never mutated."""
+
+    parsed: ParsedRequest
+    asked: Asked
+    scope: ScopePart
+    key: CacheKey
+
+
+KNOWN = web.AppKey("sidecache_known_requests", KnownRequests[Known])
+
+
 async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    parsed = await parse_request(
-        request, runtime, route.endpoint, persona_aware=route.persona_aware
-    )
-    asked = route.adapter.read(parsed)
-    keys = runtime.keys
-    dims = keys.persona_dims(route.endpoint, asked.model) if route.persona_aware else ()
-    scope = keys.scope_part(parsed.directives, parsed.persona, parsed.user_id, dims)
-    key = keys.request_key(parsed.identity.tenant, route.endpoint, parsed.body, scope)
+    prepared = request.app[PREPARED]
+    known_requests = request.app[KNOWN]
+    sent = await read_body(request)  # as sent: a known request is neither checked nor inflated
+    known = known_requests.get(route.endpoint, sent, request.raw_headers)
+    if known is None:
+        known = await _parse(request, runtime, route)
+        if known.parsed.directives.read:
+            raw = known.parsed.raw
+            known_requests.put(route.endpoint, sent, request.raw_headers, known, len(raw))
+    parsed, asked, scope, key = known.parsed, known.asked, known.scope, known.key
     outcome = open_outcome(request, parsed, asked.model)
-    entry = await lookup(runtime, parsed, key)
-    if entry is not None:
-        count_hit(runtime, outcome, entry)
+    found = await lookup(runtime, prepared, parsed, key)
+    if found is not None:
+        count_hit(runtime, outcome, found.entry)
         return await serve_stored(
-            request, entry, key, stream=asked.stream, include_usage=asked.include_usage
+            request, found, stream=asked.stream, include_usage=asked.include_usage
         )
     semantic, probe = runtime.semantic, None
     if semantic is not None and route.semantic:  # after the exact miss, before any spending
-        probe, found = await semantic_lookup(request, runtime, semantic, parsed, scope)
+        probe, found = await semantic_lookup(request, runtime, semantic, prepared, parsed, scope)
         if found is not None and probe is not None and probe.chosen is not None:
-            count_hit(runtime, outcome, found)
+            count_hit(runtime, outcome, found.entry)
             outcome.match, outcome.similarity = CacheMatch.SEMANTIC, probe.chosen.similarity
             return await serve_stored(
                 request,
                 found,
-                CacheKey(probe.chosen.digest),
                 stream=asked.stream,
                 include_usage=asked.include_usage,
                 match=semantic_headers(probe.chosen),
@@ -161,6 +177,18 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
         await count_flight(runtime, outcome, parsed, flight, leader, held)
         if probe is not None and semantic is not None and leader and plan is not None:
             remember_answer(semantic, probe, flight, plan)
+
+
+async def _parse(request: web.Request, runtime: Runtime, route: CachedRoute) -> Known:
+    parsed = await parse_request(
+        request, runtime, route.endpoint, persona_aware=route.persona_aware
+    )
+    asked = route.adapter.read(parsed)
+    keys = runtime.keys
+    dims = keys.persona_dims(route.endpoint, asked.model) if route.persona_aware else ()
+    scope = keys.scope_part(parsed.directives, parsed.persona, parsed.user_id, dims)
+    key = keys.request_key(parsed.identity.tenant, route.endpoint, parsed.body, scope)
+    return Known(parsed, asked, scope, key)
 
 
 def _batched_sender(

@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.cache.entry import StoredResponse, decode_response
 from proxy.dispatch.call import StorePlan
 from proxy.dispatch.flight import Flight
 from proxy.failures import InvalidRequest
 from proxy.handlers.freshness import still_valid
+from proxy.handlers.hot import Prepared, PreparedEntries
 from proxy.handlers.parse import ParsedRequest
-from proxy.keys import ScopePart
+from proxy.keys import CacheKey, ScopePart
 from proxy.runtime import Runtime
 from proxy.semantic.cache import Probe, SemanticCache
 from proxy.semantic.match import Candidate
 from proxy.tenancy import CREDENTIAL_HEADERS
-from proxy.vocabulary import ENTRY_KEY, SEMANTIC_WRONG_KEY, CacheMatch
+from proxy.vocabulary import SEMANTIC_WRONG_KEY, CacheMatch
 
 SEMANTIC_HEADER = "X-Cache-Semantic"  # "off": this request is not looked up semantically
 THRESHOLD_HEADER = "X-Cache-Semantic-Threshold"  # may raise the threshold, never lower it
@@ -28,9 +28,10 @@ async def semantic_lookup(
     request: web.Request,
     runtime: Runtime,
     semantic: SemanticCache,
+    prepared: PreparedEntries,
     parsed: ParsedRequest,
     scope: ScopePart,
-) -> tuple[Probe | None, StoredResponse | None]:
+) -> tuple[Probe | None, Prepared | None]:
     """The request's probe (None when it is not looked up), and the entry to serve, if any."""
     metrics = semantic.metrics
     headers = request.headers
@@ -53,14 +54,14 @@ async def semantic_lookup(
     if probe.chosen is None:
         metrics.lookups.labels("rejected" if probe.rejected else "miss").inc()
         return probe, None
-    entry = await _read_candidate(runtime, semantic, parsed, probe.chosen)
-    if entry is None:
+    found = await _read_candidate(runtime, semantic, prepared, parsed, probe.chosen)
+    if found is None:
         semantic.forget(probe.chosen.digest)
         metrics.lookups.labels("stale").inc()
         return probe, None
     metrics.lookups.labels("hit").inc()
     metrics.similarity.observe(probe.chosen.similarity)
-    return probe, entry
+    return probe, found
 
 
 def semantic_headers(candidate: Candidate) -> dict[str, str]:
@@ -101,16 +102,19 @@ def _threshold(semantic: SemanticCache, raw: str | None) -> float:
 
 
 async def _read_candidate(
-    runtime: Runtime, semantic: SemanticCache, parsed: ParsedRequest, chosen: Candidate
-) -> StoredResponse | None:
+    runtime: Runtime,
+    semantic: SemanticCache,
+    prepared: PreparedEntries,
+    parsed: ParsedRequest,
+    chosen: Candidate,
+) -> Prepared | None:
     """The chosen entry, read like an exact one (rules apply) together with its wrong mark;
     None when it is gone, stale, reported wrong, or holds tool calls that may not be served."""
-    raw, wrong = await runtime.store.get_many(
-        [ENTRY_KEY % chosen.digest, SEMANTIC_WRONG_KEY % chosen.digest[:16]]
-    )
-    entry = decode_response(raw) if raw is not None and wrong is None else None
-    if entry is None or entry.meta.tenant != parsed.identity.tenant:
+    key = CacheKey(chosen.digest)
+    raw, wrong = await runtime.store.get_many([key.entry, SEMANTIC_WRONG_KEY % chosen.digest[:16]])
+    found = prepared.get(key, raw) if raw is not None and wrong is None else None
+    if found is None or found.entry.meta.tenant != parsed.identity.tenant:
         return None
-    if not semantic.serve_tool_calls and _TOOL_CALLS in entry.body:
+    if not semantic.serve_tool_calls and _TOOL_CALLS in found.entry.body:
         return None
-    return entry if await still_valid(runtime, parsed, entry.meta) else None
+    return found if await still_valid(runtime, parsed, found.entry.meta) else None
