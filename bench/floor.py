@@ -1,10 +1,12 @@
-"""A minimal cache-hit server: the reference for the sidecar's hit path, measured in the same run.
+"""Minimal cache-hit servers: the references for the sidecar's hit path, measured in the same run.
 
-`python -m bench.floor REDIS_URL PORT ANSWER_FILE REQUEST_FILE` stores ANSWER_FILE in Redis under
-the key of REQUEST_FILE's JSON, then answers every POST by decoding the JSON body, hashing its
-canonical encoding (sha256) and returning the Redis value: aiohttp + uvloop + msgspec +
-redis-py/hiredis, no access log, GC frozen after start-up (the minimal server of
-docs/design.md §9). It prints `floor listening` when ready and stops on SIGTERM/SIGINT.
+`python -m bench.floor STORE PORT ANSWER_FILE REQUEST_FILE` keeps ANSWER_FILE under the key of
+REQUEST_FILE's JSON, then answers every POST by decoding the JSON body, hashing its canonical
+encoding (sha256) and returning the stored value: aiohttp + uvloop + msgspec, no access log,
+GC frozen after start-up (the minimal server of docs/design.md §9). STORE is a Redis URL (the
+value is SET there and each request does one GET with redis-py/hiredis) or `dict` (the value
+sits in an in-process dict: the same decode and hash, no round trip, what aiohttp itself
+allows). It prints `floor listening` when ready and stops on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import gc
 import hashlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import msgspec
@@ -22,53 +25,78 @@ import uvloop
 from aiohttp import web
 from redis.asyncio import ConnectionPool, Redis
 
+DICT_STORE = "dict"
 _CANONICAL = msgspec.json.Encoder(order="deterministic")
 _DECODE = msgspec.json.Decoder()
+_HIT_HEADERS = {"X-Cache": "HIT"}
+
+Handler = Callable[[web.Request], Awaitable[web.Response]]
 
 
 def _key(body: bytes) -> str:
     return "floor:" + hashlib.sha256(_CANONICAL.encode(_DECODE.decode(body))).hexdigest()
 
 
-async def _serve(redis_url: str, port: int, answer: bytes, request_body: bytes) -> None:
+def _answer(value: bytes | str | None) -> web.Response:
+    if value is None:
+        return web.Response(status=404)
+    return web.Response(body=value, content_type="application/json", headers=_HIT_HEADERS)
+
+
+async def _redis_handler(stack: AsyncExitStack, redis_url: str, key: str, answer: bytes) -> Handler:
     redis = Redis(connection_pool=ConnectionPool.from_url(redis_url))
-    await redis.set(_key(request_body), answer)
+    stack.push_async_callback(redis.aclose)
+    await redis.set(key, answer)
 
     async def hit(request: web.Request) -> web.Response:
-        value = await redis.get(_key(await request.read()))
-        if value is None:
-            return web.Response(status=404)
-        return web.Response(body=value, content_type="application/json", headers={"X-Cache": "HIT"})
+        return _answer(await redis.get(_key(await request.read())))
 
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", hit)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    gc.collect()
-    gc.freeze()
-    print("floor listening", flush=True)
-    try:
+    return hit
+
+
+def _dict_handler(key: str, answer: bytes) -> Handler:
+    values = {key: answer}
+
+    async def hit(request: web.Request) -> web.Response:
+        return _answer(values.get(_key(await request.read())))
+
+    return hit
+
+
+async def _serve(store: str, port: int, answer: bytes, request_body: bytes) -> None:
+    async with AsyncExitStack() as stack:
+        key = _key(request_body)
+        if store == DICT_STORE:
+            hit = _dict_handler(key, answer)
+        else:
+            hit = await _redis_handler(stack, store, key, answer)
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", hit)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+        gc.collect()
+        gc.freeze()
+        print("floor listening", flush=True)
         await stop.wait()
-    finally:
-        await runner.cleanup()
-        await redis.aclose()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 4:
         print(
-            "usage: python -m bench.floor REDIS_URL PORT ANSWER_FILE REQUEST_FILE", file=sys.stderr
+            f"usage: python -m bench.floor REDIS_URL|{DICT_STORE} PORT ANSWER_FILE REQUEST_FILE",
+            file=sys.stderr,
         )
         return 2
-    redis_url, port, answer, request_body = args
+    store, port, answer, request_body = args
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(
-            _serve(redis_url, int(port), Path(answer).read_bytes(), Path(request_body).read_bytes())
+            _serve(store, int(port), Path(answer).read_bytes(), Path(request_body).read_bytes())
         )
     return 0
 

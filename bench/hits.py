@@ -20,7 +20,7 @@ PACED_P99_MS = 1.0
 MAX_RATE_PER_S = 9000.0
 
 
-def _all_hits(bench: Bench, run: Callable[[], T]) -> T:
+def all_hits(bench: Bench, run: Callable[[], T]) -> T:
     """Runs `run` and fails the measurement if any of its requests reached the upstream."""
     before = bench.upstream_calls()
     result = run()
@@ -33,7 +33,7 @@ def _all_hits(bench: Bench, run: Callable[[], T]) -> T:
 def _hey_hits(bench: Bench, *, n: int, c: int, q: int) -> HeyResult:
     url = bench.sidecar + "/chat/completions"
     headers = [f"Authorization: {bench.auth}"]
-    return _all_hits(
+    return all_hits(
         bench, lambda: loadgen.hey(url, bench.body, n=bench.count(n), c=c, q=q, headers=headers)
     )
 
@@ -82,7 +82,7 @@ def hit_max_rate(bench: Bench) -> list[Row]:
     """The sidecar under wrk, then the minimal hit server (bench/floor.py) under the same load,
     so the ratio holds however fast the machine is today."""
     cpu_before = process_cpu_s(bench.sidecar_pid)
-    result = _all_hits(bench, lambda: _wrk(bench, bench.sidecar + "/chat/completions"))
+    result = all_hits(bench, lambda: _wrk(bench, bench.sidecar + "/chat/completions"))
     cpu_us = (process_cpu_s(bench.sidecar_pid) - cpu_before) / result.requests * 1e6
     with ExitStack() as stack:
         floor = _wrk(bench, start_floor(stack, bench))

@@ -22,6 +22,13 @@ answers under load, requests of a hit run reaching the upstream). The whole run 
 four minutes, half of it loading the 10M-row ledger of the `costs` row; `--quick` scales every
 count and duration down (about 90 s), and `--only hit_max_rate,costs` runs some rows alone.
 
+Issue 22's `hits_by_store` (bench/stores.py) compares the hit path across stores in one run:
+fresh sidecars on the memory store, the Redis store and Redis with its near cache
+(NEAR_CACHE_MB=64), and bench/floor.py's two minimal servers (aiohttp + redis-py GET, aiohttp +
+an in-process dict), in three alternating rounds of the same wrk and hey hit loads: each one's
+median max req/s, paced p50/p99 and ratio to the dict floor, and the sidecars' CPU per hit
+(about 3 minutes, 45 s with `--quick`).
+
 Issue 19's rows start servers of their own and stop them as soon as they are done (on an
 ExitStack of their own: the big-body servers alone hold ~1 GB): `big_bodies_rss`
 (bench/bodies.py), `budget_overshoot` (bench/overshoot.py) and `busy_refusal` (bench/busy.py);
@@ -78,6 +85,7 @@ from . import (
     overshoot,
     semantic,
     semantic_hits,
+    stores,
     versus,
     worktree,
 )
@@ -95,6 +103,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     hits.hit_bursts,
     hits.hit_max_rate,
     versus.hits_vs_baseline,
+    stores.hits_by_store,
     misses.miss_overhead,
     batching.embeddings_batching,
     coalescing.coalescing_savings,

@@ -18,6 +18,7 @@ from pathlib import Path
 import msgspec
 
 from . import loadgen
+from .floor import DICT_STORE
 from .procs import (
     REPO,
     HarnessError,
@@ -65,6 +66,7 @@ SETTING_NAMES = (
     "BUDGET_USER_MONTHLY_USD",
     "LEDGER_ENABLED",
     "LEDGER_FLUSH_INTERVAL_S",
+    "NEAR_CACHE_MB",
 )
 _LISTENING = re.compile(r"listening on (http://\S+/v1)")
 
@@ -180,16 +182,40 @@ def start_fake_upstream(
     return found[0]
 
 
-def start_floor(stack: ExitStack, bench: Bench) -> str:
-    """Starts bench/floor.py (the minimal hit server) on a free port; returns its chat URL."""
+@dataclass(frozen=True)
+class Floor:
+    """A running bench/floor.py server."""
+
+    url: str  # its chat completions URL
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def check(self) -> None:
+        """Raises HarnessError, with the end of its log, if it has exited."""
+        if self.proc.poll() is not None:
+            raise HarnessError(
+                f"the floor server exited with status {self.proc.returncode}:\n"
+                + log_tail(self.log, 30)
+            )
+
+
+def spawn_floor(stack: ExitStack, bench: Bench, *, store: str | None = None) -> Floor:
+    """Starts bench/floor.py (a minimal hit server) on a free port, answering from the bench's
+    Redis or from `store` (`floor.DICT_STORE` for an in-process dict); `stack` stops it."""
+    store = store or bench.redis_url
     port = free_port()
-    log = bench.workdir / "floor.log"
-    argv = [sys.executable, "-m", "bench.floor", bench.redis_url, str(port)]
+    log = bench.workdir / f"floor-{'dict' if store == DICT_STORE else 'redis'}-{port}.log"
+    argv = [sys.executable, "-m", "bench.floor", store, str(port)]
     proc = spawn(stack, [*argv, str(bench.answer), str(bench.body)], log)
     wait_until(
         lambda: "floor listening" in log.read_text(), what="floor server", proc=proc, log=log
     )
-    return f"http://127.0.0.1:{port}/v1/chat/completions"
+    return Floor(f"http://127.0.0.1:{port}/v1/chat/completions", proc, log)
+
+
+def start_floor(stack: ExitStack, bench: Bench) -> str:
+    """Starts bench/floor.py on the bench's Redis (the minimal hit server); returns its chat URL."""
+    return spawn_floor(stack, bench).url
 
 
 def start_sidecar(

@@ -1,6 +1,7 @@
 """The bench's parsers of hey and wrk output, fed outputs captured from real runs
 (tests/data/bench), the PASS/MISS verdicts built on them, `--baseline`'s options, ratio rows
-and import check, and the request bodies and cost estimate of issue 19's rows."""
+and import check, issue 22's store rows and targets, and the request bodies and cost estimate
+of issue 19's rows."""
 
 from __future__ import annotations
 
@@ -15,8 +16,19 @@ from bench.overshoot import chat_body, estimate_usd
 from bench.parse import ParseError, parse_hey, parse_wrk
 from bench.procs import REPO, HarnessError
 from bench.report import Check, Row, format_table
+from bench.rounds import best_rate, median_percentile, median_rate
 from bench.run import parse_args
-from bench.versus import best_rate, median_percentile, ratio, versus
+from bench.stores import (
+    DICT_FLOOR,
+    MEMORY,
+    NEAR,
+    REDIS,
+    REDIS_FLOOR,
+    Figures,
+    reads_setting,
+    store_rows,
+)
+from bench.versus import ratio, versus
 from bench.worktree import proxy_imported_from
 from proxy.ledger.pricing import ModelPrice, PriceTable
 
@@ -189,6 +201,52 @@ def test_max_rate_runs_give_the_best() -> None:
     slow = parse_wrk(_sample("wrk_hits.txt"))
     fast = msgspec.structs.replace(slow, requests=slow.requests * 2)
     assert best_rate([slow, fast, slow]) is fast
+    assert median_rate([fast, slow, slow]) == pytest.approx(slow.requests_per_s)
+
+
+def _store_rows(memory: Figures, near: Figures, *, near_read: bool = True) -> list[Row]:
+    figures = {
+        MEMORY: memory,
+        REDIS: Figures(10_000, 0.3, 0.5, 90),
+        NEAR: near,
+        REDIS_FLOOR: Figures(12_000, 0.3, 0.5, 60),
+        DICT_FLOOR: Figures(20_000, 0.2, 0.3, 40),
+    }
+    return store_rows(figures, {name: {} for name in figures}, near_read)
+
+
+def test_store_rows_check_the_issue_22_targets() -> None:
+    # Memory: 0.6x the dict floor, p99 0.3 ms above it, one hey step slower than Redis: passes.
+    rows = _store_rows(Figures(12_000, 0.4, 0.6, 80), Figures(15_000, 0.2, 0.4, 70))
+    verdicts = {row.label.strip(): row.verdict for row in rows}
+    assert verdicts == {
+        "hits by store, median of 3: memory store": "PASS",
+        "Redis store (NEAR_CACHE_MB=0)": "-",
+        "Redis + near cache (NEAR_CACHE_MB=64)": "PASS",
+        "floor: aiohttp + redis-py GET": "-",
+        "floor: aiohttp + dict": "-",
+        "memory store vs Redis store": "PASS",
+        "CPU per hit under wrk, memory / Redis / near": "-",
+    }
+    assert rows[0].value == "12,000 req/s = 0.60x dict floor; paced p50 0.40 / p99 0.60 ms"
+    assert rows[-1].value == "80 / 90 / 70 us (floors: redis-py 60, dict 40 us)"
+    # Below 0.6x, p99 0.4 ms over the floor's, two hey steps slower than Redis: missed.
+    rows = _store_rows(Figures(9_000, 0.5, 0.7, 80), Figures(15_000, 0.2, 0.4, 70))
+    assert rows[0].verdict == "MISS x dict floor -0.15 (-25%), p99 - floor's +0.10 ms (+33%)"
+    assert rows[5].verdict.startswith("MISS x Redis -0.10 (-10%), p50 - Redis's +0.10 ms")
+    assert "p99 - Redis's +0.10 ms" in rows[5].verdict
+
+
+def test_a_near_cache_setting_the_tree_does_not_read_is_flagged(tmp_path: Path) -> None:
+    figures = Figures(12_000, 0.3, 0.5, 80)
+    near_row = _store_rows(figures, figures, near_read=False)[2]
+    assert near_row.value.endswith("(NEAR_CACHE_MB unread by this tree: plain Redis)")
+    assert near_row.data["near_cache_setting_read"] is False
+    (tmp_path / "proxy" / "cache").mkdir(parents=True)
+    (tmp_path / "proxy" / "__init__.py").write_text("")
+    (tmp_path / "proxy" / "cache" / "near.py").write_text('NAME = "NEAR_CACHE_MB"\n')
+    assert reads_setting(tmp_path / "proxy" / "__init__.py", "NEAR_CACHE_MB")
+    assert not reads_setting(tmp_path / "proxy" / "__init__.py", "FAR_CACHE_MB")
 
 
 def test_the_import_check_finds_which_tree_a_sidecar_would_run(tmp_path: Path) -> None:
