@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis
@@ -70,7 +70,8 @@ def test_bounded_by_bytes_least_recently_used_first() -> None:
 def test_a_read_that_raced_an_invalidation_or_a_clear_is_not_kept() -> None:
     near = NearCache(1 << 20)
     near.enable()
-    for interrupt in (lambda: near.drop(OTHER), near.clear, near.disable):
+    interrupts: list[Callable[[], None]] = [lambda: near.drop(OTHER), near.clear, near.disable]
+    for interrupt in interrupts:
         near.enabled = True
         sent_at = near.epoch
         interrupt()
