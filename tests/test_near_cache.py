@@ -5,8 +5,11 @@ against a read that races an invalidation, and bypassed while Redis tracking is 
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 import redis
@@ -16,9 +19,12 @@ from proxy.cache.near_store import NearStore
 from proxy.cache.pipe import RedisPipe
 from proxy.cache.redis import RedisStore, connect_redis
 from proxy.cache.tracking import TrackingListener
+from proxy.settings import NEAR_CACHE_MB_DEFAULT
+from proxy.settings_load import load_settings
 from proxy.vocabulary import ENTRY_KEY, INVALIDATION_GENERATION_KEY
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.server_base import free_port
+from tests.test_settings import REPO, clean_environ
 
 KEY = ENTRY_KEY % "abc"
 OTHER = ENTRY_KEY % "def"
@@ -280,3 +286,28 @@ async def test_redis_restarted_empty_leaves_no_near_entry_behind(
     finally:
         await mine.close()
         await other.close()
+
+
+@pytest.mark.parametrize("value", ["-1", "abc"])
+def test_a_bad_near_cache_size_stops_start_up_naming_it(value: str) -> None:
+    env = clean_environ(NEAR_CACHE_MB=value, REDIS_URL="redis://127.0.0.1:1/0")
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert f"NEAR_CACHE_MB='{value}'" in done.stderr, done.stderr
+
+
+def test_the_near_cache_size_is_read_from_the_environment_and_the_config_file(
+    tmp_path: Path,
+) -> None:
+    assert load_settings({"NEAR_CACHE_MB": "64"}).cache.near_cache_mb == 64.0
+    config = tmp_path / "sidecache.toml"
+    config.write_text("[cache]\nnear_cache_mb = 0.5\n")
+    assert load_settings({"SIDECACHE_CONFIG": str(config)}).cache.near_cache_mb == 0.5
+    assert load_settings({}).cache.near_cache_mb == NEAR_CACHE_MB_DEFAULT
