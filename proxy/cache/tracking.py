@@ -42,12 +42,12 @@ import hiredis
 
 from proxy.cache.near import NearCache
 from proxy.cache.pipe import command, parse_url
-from proxy.vocabulary import INVALIDATION_GENERATION_KEY
+from proxy.vocabulary import ENTRY_KEY, INVALIDATION_GENERATION_KEY
 
 log = logging.getLogger("sidecache.cache")
 
 CHANNEL = b"__redis__:invalidate"
-ENTRY_PREFIX = b"sc:e:"
+ENTRY_PREFIX = ENTRY_KEY.partition("{")[0].encode()  # b"sc:e:"
 _GENERATION = INVALIDATION_GENERATION_KEY.encode()
 _FIRST_BACKOFF_S = 0.05
 _MAX_BACKOFF_S = 2.0
@@ -108,12 +108,16 @@ class TrackingListener:
 
     async def _run(self) -> None:
         backoff = _FIRST_BACKOFF_S
+        last_failure = ""
         while True:
             try:
                 await self._session()
-                backoff = _FIRST_BACKOFF_S  # it was up; a loss retries soon
+                backoff, last_failure = _FIRST_BACKOFF_S, ""  # it was up; a loss retries soon
             except (OSError, TimeoutError) as exc:
-                log.debug("near cache tracking not set up: %s", exc)
+                failure = f"{type(exc).__name__}: {exc}"
+                if failure != last_failure:  # once per kind of failure, not once per retry
+                    log.warning("near cache off, Redis tracking not set up: %s", failure)
+                last_failure = failure
             finally:
                 self._near.disable()
                 for connection in self._open:
