@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from proxy.cache.near import NearCache
 from proxy.upstream.breakers import BreakerBoard
 
 _STATE_VALUE = {"closed": 0.0, "half-open": 1.0, "open": 2.0}
@@ -107,6 +108,9 @@ class Metrics:
     def watch_breakers(self, board: BreakerBoard) -> None:
         self.registry.register(_BreakerCollector(board))
 
+    def watch_near(self, near: NearCache) -> None:
+        self.registry.register(_NearCollector(near))
+
     def observe_request(self, endpoint: str, cache: str, status: int, seconds: float) -> None:
         children = self._request_children.get((endpoint, cache, status))
         if children is None:
@@ -156,3 +160,34 @@ class _BreakerCollector(Collector):
         )
         transitions.add_metric([], float(self._board.transitions))
         yield from (state, failures, opened, transitions)
+
+
+class _NearCollector(Collector):
+    """The near cache's counts, read at scrape time: a near hit only adds to a plain int."""
+
+    def __init__(self, near: NearCache) -> None:
+        self._near = near
+
+    def collect(self) -> Iterator[Metric]:
+        near = self._near
+        lookups = CounterMetricFamily(
+            "sidecache_near_cache_lookups",
+            "Near cache lookups (made while it is on), by result.",
+            labels=["result"],
+        )
+        lookups.add_metric(["hit"], float(near.hits))
+        lookups.add_metric(["miss"], float(near.misses))
+        evictions = CounterMetricFamily(
+            "sidecache_near_cache_evictions", "Near cache entries evicted to stay in its bound."
+        )
+        evictions.add_metric([], float(near.evictions))
+        entries = GaugeMetricFamily("sidecache_near_cache_entries", "Entries in the near cache.")
+        entries.add_metric([], float(len(near)))
+        held = GaugeMetricFamily("sidecache_near_cache_bytes", "Bytes held by the near cache.")
+        held.add_metric([], float(near.bytes))
+        on = GaugeMetricFamily(
+            "sidecache_near_cache_on",
+            "1 while the near cache serves (Redis tracking confirmed), 0 while it is bypassed.",
+        )
+        on.add_metric([], float(near.enabled))
+        yield from (lookups, evictions, entries, held, on)

@@ -16,9 +16,12 @@ from redis.exceptions import RedisError
 from proxy.body import InflightBodies
 from proxy.budget import BudgetBook
 from proxy.cache.memory import MemoryStore
+from proxy.cache.near import NearCache
+from proxy.cache.near_store import NearStore
 from proxy.cache.pipe import RedisPipe
 from proxy.cache.redis import RedisStore, connect_redis
 from proxy.cache.store import CacheStore
+from proxy.cache.tracking import TrackingListener
 from proxy.dispatch.batcher import Batcher
 from proxy.dispatch.flight import FlightTable
 from proxy.dispatch.peers import PeerFlights
@@ -88,13 +91,16 @@ async def open_runtime(
         )
         errors = metrics.cache_errors
         url, timeout_ms = settings.cache.redis_url, settings.cache.redis_timeout_ms
+        plain = url.startswith("redis://")
         store = RedisStore(
             redis,
             on_error=lambda op: errors.labels(op).inc(),
             timeout_ms=timeout_ms,
-            pipe=RedisPipe(url, timeout_ms / 1000) if url.startswith("redis://") else None,
+            pipe=RedisPipe(url, timeout_ms / 1000) if plain else None,
             generation_key=INVALIDATION_GENERATION_KEY,
         )
+        if settings.cache.near_cache_mb > 0:
+            store = _near_store(store, url, settings.cache.near_cache_mb, timeout_ms, metrics)
     else:
         store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
     metrics.cache_up.labels(store.backend).set_function(lambda: float(store.available))
@@ -174,6 +180,20 @@ async def close_runtime(runtime: Runtime) -> None:
     await runtime.budgets.close()
     await runtime.ledger.close()  # flushes every record (to the journal if the DB is down)
     await runtime.store.close()
+
+
+def _near_store(
+    store: RedisStore, url: str, megabytes: float, timeout_ms: int, metrics: Metrics
+) -> CacheStore:
+    if not url.startswith("redis://"):
+        log.warning("NEAR_CACHE_MB is ignored: the near cache needs a redis:// REDIS_URL")
+        return store
+    near = NearCache(int(megabytes * 1024 * 1024))
+    metrics.watch_near(near)
+    # Tracking sets up more than one command: a longer bound than a hit's.
+    near_store = NearStore(store, near, TrackingListener(url, near, max(timeout_ms, 1000) / 1000))
+    near_store.start()
+    return near_store
 
 
 async def _key_secret(settings: Settings, redis: Redis | None) -> bytes:

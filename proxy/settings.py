@@ -14,6 +14,8 @@ Positive = Annotated[int, msgspec.Meta(ge=1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
+NEAR_CACHE_MB_DEFAULT = 0.0
+
 # The persona dimensions, in the fixed order every key and API uses (docs/design.md §3).
 PERSONA_DIMENSIONS = ("experience", "learning_style", "tone", "density", "interests")
 
@@ -92,6 +94,9 @@ class AdminSettings(msgspec.Struct, forbid_unknown_fields=True):
 class CacheSettings(msgspec.Struct, forbid_unknown_fields=True):
     redis_url: Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")] | None = None
     memory_mb: Annotated[float, msgspec.Meta(gt=0)] = 256
+    # The near cache in front of Redis (proxy/cache/near_store.py); 0 is off; ignored without
+    # Redis (the memory store is already in process).
+    near_cache_mb: Annotated[float, msgspec.Meta(ge=0)] = NEAR_CACHE_MB_DEFAULT
     default_ttl: Positive = 300
     redis_timeout_ms: Positive = 250
     redis_max_connections: Positive = 64

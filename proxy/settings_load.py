@@ -41,6 +41,7 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "REDIS_URL": ("cache", "redis_url"),
     "CACHE_DEFAULT_TTL": ("cache", "default_ttl"),
     "CACHE_MEMORY_MB": ("cache", "memory_mb"),
+    "NEAR_CACHE_MB": ("cache", "near_cache_mb"),
     "DATABASE_URL": ("ledger", "database_url"),
     "LEDGER_PATH": ("ledger", "path"),
     "ALERT_WEBHOOK_URL": ("ledger", "alert_webhook_url"),

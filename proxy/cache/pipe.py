@@ -99,20 +99,24 @@ def command(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
+def parse_url(url: str) -> tuple[str, int, list[bytes]]:
+    """(host, port, the commands a new connection sends first) of a redis:// URL."""
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError("RedisPipe speaks plain redis:// only")
+    hello: list[bytes] = []
+    if parts.password is not None:
+        user = unquote(parts.username or "default").encode()
+        hello.append(command(b"AUTH", user, unquote(parts.password).encode()))
+    db = parts.path.lstrip("/")
+    if db and db != "0":
+        hello.append(command(b"SELECT", db.encode()))
+    return parts.hostname or "localhost", parts.port or 6379, hello
+
+
 class RedisPipe:
     def __init__(self, url: str, timeout_s: float) -> None:
-        parts = urlsplit(url)
-        if parts.scheme != "redis":
-            raise ValueError("RedisPipe speaks plain redis:// only")
-        self._host = parts.hostname or "localhost"
-        self._port = parts.port or 6379
-        self._hello: list[bytes] = []
-        if parts.password is not None:
-            user = unquote(parts.username or "default").encode()
-            self._hello.append(command(b"AUTH", user, unquote(parts.password).encode()))
-        db = parts.path.lstrip("/")
-        if db and db != "0":
-            self._hello.append(command(b"SELECT", db.encode()))
+        self._host, self._port, self._hello = parse_url(url)
         self._timeout_s = timeout_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
@@ -129,6 +133,32 @@ class RedisPipe:
         if not isinstance(reply, list) or len(reply) != len(keys):
             raise PipeError("Redis answered MGET with something else than its values")
         return [value if isinstance(value, bytes) else None for value in reply]
+
+    async def mget_pttl(self, *keys: str) -> tuple[list[bytes | None], int]:
+        """MGET and the first key's remaining TTL (ms; negative when it has none or is gone):
+        two commands in one write, so one round trip (the near cache's fill)."""
+        reply, pttl = await self._send_two(
+            command(b"MGET", *(key.encode() for key in keys)), command(b"PTTL", keys[0].encode())
+        )
+        if not isinstance(reply, list) or len(reply) != len(keys) or not isinstance(pttl, int):
+            raise PipeError("Redis answered MGET/PTTL with something else than their values")
+        return [value if isinstance(value, bytes) else None for value in reply], pttl
+
+    async def _send_two(self, first: bytes, second: bytes) -> tuple[Any, Any]:
+        protocol = self._protocol
+        try:
+            if protocol is None or protocol.transport is None:
+                async with asyncio.timeout(self._timeout_s):
+                    protocol = await self._connect()
+            # gather: when both fail, the second failure is retrieved too (no stray warning).
+            both = await asyncio.gather(protocol.send(first), protocol.send(second))
+            return both[0], both[1]
+        except TimeoutError:
+            raise PipeError("Redis did not accept a connection in time") from None
+        except PipeError:
+            raise
+        except OSError as exc:
+            raise PipeError(str(exc)) from None
 
     async def _send(self, request: bytes) -> Any:
         protocol = self._protocol

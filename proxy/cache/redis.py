@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -103,6 +104,46 @@ class RedisStore:
         if self._generation_key is not None:
             self._saw_generation(values.pop())
         return values
+
+    async def get_with_ttl(self, key: str) -> tuple[bytes | None, int]:
+        """An entry and its remaining TTL in ms (negative: none), in one round trip; for the
+        near cache, which must not keep an entry longer than Redis does."""
+        if self._pipe is None:
+            values, ttls = await self.get_many_with_ttl([key])
+            return values[0], ttls[0]
+        try:
+            if self._generation_key is None:
+                (found,), pttl = await self._pipe.mget_pttl(key)
+                generation = None
+            else:
+                (found, generation), pttl = await self._pipe.mget_pttl(key, self._generation_key)
+        except PipeError as exc:
+            self._failed("get", exc)
+            return None, -2
+        self._available = True
+        self._saw_generation(generation)
+        return found, pttl
+
+    async def get_many_with_ttl(self, keys: Sequence[str]) -> tuple[list[bytes | None], list[int]]:
+        """`get_many` and each key's remaining TTL in ms, in the same pipeline."""
+        if not keys:
+            return [], []
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.get(key)
+                        pipe.pttl(key)
+                    if self._generation_key is not None:
+                        pipe.get(self._generation_key)
+                    replies: list[Any] = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            self._failed("get", exc)
+            return [None] * len(keys), [-2] * len(keys)
+        self._available = True
+        if self._generation_key is not None:
+            self._saw_generation(replies.pop())
+        return replies[0::2], [int(ttl) for ttl in replies[1::2]]
 
     async def put(self, key: str, value: bytes, ttl_s: int) -> None:
         try:
