@@ -184,7 +184,7 @@ class _NearCollector(Collector):
         entries = GaugeMetricFamily("sidecache_near_cache_entries", "Entries in the near cache.")
         entries.add_metric([], float(len(near)))
         held = GaugeMetricFamily("sidecache_near_cache_bytes", "Bytes held by the near cache.")
-        held.add_metric([], float(near.bytes))
+        held.add_metric([], float(near.held_bytes))
         on = GaugeMetricFamily(
             "sidecache_near_cache_on",
             "1 while the near cache serves (Redis tracking confirmed), 0 while it is bypassed.",

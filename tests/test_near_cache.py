@@ -47,7 +47,7 @@ def test_an_entry_is_never_served_past_its_ttl() -> None:
     assert near.get(KEY) == b"value"
     clock.now += 0.001
     assert near.get(KEY) is None
-    assert (len(near), near.bytes) == (0, 0)  # dropped, not only hidden
+    assert (len(near), near.held_bytes) == (0, 0)  # dropped, not only hidden
 
 
 def test_keys_without_a_ttl_or_gone_are_not_kept() -> None:
@@ -67,7 +67,7 @@ def test_bounded_by_bytes_least_recently_used_first() -> None:
     near.fill(OTHER, b"b" * 100, 60_000, near.epoch)
     assert near.get(KEY) is not None  # OTHER is now the least recently used
     near.fill(third, b"c" * 100, 60_000, near.epoch)
-    assert (near.get(OTHER), near.evictions, near.bytes) == (None, 1, 2 * size)
+    assert (near.get(OTHER), near.evictions, near.held_bytes) == (None, 1, 2 * size)
     assert near.get(KEY) == b"a" * 100 and near.get(third) == b"c" * 100
     near.fill(ENTRY_KEY % "big", b"x" * (3 * size), 60_000, near.epoch)  # larger than the bound
     assert len(near) == 2
@@ -182,7 +182,7 @@ async def test_the_near_copy_expires_no_later_than_redis(
         await client.pexpire(KEY, 300)  # an invalidation: the near copy (if any) goes
         before = time.monotonic()
         assert await mine.get(KEY) == b"short"
-        expires = mine.near._entries[KEY][1]
+        expires = mine.near.expires_at(KEY)
         assert expires <= time.monotonic() + 0.3
         assert expires > before  # kept, for at most what Redis had left
         await asyncio.sleep(0.35)
@@ -253,7 +253,7 @@ async def test_a_reply_arriving_after_its_invalidation_is_not_kept(
         assert mine.near.epoch > epoch  # the invalidation came first
         relay.released.set()
         assert await read == b"old"  # a read sent before the write may answer the old value
-        assert KEY not in mine.near._entries  # but it is not kept
+        assert KEY not in mine.near  # but it is not kept
         assert await mine.get(KEY) == b"new"
     finally:
         await mine.close()

@@ -14,6 +14,7 @@ class ByteLru(Generic[K, V]):
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.bytes = 0
+        self.evictions = 0  # entries dropped to make room (not replaced, popped or cleared)
         self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -26,6 +27,11 @@ class ByteLru(Generic[K, V]):
         self._items.move_to_end(key)
         return found[0]
 
+    def peek(self, key: K) -> V | None:
+        """The value, leaving the order as it is."""
+        found = self._items.get(key)
+        return None if found is None else found[0]
+
     def put(self, key: K, value: V, size: int) -> bool:
         """Stores `value` as charged `size` bytes, evicting the least recently used entries
         as needed; False (and nothing stored) when it alone is larger than the whole map."""
@@ -37,6 +43,7 @@ class ByteLru(Generic[K, V]):
         while self.bytes > self.max_bytes:
             _, (_, evicted) = self._items.popitem(last=False)
             self.bytes -= evicted
+            self.evictions += 1
         return True
 
     def pop(self, key: K) -> V | None:

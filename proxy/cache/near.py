@@ -13,8 +13,9 @@ them changed, and clears and bypasses the whole cache while it cannot hear those
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from collections.abc import Callable
+
+from proxy.cache.lru import ByteLru
 
 # What an entry costs beyond its key and value: the dict slot, the tuple, two objects' headers.
 ENTRY_OVERHEAD = 160
@@ -22,19 +23,37 @@ ENTRY_OVERHEAD = 160
 
 class NearCache:
     def __init__(self, max_bytes: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.max_bytes = max_bytes
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[bytes, float, int]] = OrderedDict()
-        self.bytes = 0
+        self._entries: ByteLru[str, tuple[bytes, float]] = ByteLru(max_bytes)
         # Served only while invalidations are heard (the tracking connection is up).
         self.enabled = False
         self.epoch = 0
         self.hits = 0
         self.misses = 0
-        self.evictions = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._entries.max_bytes
+
+    @property
+    def held_bytes(self) -> int:
+        return self._entries.bytes
+
+    def __contains__(self, key: str) -> bool:
+        return self.expires_at(key) is not None
+
+    def expires_at(self, key: str) -> float | None:
+        """When the near copy of `key` stops being served (None: there is none); a peek that
+        neither counts as a lookup nor makes the entry more recently used."""
+        item = self._entries.peek(key)
+        return None if item is None else item[1]
+
+    @property
+    def evictions(self) -> int:
+        return self._entries.evictions
 
     def get(self, key: str) -> bytes | None:
         item = self._entries.get(key)
@@ -42,10 +61,9 @@ class NearCache:
             self.misses += 1
             return None
         if item[1] <= self._clock():
-            self._remove(key)
+            self._entries.pop(key)
             self.misses += 1
             return None
-        self._entries.move_to_end(key)
         self.hits += 1
         return item[0]
 
@@ -54,27 +72,16 @@ class NearCache:
         clear) came between sending the read (`epoch` was read then) and its reply."""
         if epoch != self.epoch or not self.enabled or ttl_ms <= 0:
             return
-        size = len(key) + len(value) + ENTRY_OVERHEAD
-        if size > self.max_bytes:
-            return
-        if key in self._entries:
-            self._remove(key)
-        self._entries[key] = (value, self._clock() + ttl_ms / 1000, size)
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            oldest = next(iter(self._entries))
-            self._remove(oldest)
-            self.evictions += 1
+        expires_at = self._clock() + ttl_ms / 1000
+        self._entries.put(key, (value, expires_at), len(key) + len(value) + ENTRY_OVERHEAD)
 
     def drop(self, key: str) -> None:
         self.epoch += 1
-        if key in self._entries:
-            self._remove(key)
+        self._entries.pop(key)
 
     def clear(self) -> None:
         self.epoch += 1
         self._entries.clear()
-        self.bytes = 0
 
     def enable(self) -> None:
         self.clear()
@@ -83,6 +90,3 @@ class NearCache:
     def disable(self) -> None:
         self.enabled = False
         self.clear()
-
-    def _remove(self, key: str) -> None:
-        self.bytes -= self._entries.pop(key)[2]

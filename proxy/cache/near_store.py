@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from proxy.cache.near import NearCache
 from proxy.cache.redis import RedisStore
+from proxy.cache.store import answer_in_turn
 from proxy.cache.tracking import TrackingListener
 
 
@@ -46,6 +47,7 @@ class NearStore:
             return await self._redis.get(key)
         found = near.get(key)
         if found is not None:
+            await answer_in_turn()  # as the memory store does: hits are answered in phases
             return found
         epoch = near.epoch
         found, ttl_ms = await self._redis.get_with_ttl(key)
@@ -57,9 +59,10 @@ class NearStore:
         near = self.near
         if not near.enabled:
             return await self._redis.get_many(keys)
-        values = [near.get(key) for key in keys]
+        values: list[bytes | None] = [near.get(key) for key in keys]
         missing = [i for i, value in enumerate(values) if value is None]
         if not missing:
+            await answer_in_turn()
             return values
         epoch = near.epoch
         found, ttls = await self._redis.get_many_with_ttl([keys[i] for i in missing])
