@@ -46,8 +46,14 @@ class Outcome:
 
     def saved(self, prices: PriceTable, prompt: int, completion: int, cached: int) -> None:
         """Answered without an upstream call of its own (hit, coalesced): what that call cost."""
+        self.avoided(
+            prices.cost(self.model, prompt, cached, completion), prompt, completion, cached
+        )
+
+    def avoided(self, cost: float, prompt: int, completion: int, cached: int) -> None:
+        """As `saved`, the call's cost already known (a stored answer's, priced once)."""
         self._tokens(prompt, completion, cached)
-        self.saved_cost += prices.cost(self.model, prompt, cached, completion)
+        self.saved_cost += cost
 
     def _tokens(self, prompt: int, completion: int, cached: int) -> None:
         self.prompt_tokens += prompt

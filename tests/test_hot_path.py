@@ -12,8 +12,10 @@ import pytest
 from proxy.cache.entry import EntryMeta, StoredResponse, encode_entry
 from proxy.cache.lru import ByteLru
 from proxy.cache.memory import MemoryStore
-from proxy.handlers.hot import KnownRequests, PreparedEntries
+from proxy.handlers.hot import KnownRequests, Prepared, PreparedEntries
 from proxy.keys import CacheKey
+from proxy.ledger.pricing import PriceTable
+from proxy.settings import PricingSettings
 from tests.fixtures.sidecar import OTHER_API_KEY, Sidecar, Stub
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Name a prime."}]}
@@ -70,6 +72,18 @@ def test_a_prepared_entry_is_decoded_again_when_its_bytes_change() -> None:
     assert second.headers["X-Cache-Key"] == key.short_id
     assert prepared.get(key, b"\xc1 not msgpack") is None  # a broken entry is a miss
     assert prepared.get(key, _stored("two")) is not second  # ... and was forgotten
+
+
+def test_a_prepared_entry_is_priced_once_per_model_and_unpriced_hits_still_count() -> None:
+    prices = PriceTable.from_settings(PricingSettings())
+    entry = StoredResponse(b"{}", 1.0, META, prompt_tokens=1000, completion_tokens=500)
+    found = Prepared(encode_entry(entry), entry, CacheKey("cd" * 32))
+    priced = prices.cost("gpt-4o-mini", 1000, 0, 500)
+    assert priced > 0
+    assert found.cost(prices, "gpt-4o-mini") == found.cost(prices, "gpt-4o-mini") == priced
+    assert found.cost(prices, "gpt-4o") == prices.cost("gpt-4o", 1000, 0, 500) != priced
+    assert found.cost(prices, "my-local-llama") == found.cost(prices, "my-local-llama") == 0.0
+    assert prices.unpriced_requests == 2  # every unpriced hit is counted, as on a miss
 
 
 async def test_the_memory_store_lets_ready_requests_run_before_it_answers() -> None:

@@ -48,7 +48,7 @@ def entry_meta(parsed: ParsedRequest, model: str, scope: ScopePart, generation: 
     if scope[0] == "p":
         persona = {d: v for d, v in zip(scope[1], scope[2], strict=True) if v is not None}
     elif scope[0] == "u":
-        persona = parsed.persona.as_dict()  # a change of it invalidates the user's entries
+        persona = parsed.persona_fields  # a change of it invalidates the user's entries
     return EntryMeta(
         tenant=parsed.identity.tenant,
         endpoint=parsed.endpoint,

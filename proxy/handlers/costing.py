@@ -9,8 +9,8 @@ from aiohttp import web
 
 from proxy.accounting import OUTCOME, Outcome
 from proxy.budget import Reservation
-from proxy.cache.entry import StoredResponse
 from proxy.dispatch.flight import Flight
+from proxy.handlers.hot import Prepared
 from proxy.handlers.parse import ParsedRequest
 from proxy.runtime import Runtime
 from proxy.wire import Usage
@@ -22,14 +22,16 @@ def open_outcome(request: web.Request, parsed: ParsedRequest, model: str) -> Out
         request_type=parsed.endpoint,
         model=model,
         user_id=parsed.user_id,
-        persona=parsed.persona.as_dict(),
+        persona=parsed.persona_fields,
     )
     request[OUTCOME] = outcome
     return outcome
 
 
-def count_hit(runtime: Runtime, outcome: Outcome, entry: StoredResponse) -> None:
-    outcome.saved(runtime.prices, entry.prompt_tokens, entry.completion_tokens, entry.cached_tokens)
+def count_hit(runtime: Runtime, outcome: Outcome, found: Prepared) -> None:
+    entry = found.entry
+    cost = found.cost(runtime.prices, outcome.model)
+    outcome.avoided(cost, entry.prompt_tokens, entry.completion_tokens, entry.cached_tokens)
 
 
 async def preflight(runtime: Runtime, parsed: ParsedRequest, model: str) -> Reservation | None:

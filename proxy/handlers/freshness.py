@@ -23,7 +23,7 @@ async def still_valid(runtime: Runtime, parsed: ParsedRequest, meta: EntryMeta) 
     if await invalidations.is_stale(meta):
         runtime.metrics.cache_stale.labels(parsed.endpoint).inc()
         return False
-    if meta.scope == "user" and meta.persona != parsed.persona.as_dict():
+    if meta.scope == "user" and meta.persona != parsed.persona_fields:
         if meta.user_id is not None:  # a user-scoped entry always has one
             with contextlib.suppress(StoreUnavailable):  # this entry is still not served
                 await invalidations.flush_user(meta.tenant, meta.user_id, PERSONA_CHANGE)

@@ -22,6 +22,7 @@ from proxy.cache.entry import StoredResponse, decode_response
 from proxy.cache.lru import ByteLru
 from proxy.cache.replay import replay_stream
 from proxy.keys import CacheKey
+from proxy.ledger.pricing import PriceTable
 from proxy.vocabulary import CacheMatch, CacheStatus
 
 T = TypeVar("T")
@@ -58,13 +59,27 @@ class KnownRequests(Generic[T]):
 class Prepared:
     """A stored answer decoded once: its entry, its hit headers, and its SSE replays."""
 
-    __slots__ = ("_replays", "entry", "headers", "raw")
+    __slots__ = ("_priced", "_replays", "entry", "headers", "raw")
 
     def __init__(self, raw: bytes, entry: StoredResponse, key: CacheKey) -> None:
         self.raw = raw
         self.entry = entry
         self.headers = {**_EXACT_HIT, "X-Cache-Key": key.short_id}
         self._replays: list[bytes | None] = [None, None]
+        self._priced: tuple[str, float] | None = None  # (model, what the answer cost at it)
+
+    def cost(self, prices: PriceTable, model: str) -> float:
+        """What the call that made this answer cost at `model`'s prices (what a hit saves)."""
+        priced = self._priced
+        if priced is None or priced[0] != model:
+            entry = self.entry
+            usd = prices.cost(
+                model, entry.prompt_tokens, entry.cached_tokens, entry.completion_tokens
+            )
+            if prices.price_for(model) is None:
+                return usd  # unpriced: counted by the table on every request, so never kept
+            priced = self._priced = (model, usd)
+        return priced[1]
 
     def replay(self, include_usage: bool) -> bytes:
         """The answer as the SSE stream it would have been, `data: [DONE]` included."""

@@ -30,6 +30,7 @@ class ParsedRequest:
     body: dict[str, Any]
     identity: Identity
     persona: Persona
+    persona_fields: dict[str, str]  # `persona.as_dict()`, made once (the ledger and rules read it)
     user_id: str | None
     directives: Directives
     priority: Priority
@@ -61,7 +62,9 @@ async def parse_request(
         )
     persona = runtime.personas.parse(headers) if persona_aware else NO_PERSONA
     priority = parse_priority(headers.get(PRIORITY_HEADER))
-    return ParsedRequest(endpoint, raw, body, identity, persona, user_id, directives, priority)
+    return ParsedRequest(
+        endpoint, raw, body, identity, persona, persona.as_dict(), user_id, directives, priority
+    )
 
 
 def view(kind: type[T], body: dict[str, Any]) -> T:

@@ -125,7 +125,7 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
     outcome = open_outcome(request, parsed, asked.model)
     found = await lookup(runtime, prepared, parsed, key)
     if found is not None:
-        count_hit(runtime, outcome, found.entry)
+        count_hit(runtime, outcome, found)
         return await serve_stored(
             request, found, stream=asked.stream, include_usage=asked.include_usage
         )
@@ -133,7 +133,7 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
     if semantic is not None and route.semantic:  # after the exact miss, before any spending
         probe, found = await semantic_lookup(request, runtime, semantic, prepared, parsed, scope)
         if found is not None and probe is not None and probe.chosen is not None:
-            count_hit(runtime, outcome, found.entry)
+            count_hit(runtime, outcome, found)
             outcome.match, outcome.similarity = CacheMatch.SEMANTIC, probe.chosen.similarity
             return await serve_stored(
                 request,
