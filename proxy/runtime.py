@@ -34,7 +34,7 @@ from proxy.metrics import Metrics
 from proxy.persona import PersonaParser
 from proxy.semantic.build import open_semantic
 from proxy.semantic.cache import SemanticCache
-from proxy.settings import Settings
+from proxy.settings import NEAR_CACHE_MB_DEFAULT, Settings
 from proxy.tenancy import TenantResolver
 from proxy.ttl import TtlPolicy
 from proxy.upstream.breakers import BreakerBoard
@@ -186,7 +186,9 @@ def _near_store(
     store: RedisStore, url: str, megabytes: float, timeout_ms: int, metrics: Metrics
 ) -> CacheStore:
     if not url.startswith("redis://"):
-        log.warning("NEAR_CACHE_MB is ignored: the near cache needs a redis:// REDIS_URL")
+        # Said louder when it was asked for than when it is only the default.
+        level = logging.INFO if megabytes == NEAR_CACHE_MB_DEFAULT else logging.WARNING
+        log.log(level, "NEAR_CACHE_MB is ignored: the near cache needs a redis:// REDIS_URL")
         return store
     near = NearCache(int(megabytes * 1024 * 1024))
     metrics.watch_near(near)
