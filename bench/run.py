@@ -20,7 +20,8 @@ everything was measured, even if a target was missed (this is a measurement, not
 1 when the harness itself failed (a server did not start, no cache hit after warm-up, non-200
 answers under load, requests of a hit run reaching the upstream). The whole run takes about
 eight minutes (`hits_by_store` three of them, loading the 10M-row ledger of the `costs` row
-two); `--quick` scales every count and duration down (about two minutes), and `--only hit_max_rate,costs` runs some rows alone.
+two); `--quick` scales every count and duration down (about two minutes), and
+`--only hit_max_rate,costs` runs some rows alone.
 
 Issue 22's `hits_by_store` (bench/stores.py) compares the hit path across stores in one run:
 fresh sidecars on the memory store, the Redis store and Redis with its near cache
