@@ -37,16 +37,34 @@ class PromptTokensDetails(msgspec.Struct):
     cached_tokens: int | None = 0
 
 
+class CompletionTokensDetails(msgspec.Struct):
+    reasoning_tokens: int | None = 0
+
+
 class Usage(msgspec.Struct):
+    """A call's tokens as the sidecar counts them, named as chat's `usage` names them: every
+    endpoint's usage (chat, Responses, Messages) is read into this shape. `prompt_tokens`
+    counts every input token, cached reads and cache writes included; `completion_tokens`
+    every output token, reasoning included."""
+
     prompt_tokens: int = 0
     completion_tokens: int | None = 0
     total_tokens: int = 0
     prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
+    # Not in chat's usage: input tokens written to the provider's prompt cache (Anthropic's
+    # `cache_creation_input_tokens`), billed at a rate of their own.
+    cache_write_tokens: int = 0
 
     @property
     def cached_tokens(self) -> int:
         details = self.prompt_tokens_details
         return (details.cached_tokens or 0) if details else 0
+
+    @property
+    def reasoning_tokens(self) -> int:
+        details = self.completion_tokens_details
+        return (details.reasoning_tokens or 0) if details else 0
 
 
 class GenerativeAnswer(msgspec.Struct):

@@ -1,4 +1,5 @@
-"""Between the two shapes of a generative answer: a whole JSON object and a stream of chunks.
+"""Chat and legacy completions streams (proxy/cache/streams.py): between the two shapes of a
+generative answer, a whole JSON object and a stream of chunks ended by `data: [DONE]`.
 
 `assemble` turns the chunks of a streamed miss into the object a `stream: false` request would
 have received (that is what is stored); `replay` turns a stored object back into chunks for a
@@ -11,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from proxy.cache.streams import Fed
 from proxy.sse import DONE, format_event
 
 CHAT = "chat.completion"
@@ -55,10 +57,52 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
 
-def replay_stream(body: bytes, include_usage: bool) -> bytes:
-    """A stored JSON answer as the whole SSE stream it would have been, `[DONE]` included."""
-    chunks = replay(_decode(body), include_usage)
-    return b"".join(format_event(_encode(chunk)) for chunk in chunks) + DONE
+class ChunkStream:
+    """The `StreamFormat` of chat (`CHAT`) or legacy completions (`TEXT`)."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def assembly(self) -> ChunkAssembly:
+        return ChunkAssembly(self.kind)
+
+    def owns(self, answer: dict[str, Any]) -> bool:
+        return answer.get("object") == self.kind
+
+    def replay(self, answer: dict[str, Any], include_usage: bool) -> bytes:
+        chunks = replay(answer, include_usage)
+        return b"".join(format_event(_encode(chunk)) for chunk in chunks) + DONE
+
+
+class ChunkAssembly:
+    def __init__(self, kind: str) -> None:
+        self._kind = kind
+        self._chunks: list[dict[str, Any]] = []
+        self._done = self._broken = False
+
+    def feed(self, data: bytes) -> Fed:
+        if data == b"[DONE]":
+            self._done = True
+            return Fed.DONE
+        chunk = _chunk(data)
+        if chunk is None:
+            self._broken = True
+            return Fed.BROKEN
+        self._chunks.append(chunk)
+        return Fed.USAGE_ONLY if not chunk.get("choices") and chunk.get("usage") else Fed.PART
+
+    def whole(self) -> dict[str, Any] | None:
+        if not self._done or self._broken or not self._chunks:
+            return None
+        return assemble(self._chunks, self._kind)
+
+
+def _chunk(data: bytes) -> dict[str, Any] | None:
+    try:
+        chunk = _decode(data)
+    except msgspec.DecodeError:
+        return None
+    return chunk if isinstance(chunk, dict) and "error" not in chunk else None
 
 
 def replay(answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]:

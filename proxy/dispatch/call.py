@@ -36,7 +36,7 @@ class UpstreamCall:
     validate: Validator
     plan: StorePlan | None
     stream: bool = False  # asks the upstream for SSE
-    kind: str = ""  # chat.completion | text_completion: how to assemble a stream
+    kind: str = ""  # the stream format's kind (proxy/cache/formats.py): how to read a stream
     coalesce: bool = True  # may share with peers on other replicas
 
 

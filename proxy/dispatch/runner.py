@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import aiohttp
 import msgspec
 from multidict import CIMultiDict
 
 from proxy.cache.entry import decode_response
-from proxy.cache.replay import assemble
+from proxy.cache.formats import format_of
 from proxy.cache.store import CacheStore
+from proxy.cache.streams import Fed
 from proxy.dispatch.call import UpstreamCall, store_answer
 from proxy.dispatch.flight import Answer, Event, Flight, FlightTable
 from proxy.dispatch.peers import PeerFlights
@@ -177,22 +178,14 @@ class FlightRunner:
         closed). A stream that breaks counts against the breaker."""
         flight.start_stream(relayed)
         parser = SseParser()
-        chunks: list[dict[str, Any]] = []
-        done = broken = False
+        assembly = format_of(call.kind).assembly()
+        done = False
         try:
             async for data in upstream.content.iter_any():
                 for event in parser.feed(data):
-                    usage_only = False
-                    if event.data == b"[DONE]":
-                        done = True
-                    elif event.data is not None:
-                        chunk = _chunk(event.data)
-                        if chunk is None:
-                            broken = True
-                        else:
-                            chunks.append(chunk)
-                            usage_only = not chunk.get("choices") and bool(chunk.get("usage"))
-                    flight.push(Event(event.raw, usage_only))
+                    fed = Fed.PART if event.data is None else assembly.feed(event.data)
+                    done = done or fed is Fed.DONE
+                    flight.push(Event(event.raw, fed is Fed.USAGE_ONLY))
                 if call.plan is None and not flight.wanted():
                     upstream.close()  # nobody to answer and nothing to store: stop paying
                     return None
@@ -208,26 +201,19 @@ class FlightRunner:
             failed = stream_failure("The upstream stream did not end in time.")
             flight.push(Event(format_event(failed.body)))
             raise
-        if not done or broken or not chunks:
+        whole = assembly.whole()
+        if whole is None:
             upstream.close()
             failed = stream_failure("The upstream stream ended before it was complete.")
             if not done:
                 flight.push(Event(format_event(failed.body)))
             raise UpstreamFailure(failed)
         upstream.release()
-        body = _encode(assemble(chunks, call.kind))
+        body = _encode(whole)
         usage = call.validate(body)
         answer = Answer(200, CIMultiDict(JSON_HEADERS), body, streamed=True, usage=usage)
         answer.stored = await store_answer(self.store, call, body, usage)
         return answer
-
-
-def _chunk(data: bytes) -> dict[str, Any] | None:
-    try:
-        chunk = _decode(data)
-    except msgspec.DecodeError:
-        return None
-    return chunk if isinstance(chunk, dict) and "error" not in chunk else None
 
 
 def stream_failure(message: str) -> Answer:

@@ -8,7 +8,7 @@ import time
 from aiohttp import web
 
 from proxy.cache.entry import EntryMeta
-from proxy.cache.replay import replay_stream
+from proxy.cache.formats import replay_stream
 from proxy.handlers.freshness import still_valid
 from proxy.handlers.hot import Prepared, PreparedEntries
 from proxy.handlers.parse import ParsedRequest

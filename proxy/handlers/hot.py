@@ -19,8 +19,8 @@ from typing import Generic, TypeVar
 from aiohttp import web
 
 from proxy.cache.entry import StoredResponse, decode_response
+from proxy.cache.formats import replay_stream
 from proxy.cache.lru import ByteLru
-from proxy.cache.replay import replay_stream
 from proxy.keys import CacheKey
 from proxy.ledger.pricing import PriceTable
 from proxy.vocabulary import CacheMatch, CacheStatus
