@@ -13,6 +13,8 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Positive = Annotated[int, msgspec.Meta(ge=1)]
 Seconds = Annotated[float, msgspec.Meta(gt=0)]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+# A model-name glob of UPSTREAM_FLEX_MODELS (fnmatch: `*`, `?`, `[...]`), no spaces or commas.
+ModelGlob = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:/@*?\[\]!-]+$")]
 
 NEAR_CACHE_MB_DEFAULT = 64.0  # on: +16% hits/s over plain Redis in bench hits_by_store
 
@@ -66,6 +68,15 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True):
     coalesce_lock_ms: Annotated[int, msgspec.Meta(ge=100)] = 3000
     # How long a follower on another replica waits in all before calling upstream itself.
     coalesce_max_wait_ms: Annotated[int, msgspec.Meta(ge=0)] = 60_000
+    # Chat and Responses requests without a `prompt_cache_key` get one derived from the tenant
+    # and their system prompt (proxy/handlers/prompt_cache.py, docs/design.md §11).
+    prompt_cache_key: bool = True
+    # The flex lane (proxy/upstream/flex.py): low-priority work for these models goes at
+    # `service_tier: "flex"`, retried once at the standard tier after a 429 or a timeout.
+    flex: bool = False
+    flex_models: list[ModelGlob] = msgspec.field(
+        default_factory=lambda: ["o3*", "o4-mini*", "gpt-5*"]
+    )
 
 
 class TenancySettings(msgspec.Struct, forbid_unknown_fields=True):

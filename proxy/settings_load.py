@@ -36,6 +36,9 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "BREAKER_RESET_S": ("upstream", "breaker_reset_s"),
     "COALESCE_LOCK_MS": ("upstream", "coalesce_lock_ms"),
     "COALESCE_MAX_WAIT_MS": ("upstream", "coalesce_max_wait_ms"),
+    "PROMPT_CACHE_KEY": ("upstream", "prompt_cache_key"),
+    "UPSTREAM_FLEX": ("upstream", "flex"),
+    "UPSTREAM_FLEX_MODELS": ("upstream", "flex_models"),
     "SIDECAR_KEYS": ("tenancy", "sidecar_keys"),
     "CACHE_KEY_SECRET": ("tenancy", "key_secret"),
     "REDIS_URL": ("cache", "redis_url"),
@@ -127,11 +130,14 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     return settings
 
 
+_SWITCHES = frozenset(
+    {"SEMANTIC_CACHE", "SEMANTIC_SERVE_TOOL_CALLS", "PROMPT_CACHE_KEY", "UPSTREAM_FLEX"}
+)
 _SWITCH = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
 
 
 def _parse_env(name: str, raw: str) -> Any:
-    if name in ("ADMIN_TOKENS", "ADMIN_USER_IDS"):
+    if name in ("ADMIN_TOKENS", "ADMIN_USER_IDS", "UPSTREAM_FLEX_MODELS"):
         return [item.strip() for item in raw.split(",") if item.strip()]
     if name == "SIDECAR_KEYS":
         pairs: dict[str, str] = {}
@@ -143,7 +149,7 @@ def _parse_env(name: str, raw: str) -> Any:
                 )
             pairs[key.strip()] = tenant.strip()
         return pairs
-    if name in ("SEMANTIC_CACHE", "SEMANTIC_SERVE_TOOL_CALLS"):
+    if name in _SWITCHES:
         return _SWITCH.get(raw.strip().lower(), raw)  # anything else fails as "expected bool"
     if name == "LOG_LEVEL":
         return raw.upper()
@@ -189,6 +195,12 @@ def _check_consistency(settings: Settings, env: Mapping[str, str]) -> None:
             "SEMANTIC_CACHE=on with SEMANTIC_EMBEDDER=local needs the semantic extra: pip install "
             "'sidecache[semantic]' (or the image built with SEMANTIC=1), or use "
             "SEMANTIC_EMBEDDER=upstream:<model>"
+        )
+    upstream = settings.upstream
+    if upstream.flex and not upstream.flex_models:
+        raise SettingsError(
+            f"invalid setting UPSTREAM_FLEX_MODELS={env.get('UPSTREAM_FLEX_MODELS', '')!r}: "
+            "UPSTREAM_FLEX=on needs at least one model glob, e.g. o3*,o4-mini*,gpt-5*"
         )
     server = settings.server
     if server.max_inflight_body_mb < server.max_body_mb:
