@@ -13,6 +13,8 @@ from proxy.cache.replay import CHAT, TEXT
 from proxy.dispatch.call import Validator, validator
 from proxy.handlers.parse import ParsedRequest, view
 from proxy.handlers.pipeline import Asked, Batching, CachedRoute, serve_cached
+from proxy.handlers.prompt_cache import with_prompt_cache_key
+from proxy.runtime import RUNTIME
 from proxy.ttl import chat_kind
 from proxy.vocabulary import Endpoint
 from proxy.wire import GenerativeAnswer, GenerativeRequest
@@ -26,6 +28,8 @@ class GenerativeWire:
     stream_kind: str  # CHAT or TEXT
     validate: Validator = _VALIDATE
     batching: Batching | None = None
+    # Chat only: set a provider prompt_cache_key when the client sent none (PROMPT_CACHE_KEY).
+    prompt_cache: bool = False
 
     def read(self, parsed: ParsedRequest) -> Asked:
         req = view(GenerativeRequest, parsed.body)
@@ -37,20 +41,28 @@ class GenerativeWire:
         )
 
     def upstream_body(self, parsed: ParsedRequest, asked: Asked) -> bytes:
-        if not asked.stream:
-            return parsed.raw
+        body = parsed.body
+        keyed = with_prompt_cache_key(body, parsed.identity.tenant) if self.prompt_cache else None
+        if not asked.stream:  # the client's exact bytes unless a key was added
+            return parsed.raw if keyed is None else _encode(keyed)
         # Always ask for the usage chunk (the ledger needs it); clients that did not ask for
         # it never see it.
-        options = {**(parsed.body.get("stream_options") or {}), "include_usage": True}
-        return _encode({**parsed.body, "stream_options": options})
+        options = {**(body.get("stream_options") or {}), "include_usage": True}
+        return _encode({**(keyed or body), "stream_options": options})
 
 
-CHAT_ROUTE = CachedRoute(Endpoint.CHAT, GenerativeWire(CHAT), persona_aware=True, semantic=True)
+CHAT_ROUTE = CachedRoute(
+    Endpoint.CHAT, GenerativeWire(CHAT, prompt_cache=True), persona_aware=True, semantic=True
+)
+CHAT_ROUTE_UNKEYED = CachedRoute(  # PROMPT_CACHE_KEY=off
+    Endpoint.CHAT, GenerativeWire(CHAT), persona_aware=True, semantic=True
+)
 COMPLETIONS_ROUTE = CachedRoute(Endpoint.COMPLETIONS, GenerativeWire(TEXT), persona_aware=True)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await serve_cached(request, CHAT_ROUTE)
+    keyed = request.app[RUNTIME].settings.upstream.prompt_cache_key
+    return await serve_cached(request, CHAT_ROUTE if keyed else CHAT_ROUTE_UNKEYED)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
