@@ -63,6 +63,22 @@ def _injected_failure(fake: FakeUpstream) -> FakeApiError:
     return FakeApiError(status, message, code=code, headers=headers)
 
 
+def _at_flex(request: web.Request) -> bool:
+    body = request[BODY_KEY].value
+    return isinstance(body, dict) and body.get("service_tier") == "flex"
+
+
+def _flex_refusal(status: int) -> FakeApiError:
+    if status == 429:
+        return FakeApiError(
+            429,
+            "Flex processing is out of capacity right now (injected by the fake upstream); "
+            "retry later or at the default tier.",
+            code="resource_unavailable",
+        )
+    return FakeApiError(status, f"The fake upstream was told to fail flex calls with {status}.")
+
+
 async def _wait_while_hung(request: web.Request, fake: FakeUpstream) -> None:
     """Holds the request until `hang` is cleared, the client leaves or the app stops."""
     stopping = request.app[STOPPING_KEY]
@@ -80,10 +96,15 @@ async def _answer(request: web.Request, handler: Handler, fake: FakeUpstream) ->
     try:
         if fake.latency_ms > 0:
             await asyncio.sleep(fake.latency_ms / 1000)
+        flex = _at_flex(request)
+        if flex and fake.flex_latency_ms > 0:
+            await asyncio.sleep(fake.flex_latency_ms / 1000)
         await _wait_while_hung(request, fake)
         _check_auth(request, fake)
         if fake.take_failure():
             raise _injected_failure(fake)
+        if flex and fake.flex_fail_status is not None:
+            raise _flex_refusal(fake.flex_fail_status)
         if fake.drip_ms is not None:
             return await drip(request, fake, request.app[STOPPING_KEY])
         return await handler(request)

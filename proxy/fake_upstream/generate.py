@@ -50,7 +50,9 @@ def _usage(prompt: int, completion: int, *, details: bool) -> dict[str, Any]:
 class _Envelope:
     """The fields every object of one answer shares (id, created, model, ...)."""
 
-    def __init__(self, prefix: str, obj: str, model: str, include_usage: bool) -> None:
+    def __init__(
+        self, prefix: str, obj: str, model: str, include_usage: bool, tier: str | None = None
+    ) -> None:
         self.head: dict[str, Any] = {
             "id": prefix + uuid.uuid4().hex,
             "object": obj,
@@ -58,6 +60,8 @@ class _Envelope:
             "model": model,
             "system_fingerprint": FINGERPRINT,
         }
+        if tier is not None:
+            self.head["service_tier"] = tier
         self.include_usage = include_usage
 
     def chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -68,6 +72,11 @@ class _Envelope:
 
     def usage_chunk(self, usage: dict[str, Any]) -> dict[str, Any]:
         return {**self.head, "choices": [], "usage": usage}
+
+
+def _served_tier(asked: str | None) -> str:
+    """The tier OpenAI says served a chat call: the one asked for, "default" for auto or none."""
+    return "default" if asked in (None, "auto") else asked
 
 
 def _top_logprobs(params: ChatParams) -> int | None:
@@ -133,14 +142,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     streaming, include_usage = is_stream(params.stream, params.stream_options)
     choices, completion_tokens = _chat_choices(params, request_seed(body), fake)
     usage = _usage(chat_prompt_tokens(params.messages), completion_tokens, details=True)
+    tier = _served_tier(params.service_tier)
     if not streaming:
-        envelope = _Envelope("chatcmpl-", "chat.completion", params.model, False)
+        envelope = _Envelope("chatcmpl-", "chat.completion", params.model, False, tier)
         if fake.empty_choices:
             choices = []
-        payload = {**envelope.head, "choices": choices, "usage": usage, "service_tier": "default"}
+        payload = {**envelope.head, "choices": choices, "usage": usage}
         return json_answer(request, payload)
 
-    envelope = _Envelope("chatcmpl-", "chat.completion.chunk", params.model, include_usage)
+    envelope = _Envelope("chatcmpl-", "chat.completion.chunk", params.model, include_usage, tier)
     stream = SseStream(request, fake)
     await stream.open()
     for choice in choices:

@@ -46,6 +46,7 @@ class ChatParams(msgspec.Struct):
     parallel_tool_calls: bool | None = None
     logprobs: bool | None = None
     top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    service_tier: Literal["auto", "default", "flex", "scale", "priority"] | None = None
 
 
 class CompletionParams(msgspec.Struct):

@@ -51,6 +51,8 @@ class KnobUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     drip_ms: Annotated[float, msgspec.Meta(gt=0)] | UnsetType | None = UNSET
     extra_models: frozenset[str] | UnsetType = UNSET
     prefer_tools: bool | UnsetType = UNSET
+    flex_fail_status: Annotated[int, msgspec.Meta(ge=400, le=599)] | UnsetType | None = UNSET
+    flex_latency_ms: Annotated[float, msgspec.Meta(ge=0)] | UnsetType = UNSET
 
 
 KNOB_NAMES: tuple[str, ...] = KnobUpdate.__struct_fields__
@@ -81,6 +83,8 @@ class FakeUpstream:
         drip_ms: float | None = None,
         extra_models: frozenset[str] = frozenset(),
         prefer_tools: bool = False,
+        flex_fail_status: int | None = None,
+        flex_latency_ms: float = 0.0,
         record_credentials: bool = False,
     ) -> None:
         self.latency_ms = latency_ms
@@ -103,6 +107,10 @@ class FakeUpstream:
         self.extra_models = extra_models
         # With `tools` and `tool_choice` "auto" (or absent), answer tool calls, not text.
         self.prefer_tools = prefer_tools
+        # Requests at `service_tier: "flex"` only: answered with this status (429: flex
+        # capacity short, as OpenAI answers it), or held this long first (a slow flex lane).
+        self.flex_fail_status = flex_fail_status
+        self.flex_latency_ms = flex_latency_ms
         # Not a knob (no HTTP call can turn it on): the process that built the fake chooses.
         self.record_credentials = record_credentials
         self.in_flight = 0
