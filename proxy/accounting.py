@@ -37,6 +37,8 @@ class Outcome:
     upstream_ms: float | None = None
     match: CacheMatch | None = None  # set by the pipeline on a hit
     similarity: float | None = None  # a semantic hit's, set with match
+    # The tier that served this request's own upstream call ("flex", "default", ...; Answer's).
+    service_tier: str | None = None
 
     def paid(self, prices: PriceTable, prompt: int, completion: int, cached: int) -> float:
         """This request made the upstream call: its tokens at the model's price."""

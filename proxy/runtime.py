@@ -39,6 +39,7 @@ from proxy.tenancy import TenantResolver
 from proxy.ttl import TtlPolicy
 from proxy.upstream.breakers import BreakerBoard
 from proxy.upstream.client import UpstreamClient
+from proxy.upstream.flex import FlexLane
 from proxy.upstream.gate import UpstreamGate
 from proxy.upstream.guarded import GuardedUpstream
 from proxy.vocabulary import INVALIDATION_GENERATION_KEY, SHARED_SECRET_KEY
@@ -155,7 +156,7 @@ async def open_runtime(
         gate=gate,
         breakers=breakers,
         peers=peers,
-        runner=FlightRunner(store, flights, guarded, peers),
+        runner=FlightRunner(store, flights, guarded, peers, FlexLane.from_settings(upstream)),
         batcher=Batcher(settings.batch, guarded),
         prices=prices,
         ledger=ledger,

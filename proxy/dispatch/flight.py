@@ -33,6 +33,9 @@ class Answer:
     from_peer: bool = False  # another replica made the call; this one read its entry
     usage: Usage | None = None  # what the call cost in tokens (the stored entry's, from a peer)
     upstream_ms: float | None = None
+    # The tier that served the call: the answer's own `service_tier`, "flex" when sent at flex
+    # and the answer says none (proxy/upstream/flex.py), None when unknown (a peer's, a batch's).
+    service_tier: str | None = None
     failure: Failure | None = None
 
     @classmethod

@@ -25,10 +25,11 @@ from proxy.dispatch.call import UpstreamCall, store_answer
 from proxy.dispatch.flight import Answer, Event, Flight, FlightTable
 from proxy.dispatch.peers import PeerFlights
 from proxy.errors import error_body
-from proxy.failures import ClientGone, Failure, UpstreamError
+from proxy.failures import ClientGone, Failure, UpstreamError, UpstreamTimeout
 from proxy.sse import SseParser, format_event
 from proxy.upstream.client import read_body
-from proxy.upstream.guarded import Exchange, GuardedUpstream, UpstreamFailure
+from proxy.upstream.flex import FLEX, RETRY_AT_STANDARD, FlexLane, answer_tier
+from proxy.upstream.guarded import Exchange, GuardedUpstream, UpstreamFailure, UpstreamRequest
 from proxy.wire import PromptTokensDetails, Usage
 
 log = logging.getLogger("sidecache.flight")
@@ -52,11 +53,13 @@ class FlightRunner:
         flights: FlightTable,
         upstream: GuardedUpstream,
         peers: PeerFlights | None,
+        flex: FlexLane | None = None,
     ) -> None:
         self.store = store
         self.flights = flights
         self.upstream = upstream
         self._peers = peers
+        self._flex = flex  # UPSTREAM_FLEX=on
 
     def launch(self, flight: Flight, call: UpstreamCall, send: Sender | None = None) -> None:
         """Starts the flight's task: it outlives any one client, so a client that leaves never
@@ -110,8 +113,30 @@ class FlightRunner:
                 await peers.release(lease)
 
     async def call_upstream(self, flight: Flight, call: UpstreamCall) -> Answer:
-        """The flight's own upstream call; the answer stored when it is whole and successful."""
+        """The flight's own upstream call; the answer stored when it is whole and successful.
+        Flex work (proxy/upstream/flex.py) goes at the flex tier first and, after a 429 or a
+        timeout there that no client has seen any of, once more as the client asked: one
+        flight, one answer, so budgets and the ledger count it once."""
+        flex = self._flex.at_flex(call.request) if self._flex is not None else None
+        if flex is not None:
+            try:
+                answer = await self._call(flight, call, flex)
+            except UpstreamTimeout:
+                if flight.head.done():
+                    raise  # a stream already reached its clients: it cannot start again
+                log.info("flex call to %s timed out; retrying at the standard tier", flex.endpoint)
+            else:
+                if answer.status not in RETRY_AT_STANDARD:
+                    answer.service_tier = answer.service_tier or FLEX
+                    return answer
+                log.info(
+                    "flex call to %s got %d; retrying at the standard tier",
+                    flex.endpoint,
+                    answer.status,
+                )
+        return await self._call(flight, call, call.request)
 
+    async def _call(self, flight: Flight, call: UpstreamCall, request: UpstreamRequest) -> Answer:
         async def read(response: aiohttp.ClientResponse, exchange: Exchange) -> Answer | None:
             answer = await self._read_or_relay(flight, call, response, exchange)
             if answer is not None:
@@ -119,14 +144,16 @@ class FlightRunner:
             return answer
 
         answer = await self._unless_abandoned(
-            flight, call, self.upstream.call_with(call.request, flight.wanted, read)
+            flight, call, self.upstream.call_with(request, flight.wanted, read)
         )
         if answer is None:
             # Raised outside the breaker: everyone leaving a healthy stream is no upstream failure.
             raise ClientGone()
-        if answer.status == 200 and not answer.streamed:
-            answer.usage = call.validate(answer.body)
-            answer.stored = await store_answer(self.store, call, answer.body, answer.usage)
+        if answer.status == 200:
+            answer.service_tier = answer_tier(answer.body)
+            if not answer.streamed:
+                answer.usage = call.validate(answer.body)
+                answer.stored = await store_answer(self.store, call, answer.body, answer.usage)
         return answer
 
     async def _unless_abandoned(

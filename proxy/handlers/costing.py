@@ -62,6 +62,8 @@ async def count_flight(
     cost = 0.0
     if answer.ok and answer.usage is not None:
         if leader and not answer.from_peer:
+            # GLUE(P): the tier-aware price reads this (flex is billed at its own rate).
+            outcome.service_tier = answer.service_tier
             cost = charge(runtime, outcome, answer.usage)
             outcome.upstream_ms = answer.upstream_ms
         else:
