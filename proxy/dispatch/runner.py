@@ -21,7 +21,7 @@ from proxy.cache.entry import decode_response
 from proxy.cache.formats import format_of
 from proxy.cache.store import CacheStore
 from proxy.cache.streams import Fed
-from proxy.dispatch.call import UpstreamCall, store_answer
+from proxy.dispatch.call import UpstreamCall, entry_usage, store_answer
 from proxy.dispatch.flight import Answer, Event, Flight, FlightTable
 from proxy.dispatch.peers import PeerFlights
 from proxy.errors import error_body
@@ -29,7 +29,6 @@ from proxy.failures import ClientGone, Failure, UpstreamError
 from proxy.sse import SseParser, format_event
 from proxy.upstream.client import read_body
 from proxy.upstream.guarded import Exchange, GuardedUpstream, UpstreamFailure
-from proxy.wire import PromptTokensDetails, Usage
 
 log = logging.getLogger("sidecache.flight")
 # How often a call nobody else shares checks that its client is still there (aiohttp does not
@@ -95,11 +94,7 @@ class FlightRunner:
                 raw = await peers.await_peer(call.plan.key)
                 entry = decode_response(raw) if raw is not None else None
                 if entry is not None:
-                    usage = Usage(
-                        prompt_tokens=entry.prompt_tokens,
-                        completion_tokens=entry.completion_tokens,
-                        prompt_tokens_details=PromptTokensDetails(entry.cached_tokens),
-                    )
+                    usage = entry_usage(entry)
                     headers = CIMultiDict(JSON_HEADERS)
                     return Answer(200, headers, entry.body, from_peer=True, usage=usage)
                 lease = await peers.try_lead(call.plan.key)

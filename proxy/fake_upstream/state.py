@@ -51,6 +51,8 @@ class KnobUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     drip_ms: Annotated[float, msgspec.Meta(gt=0)] | UnsetType | None = UNSET
     extra_models: frozenset[str] | UnsetType = UNSET
     prefer_tools: bool | UnsetType = UNSET
+    cached_tokens: Annotated[int, msgspec.Meta(ge=0)] | UnsetType = UNSET
+    reasoning_tokens: Annotated[int, msgspec.Meta(ge=0)] | UnsetType = UNSET
 
 
 KNOB_NAMES: tuple[str, ...] = KnobUpdate.__struct_fields__
@@ -81,6 +83,8 @@ class FakeUpstream:
         drip_ms: float | None = None,
         extra_models: frozenset[str] = frozenset(),
         prefer_tools: bool = False,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
         record_credentials: bool = False,
     ) -> None:
         self.latency_ms = latency_ms
@@ -103,6 +107,10 @@ class FakeUpstream:
         self.extra_models = extra_models
         # With `tools` and `tool_choice` "auto" (or absent), answer tool calls, not text.
         self.prefer_tools = prefer_tools
+        # Chat usage reports this many prompt tokens as read from the provider's prompt cache
+        # (at most the prompt), and this many reasoning tokens on top of the written ones.
+        self.cached_tokens = cached_tokens
+        self.reasoning_tokens = reasoning_tokens
         # Not a knob (no HTTP call can turn it on): the process that built the fake chooses.
         self.record_credentials = record_credentials
         self.in_flight = 0
