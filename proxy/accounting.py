@@ -17,6 +17,7 @@ _now = datetime.now
 # X-Cache as the ledger records it; an answer without one (an error before the lookup) is a MISS.
 _CACHE_STATUS = {status.value: status for status in CacheStatus}
 _HIT, _MISS = CacheStatus.HIT, CacheStatus.MISS  # an enum attribute costs a dict lookup
+_AVOIDED = frozenset((CacheStatus.HIT, CacheStatus.COALESCED))  # no upstream call of their own
 _EXACT = CacheMatch.EXACT
 
 
@@ -118,6 +119,15 @@ def record_outcome(
     if outcome is None or not ledger.enabled:
         return
     cache_status = _CACHE_STATUS.get(x_cache, _MISS)
+    ledger.tokens.add(
+        outcome.request_type,
+        cache_status not in _AVOIDED,
+        outcome.prompt_tokens,
+        outcome.completion_tokens,
+        outcome.cached_tokens,
+        outcome.cache_write_tokens,
+        outcome.reasoning_tokens,
+    )
     ledger.record(
         LedgerRecord(  # positional, in field order: a third of the time keywords take
             new_record_id(),

@@ -24,6 +24,7 @@ from proxy.vocabulary import Endpoint
 from proxy.wire import CompletionTokensDetails, PromptTokensDetails, Usage
 from tests.fixtures.sidecar import LoopThread, SidecarFactory, Stub
 from tests.ledger_db import assert_rollup_matches
+from tests.test_admin_health import samples, value
 from tests.test_ledger_e2e import chat, chat_messages, chat_stream, ledger_of
 
 MODEL = "gpt-4o-mini"
@@ -160,3 +161,14 @@ async def test_a_miss_with_cached_and_reasoning_tokens_and_its_hits_on_the_ledge
             assert rows[hit]["saved_cost"] == pytest.approx(rows[miss]["cost"], rel=1e-12), hit
     assert_rollup_matches(await db.rollup(), await db.grouped())
     assert_rollup_matches(await db.rollup("tenant"), await db.grouped("tenant"))
+
+    # The tokens metric: the two misses' reasoning paid, the three hits' avoided.
+    found = samples(sidecar)
+
+    def tokens(kind: str, billing: str) -> float:
+        labels = {"endpoint": "chat.completions", "kind": kind, "billing": billing}
+        return value(found, "sidecache_tokens_total", **labels)
+
+    assert (tokens("reasoning", "paid"), tokens("reasoning", "avoided")) == (10, 15)
+    assert (tokens("cached_input", "paid"), tokens("cache_write", "paid")) == (8, 0)
+    assert tokens("output", "avoided") == 3 * (MAX_TOKENS + REASONING)
