@@ -85,12 +85,17 @@ def entry_usage(entry: StoredResponse) -> Usage:
 
 
 async def store_answer(
-    store: CacheStore, call: UpstreamCall, body: bytes, usage: Usage | None
+    store: CacheStore,
+    call: UpstreamCall,
+    body: bytes,
+    usage: Usage | None,
+    tier: str | None = None,
 ) -> bool:
     """Stores a successful answer per the call's plan if it is whole (`usage` is what
-    `call.validate` made of it: None when it is not); whether it was stored."""
+    `call.validate` made of it: None when it is not), with the service tier that served it
+    (None: standard), so its hits save what it cost; whether it was stored."""
     if call.plan is None or usage is None:
         return False
-    entry = stored_response(body, call.plan.meta, usage)
+    entry = stored_response(body, call.plan.meta, usage, tier)
     await store.put(call.plan.key.entry, encode_entry(entry), call.plan.ttl_s)
     return True
