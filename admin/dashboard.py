@@ -68,12 +68,16 @@ class Dashboard:
             self.q.run("overview.totals", sql.TOTALS, [since]),
             self.q.run("overview.group_latency", sql.GROUP_LATENCY, [since]),
         )
-        req, hits, errors, cost, saved, ms_sum, prompt, completion = totals[0]
+        req, hits, errors, cost, saved, ms_sum, prompt, completion, cached, written, reasoning = (
+            totals[0]
+        )
         prices = self.runtime.prices
         return json_answer(Overview(
             window=p.window, requests=int(req), hits=int(hits), hit_rate=rate(hits, req),
             errors=int(errors), cost_usd=float(cost), saved_usd=float(saved),
             prompt_tokens=int(prompt), completion_tokens=int(completion),
+            cached_tokens=int(cached), cache_write_tokens=int(written),
+            reasoning_tokens=int(reasoning),
             latency=Latency(avg_ms=round(float(ms_sum) / int(req), 3) if req else 0.0,
                             p95_ms_approx=_weighted_p95(groups)),
             unpriced_models=sorted(prices.unpriced_models),
@@ -87,8 +91,9 @@ class Dashboard:
         rows = await self.q.run(f"costs.{p.bucket}.{p.group_by}", text, [self.since_hour(p.window)])
         series = [
             CostPoint(bucket=str(b), group=str(g), requests=int(n), cost_usd=float(c),
-                      saved_usd=float(s))
-            for b, g, n, c, s in rows
+                      saved_usd=float(s), prompt_tokens=int(p), completion_tokens=int(o),
+                      cached_tokens=int(ca), cache_write_tokens=int(w), reasoning_tokens=int(r))
+            for b, g, n, c, s, p, o, ca, w, r in rows
         ]  # fmt: skip
         return json_answer(Costs(
             window=p.window, bucket=p.bucket, group_by=p.group_by, series=series,

@@ -62,8 +62,14 @@ class Overview(msgspec.Struct):
     errors: int
     cost_usd: float
     saved_usd: float
+    # Tokens as the ledger counts them (README, "The ledger"): prompt and completion count
+    # every token, cached reads, cache writes and reasoning are parts of them; on hits, the
+    # tokens avoided.
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
     latency: Latency
     unpriced_models: list[str]
     unpriced_requests: int
@@ -76,6 +82,12 @@ class CostPoint(msgspec.Struct):
     requests: int
     cost_usd: float
     saved_usd: float
+    # As Overview's: paid for on misses, avoided on hits.
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
 
 
 class Costs(msgspec.Struct):

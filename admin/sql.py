@@ -14,7 +14,9 @@ from itertools import pairwise
 TOTALS = """
 SELECT coalesce(sum(requests), 0), coalesce(sum(hits), 0), coalesce(sum(errors), 0),
        coalesce(sum(cost), 0), coalesce(sum(saved_cost), 0), coalesce(sum(response_ms_sum), 0),
-       coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0)
+       coalesce(sum(prompt_tokens), 0), coalesce(sum(completion_tokens), 0),
+       coalesce(sum(cached_tokens), 0), coalesce(sum(cache_write_tokens), 0),
+       coalesce(sum(reasoning_tokens), 0)
 FROM ai_usage_tenant_hourly WHERE hour >= ?"""
 
 GROUP_LATENCY = """
@@ -25,9 +27,9 @@ FROM ai_usage_tenant_hourly WHERE hour >= ? AND requests > 0"""
 # Buckets are grouped first and formatted after: formatting every roll-up row costs more than
 # the sums (EXPLAIN on a 10M-row ledger, bench/costs.py).
 _COSTS = """
-SELECT {label}, grp, requests, cost, saved FROM (
+SELECT {label}, grp, requests, cost, saved, {tokens} FROM (
     SELECT {bucket} AS b, {column} AS grp, sum(requests) AS requests, sum(cost) AS cost,
-           sum(saved_cost) AS saved
+           sum(saved_cost) AS saved, {token_sums}
     FROM {table} WHERE hour >= ? GROUP BY 1, 2) AS t
 ORDER BY 1, 2"""
 _BUCKETS = {  # bucket -> (what rows are grouped by, its label as an ISO time)
@@ -110,9 +112,21 @@ SELECT count(*), coalesce(sum(saved_cost), 0),
 FROM ai_requests WHERE created_at >= ? AND cache_match = 'semantic'"""
 
 
+# The token kinds every costs row sums, in the order of its last columns (models.CostPoint).
+TOKEN_KINDS = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
+               "reasoning_tokens")  # fmt: skip
+
+
 def costs(dialect: str, bucket: str, column: str) -> str:
     grouped_by, label = _BUCKETS[dialect][bucket]
-    return _COSTS.format(bucket=grouped_by, label=label, column=column, table=roll_up_for(column))
+    return _COSTS.format(
+        bucket=grouped_by,
+        label=label,
+        column=column,
+        table=roll_up_for(column),
+        tokens=", ".join(TOKEN_KINDS),
+        token_sums=", ".join(f"sum({kind}) AS {kind}" for kind in TOKEN_KINDS),
+    )
 
 
 def roll_up_for(column: str) -> str:

@@ -116,11 +116,13 @@ FROM (
 ) x"""
 # The raw-rows answer to admin.sql.costs: the same buckets (UTC, as text), groups and sums.
 _RAW = """
-SELECT to_char(b, 'YYYY-MM-DD"T"HH24":00:00Z"'), grp, n, cost, saved
+SELECT to_char(b, 'YYYY-MM-DD"T"HH24":00:00Z"'), grp, n, cost, saved, p, c, ca, cw, re
 FROM (
     SELECT date_trunc('{bucket}', created_at AT TIME ZONE 'UTC') AS b,
            coalesce({column}, '') AS grp, count(*) AS n, sum(cost) AS cost,
-           sum(saved_cost) AS saved
+           sum(saved_cost) AS saved, sum(prompt_tokens) AS p, sum(completion_tokens) AS c,
+           sum(cached_tokens) AS ca, sum(cache_write_tokens) AS cw,
+           sum(reasoning_tokens) AS re
     FROM ai_requests WHERE created_at >= ?
     GROUP BY 1, 2
 ) r ORDER BY 1, 2"""

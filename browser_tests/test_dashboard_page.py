@@ -29,6 +29,11 @@ OVERVIEW = {
     "hit_rate": 0.648,
     "cost_usd": 12.34,
     "saved_usd": 0.0000072,  # a fraction of a cent: three significant digits
+    "prompt_tokens": 1234567,
+    "completion_tokens": 89000,
+    "cached_tokens": 400000,
+    "cache_write_tokens": 2500,
+    "reasoning_tokens": 31000,
 }
 # Two models per hour: the page sums them into one point per bucket (4 points).
 COSTS = {
@@ -44,6 +49,19 @@ COSTS = {
         for model, cost in (("gpt-4o-mini", base), ("gpt-4o", base / 4))
     ]
 }
+# By endpoint: two days of chat, one of the new Messages endpoint (summed per endpoint).
+BY_ENDPOINT = {
+    "series": [
+        {"bucket": f"2026-11-{day}T00:00:00Z", "group": group, "requests": n,
+         "cost_usd": cost, "saved_usd": cost / 4, "prompt_tokens": 10 * n,
+         "completion_tokens": 2 * n, "cached_tokens": n, "cache_write_tokens": written,
+         "reasoning_tokens": n // 2}
+        for day, group, n, cost, written in (
+            (23, "chat.completions", 10, 1.0, 0), (24, "chat.completions", 30, 2.0, 0),
+            (24, "messages", 8, 0.5, 40),
+        )
+    ]
+}  # fmt: skip
 CACHE = {
     "by_endpoint": [
         {"key": "chat.completions", "requests": 100, "hits": 60, "hit_rate": 0.6},
@@ -92,7 +110,7 @@ class FakeApi:
         add_page_routes(app)
         base = "/api/admin/dashboard"
         app.router.add_get(f"{base}/overview", self._answer(lambda: OVERVIEW))
-        app.router.add_get(f"{base}/costs", self._answer(lambda: COSTS))
+        app.router.add_get(f"{base}/costs", self._costs)
         app.router.add_get(f"{base}/cache", self._answer(lambda: CACHE))
         app.router.add_get(f"{base}/circuits", self._answer(lambda: self.circuits))
         app.router.add_post(f"{base}/circuits/reset", self._reset)
@@ -119,6 +137,10 @@ class FakeApi:
             return web.json_response(body())
 
         return handler
+
+    async def _costs(self, request: web.Request) -> web.Response:
+        by_endpoint = request.query.get("group_by") == "request_type"
+        return await self._answer(lambda: BY_ENDPOINT if by_endpoint else COSTS)(request)
 
     async def _reset(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -182,6 +204,22 @@ def test_page_shows_the_figures_and_charts_the_api_returns(
     expect(page.locator("#fig-hit-rate")).to_have_text("64.8%")
     expect(page.locator("#fig-cost")).to_have_text("$12.34")
     expect(page.locator("#fig-saved")).to_have_text("$0.0000072")
+    for kind, shown in (
+        ("input", "1,234,567"),
+        ("cached", "400,000"),
+        ("cache-write", "2,500"),
+        ("output", "89,000"),
+        ("reasoning", "31,000"),
+    ):
+        expect(page.locator(f"#fig-tokens-{kind}")).to_have_text(shown)
+    # One row per endpoint, its days summed: requests, cost, saved, then the token kinds.
+    expect(page.locator("#endpoints tbody tr")).to_have_count(2)
+    expect(page.locator("#endpoints tr[data-endpoint='chat.completions'] td")).to_have_text(
+        ["chat.completions", "40", "$3.00", "$0.75", "400", "40", "0", "80", "20"]
+    )
+    expect(page.locator("#endpoints tr[data-endpoint=messages] td")).to_have_text(
+        ["messages", "8", "$0.50", "$0.125", "80", "8", "40", "16", "4"]
+    )
 
     # One point per hour for each series, the two models of an hour summed.
     for series in ("cost", "saved"):
@@ -219,6 +257,7 @@ def test_page_shows_the_figures_and_charts_the_api_returns(
     assert sorted(fake.gets) == [
         "/api/admin/dashboard/cache?window=24h",
         "/api/admin/dashboard/circuits",
+        "/api/admin/dashboard/costs?window=24h&bucket=day&group_by=request_type",
         "/api/admin/dashboard/costs?window=24h&bucket=hour&group_by=model",
         "/api/admin/dashboard/overview?window=24h",
     ]

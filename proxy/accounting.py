@@ -17,6 +17,7 @@ _now = datetime.now
 # X-Cache as the ledger records it; an answer without one (an error before the lookup) is a MISS.
 _CACHE_STATUS = {status.value: status for status in CacheStatus}
 _HIT, _MISS = CacheStatus.HIT, CacheStatus.MISS  # an enum attribute costs a dict lookup
+_AVOIDED = frozenset((CacheStatus.HIT, CacheStatus.COALESCED))  # no upstream call of their own
 _EXACT = CacheMatch.EXACT
 
 
@@ -29,6 +30,9 @@ class Outcome:
     model: str
     user_id: str | None = None
     persona: dict[str, str] = field(default_factory=dict)
+    # Tokens as wire.Usage counts them: prompt (every input token, cached reads and cache
+    # writes included), completion (every output token, reasoning included), and the parts
+    # priced at rates of their own. On a hit or a coalesced follower, the tokens avoided.
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -37,30 +41,66 @@ class Outcome:
     upstream_ms: float | None = None
     match: CacheMatch | None = None  # set by the pipeline on a hit
     similarity: float | None = None  # a semantic hit's, set with match
-    # The tier that served this request's own upstream call ("flex", "default", ...; Answer's).
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    # The service tier that served this request's own upstream call ("flex"; None: standard),
+    # which prices it (set by the flex lane).
     service_tier: str | None = None
 
-    def paid(self, prices: PriceTable, prompt: int, completion: int, cached: int) -> float:
-        """This request made the upstream call: its tokens at the model's price."""
-        self._tokens(prompt, completion, cached)
-        self.cost = prices.cost(self.model, prompt, cached, completion)
+    def paid(
+        self,
+        prices: PriceTable,
+        prompt: int,
+        completion: int,
+        cached: int,
+        cache_write: int = 0,
+        reasoning: int = 0,
+    ) -> float:
+        """This request made the upstream call: its tokens at the model's price, at the tier
+        that served it (`service_tier`)."""
+        self._tokens(prompt, completion, cached, cache_write, reasoning)
+        self.cost = prices.cost(
+            self.model, prompt, cached, completion, cache_write, reasoning, tier=self.service_tier
+        )
         return self.cost
 
-    def saved(self, prices: PriceTable, prompt: int, completion: int, cached: int) -> None:
-        """Answered without an upstream call of its own (hit, coalesced): what that call cost."""
-        self.avoided(
-            prices.cost(self.model, prompt, cached, completion), prompt, completion, cached
-        )
+    def saved(
+        self,
+        prices: PriceTable,
+        prompt: int,
+        completion: int,
+        cached: int,
+        cache_write: int = 0,
+        reasoning: int = 0,
+        *,
+        tier: str | None = None,
+    ) -> None:
+        """Answered without an upstream call of its own (hit, coalesced): what that call cost
+        (at `tier`, the one that served it)."""
+        usd = prices.cost(self.model, prompt, cached, completion, cache_write, reasoning, tier=tier)
+        self.avoided(usd, prompt, completion, cached, cache_write, reasoning)
 
-    def avoided(self, cost: float, prompt: int, completion: int, cached: int) -> None:
+    def avoided(
+        self,
+        cost: float,
+        prompt: int,
+        completion: int,
+        cached: int,
+        cache_write: int = 0,
+        reasoning: int = 0,
+    ) -> None:
         """As `saved`, the call's cost already known (a stored answer's, priced once)."""
-        self._tokens(prompt, completion, cached)
+        self._tokens(prompt, completion, cached, cache_write, reasoning)
         self.saved_cost += cost
 
-    def _tokens(self, prompt: int, completion: int, cached: int) -> None:
+    def _tokens(
+        self, prompt: int, completion: int, cached: int, cache_write: int, reasoning: int
+    ) -> None:
         self.prompt_tokens += prompt
         self.completion_tokens += completion
         self.cached_tokens += cached
+        self.cache_write_tokens += cache_write
+        self.reasoning_tokens += reasoning
 
 
 OUTCOME = web.RequestKey("sidecache_outcome", Outcome)
@@ -79,6 +119,15 @@ def record_outcome(
     if outcome is None or not ledger.enabled:
         return
     cache_status = _CACHE_STATUS.get(x_cache, _MISS)
+    ledger.tokens.add(
+        outcome.request_type,
+        cache_status not in _AVOIDED,
+        outcome.prompt_tokens,
+        outcome.completion_tokens,
+        outcome.cached_tokens,
+        outcome.cache_write_tokens,
+        outcome.reasoning_tokens,
+    )
     ledger.record(
         LedgerRecord(  # positional, in field order: a third of the time keywords take
             new_record_id(),
@@ -102,5 +151,8 @@ def record_outcome(
             # semantic is exact (embeddings items, moderations, exact chat)
             outcome.match or (_EXACT if cache_status is _HIT else None),
             outcome.similarity,
+            outcome.cache_write_tokens,
+            outcome.reasoning_tokens,
+            outcome.service_tier,
         )
     )

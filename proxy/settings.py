@@ -188,11 +188,14 @@ class BudgetSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ModelPriceSetting(msgspec.Struct, forbid_unknown_fields=True):
-    """USD per million tokens; `cached_input` defaults to `input`."""
+    """USD per million tokens; `cached_input` and `cache_write` default to `input`,
+    `reasoning` to `output`."""
 
     input: Usd
     output: Usd = 0.0
     cached_input: Usd | None = None
+    cache_write: Usd | None = None
+    reasoning: Usd | None = None
     taken: str | None = None
     source: str | None = None
 

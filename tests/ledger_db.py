@@ -10,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from proxy.ledger.postgres import PostgresSink
 from proxy.ledger.records import LedgerRecord, new_record_id
 from proxy.ledger.sink import LedgerSink
 from proxy.ledger.sqlite import SqliteSink
 
-SUMS = ("requests", "hits", "errors", "prompt_tokens", "completion_tokens", "cached_tokens")
+SUMS = ("requests", "hits", "errors", "prompt_tokens", "completion_tokens", "cached_tokens",
+        "cache_write_tokens", "reasoning_tokens")  # fmt: skip
 FLOAT_SUMS = ("cost", "saved_cost", "response_ms_sum")
 # The per-tenant roll-up's rows are keyed like the per-user one's, under this user id.
 ALL_USERS = "<every user>"
@@ -33,7 +35,8 @@ _HOUR = {
 _GROUPED = """
 SELECT {hour} AS hour, tenant, {user} AS user_id, model, request_type, {aggregates}
        sum(prompt_tokens) AS prompt_tokens, sum(completion_tokens) AS completion_tokens,
-       sum(cached_tokens) AS cached_tokens, sum(cost) AS cost, sum(saved_cost) AS saved_cost,
+       sum(cached_tokens) AS cached_tokens, sum(cache_write_tokens) AS cache_write_tokens,
+       sum(reasoning_tokens) AS reasoning_tokens, sum(cost) AS cost, sum(saved_cost) AS saved_cost,
        sum(response_time_ms) AS response_ms_sum
 FROM ai_requests GROUP BY 1, 2, 3, 4, 5"""
 _USER = {"user": "coalesce(user_id, '')", "tenant": f"'{ALL_USERS}'"}
@@ -124,27 +127,42 @@ def make_records(n: int, *, seed: int = 7, start: datetime | None = None) -> lis
         hit = rng.random() < 0.4
         status = 200 if rng.random() < 0.9 else 502
         out.append(
-            LedgerRecord(
-                id=new_record_id(),
-                tenant=rng.choice(("t-alpha", "t-bravo")),
-                user_id=rng.choice(("u1", "u2", "u3", None)),
-                persona={"experience": rng.choice(("beginner", "expert"))} if i % 3 else {},
-                request_type=rng.choice(kinds),  # type: ignore[arg-type]
-                model=rng.choice(("gpt-4o-mini", "text-embedding-3-small", "o4-mini")),
-                prompt_tokens=rng.randint(1, 4000),
-                completion_tokens=rng.randint(0, 800),
-                cached_tokens=rng.randint(0, 500),
-                cost=0.0 if hit else rng.random() / 100,
-                saved_cost=rng.random() / 100 if hit else 0.0,
-                response_time_ms=rng.random() * 900,
-                upstream_ms=None if hit else rng.random() * 800,
-                cache_hit=hit,
-                cache_status="HIT" if hit else rng.choice(("MISS", "BYPASS", "COALESCED")),
-                status=status,
-                created_at=base + timedelta(seconds=rng.randint(0, 3 * 3600 - 1)),
+            with_token_kinds(
+                i,
+                hit,
+                LedgerRecord(
+                    id=new_record_id(),
+                    tenant=rng.choice(("t-alpha", "t-bravo")),
+                    user_id=rng.choice(("u1", "u2", "u3", None)),
+                    persona={"experience": rng.choice(("beginner", "expert"))} if i % 3 else {},
+                    request_type=rng.choice(kinds),  # type: ignore[arg-type]
+                    model=rng.choice(("gpt-4o-mini", "text-embedding-3-small", "o4-mini")),
+                    prompt_tokens=rng.randint(1, 4000),
+                    completion_tokens=rng.randint(0, 800),
+                    cached_tokens=rng.randint(0, 500),
+                    cost=0.0 if hit else rng.random() / 100,
+                    saved_cost=rng.random() / 100 if hit else 0.0,
+                    response_time_ms=rng.random() * 900,
+                    upstream_ms=None if hit else rng.random() * 800,
+                    cache_hit=hit,
+                    cache_status="HIT" if hit else rng.choice(("MISS", "BYPASS", "COALESCED")),
+                    status=status,
+                    created_at=base + timedelta(seconds=rng.randint(0, 3 * 3600 - 1)),
+                ),
             )
         )
     return out
+
+
+def with_token_kinds(i: int, hit: bool, rec: LedgerRecord) -> LedgerRecord:
+    """The token kinds and tier of migration 004, made from the record's own numbers (no more
+    draws, so every seed's records stay what they were)."""
+    return msgspec.structs.replace(
+        rec,
+        cache_write_tokens=rec.prompt_tokens // 10 if i % 2 else 0,
+        reasoning_tokens=rec.completion_tokens // 3,
+        service_tier="flex" if i % 5 == 0 and not hit else None,
+    )
 
 
 def sqlite_path(tmp_path: Path) -> str:

@@ -10,7 +10,7 @@ import pytest
 
 from proxy.fake_upstream.content import chat_prompt_tokens
 from tests.admin_support import BASE, TOKENS, call, get
-from tests.fixtures.sidecar import LoopThread, Sidecar, SidecarFactory
+from tests.fixtures.sidecar import LoopThread, Sidecar, SidecarFactory, Stub
 
 MODEL = "gpt-4o-mini"
 MAX_TOKENS = 7
@@ -169,3 +169,27 @@ def test_unreachable_ledger_is_a_503(make_sidecar: SidecarFactory) -> None:
     assert answer.status == 503
     assert answer.json()["error"]["code"] == "ledger_unavailable"
     assert get(sidecar, "circuits")["circuits"]  # what needs no database still answers
+
+
+def test_overview_and_costs_show_every_token_kind(
+    make_sidecar: SidecarFactory, stub: Stub, loop_thread: LoopThread, ledger_env: dict[str, str]
+) -> None:
+    """Cached reads and reasoning tokens (the stub's knobs) beside prompt and completion: paid
+    on the miss, avoided on the hit, summed by the roll-ups the dashboard reads."""
+    stub.fake.cached_tokens, stub.fake.reasoning_tokens = 3, 2
+    sidecar = make_sidecar(ADMIN_TOKENS=TOKENS, **ledger_env)
+    assert [ask(sidecar, u, SHORT) for u in ("u1", "u2")] == ["MISS", "HIT"]
+    loop_thread.run(sidecar.runtime.ledger.flush())
+    prompt = chat_prompt_tokens(messages(SHORT))
+    body = get(sidecar, "overview")
+    kinds = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
+             "reasoning_tokens")  # fmt: skip
+    assert [body[k] for k in kinds] == [2 * prompt, 2 * (MAX_TOKENS + 2), 6, 0, 4]
+    by_endpoint = get(sidecar, "costs?group_by=request_type")["series"]
+    assert [p["group"] for p in by_endpoint] == ["chat.completions"]
+    assert [by_endpoint[0][k] for k in kinds] == [2 * prompt, 2 * (MAX_TOKENS + 2), 6, 0, 4]
+    price = sidecar.runtime.prices.price_for(MODEL)
+    assert price is not None
+    paid = (prompt - 3) * price.input + 3 * price.cached_rate + (MAX_TOKENS + 2) * price.output
+    assert by_endpoint[0]["cost_usd"] == pytest.approx(paid / 1e6)
+    assert by_endpoint[0]["saved_usd"] == pytest.approx(paid / 1e6)

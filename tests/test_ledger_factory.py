@@ -68,7 +68,8 @@ async def test_without_migrations_records_wait_in_the_journal(tmp_path: Path) ->
         writer.record(rec)
     await writer.flush()
     assert writer.stats.journal_pending == 20  # no tables yet: nothing can be written
-    assert (await migrate_ledger(settings))[1] == [1, 2, 3]  # the operator runs `sidecache migrate`
+    # The operator runs `sidecache migrate`.
+    assert (await migrate_ledger(settings))[1] == [1, 2, 3, 4]
     for rec in records[20:]:
         writer.record(rec)
     await writer.close()

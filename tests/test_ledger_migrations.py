@@ -5,23 +5,31 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import asyncpg
 import pytest
 
 from proxy.ledger.migrate import load_migrations, split_sqlite
-from proxy.ledger.records import COLUMNS
+from proxy.ledger.records import COLUMNS, pack
 from proxy.settings_load import ENV_FIELDS
-from tests.ledger_db import LedgerDb
+from tests.ledger_db import LedgerDb, assert_rollup_matches, make_records
 
 REPO = Path(__file__).resolve().parent.parent
 TABLES = {"ai_requests", "ai_usage_hourly", "ai_usage_tenant_hourly", "admin_audit",
           "budget_overrides", "schema_migrations"}  # fmt: skip
 INDEXES = {"ai_requests_user_created", "ai_requests_tenant_created"}
 
-ALL = [1, 2, 3]  # every migration shipped, in order
+ALL = [1, 2, 3, 4]  # every migration shipped, in order
+_PG_MIGRATIONS_TABLE = """
+CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
+                                applied_at timestamptz NOT NULL DEFAULT now())"""
+_SQLITE_MIGRATIONS_TABLE = """
+CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                                applied_at TEXT NOT NULL DEFAULT '')"""
 
 
 @pytest.fixture(params=["postgres", "sqlite"])
@@ -145,3 +153,68 @@ def test_cli_migrate_fails_with_one_line_when_the_database_is_down(tmp_path: Pat
     lines = failed.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("sidecache: migrate failed:")
     assert "hunter2" not in failed.stderr + failed.stdout
+
+
+async def test_migration_004_over_a_003_ledger_keeps_its_rows(db: LedgerDb) -> None:
+    """A ledger at 003 with rows in it: 004 adds the token kinds and the tier (0, 0 and NULL
+    on the old rows and roll-ups), and both sinks write and roll up the new columns."""
+    dialect = "postgres" if db.kind == "postgres" else "sqlite"
+    upto_003 = [m for m in load_migrations(dialect) if m.version <= 3]
+    old_row = (
+        "INSERT INTO ai_requests (id, tenant, persona, request_type, model, prompt_tokens, "
+        "completion_tokens, cost, cache_hit, cache_status, status, created_at) VALUES "
+        "('00000000-0000-0000-0000-000000000003', 't-old', '{}', 'chat.completions', 'm', 40, "
+        "7, 0.5, {false}, 'MISS', 200, '2026-11-24T09:00:00.000000Z')"
+    )
+    old_rollup = (
+        "INSERT INTO ai_usage_tenant_hourly (hour, tenant, model, request_type, requests, "
+        "prompt_tokens, cost) VALUES ('2026-11-24T09:00:00.000000Z', 't-old', 'm', "
+        "'chat.completions', 1, 40, 0.5)"
+    )
+    if db.kind == "postgres":
+        conn = await asyncpg.connect(db.target)
+        try:
+            await conn.execute(_PG_MIGRATIONS_TABLE)
+            for m in upto_003:
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations VALUES ($1, $2)", m.version, m.name
+                )
+            await conn.execute(old_row.replace("{false}", "false"))
+            await conn.execute(old_rollup)
+        finally:
+            await conn.close()
+    else:
+        with sqlite3.connect(db.target) as conn:
+            conn.execute(_SQLITE_MIGRATIONS_TABLE)
+            for m in upto_003:
+                for statement in split_sqlite(m.sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, '')", (m.version, m.name))
+            conn.execute(old_row.replace("{false}", "0"))
+            conn.execute(old_rollup)
+    sink = db.sink()
+    assert await sink.migrate() == [4]
+    records = make_records(20, seed=14)
+    assert any(r.reasoning_tokens and r.cache_write_tokens for r in records)
+    assert any(r.service_tier == "flex" for r in records)
+    assert await sink.write([pack(r) for r in records]) == 20
+    await sink.close()
+    rows = await db.rows_by_id()
+    old = rows["00000000-0000-0000-0000-000000000003"]
+    assert (old["prompt_tokens"], old["completion_tokens"], old["cost"]) == (40, 7, 0.5)
+    assert (old["cache_write_tokens"], old["reasoning_tokens"], old["service_tier"]) == (0, 0, None)
+    for rec in records:
+        row = rows[rec.id]
+        assert (row["cache_write_tokens"], row["reasoning_tokens"], row["service_tier"]) == (
+            rec.cache_write_tokens, rec.reasoning_tokens, rec.service_tier,
+        )  # fmt: skip
+    tenant_rollup = await db.fetch(
+        "SELECT cache_write_tokens, reasoning_tokens, prompt_tokens FROM ai_usage_tenant_hourly "
+        "WHERE tenant = 't-old'"
+    )
+    assert [tuple(r.values()) for r in tenant_rollup] == [(0, 0, 40)]
+    for per in ("user", "tenant"):
+        rollup = {k: v for k, v in (await db.rollup(per)).items() if k[1] != "t-old"}
+        grouped = {k: v for k, v in (await db.grouped(per)).items() if k[1] != "t-old"}
+        assert_rollup_matches(rollup, grouped)

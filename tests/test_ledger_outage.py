@@ -234,7 +234,8 @@ async def test_a_journal_of_records_in_the_earlier_field_order_is_still_replayed
     path = tmp_path / "ledger.journal"
     records = make_records(12, seed=28)
     earlier = ("id", "tenant", "request_type", "model", "user_id", "persona")
-    appended = ("cache_match", "similarity")  # by migration 003, long after that format
+    # by migrations 003 and 004, long after that format
+    appended = COLUMNS[COLUMNS.index("cache_match") :]
     rest = [name for name in COLUMNS if name not in (*earlier, *appended)]
     payload = msgspec.msgpack.encode(
         [[getattr(rec, name) for name in (*earlier, *rest)] for rec in records]

@@ -153,3 +153,120 @@ def test_a_bad_price_file_stops_start_up_with_one_line(tmp_path: Path, content: 
     with pytest.raises(SettingsError) as caught:
         PriceTable.from_settings(PricingSettings(file=str(bad)))
     assert str(bad) in str(caught.value) and "\n" not in str(caught.value)
+
+
+# A table whose every rate differs, so each token kind's price shows in the sum.
+HOUSE = """
+[tiers]
+flex = 0.5
+priority = 2.0
+
+[models."house"]
+input = 1.0
+cached_input = 0.25
+cache_write = 1.25
+output = 4.0
+reasoning = 8.0
+taken = "2026-12-06"
+
+[models."house-cheap-flex"]
+input = 1.0
+output = 4.0
+tiers = { flex = 0.25 }
+taken = "2026-12-06"
+"""
+
+
+@pytest.fixture
+def house(tmp_path: Path) -> PriceTable:
+    path = tmp_path / "prices.toml"
+    path.write_text(HOUSE)
+    return PriceTable.from_settings(PricingSettings(file=str(path)))
+
+
+@pytest.mark.parametrize(
+    ("tokens", "usd_per_million"),
+    [
+        ((1000, 0, 0, 0, 0), 1000 * 1.0),  # plain input
+        ((1000, 400, 0, 0, 0), 600 * 1.0 + 400 * 0.25),  # cached reads
+        ((1000, 0, 0, 300, 0), 700 * 1.0 + 300 * 1.25),  # cache writes
+        ((1000, 400, 0, 300, 0), 300 * 1.0 + 400 * 0.25 + 300 * 1.25),  # both
+        ((0, 0, 500, 0, 0), 500 * 4.0),  # plain output
+        ((0, 0, 500, 0, 200), 300 * 4.0 + 200 * 8.0),  # reasoning in the output
+        ((1000, 400, 500, 300, 200), 300 + 400 * 0.25 + 300 * 1.25 + 300 * 4.0 + 200 * 8.0),
+        # Parts larger than their whole are cut to it: never below zero, never double-counted.
+        ((100, 80, 0, 80, 0), 80 * 0.25 + 20 * 1.25),
+        ((0, 0, 10, 0, 50), 10 * 8.0),
+    ],
+)
+def test_every_token_kind_is_priced_at_its_own_rate(
+    house: PriceTable, tokens: tuple[int, int, int, int, int], usd_per_million: float
+) -> None:
+    prompt, cached, completion, written, reasoning = tokens
+    cost = house.cost("house", prompt, cached, completion, written, reasoning)
+    assert cost == pytest.approx(usd_per_million / 1e6, rel=1e-12)
+
+
+def test_cache_writes_and_reasoning_default_to_input_and_output(table: PriceTable) -> None:
+    """OpenAI bills neither apart: absent rates are the input and output rates."""
+    price = table.models["o3"]
+    assert (price.cache_write, price.reasoning) == (None, None)
+    assert (price.cache_write_rate, price.reasoning_rate) == (price.input, price.output)
+    assert table.cost("o3", 1000, 0, 500, 200, 300) == table.cost("o3", 1000, 0, 500)
+
+
+def test_a_service_tier_scales_the_whole_call(house: PriceTable) -> None:
+    standard = house.cost("house", 1000, 400, 500, 300, 200)
+    assert house.cost("house", 1000, 400, 500, 300, 200, tier="flex") == pytest.approx(
+        standard * 0.5
+    )
+    assert house.cost("house", 1000, 400, 500, 300, 200, tier="priority") == pytest.approx(
+        standard * 2
+    )
+    for tier in (None, "default", "auto", "standard", "scale"):  # unlisted: standard price
+        assert house.cost("house", 1000, 400, 500, 300, 200, tier=tier) == standard
+    # A model's own factor wins over the file's.
+    cheap = house.cost("house-cheap-flex", 1000, 0, 1000)
+    assert house.cost("house-cheap-flex", 1000, 0, 1000, tier="flex") == pytest.approx(cheap / 4)
+    assert house.cost("made-up", 1000, 0, 1000, tier="flex") == 0.0  # unpriced stays 0
+    assert house.unpriced_requests == 1
+
+
+def test_the_shipped_table_prices_flex_at_half_and_claude_cache_writes(table: PriceTable) -> None:
+    assert table.tiers["flex"] == 0.5
+    for model in ("o3", "o4-mini", "gpt-5", "gpt-5-mini-2025-08-07"):
+        standard = table.cost(model, 1000, 100, 1000, 0, 400)
+        assert table.cost(model, 1000, 100, 1000, 0, 400, tier="flex") == pytest.approx(
+            standard / 2
+        )
+    for model, family in (
+        ("claude-sonnet-4-5-20250929", "claude-sonnet-4-5"),
+        ("claude-opus-4-1-20250805", "claude-opus-4-1"),
+        ("claude-haiku-4-5", "claude-haiku-4-5"),
+        ("claude-sonnet-4-20250514", "claude-sonnet-4"),
+    ):
+        price = table.price_for(model)
+        assert price == table.models[family], model
+        assert price.cache_write_rate == pytest.approx(1.25 * price.input), model
+        assert price.cached_rate == pytest.approx(0.1 * price.input), model
+
+
+def test_settings_models_take_cache_write_and_reasoning(tmp_path: Path) -> None:
+    config = tmp_path / "sidecache.toml"
+    config.write_text(
+        '[pricing.models]\n"m" = { input = 1.0, output = 2.0, cache_write = 3.0, '
+        "reasoning = 5.0 }\n"
+    )
+    table = PriceTable.from_settings(load_settings({"SIDECACHE_CONFIG": str(config)}).pricing)
+    assert table.cost("m", 10, 0, 10, 10, 10) == pytest.approx((10 * 3.0 + 10 * 5.0) / 1e6)
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["[tiers]\nflex = -0.5\n", '[models."x"]\ninput = 1.0\ncache_write = -1.0\n'],
+)
+def test_negative_rates_and_factors_are_refused(tmp_path: Path, content: str) -> None:
+    bad = tmp_path / "prices.toml"
+    bad.write_text(content)
+    with pytest.raises(SettingsError):
+        PriceTable.from_settings(PricingSettings(file=str(bad)))

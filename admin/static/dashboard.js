@@ -5,13 +5,18 @@
 // admin/models.py (alternative key names in brackets are accepted too):
 //
 // GET  /api/admin/dashboard/overview?window=24h
-//   {"requests": 1234, "hits": 800, "hit_rate": 0.648, "cost_usd": 12.34, "saved_usd": 5.67, …}
-//   [hit_rate missing → hits / requests; cost_usd: cost; saved_usd: savings_usd, saved]
+//   {"requests": 1234, "hits": 800, "hit_rate": 0.648, "cost_usd": 12.34, "saved_usd": 5.67,
+//    "prompt_tokens": 9000, "completion_tokens": 800, "cached_tokens": 4000,
+//    "cache_write_tokens": 100, "reasoning_tokens": 300, …}
+//   [hit_rate missing → hits / requests; cost_usd: cost; saved_usd: savings_usd, saved;
+//    a token kind missing → 0]
 // GET  /api/admin/dashboard/costs?window=24h&bucket=hour&group_by=model   (bucket=day for 7d/30d)
 //   {"series": [{"bucket": "2026-11-24T10:00:00Z", "group": "gpt-4o-mini", "requests": 3,
 //                "cost_usd": 1.5, "saved_usd": 0.5}, …], …}
 //   [series: buckets, points, or a bare list; bucket: start, time, ts;
 //    rows sharing a bucket (one per group) are summed into one point]
+// GET  /api/admin/dashboard/costs?window=24h&bucket=day&group_by=request_type
+//   the same rows, also with the token kinds of overview; summed per group (endpoint)
 // GET  /api/admin/dashboard/cache?window=24h
 //   {"by_endpoint": [{"key": "chat.completions", "requests": 10, "hits": 6,
 //                     "hit_rate": 0.6, "saved_usd": 0.1}],
@@ -95,7 +100,35 @@ export async function loadOverview(span) {
     hitRate: hitRate(json),
     cost: number(json, "cost_usd", "cost"),
     saved: number(json, "saved_usd", "savings_usd", "saved"),
+    tokens: tokenKinds(json),
   };
+}
+
+// The token kinds of an overview or costs row (README, "The ledger").
+function tokenKinds(row) {
+  return {
+    input: number(row, "prompt_tokens"), output: number(row, "completion_tokens"),
+    cached: number(row, "cached_tokens"), cacheWrite: number(row, "cache_write_tokens"),
+    reasoning: number(row, "reasoning_tokens"),
+  };
+}
+
+export async function loadEndpoints(span) {
+  const json = await call(
+    `/costs?window=${encodeURIComponent(span)}&bucket=day&group_by=request_type`);
+  const list = Array.isArray(json) ? json : pick(json, "series", "buckets", "points") ?? [];
+  const byEndpoint = new Map();
+  for (const row of list) {
+    const name = String(pick(row, "group", "request_type", "endpoint") ?? "?");
+    const sum = byEndpoint.get(name) ?? { name, requests: 0, cost: 0, saved: 0,
+      tokens: tokenKinds({}) };
+    sum.requests += number(row, "requests");
+    sum.cost += number(row, "cost_usd", "cost");
+    sum.saved += number(row, "saved_usd", "savings_usd", "saved");
+    for (const [kind, count] of Object.entries(tokenKinds(row))) sum.tokens[kind] += count;
+    byEndpoint.set(name, sum);
+  }
+  return [...byEndpoint.values()].sort((a, b) => (a.name < b.name ? -1 : 1));
 }
 
 export async function loadCosts(span) {
@@ -193,6 +226,24 @@ function renderOverview(view) {
   $("fig-hit-rate").textContent = percent(view.hitRate);
   $("fig-cost").textContent = usd.format(view.cost);
   $("fig-saved").textContent = usd.format(view.saved);
+  $("fig-tokens-input").textContent = count.format(view.tokens.input);
+  $("fig-tokens-cached").textContent = count.format(view.tokens.cached);
+  $("fig-tokens-cache-write").textContent = count.format(view.tokens.cacheWrite);
+  $("fig-tokens-output").textContent = count.format(view.tokens.output);
+  $("fig-tokens-reasoning").textContent = count.format(view.tokens.reasoning);
+}
+
+function renderEndpoints(endpoints) {
+  $("endpoints").tBodies[0].replaceChildren(...endpoints.map((e) => {
+    const tr = document.createElement("tr");
+    tr.dataset.endpoint = e.name;
+    const t = e.tokens;
+    tr.append(cell(e.name), cell(count.format(e.requests), "number"),
+      cell(usd.format(e.cost), "number"), cell(usd.format(e.saved), "number"),
+      ...[t.input, t.cached, t.cacheWrite, t.output, t.reasoning]
+        .map((n) => cell(count.format(n), "number")));
+    return tr;
+  }));
 }
 
 function renderCosts(points) {
@@ -261,6 +312,7 @@ async function refresh() {
   const results = await Promise.allSettled([
     loadOverview(span).then(renderOverview),
     loadCosts(span).then(renderCosts),
+    loadEndpoints(span).then(renderEndpoints),
     loadCache(span).then(renderCache),
     loadCircuits().then(renderBreakers),
   ]);

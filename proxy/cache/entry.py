@@ -27,9 +27,17 @@ class StoredResponse(msgspec.Struct, array_like=True):
     body: bytes
     stored_at: float  # epoch seconds
     meta: EntryMeta
+    # The call's tokens as wire.Usage counts them (prompt: every input token, cached reads
+    # and cache writes included; completion: every output token, reasoning included).
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    # Appended with issue 14 (entries stored before decode with these defaults): cache
+    # writes and reasoning tokens, priced at their own rates, and the service tier that served
+    # the call (None: standard), so a hit saves what the answer really cost.
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    service_tier: str | None = None
 
 
 class StoredVector(msgspec.Struct, array_like=True):

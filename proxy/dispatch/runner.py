@@ -21,7 +21,7 @@ from proxy.cache.entry import decode_response
 from proxy.cache.formats import format_of
 from proxy.cache.store import CacheStore
 from proxy.cache.streams import Fed
-from proxy.dispatch.call import UpstreamCall, store_answer
+from proxy.dispatch.call import UpstreamCall, entry_usage, store_answer
 from proxy.dispatch.flight import Answer, Event, Flight, FlightTable
 from proxy.dispatch.peers import PeerFlights
 from proxy.errors import error_body
@@ -30,7 +30,6 @@ from proxy.sse import SseParser, format_event
 from proxy.upstream.client import read_body
 from proxy.upstream.flex import FLEX, RETRY_AT_STANDARD, FlexLane, answer_tier
 from proxy.upstream.guarded import Exchange, GuardedUpstream, UpstreamFailure, UpstreamRequest
-from proxy.wire import PromptTokensDetails, Usage
 
 log = logging.getLogger("sidecache.flight")
 # How often a call nobody else shares checks that its client is still there (aiohttp does not
@@ -98,11 +97,7 @@ class FlightRunner:
                 raw = await peers.await_peer(call.plan.key)
                 entry = decode_response(raw) if raw is not None else None
                 if entry is not None:
-                    usage = Usage(
-                        prompt_tokens=entry.prompt_tokens,
-                        completion_tokens=entry.completion_tokens,
-                        prompt_tokens_details=PromptTokensDetails(entry.cached_tokens),
-                    )
+                    usage = entry_usage(entry)
                     headers = CIMultiDict(JSON_HEADERS)
                     return Answer(200, headers, entry.body, from_peer=True, usage=usage)
                 lease = await peers.try_lead(call.plan.key)
@@ -153,7 +148,9 @@ class FlightRunner:
             answer.service_tier = answer_tier(answer.body)
             if not answer.streamed:
                 answer.usage = call.validate(answer.body)
-                answer.stored = await store_answer(self.store, call, answer.body, answer.usage)
+                answer.stored = await store_answer(
+                    self.store, call, answer.body, answer.usage, answer.service_tier
+                )
         return answer
 
     async def _unless_abandoned(
@@ -239,7 +236,7 @@ class FlightRunner:
         body = _encode(whole)
         usage = call.validate(body)
         answer = Answer(200, CIMultiDict(JSON_HEADERS), body, streamed=True, usage=usage)
-        answer.stored = await store_answer(self.store, call, body, usage)
+        answer.stored = await store_answer(self.store, call, body, usage, answer_tier(body))
         return answer
 
 

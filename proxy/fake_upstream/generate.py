@@ -35,15 +35,20 @@ def _length(limit: int | None) -> tuple[int, str]:
     return min(limit, MAX_REPLY_WORDS), "length" if limit < DEFAULT_REPLY_WORDS else "stop"
 
 
-def _usage(prompt: int, completion: int, *, details: bool) -> dict[str, Any]:
+def _usage(
+    prompt: int, completion: int, *, details: bool, cached: int = 0, reasoning: int = 0
+) -> dict[str, Any]:
+    """Chat's usage: `cached` of the prompt tokens read from the prompt cache, and `reasoning`
+    tokens counted in the completion besides the `completion` written (the fake's knobs)."""
+    completion += reasoning
     usage: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
     if details:
-        usage["prompt_tokens_details"] = {"cached_tokens": 0, "audio_tokens": 0}
-        usage["completion_tokens_details"] = {"reasoning_tokens": 0, "audio_tokens": 0}
+        usage["prompt_tokens_details"] = {"cached_tokens": min(cached, prompt), "audio_tokens": 0}
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning, "audio_tokens": 0}
     return usage
 
 
@@ -141,7 +146,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     check_model(fake, params.model)
     streaming, include_usage = is_stream(params.stream, params.stream_options)
     choices, completion_tokens = _chat_choices(params, request_seed(body), fake)
-    usage = _usage(chat_prompt_tokens(params.messages), completion_tokens, details=True)
+    usage = _usage(
+        chat_prompt_tokens(params.messages),
+        completion_tokens,
+        details=True,
+        cached=fake.cached_tokens,
+        reasoning=fake.reasoning_tokens,
+    )
     tier = _served_tier(params.service_tier)
     if not streaming:
         envelope = _Envelope("chatcmpl-", "chat.completion", params.model, False, tier)

@@ -53,6 +53,8 @@ class KnobUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     prefer_tools: bool | UnsetType = UNSET
     flex_fail_status: Annotated[int, msgspec.Meta(ge=400, le=599)] | UnsetType | None = UNSET
     flex_latency_ms: Annotated[float, msgspec.Meta(ge=0)] | UnsetType = UNSET
+    cached_tokens: Annotated[int, msgspec.Meta(ge=0)] | UnsetType = UNSET
+    reasoning_tokens: Annotated[int, msgspec.Meta(ge=0)] | UnsetType = UNSET
 
 
 KNOB_NAMES: tuple[str, ...] = KnobUpdate.__struct_fields__
@@ -85,6 +87,8 @@ class FakeUpstream:
         prefer_tools: bool = False,
         flex_fail_status: int | None = None,
         flex_latency_ms: float = 0.0,
+        cached_tokens: int = 0,
+        reasoning_tokens: int = 0,
         record_credentials: bool = False,
     ) -> None:
         self.latency_ms = latency_ms
@@ -111,6 +115,10 @@ class FakeUpstream:
         # capacity short, as OpenAI answers it), or held this long first (a slow flex lane).
         self.flex_fail_status = flex_fail_status
         self.flex_latency_ms = flex_latency_ms
+        # Chat usage reports this many prompt tokens as read from the provider's prompt cache
+        # (at most the prompt), and this many reasoning tokens on top of the written ones.
+        self.cached_tokens = cached_tokens
+        self.reasoning_tokens = reasoning_tokens
         # Not a knob (no HTTP call can turn it on): the process that built the fake chooses.
         self.record_credentials = record_credentials
         self.in_flight = 0

@@ -29,9 +29,18 @@ def open_outcome(request: web.Request, parsed: ParsedRequest, model: str) -> Out
 
 
 def count_hit(runtime: Runtime, outcome: Outcome, found: Prepared) -> None:
+    """A hit: the stored answer's tokens, every kind, avoided, and what its call cost saved
+    (the row's `cost`, dollars billed, stays 0)."""
     entry = found.entry
     cost = found.cost(runtime.prices, outcome.model)
-    outcome.avoided(cost, entry.prompt_tokens, entry.completion_tokens, entry.cached_tokens)
+    outcome.avoided(
+        cost,
+        entry.prompt_tokens,
+        entry.completion_tokens,
+        entry.cached_tokens,
+        entry.cache_write_tokens,
+        entry.reasoning_tokens,
+    )
 
 
 async def preflight(runtime: Runtime, parsed: ParsedRequest, model: str) -> Reservation | None:
@@ -62,20 +71,25 @@ async def count_flight(
     cost = 0.0
     if answer.ok and answer.usage is not None:
         if leader and not answer.from_peer:
-            # GLUE(P): the tier-aware price reads this (flex is billed at its own rate).
-            outcome.service_tier = answer.service_tier
+            outcome.service_tier = answer.service_tier  # what prices it (flex has its own rate)
             cost = charge(runtime, outcome, answer.usage)
             outcome.upstream_ms = answer.upstream_ms
         else:
-            prompt, completion, cached = tokens(answer.usage)
-            outcome.saved(runtime.prices, prompt, completion, cached)
+            outcome.saved(runtime.prices, *tokens(answer.usage), tier=answer.service_tier)
     await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, cost, held)
 
 
 def charge(runtime: Runtime, outcome: Outcome, usage: Usage) -> float:
-    prompt, completion, cached = tokens(usage)
-    return outcome.paid(runtime.prices, prompt, completion, cached)
+    """This request's own call: its usage at the model's price and the outcome's tier."""
+    return outcome.paid(runtime.prices, *tokens(usage))
 
 
-def tokens(usage: Usage) -> tuple[int, int, int]:
-    return usage.prompt_tokens, usage.completion_tokens or 0, usage.cached_tokens
+def tokens(usage: Usage) -> tuple[int, int, int, int, int]:
+    """(prompt, completion, cached, cache_write, reasoning): Outcome.paid's order."""
+    return (
+        usage.prompt_tokens,
+        usage.completion_tokens or 0,
+        usage.cached_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+    )

@@ -74,7 +74,13 @@ class Prepared:
         if priced is None or priced[0] != model:
             entry = self.entry
             usd = prices.cost(
-                model, entry.prompt_tokens, entry.cached_tokens, entry.completion_tokens
+                model,
+                entry.prompt_tokens,
+                entry.cached_tokens,
+                entry.completion_tokens,
+                entry.cache_write_tokens,
+                entry.reasoning_tokens,
+                tier=entry.service_tier,
             )
             if prices.price_for(model) is None:
                 return usd  # unpriced: counted by the table on every request, so never kept

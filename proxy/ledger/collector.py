@@ -51,6 +51,16 @@ class LedgerCollector(Collector):
             yield from self._budgets(self.budgets)
 
     def _ledger(self, writer: LedgerWriter) -> Iterator[Metric]:
+        tokens = CounterMetricFamily(
+            "sidecache_tokens",
+            "Tokens of the recorded requests by endpoint and kind (input and output count "
+            "every prompt and completion token; cached_input and cache_write are parts of "
+            "input, reasoning of output), paid for upstream or avoided (HIT, COALESCED).",
+            labels=["endpoint", "kind", "billing"],
+        )
+        for endpoint, kind, billing, count in writer.tokens.samples():
+            tokens.add_metric([endpoint, kind, billing], count)
+        yield tokens
         stats = writer.stats
         records = CounterMetricFamily(
             "sidecache_ledger_records",

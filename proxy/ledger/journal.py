@@ -36,7 +36,8 @@ _EARLIER_ORDER = (
     *("completion_tokens", "cached_tokens", "cost", "saved_cost", "response_time_ms"),
     *("upstream_ms", "cache_hit", "cache_status", "status", "created_at"),
 )
-# The columns appended since (cache_match, similarity) take their defaults.
+# The columns appended since (cache_match, similarity, the token kinds of 004) take their
+# defaults.
 _FROM_EARLIER = [_EARLIER_ORDER.index(column) for column in COLUMNS[: len(_EARLIER_ORDER)]]
 _decode_arrays = msgspec.msgpack.Decoder(list[list[Any]]).decode
 _encode = msgspec.msgpack.Encoder().encode

@@ -28,14 +28,17 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGE} (
     prompt_tokens integer, completion_tokens integer, cached_tokens integer,
     cost double precision, saved_cost double precision, response_time_ms double precision,
     upstream_ms double precision, cache_hit boolean, cache_status text, status integer,
-    created_at timestamptz, cache_match text, similarity double precision
+    created_at timestamptz, cache_match text, similarity double precision,
+    cache_write_tokens integer, reasoning_tokens integer, service_tier text
 ) ON COMMIT DELETE ROWS"""
 
 # What every roll-up row sums, and how, from the rows of one flush.
 _SUMS = ("requests", "hits", "errors", "prompt_tokens", "completion_tokens", "cached_tokens",
-         "cost", "saved_cost", "response_ms_sum")  # fmt: skip
+         "cache_write_tokens", "reasoning_tokens", "cost", "saved_cost",
+         "response_ms_sum")  # fmt: skip
 _AGGREGATES = """count(*), count(*) FILTER (WHERE cache_hit), count(*) FILTER (WHERE status >= 400),
            sum(prompt_tokens), sum(completion_tokens), sum(cached_tokens),
+           sum(cache_write_tokens), sum(reasoning_tokens),
            sum(cost), sum(saved_cost), sum(response_time_ms)"""
 _HOUR = "date_trunc('hour', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
 
@@ -62,8 +65,8 @@ WITH inserted AS (
     SELECT {_COLS} FROM {STAGE}
     {{conflict}}
     RETURNING created_at, tenant, user_id, model, request_type, cache_hit, status,
-              prompt_tokens, completion_tokens, cached_tokens, cost, saved_cost,
-              response_time_ms
+              prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens,
+              reasoning_tokens, cost, saved_cost, response_time_ms
 ), by_user AS ({
     _roll_up(
         "ai_usage_hourly",

@@ -1,5 +1,9 @@
 """The model price table (`config/pricing.toml`, USD per million tokens) and the cost of a call.
 
+Every token kind a provider bills has a rate: input, cached input (prompt-cache reads), cache
+writes, output and reasoning output (each defaulting as `ModelPrice` says), and a call served
+at a service tier other than the standard one (`flex`) is scaled by that tier's factor.
+
 Lookup of a model name: the exact name; else the name without a date suffix (`-2024-07-18`,
 `-0125`); else the longest listed name that is a prefix of it ending at a `-` (a family
 match). A name found nowhere is unpriced: it costs 0, `cost()` counts it, and the first
@@ -26,11 +30,14 @@ _DATE_SUFFIX = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4})$")
 
 
 class ModelPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """USD per million tokens."""
+    """USD per million tokens; `tiers`: this model's service-tier factors, over the file's."""
 
     input: float
     output: float = 0.0
     cached_input: float | None = None  # None: the input price
+    cache_write: float | None = None  # None: the input price
+    reasoning: float | None = None  # None: the output price
+    tiers: dict[str, float] = {}
     taken: str | None = None
     source: str | None = None
 
@@ -38,9 +45,25 @@ class ModelPrice(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def cached_rate(self) -> float:
         return self.input if self.cached_input is None else self.cached_input
 
+    @property
+    def cache_write_rate(self) -> float:
+        return self.input if self.cache_write is None else self.cache_write
+
+    @property
+    def reasoning_rate(self) -> float:
+        return self.output if self.reasoning is None else self.reasoning
+
 
 class _PriceFile(msgspec.Struct, forbid_unknown_fields=True):
+    tiers: dict[str, float] = {}
     models: dict[str, ModelPrice] = {}
+
+
+class PriceFile(msgspec.Struct, frozen=True):
+    """A price file read: its models and its service-tier factors."""
+
+    models: dict[str, ModelPrice]
+    tiers: dict[str, float]
 
 
 def default_pricing_path() -> Path:
@@ -49,6 +72,12 @@ def default_pricing_path() -> Path:
 
 def read_price_file(path: Path) -> dict[str, ModelPrice]:
     """The `[models."name"]` tables of a price file; a bad file raises SettingsError."""
+    return read_price_tables(path).models
+
+
+def read_price_tables(path: Path) -> PriceFile:
+    """The `[tiers]` and `[models."name"]` tables of a price file; a bad file raises
+    SettingsError."""
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
@@ -62,9 +91,12 @@ def read_price_file(path: Path) -> dict[str, ModelPrice]:
             f"PRICING_FILE={str(path)!r}: not a valid price table ({exc})"
         ) from None
     for name, price in table.models.items():
-        if min(price.input, price.output, price.cached_rate) < 0:
+        rates = (price.input, price.output, price.cached_rate, price.cache_write_rate)
+        if min(*rates, price.reasoning_rate, *price.tiers.values(), 0) < 0:
             raise SettingsError(f"PRICING_FILE={str(path)!r}: negative price for {name!r}")
-    return table.models
+    if min(table.tiers.values(), default=0) < 0:
+        raise SettingsError(f"PRICING_FILE={str(path)!r}: negative tier factor")
+    return PriceFile(table.models, table.tiers)
 
 
 class PriceTable:
@@ -74,8 +106,11 @@ class PriceTable:
         *,
         chars_per_token: float = 4.0,
         default_output_tokens: int = 512,
+        tiers: Mapping[str, float] | None = None,
     ) -> None:
         self._prices = dict(prices)
+        # Service-tier factors: a tier not listed (standard, default, auto) prices at 1.
+        self.tiers = dict(tiers or {})
         # Longest first, so the first prefix that matches is the most specific family.
         self._families = sorted(self._prices, key=len, reverse=True)
         self._resolved: dict[str, ModelPrice | None] = {}
@@ -87,12 +122,15 @@ class PriceTable:
     @classmethod
     def from_settings(cls, settings: PricingSettings) -> PriceTable:
         path = Path(settings.file) if settings.file else default_pricing_path()
-        prices = read_price_file(path)
+        read = read_price_tables(path)
+        prices = read.models
         for name, item in settings.models.items():
             prices[name] = ModelPrice(
                 input=item.input,
                 output=item.output,
                 cached_input=item.cached_input,
+                cache_write=item.cache_write,
+                reasoning=item.reasoning,
                 taken=item.taken,
                 source=item.source or "settings [pricing.models]",
             )
@@ -100,6 +138,7 @@ class PriceTable:
             prices,
             chars_per_token=settings.chars_per_token,
             default_output_tokens=settings.default_output_tokens,
+            tiers=read.tiers,
         )
 
     @property
@@ -130,21 +169,46 @@ class PriceTable:
         return None
 
     def cost(
-        self, model: str, prompt_tokens: int, cached_tokens: int, completion_tokens: int
+        self,
+        model: str,
+        prompt_tokens: int,
+        cached_tokens: int,
+        completion_tokens: int,
+        cache_write_tokens: int = 0,
+        reasoning_tokens: int = 0,
+        *,
+        tier: str | None = None,
     ) -> float:
-        """USD for one call: cached prompt tokens at the cached rate, the rest of the prompt
-        at the input rate, completion (reasoning included) at the output rate. An unpriced
-        model costs 0 and is counted."""
+        """USD for one call. `prompt_tokens` counts every input token and `completion_tokens`
+        every output token (wire.Usage's meaning): of the prompt, cached reads are priced at
+        the cached rate, cache writes at the cache-write rate and the rest at the input rate;
+        of the completion, reasoning at the reasoning rate and the rest at the output rate.
+        Parts larger than their whole are cut to it. The sum is scaled by `tier`'s factor (1
+        for no tier or an unlisted one). An unpriced model costs 0 and is counted."""
         price = self.price_for(model)
         if price is None:
             self._count_unpriced(model)
             return 0.0
         prompt = max(0, prompt_tokens)
         cached = min(max(0, cached_tokens), prompt)
+        written = min(max(0, cache_write_tokens), prompt - cached)
         completion = max(0, completion_tokens)
-        return (
-            (prompt - cached) * price.input + cached * price.cached_rate + completion * price.output
+        reasoning = min(max(0, reasoning_tokens), completion)
+        usd = (
+            (prompt - cached - written) * price.input
+            + cached * price.cached_rate
+            + written * price.cache_write_rate
+            + (completion - reasoning) * price.output
+            + reasoning * price.reasoning_rate
         ) / PER_MILLION
+        return usd if tier is None else usd * self.tier_factor(price, tier)
+
+    def tier_factor(self, price: ModelPrice, tier: str) -> float:
+        """The model's own factor for `tier`, else the file's, else 1."""
+        factor = price.tiers.get(tier)
+        if factor is None:
+            factor = self.tiers.get(tier, 1.0)
+        return factor
 
     def estimate(self, model: str, prompt_chars: int, max_tokens: int | None = None) -> float:
         """Pre-flight USD estimate: `prompt_chars / chars_per_token` prompt tokens at the input

@@ -49,6 +49,7 @@ def utc_now() -> datetime:
 class LedgerRecord(msgspec.Struct, gc=False):
     """Costs in USD. `cost` is what this request paid upstream (0 for a hit or a coalesced
     follower); `saved_cost` is what the cache avoided (the stored answer's original cost).
+    Tokens are those of the call: paid for on a miss, avoided on a hit (README, "The ledger").
 
     The fields are the columns of `ai_requests`, in the table's order (migrations/*/001, then
     the columns later migrations append):
@@ -81,6 +82,13 @@ class LedgerRecord(msgspec.Struct, gc=False):
     # semantic hit's similarity to the question it was served for.
     cache_match: str | None = None
     similarity: float | None = None
+    # Appended by migration 004: the prompt tokens written to the provider's prompt cache and
+    # the completion tokens spent reasoning (parts of prompt_tokens and completion_tokens,
+    # priced at rates of their own), and the service tier that served the call ("flex"; None:
+    # standard, and any row without a call of its own).
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    service_tier: str | None = None
 
 
 # The column order of `ai_requests` as the sinks write it: the record's fields.
@@ -182,7 +190,12 @@ Converters = Mapping[str, Callable[[Any], Any]]
 Row = tuple[Any, ...]
 
 # The client-supplied texts but persona, which each dialect stores in its own type.
-TEXT_CLEANERS: Converters = {"tenant": clean_text, "user_id": clean_optional, "model": clean_text}
+TEXT_CLEANERS: Converters = {
+    "tenant": clean_text,
+    "user_id": clean_optional,
+    "model": clean_text,
+    "service_tier": clean_optional,  # the upstream may name the tier that served a call
+}
 # cache_match is set by the sidecar (CacheMatch), never by a client: no cleaning.
 _CLEANERS: Converters = {**TEXT_CLEANERS, "persona": clean_persona}
 

@@ -17,7 +17,15 @@ _TENANT, _USER, _MODEL, _KIND, _CREATED = map(
     COLUMNS.index, ("tenant", "user_id", "model", "request_type", "created_at")
 )
 _HIT, _STATUS = COLUMNS.index("cache_hit"), COLUMNS.index("status")
-_TOKENS = tuple(map(COLUMNS.index, ("prompt_tokens", "completion_tokens", "cached_tokens")))
+_TOKENS = tuple(
+    map(
+        COLUMNS.index,
+        (
+            *("prompt_tokens", "completion_tokens", "cached_tokens"),
+            *("cache_write_tokens", "reasoning_tokens"),
+        ),
+    )
+)
 _AMOUNTS = tuple(map(COLUMNS.index, ("cost", "saved_cost", "response_time_ms")))
 
 
@@ -55,8 +63,9 @@ sqlite_row = row_maker(
 def roll_ups(rows: list[Row]) -> tuple[list[Row], list[Row]]:
     """What `rows` add to the hourly roll-ups: (hour, tenant, user_id, model, request_type,
     *sums) per user and (hour, tenant, model, request_type, *sums) per tenant; sums in the
-    tables' order (requests, hits, errors, prompt, completion and cached tokens, cost, saved
-    cost, response_ms_sum). The hour is the timestamp text cut after the hour."""
+    tables' order (requests, hits, errors, prompt, completion, cached, cache-write and
+    reasoning tokens, cost, saved cost, response_ms_sum). The hour is the timestamp text cut
+    after the hour."""
     groups: dict[tuple[str, str, str, str, str], list[Row]] = {}
     for row in rows:
         key = (row[_CREATED][:13], row[_TENANT], row[_USER] or "", row[_MODEL], row[_KIND])

@@ -55,6 +55,8 @@ _SUMS = {  # in sqlite_rows.roll_ups' order
     "prompt_tokens": "NEW.prompt_tokens",
     "completion_tokens": "NEW.completion_tokens",
     "cached_tokens": "NEW.cached_tokens",
+    "cache_write_tokens": "NEW.cache_write_tokens",
+    "reasoning_tokens": "NEW.reasoning_tokens",
     "cost": "NEW.cost",
     "saved_cost": "NEW.saved_cost",
     "response_ms_sum": "NEW.response_time_ms",

@@ -18,3 +18,46 @@ class WriterStats(msgspec.Struct, frozen=True):
     dropped: int  # refused because the queue was full
     rejected: int  # refused by the database as bad data; kept in the rejects file
     failures: int  # failed attempts to reach the database
+
+
+# The token kinds a ledger row counts (its columns, in this order), as the metric names them.
+TOKEN_KINDS = ("input", "output", "cached_input", "cache_write", "reasoning")
+
+
+class TokenTally:
+    """Tokens of the recorded requests by endpoint, kind and whether they were paid for (the
+    request made the upstream call) or avoided (a hit or a coalesced follower): what
+    `sidecache_tokens_total` exposes. A handful of fixed keys; counted as each record is made.
+    `input` and `output` count every prompt and completion token; the other kinds are parts
+    of them (cached_input and cache_write of input, reasoning of output). Avoided: the tokens
+    of requests answered HIT or COALESCED; a partial embeddings hit counts as paid."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, bool], list[int]] = {}
+
+    def add(
+        self,
+        endpoint: str,
+        paid: bool,
+        prompt: int,
+        completion: int,
+        cached: int,
+        cache_write: int,
+        reasoning: int,
+    ) -> None:
+        counts = self._counts.get((endpoint, paid))
+        if counts is None:
+            counts = self._counts[(endpoint, paid)] = [0, 0, 0, 0, 0]
+        counts[0] += prompt
+        counts[1] += completion
+        counts[2] += cached
+        counts[3] += cache_write
+        counts[4] += reasoning
+
+    def samples(self) -> list[tuple[str, str, str, int]]:
+        """(endpoint, kind, "paid" or "avoided", tokens) for every count kept."""
+        return [
+            (endpoint, kind, "paid" if paid else "avoided", count)
+            for (endpoint, paid), counts in sorted(self._counts.items())
+            for kind, count in zip(TOKEN_KINDS, counts, strict=True)
+        ]
