@@ -38,7 +38,10 @@ def tiers_sent(stub: Stub, calls: int) -> list[Any]:
 
 def rows_for(loop_thread: LoopThread, sidecar: Sidecar) -> list[dict[str, Any]]:
     flush(loop_thread, sidecar)
-    sql = "SELECT request_type, model, cache_status, status, cost FROM ai_requests"
+    sql = (
+        "SELECT request_type, model, cache_status, status, cost, service_tier, prompt_tokens,"
+        " completion_tokens, cached_tokens FROM ai_requests ORDER BY created_at"
+    )
     return loop_thread.run(ledger_of(sidecar).fetch(sql))
 
 
@@ -155,3 +158,19 @@ def test_off_changes_nothing(make_sidecar: SidecarFactory, stub: Stub) -> None:
     answer = ask(sidecar, "Explain rainbows.", LOW)
     assert answer.status == 200 and answer.json()["service_tier"] == "default"
     assert tiers_sent(stub, 1) == [None]
+
+
+def test_the_ledger_records_and_prices_the_tier_that_served_each_call(
+    make_sidecar: SidecarFactory, stub: Stub, loop_thread: LoopThread
+) -> None:
+    sidecar = make_sidecar(UPSTREAM_FLEX="on")
+    prices = sidecar.runtime.prices
+    assert ask(sidecar, "Explain eclipses.", LOW, max_tokens=5).status == 200  # served at flex
+    stub.fake.flex_fail_status = 429
+    assert ask(sidecar, "Explain comets.", LOW, max_tokens=5).status == 200  # retried: standard
+    flex_row, standard_row = rows_for(loop_thread, sidecar)
+    assert (flex_row["service_tier"], standard_row["service_tier"]) == ("flex", "default")
+    for row, factor in ((flex_row, 0.5), (standard_row, 1.0)):  # config/pricing.toml [tiers]
+        tokens = (row["prompt_tokens"], row["cached_tokens"], row["completion_tokens"])
+        assert row["cost"] > 0
+        assert row["cost"] == pytest.approx(prices.cost(FLEX_MODEL, *tokens) * factor)
