@@ -60,6 +60,7 @@ MEANS_ABSENT: dict[str, Any] = {
 
 _INT64 = 2**63
 _MODERATIONS: str = Endpoint.MODERATIONS.value  # a plain str: an enum attribute costs ~100 ns
+_RESPONSES: str = Endpoint.RESPONSES.value
 
 
 def number(text: str) -> int | float:
@@ -88,6 +89,11 @@ def canonical_body(endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
             if type(message) is dict and None in message.values():
                 canonical["messages"] = [_without_nulls(each) for each in messages]
                 break
+    if endpoint == _RESPONSES and body.get("store") is False:
+        # The Responses API keeps a response (`store` defaults to true) so a later request can
+        # continue it by `previous_response_id`: an answer the upstream did not keep must not
+        # be served to a request that will continue it, so `store: false` keys apart.
+        canonical["store"] = False
     if endpoint == _MODERATIONS:
         text = canonical.get("input")
         if type(text) is list and len(text) == 1 and type(text[0]) is str:
