@@ -140,7 +140,7 @@ def test_previous_response_id_chains_never_cross(any_sidecar: Sidecar, stub: Stu
     assert stub.calls == 7
 
 
-def test_background_bypasses_and_store_false_keys_apart(any_sidecar: Sidecar, stub: Stub) -> None:
+def test_background_bypasses_and_the_key_rules(any_sidecar: Sidecar, stub: Stub) -> None:
     client = any_sidecar.client()
     for _ in range(2):
         status, queued = create(client, background=True)
@@ -150,7 +150,12 @@ def test_background_bypasses_and_store_false_keys_apart(any_sidecar: Sidecar, st
     assert create(client, store=True)[0] == "HIT"  # `store` defaults to true
     assert create(client, store=False)[0] == "MISS"  # the upstream kept no copy of that one
     assert create(client, metadata={"run": "7"}, prompt_cache_key="k")[0] == "HIT"
-    assert stub.calls == 4
+    # One plain user message is the string input it says; any other field of it counts.
+    message = {"role": "user", "content": QUESTION}
+    assert create(client, input=[message])[0] == "HIT"
+    assert create(client, input=[{**message, "type": "message"}])[0] == "HIT"
+    assert create(client, input=[{**message, "role": "developer"}])[0] == "MISS"
+    assert stub.calls == 5
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["json", "sse"])
