@@ -23,6 +23,9 @@ eight minutes (`hits_by_store` three of them, loading the 10M-row ledger of the 
 two); `--quick` scales every count and duration down (about two minutes), and
 `--only hit_max_rate,costs` runs some rows alone.
 
+Issue 14's `responses_hits` (bench/responses.py) runs a Responses API hit beside the same chat
+hit on the bench's sidecar, in alternating rounds of the wrk and hey hit loads (about 70 s).
+
 Issue 22's `hits_by_store` (bench/stores.py) compares the hit path across stores in one run:
 fresh sidecars on the memory store, the Redis store and Redis with its near cache
 (NEAR_CACHE_MB=64), and bench/floor.py's two minimal servers (aiohttp + redis-py GET, aiohttp +
@@ -84,6 +87,7 @@ from . import (
     memory,
     misses,
     overshoot,
+    responses,
     semantic,
     semantic_hits,
     stores,
@@ -103,6 +107,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     hits.hit_paced,
     hits.hit_bursts,
     hits.hit_max_rate,
+    responses.responses_hits,
     versus.hits_vs_baseline,
     stores.hits_by_store,
     misses.miss_overhead,

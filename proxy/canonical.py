@@ -19,7 +19,10 @@ semantic partition) is made of what `canonical_body` returns. The rules:
   model's generation config when those are absent).
 - The non-semantic fields (`NON_SEMANTIC_FIELDS`) are left out.
 - Input forms the API treats as one are one: for moderations a one-item list of a string is
-  that string (embeddings key each input item on its own, proxy/handlers/embeddings.py).
+  that string (embeddings key each input item on its own, proxy/handlers/embeddings.py); for
+  Responses an `input` of one plain user message is its text.
+- Responses' `store: false` counts (see `_responses_forms`), though `store` is non-semantic
+  everywhere else.
 
 A body that was already canonical (integers, no nulls, no means-absent values, no identity
 fields, a moderation input given as a string) keys exactly as it did before these rules, so its
@@ -60,6 +63,7 @@ MEANS_ABSENT: dict[str, Any] = {
 
 _INT64 = 2**63
 _MODERATIONS: str = Endpoint.MODERATIONS.value  # a plain str: an enum attribute costs ~100 ns
+_RESPONSES: str = Endpoint.RESPONSES.value
 
 
 def number(text: str) -> int | float:
@@ -88,11 +92,35 @@ def canonical_body(endpoint: str, body: Mapping[str, Any]) -> dict[str, Any]:
             if type(message) is dict and None in message.values():
                 canonical["messages"] = [_without_nulls(each) for each in messages]
                 break
+    if endpoint == _RESPONSES:
+        _responses_forms(body, canonical)
     if endpoint == _MODERATIONS:
         text = canonical.get("input")
         if type(text) is list and len(text) == 1 and type(text[0]) is str:
             canonical["input"] = text[0]
     return canonical
+
+
+def _responses_forms(body: Mapping[str, Any], canonical: dict[str, Any]) -> None:
+    """The Responses API keeps a response (`store` defaults to true) so a later request can
+    continue it by `previous_response_id`: an answer the upstream did not keep must not be
+    served to a request that will continue it, so `store: false` keys apart. An `input` of one
+    plain user message is that message's text, as the API reads a string `input`."""
+    if body.get("store") is False:
+        canonical["store"] = False
+    items = canonical.get("input")
+    if type(items) is list and len(items) == 1 and type(items[0]) is dict:
+        only = items[0]
+        if (
+            only.get("role") == "user"
+            and type(only.get("content")) is str
+            and only.get("type", "message") == "message"
+            and only.keys() <= _PLAIN_MESSAGE
+        ):
+            canonical["input"] = only["content"]
+
+
+_PLAIN_MESSAGE = frozenset({"type", "role", "content"})
 
 
 def _means_absent(name: str, value: Any) -> bool:

@@ -18,6 +18,7 @@ from proxy.handlers.hot import PREPARED, TABLE_BYTES, KnownRequests, PreparedEnt
 from proxy.handlers.moderations import moderations
 from proxy.handlers.passthrough import passthrough
 from proxy.handlers.pipeline import KNOWN
+from proxy.handlers.responses import responses
 from proxy.health import healthz, readyz
 from proxy.ids import SerialIds
 from proxy.runtime import RUNTIME, Runtime
@@ -31,6 +32,7 @@ UNDERSTOOD: dict[Endpoint, Handler] = {
     Endpoint.COMPLETIONS: completions,
     Endpoint.EMBEDDINGS: embeddings,
     Endpoint.MODERATIONS: moderations,
+    Endpoint.RESPONSES: responses,
 }
 _ENDPOINT_BY_PATH = {endpoint.path: endpoint.value for endpoint in UNDERSTOOD}
 REQUEST_ID = "X-Request-ID"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from proxy.cache.replay import CHAT, TEXT, ChunkStream
+from proxy.cache.responses_stream import ResponsesStream
 from proxy.cache.streams import StreamFormat, replay_answer, stream_format
 
-FORMATS: tuple[StreamFormat, ...] = (ChunkStream(CHAT), ChunkStream(TEXT))
+FORMATS: tuple[StreamFormat, ...] = (ChunkStream(CHAT), ChunkStream(TEXT), ResponsesStream())
 
 
 def format_of(kind: str) -> StreamFormat:

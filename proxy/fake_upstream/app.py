@@ -14,6 +14,7 @@ from .drip import drip
 from .endpoints import embeddings, get_model, list_models, moderations, unknown_url
 from .generate import chat_completions, completions
 from .inputs import BODY_KEY, ParsedBody
+from .responses import responses
 from .state import FakeUpstream, KnobUpdate
 from .wire import FAKE_KEY, FakeApiError, error_answer, plain_json
 
@@ -173,6 +174,7 @@ def create_fake_app(fake: FakeUpstream) -> web.Application:
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/moderations", moderations)
+    app.router.add_post("/v1/responses", responses)
     app.router.add_get("/v1/models", list_models, allow_head=False)
     app.router.add_get("/v1/models/{model_id}", get_model, allow_head=False)
     app.router.add_route("*", "/v1", unknown_url)

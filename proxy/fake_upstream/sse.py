@@ -35,12 +35,19 @@ class SseStream:
     async def send(self, payload: Any) -> None:
         await self._write(encode_event(payload), counts=True)
 
-    async def finish(self) -> web.StreamResponse:
-        """Sends `[DONE]` unless the stream was already cut or abandoned.
+    async def send_typed(self, payload: dict[str, Any]) -> None:
+        """A typed event (the Responses API's): `event: <type>` before its data."""
+        name = str(payload["type"]).encode()
+        await self._write(b"event: " + name + b"\n" + encode_event(payload), counts=True)
+
+    async def finish(self, *, done: bool = True) -> web.StreamResponse:
+        """Sends `[DONE]` (unless `done` is False: the Responses API's streams end with their
+        last event) unless the stream was already cut or abandoned.
 
         aiohttp writes the terminator itself and treats a vanished client quietly.
         """
-        await self._write(_DONE, counts=False)
+        if done:
+            await self._write(_DONE, counts=False)
         return self._response
 
     async def _write(self, data: bytes, *, counts: bool) -> None:

@@ -22,6 +22,11 @@ from proxy.vocabulary import SEMANTIC_WRONG_KEY, CacheMatch
 SEMANTIC_HEADER = "X-Cache-Semantic"  # "off": this request is not looked up semantically
 THRESHOLD_HEADER = "X-Cache-Semantic-Threshold"  # may raise the threshold, never lower it
 _TOOL_CALLS = b'"tool_calls"'
+_FUNCTION_CALL = b'"function_call"'  # a Responses output item calling a tool
+
+
+def _calls_tools(body: bytes) -> bool:
+    return _TOOL_CALLS in body or _FUNCTION_CALL in body
 
 
 async def semantic_lookup(
@@ -80,7 +85,7 @@ def remember_answer(semantic: SemanticCache, probe: Probe, flight: Flight, plan:
     answer = result.result()
     if not answer.ok or not answer.stored or answer.from_peer:
         return
-    if not semantic.serve_tool_calls and _TOOL_CALLS in answer.body:
+    if not semantic.serve_tool_calls and _calls_tools(answer.body):
         return
     semantic.remember(probe, plan.key.digest, plan.ttl_s)
 
@@ -115,6 +120,6 @@ async def _read_candidate(
     found = prepared.get(key, raw) if raw is not None and wrong is None else None
     if found is None or found.entry.meta.tenant != parsed.identity.tenant:
         return None
-    if not semantic.serve_tool_calls and _TOOL_CALLS in found.entry.body:
+    if not semantic.serve_tool_calls and _calls_tools(found.entry.body):
         return None
     return found if await still_valid(runtime, parsed, found.entry.meta) else None
