@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from proxy.cache.messages_stream import MessageStream
 from proxy.cache.replay import CHAT, TEXT, ChunkStream
 from proxy.cache.streams import StreamFormat, replay_answer, stream_format
 
-FORMATS: tuple[StreamFormat, ...] = (ChunkStream(CHAT), ChunkStream(TEXT))
+FORMATS: tuple[StreamFormat, ...] = (ChunkStream(CHAT), ChunkStream(TEXT), MessageStream())
 
 
 def format_of(kind: str) -> StreamFormat:
