@@ -33,6 +33,11 @@ def message_event(payload: dict[str, Any]) -> bytes:
     return b"event: " + str(payload["type"]).encode() + b"\ndata: " + _encode(payload) + b"\n\n"
 
 
+def error_event(body: bytes) -> bytes:
+    """An Anthropic error body (`{"type": "error", ...}`) as the stream's `error` event."""
+    return b"event: error\ndata: " + body + b"\n\n"
+
+
 class MessageStream:
     """The `StreamFormat` of `/v1/messages`."""
 
