@@ -421,3 +421,25 @@ def test_validate_needs_a_whole_message() -> None:
     assert validate_message(b'{"type":"message","content":[],"stop_reason":null}') is None
     assert validate_message(b'{"type":"error","content":[],"stop_reason":"end_turn"}') is None
     assert validate_message(b'{"type":"message","stop_reason":"end_turn"}') is None
+
+
+def test_too_large_and_breaker_refusals_keep_status_and_retry_after(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    sidecar = make_sidecar(MAX_BODY_MB="0.01", BREAKER_FAIL_MAX="1", BREAKER_RESET_S="60")
+    headers = {"x-api-key": API_KEY}
+    big = {"model": MODEL, "max_tokens": 5, "messages": asked("word " * 5000)}
+    too_large = sidecar.request("POST", "/v1/messages", big, headers)
+    assert too_large.status == 413
+    assert too_large.json()["error"]["type"] == "request_too_large"
+    stub.fake.fail_next, stub.fake.fail_status = 1, 500
+    small = {"model": MODEL, "max_tokens": 5, "messages": asked("hi")}
+    assert sidecar.request("POST", "/v1/messages", small, headers).status == 500  # relayed
+    refused = sidecar.request("POST", "/v1/messages", small, headers)
+    assert refused.status == 503 and int(refused.headers["retry-after"]) > 0
+    assert refused.json() == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": refused.json()["error"]["message"]},
+    }
+    assert "upstream is failing" in refused.json()["error"]["message"]
+    assert messages_calls(stub) == 1
