@@ -39,7 +39,7 @@ class UsersParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 # The breaker families of proxy.upstream.breakers.FAMILIES.
-BreakerName = Literal["chat", "embeddings", "moderation", "other", "anthropic"]
+BreakerName = Literal["chat", "embeddings", "moderation", "other"]
 
 
 class ResetBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
