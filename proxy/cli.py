@@ -160,7 +160,9 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
     if fake:
         fake_runner, fake_url = await start_fake_upstream(FakeUpstream())
         runners.append(fake_runner)
-        upstream = msgspec.structs.replace(settings.upstream, base_url=fake_url, api_key=None)
+        upstream = msgspec.structs.replace(
+            settings.upstream, base_url=fake_url, anthropic_base_url=None, api_key=None
+        )
         settings = msgspec.structs.replace(settings, upstream=upstream)
         log.info("using the built-in fake upstream at %s", fake_url)
     note = backlog_note()

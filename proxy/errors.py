@@ -139,3 +139,50 @@ def error_response(
         content_type="application/json",
         headers=headers,
     )
+
+
+# Anthropic's error `type` for each status the sidecar answers itself on `/v1/messages`.
+_ANTHROPIC_TYPE_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+}
+
+
+class AnthropicErrorDetail(msgspec.Struct):
+    type: str
+    message: str
+
+
+class AnthropicErrorBody(msgspec.Struct, tag_field="type", tag="error"):
+    """`{"type": "error", "error": {"type": ..., "message": ...}}`, as Anthropic answers."""
+
+    error: AnthropicErrorDetail
+
+
+def anthropic_error_body(status: int, message: str) -> bytes:
+    kind = _ANTHROPIC_TYPE_BY_STATUS.get(status, "invalid_request_error" if status < 500 else "")
+    return _ENCODE(AnthropicErrorBody(AnthropicErrorDetail(kind or "api_error", message)))
+
+
+def anthropic_error_response(
+    status: int, message: str, *, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=anthropic_error_body(status, message),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def anthropic_failure_response(failure: Failure) -> web.Response:
+    """A failure answered in Anthropic's shape (the Messages route): the same status and
+    headers (Retry-After) as `failure_response`, the same message."""
+    return anthropic_error_response(
+        http_status(failure), failure.message, headers=failure_headers(failure)
+    )

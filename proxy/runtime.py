@@ -129,7 +129,12 @@ async def open_runtime(
             settings.cache.redis_timeout_ms,
         )
         await peers.start()
-    breakers = BreakerBoard(upstream.base_url, upstream.breaker_fail_max, upstream.breaker_reset_s)
+    breakers = BreakerBoard(
+        upstream.base_url,
+        upstream.breaker_fail_max,
+        upstream.breaker_reset_s,
+        anthropic=upstream.anthropic_upstream,
+    )
     metrics.watch_breakers(breakers)
     client = UpstreamClient.open(settings.upstream)
     gate = UpstreamGate(upstream.max_in_flight, upstream.queue_timeout_s, upstream.total_timeout_s)

@@ -9,12 +9,19 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.accounting import record_outcome
-from proxy.errors import error_response, failure_response, http_error_response
+from proxy.errors import (
+    anthropic_error_response,
+    anthropic_failure_response,
+    error_response,
+    failure_response,
+    http_error_response,
+)
 from proxy.failures import BodyTooLarge, ClientGone, Failure, UnreadableBody
 from proxy.handlers.answers import MISS_HEADERS
 from proxy.handlers.embeddings import embeddings
 from proxy.handlers.generative import chat_completions, completions
 from proxy.handlers.hot import PREPARED, TABLE_BYTES, KnownRequests, PreparedEntries
+from proxy.handlers.messages import messages
 from proxy.handlers.moderations import moderations
 from proxy.handlers.passthrough import passthrough
 from proxy.handlers.pipeline import KNOWN
@@ -33,9 +40,12 @@ UNDERSTOOD: dict[Endpoint, Handler] = {
     Endpoint.EMBEDDINGS: embeddings,
     Endpoint.MODERATIONS: moderations,
     Endpoint.RESPONSES: responses,
+    Endpoint.MESSAGES: messages,
 }
 _ENDPOINT_BY_PATH = {endpoint.path: endpoint.value for endpoint in UNDERSTOOD}
 REQUEST_ID = "X-Request-ID"
+# The route whose own errors are answered in Anthropic's shape, not OpenAI's.
+_ANTHROPIC_SHAPED = Endpoint.MESSAGES.value
 
 
 def create_proxy_app(runtime: Runtime) -> web.Application:
@@ -61,11 +71,13 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
 
 @web.middleware
 async def _answer_and_observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turns every failure into an OpenAI-shaped answer (a miss's carries its cache headers)
-    and records the request's metrics and ledger outcome."""
+    """Turns every failure into an OpenAI-shaped answer (Anthropic-shaped on /v1/messages; a
+    miss's carries its cache headers) and records the request's metrics and ledger outcome."""
     started = time.perf_counter()
     runtime = request.app[RUNTIME]
     endpoint = _ENDPOINT_BY_PATH.get(request.path)
+    anthropic = endpoint == _ANTHROPIC_SHAPED
+    render = anthropic_failure_response if anthropic else failure_response
     response: web.StreamResponse
     try:
         if endpoint is None:
@@ -77,7 +89,7 @@ async def _answer_and_observe(request: web.Request, handler: Handler) -> web.Str
             finally:
                 runtime.bodies.release(held)
     except Failure as exc:
-        response = failure_response(exc)
+        response = render(exc)
         miss_headers = request.get(MISS_HEADERS)
         if miss_headers is not None:
             response.headers.update(miss_headers)
@@ -86,12 +98,13 @@ async def _answer_and_observe(request: web.Request, handler: Handler) -> web.Str
         elif isinstance(exc, ClientGone):  # not the sidecar's failure, nor an attack: INFO
             log.info("the client closed %s %s before its answer", request.method, request.path)
     except web.HTTPRequestEntityTooLarge:
-        response = failure_response(BodyTooLarge(runtime.settings.server.max_body_bytes))
+        response = render(BodyTooLarge(runtime.settings.server.max_body_bytes))
     except web.HTTPException as exc:
         response = _http_error(request, exc)
     except Exception:
         log.exception("unexpected error answering %s %s", request.method, request.path)
-        response = error_response(500, "The sidecar failed to answer this request.")
+        message = "The sidecar failed to answer this request."
+        response = (anthropic_error_response if anthropic else error_response)(500, message)
     if endpoint is None and request.path.startswith("/v1/"):
         endpoint = PASSTHROUGH
     if endpoint is not None:

@@ -49,6 +49,9 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True):
     base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+")] = (
         "https://api.openai.com/v1"
     )
+    # Where `/v1/messages` (Anthropic's Messages API) goes, when not to base_url (docs/design.md
+    # §11); None: base_url, for OpenAI-compatible servers that serve both.
+    anthropic_base_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+")] | None = None
     api_key: str | None = None
     connect_timeout_s: Seconds = 5.0
     read_timeout_s: Seconds = 120.0
@@ -77,6 +80,18 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True):
     flex_models: list[ModelGlob] = msgspec.field(
         default_factory=lambda: ["o3*", "o4-mini*", "gpt-5*"]
     )
+
+    @property
+    def anthropic_upstream(self) -> str | None:
+        """The Messages API's own upstream, when it is not base_url's."""
+        url = self.anthropic_base_url
+        return url if url and base_root(url) != base_root(self.base_url) else None
+
+
+def base_root(url: str) -> str:
+    """A base URL without its trailing `/` and `/v1` (request paths start with /v1)."""
+    url = url.rstrip("/")
+    return url[:-3] if url.endswith("/v1") else url
 
 
 class TenancySettings(msgspec.Struct, forbid_unknown_fields=True):

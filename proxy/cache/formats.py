@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from proxy.cache.messages_stream import MessageStream
 from proxy.cache.replay import CHAT, TEXT, ChunkStream
 from proxy.cache.responses_stream import ResponsesStream
 from proxy.cache.streams import StreamFormat, replay_answer, stream_format
 
-FORMATS: tuple[StreamFormat, ...] = (ChunkStream(CHAT), ChunkStream(TEXT), ResponsesStream())
+FORMATS: tuple[StreamFormat, ...] = (
+    ChunkStream(CHAT),
+    ChunkStream(TEXT),
+    ResponsesStream(),
+    MessageStream(),
+)
 
 
 def format_of(kind: str) -> StreamFormat:

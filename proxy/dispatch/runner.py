@@ -19,12 +19,13 @@ from multidict import CIMultiDict
 
 from proxy.cache.entry import decode_response
 from proxy.cache.formats import format_of
+from proxy.cache.messages_stream import MESSAGE, error_event
 from proxy.cache.store import CacheStore
 from proxy.cache.streams import Fed
 from proxy.dispatch.call import UpstreamCall, entry_usage, store_answer
 from proxy.dispatch.flight import Answer, Event, Flight, FlightTable
 from proxy.dispatch.peers import PeerFlights
-from proxy.errors import error_body
+from proxy.errors import anthropic_error_body, error_body
 from proxy.failures import ClientGone, Failure, UpstreamError, UpstreamTimeout
 from proxy.sse import SseParser, format_event
 from proxy.upstream.client import read_body
@@ -215,22 +216,24 @@ class FlightRunner:
                     return None
         except (TimeoutError, aiohttp.ClientError) as exc:
             upstream.close()
-            failed = stream_failure(f"The upstream stream failed ({type(exc).__name__}).")
-            flight.push(Event(format_event(failed.body)))
+            failed = stream_failure(
+                f"The upstream stream failed ({type(exc).__name__}).", call.kind
+            )
+            flight.push(Event(failure_event(call.kind, failed.body)))
             raise UpstreamFailure(failed) from None
         except asyncio.CancelledError:
             # The total deadline (UpstreamTimeout once it leaves the guard) or every client
             # gone: the followers' last event says the stream ended unfinished.
             upstream.close()
-            failed = stream_failure("The upstream stream did not end in time.")
-            flight.push(Event(format_event(failed.body)))
+            failed = stream_failure("The upstream stream did not end in time.", call.kind)
+            flight.push(Event(failure_event(call.kind, failed.body)))
             raise
         whole = assembly.whole()
         if whole is None:
             upstream.close()
-            failed = stream_failure("The upstream stream ended before it was complete.")
+            failed = stream_failure("The upstream stream ended before it was complete.", call.kind)
             if not done:
-                flight.push(Event(format_event(failed.body)))
+                flight.push(Event(failure_event(call.kind, failed.body)))
             raise UpstreamFailure(failed)
         upstream.release()
         body = _encode(whole)
@@ -240,8 +243,17 @@ class FlightRunner:
         return answer
 
 
-def stream_failure(message: str) -> Answer:
+def stream_failure(message: str, kind: str = "") -> Answer:
     """A stream that broke after it started: followers get this as their last SSE event, the
-    others this 502 (the upstream's answer was not an answer)."""
-    body = error_body(502, message, code="upstream_stream_failed")
+    others this 502 (the upstream's answer was not an answer), in the stream's own shape
+    (Anthropic's for Messages)."""
+    if kind == MESSAGE:
+        body = anthropic_error_body(502, message)
+    else:
+        body = error_body(502, message, code="upstream_stream_failed")
     return Answer(502, CIMultiDict(JSON_HEADERS), body)
+
+
+def failure_event(kind: str, body: bytes) -> bytes:
+    """A stream failure's SSE event: Messages' `event: error`, else a `data:` event."""
+    return error_event(body) if kind == MESSAGE else format_event(body)

@@ -14,6 +14,7 @@ from .drip import drip
 from .endpoints import embeddings, get_model, list_models, moderations, unknown_url
 from .generate import chat_completions, completions
 from .inputs import BODY_KEY, ParsedBody
+from .messages import messages
 from .responses import responses
 from .state import FakeUpstream, KnobUpdate
 from .wire import FAKE_KEY, FakeApiError, error_answer, plain_json
@@ -43,6 +44,9 @@ def _parse_body(raw: bytes) -> ParsedBody:
 def _check_auth(request: web.Request, fake: FakeUpstream) -> None:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     token = token.strip()
+    api_key = request.headers.get("x-api-key", "").strip()
+    if api_key and request.path.startswith("/v1/messages") and not token:
+        scheme, token = "bearer", api_key  # Anthropic's own credential header
     if scheme.lower() != "bearer" or not token:
         raise FakeApiError(
             401,
@@ -175,6 +179,7 @@ def create_fake_app(fake: FakeUpstream) -> web.Application:
     app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_post("/v1/moderations", moderations)
     app.router.add_post("/v1/responses", responses)
+    app.router.add_post("/v1/messages", messages)
     app.router.add_get("/v1/models", list_models, allow_head=False)
     app.router.add_get("/v1/models/{model_id}", get_model, allow_head=False)
     app.router.add_route("*", "/v1", unknown_url)

@@ -25,6 +25,11 @@ MODELS = {
     "text-embedding-ada-002": 1671217299,
     "omni-moderation-latest": 1731689265,
     "text-moderation-latest": 1687884100,
+    # Anthropic's, for /v1/messages (proxy/fake_upstream/messages.py).
+    "claude-sonnet-4-5": 1759104000,
+    "claude-haiku-4-5": 1760486400,
+    "claude-opus-4-1": 1754352000,
+    "claude-3-5-haiku-latest": 1729555200,
 }
 _EXTRA_CREATED = 1700000000
 

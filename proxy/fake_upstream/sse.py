@@ -28,6 +28,10 @@ class SseStream:
         self._sent = 0
         self._ended = False
 
+    @property
+    def response(self) -> web.StreamResponse:
+        return self._response
+
     async def open(self) -> None:
         await self._response.prepare(self._request)
         self._cut_if_due()

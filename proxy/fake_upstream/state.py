@@ -134,6 +134,8 @@ class FakeUpstream:
         self.embedding_inputs_per_call: list[int] = []
         self.moderation_inputs_per_call: list[int] = []
         self.abandoned = 0  # held (hang, drip) requests whose client closed the connection
+        # Digests of the prompt prefixes /v1/messages wrote to its "prompt cache" (cache_control).
+        self.prompt_cache: set[bytes] = set()
 
     @property
     def total_calls(self) -> int:

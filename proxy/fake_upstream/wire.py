@@ -96,8 +96,28 @@ def plain_json(payload: Any, *, status: int = 200) -> web.Response:
     return web.Response(body=_ENCODER.encode(payload), status=status, content_type=_JSON)
 
 
+# The error `type` Anthropic sends with each status (its Messages API: `/v1/messages...`).
+_ANTHROPIC_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
+def anthropic_payload(error: FakeApiError) -> dict[str, Any]:
+    error_type = _ANTHROPIC_ERROR_TYPES.get(error.status, "api_error")
+    return {"type": "error", "error": {"type": error_type, "message": error.message}}
+
+
 def error_answer(request: web.Request, error: FakeApiError) -> web.Response:
-    return json_answer(request, error.payload(), status=error.status, headers=error.headers)
+    """The error in OpenAI's shape, or Anthropic's on its Messages routes."""
+    anthropic = request.path.startswith("/v1/messages")
+    payload = anthropic_payload(error) if anthropic else error.payload()
+    return json_answer(request, payload, status=error.status, headers=error.headers)
 
 
 def encode_event(payload: Any) -> bytes:

@@ -95,6 +95,9 @@ class CachedRoute:
     adapter: WireAdapter
     persona_aware: bool
     semantic: bool = False  # whether its last user message may match semantically
+    # Request headers that change the answer, so their values are part of the key (Messages'
+    # `anthropic-beta`); a separate part of the key, never confused with a body field.
+    key_headers: tuple[str, ...] = ()
 
 
 class Known(msgspec.Struct, frozen=True):
@@ -187,7 +190,12 @@ async def _parse(request: web.Request, runtime: Runtime, route: CachedRoute) -> 
     keys = runtime.keys
     dims = keys.persona_dims(route.endpoint, asked.model) if route.persona_aware else ()
     scope = keys.scope_part(parsed.directives, parsed.persona, parsed.user_id, dims)
-    key = keys.request_key(parsed.identity.tenant, route.endpoint, parsed.body, scope)
+    keyed_as: str = route.endpoint
+    if route.key_headers:
+        headers = request.headers
+        sent = (f"\n{name}:{v}" for name in route.key_headers for v in headers.getall(name, ()))
+        keyed_as += "".join(sent)
+    key = keys.request_key(parsed.identity.tenant, keyed_as, parsed.body, scope)
     return Known(parsed, asked, scope, key)
 
 

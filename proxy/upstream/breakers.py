@@ -25,6 +25,7 @@ from proxy.failures import BreakerOpen
 from proxy.vocabulary import Endpoint
 
 FAMILIES = ("chat", "embeddings", "moderation", "other")
+ANTHROPIC = "anthropic"  # /v1/messages' breaker when ANTHROPIC_BASE_URL is set apart
 # How long a tenant counts as calling, or as having seen a 5xx, for `counts_5xx`.
 TENANT_WINDOW_S = 300.0
 _PRUNE_ABOVE = 1024  # callers remembered before old ones are dropped on a call
@@ -164,18 +165,26 @@ def _prune(seen: dict[str, float], now: float) -> None:
 class BreakerBoard:
     """Every breaker of this process (state is per process, docs/design.md §9)."""
 
-    def __init__(self, upstream: str, fail_max: int, reset_timeout_s: float) -> None:
+    def __init__(
+        self, upstream: str, fail_max: int, reset_timeout_s: float, anthropic: str | None = None
+    ) -> None:
+        """`anthropic`: ANTHROPIC_BASE_URL when set apart from `upstream`; /v1/messages calls
+        then have a breaker of their own ("anthropic"), else they share chat's."""
         self.transitions = 0
         self.last_change: dict[str, float] = {}
         self.last_failure: dict[str, tuple[float, str]] = {}
         self.opened_count: dict[str, int] = {}
         listener = _Transitions(self)
         self.upstream = upstream
+        families = (*FAMILIES, ANTHROPIC) if anthropic else FAMILIES
         self.breakers = {
-            family: Breaker(family, fail_max, reset_timeout_s, listener) for family in FAMILIES
+            family: Breaker(family, fail_max, reset_timeout_s, listener) for family in families
         }
+        self._messages = ANTHROPIC if anthropic else "chat"
 
     def for_endpoint(self, endpoint: str) -> Breaker:
+        if endpoint == Endpoint.MESSAGES:
+            return self.breakers[self._messages]
         return self.breakers[_FAMILY_BY_ENDPOINT.get(endpoint, "other")]
 
     def reset(self, name: str | None = None) -> dict[str, str]:

@@ -13,14 +13,17 @@ from collections.abc import AsyncIterable, Mapping
 import aiohttp
 
 from proxy.failures import UpstreamTimeout, UpstreamUnreachable
-from proxy.settings import UpstreamSettings
+from proxy.settings import UpstreamSettings, base_root
+
+# The paths that go to ANTHROPIC_BASE_URL when it is set apart (docs/design.md §11).
+ANTHROPIC_PATHS = "/v1/messages"
 
 
 class UpstreamClient:
     def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession) -> None:
-        self._base = settings.base_url.rstrip("/")
-        if self._base.endswith("/v1"):
-            self._base = self._base[:-3]
+        self._base = base_root(settings.base_url)
+        anthropic = settings.anthropic_upstream
+        self._anthropic = base_root(anthropic) if anthropic else None
         self._session = session
 
     @classmethod
@@ -43,8 +46,12 @@ class UpstreamClient:
         return cls(settings, session)
 
     def url(self, path: str, query: str = "") -> str:
-        """`path` is the client's path, starting with /v1 (kept as-is below the base URL)."""
-        return f"{self._base}{path}?{query}" if query else f"{self._base}{path}"
+        """`path` is the client's path, starting with /v1 (kept as-is below the base URL):
+        `/v1/messages` and below go to ANTHROPIC_BASE_URL when it is set apart."""
+        base = self._base
+        if self._anthropic is not None and path.startswith(ANTHROPIC_PATHS):
+            base = self._anthropic
+        return f"{base}{path}?{query}" if query else f"{base}{path}"
 
     async def send(
         self,
