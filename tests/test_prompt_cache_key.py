@@ -152,3 +152,23 @@ def test_off_sends_no_key_and_the_cache_key_never_changes(
     again = on.request("POST", "/v1/chat/completions", {**body, "prompt_cache_key": "mine"})
     assert again.headers["x-cache"] == "HIT" and again.headers["x-cache-key"] == key_on
     assert stub.calls == calls
+
+
+def test_a_responses_request_reaches_the_upstream_with_a_key(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    keyed, unkeyed = make_sidecar(**SECRET), make_sidecar(**SECRET, PROMPT_CACHE_KEY="off")
+    body = {"model": MODEL, "instructions": SYSTEM, "input": "What is torque?"}
+    answer = keyed.request("POST", "/v1/responses", body)
+    assert answer.status == 200 and answer.headers["x-cache"] == "MISS", answer.body
+    first = last_body(stub).get("prompt_cache_key")
+    assert isinstance(first, str) and KEY_FORMAT.match(first)
+    keyed.request("POST", "/v1/responses", {**body, "input": "What is a lever?"})
+    assert last_body(stub).get("prompt_cache_key") == first  # same tenant, same instructions
+    keyed.request("POST", "/v1/responses", body, {"Authorization": f"Bearer {OTHER_API_KEY}"})
+    assert last_body(stub).get("prompt_cache_key") not in (None, first)  # another tenant
+    off = unkeyed.request("POST", "/v1/responses", {**body, "input": "What is work?"})
+    assert "prompt_cache_key" not in last_body(stub)
+    again = unkeyed.request("POST", "/v1/responses", body)
+    assert again.headers["x-cache-key"] == answer.headers["x-cache-key"]  # not in the key
+    assert off.status == 200

@@ -24,6 +24,8 @@ from proxy.cache.responses_stream import RESPONSES
 from proxy.dispatch.call import Validator
 from proxy.handlers.parse import ParsedRequest, view
 from proxy.handlers.pipeline import Asked, Batching, CachedRoute, serve_cached
+from proxy.handlers.prompt_cache import with_prompt_cache_key
+from proxy.runtime import RUNTIME
 from proxy.ttl import chat_kind
 from proxy.vocabulary import Endpoint
 from proxy.wire import CompletionTokensDetails, PromptTokensDetails, Usage
@@ -90,11 +92,16 @@ def validate_response(body: bytes) -> Usage | None:
     return answer.usage.as_usage() if answer.usage is not None else Usage()
 
 
+_encode = msgspec.json.Encoder().encode
+
+
 @dataclass(frozen=True, slots=True)
 class ResponsesWire:
     stream_kind: str = RESPONSES
     validate: Validator = validate_response
     batching: Batching | None = None
+    # Set a provider prompt_cache_key when the client sent none (PROMPT_CACHE_KEY).
+    prompt_cache: bool = False
 
     def read(self, parsed: ParsedRequest) -> Asked:
         req = view(ResponsesRequest, parsed.body)
@@ -109,13 +116,24 @@ class ResponsesWire:
         )
 
     def upstream_body(self, parsed: ParsedRequest, asked: Asked) -> bytes:
-        return parsed.raw  # a Responses stream always ends with its usage
+        # The client's bytes unless a key is added: a Responses stream always ends with its
+        # usage, so nothing else needs changing.
+        keyed = (
+            with_prompt_cache_key(parsed.body, parsed.identity.tenant)
+            if self.prompt_cache
+            else None
+        )
+        return parsed.raw if keyed is None else _encode(keyed)
 
 
 RESPONSES_ROUTE = CachedRoute(
+    Endpoint.RESPONSES, ResponsesWire(prompt_cache=True), persona_aware=True, semantic=True
+)
+RESPONSES_ROUTE_UNKEYED = CachedRoute(  # PROMPT_CACHE_KEY=off
     Endpoint.RESPONSES, ResponsesWire(), persona_aware=True, semantic=True
 )
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    return await serve_cached(request, RESPONSES_ROUTE)
+    keyed = request.app[RUNTIME].settings.upstream.prompt_cache_key
+    return await serve_cached(request, RESPONSES_ROUTE if keyed else RESPONSES_ROUTE_UNKEYED)
