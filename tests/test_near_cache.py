@@ -25,6 +25,7 @@ from proxy.vocabulary import ENTRY_KEY, INVALIDATION_GENERATION_KEY
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.server_base import free_port
 from tests.test_settings import REPO, clean_environ
+from tests.test_single_flight import until
 
 KEY = ENTRY_KEY % "abc"
 OTHER = ENTRY_KEY % "def"
@@ -159,14 +160,19 @@ async def test_deletes_generation_changes_and_flushes_reach_the_near_cache(
         await other.put_many([(KEY, b"one", 60), (OTHER, b"two", 60)])
         assert await mine.get_many([KEY, OTHER]) == [b"one", b"two"]
         assert len(mine.near) == 2
+        # Redis sends its report in the same turn as the writer's reply, but on another socket
+        # of this one process: it is read within milliseconds, not before the next statement.
+        # (The replicas' tests prove the next *request* sees it: tests/test_near_cache_replicas.py.)
         await client.delete(KEY)
+        await until(lambda: KEY not in mine.near, "the delete's report", timeout_s=1)
         assert await mine.get_many([KEY, OTHER]) == [None, b"two"]
         assert mine.near.hits == 1
         await client.incr(INVALIDATION_GENERATION_KEY)  # any invalidation rule
-        assert len(mine.near) == 0
+        await until(lambda: len(mine.near) == 0, "the generation's report", timeout_s=1)
         assert await mine.get(OTHER) == b"two"
         assert mine.shared_generation == 1  # read from Redis again: the Invalidator catches up
         await client.flushall()
+        await until(lambda: len(mine.near) == 0, "the flush's report", timeout_s=1)
         assert await mine.get(OTHER) is None
     finally:
         await client.aclose()

@@ -45,9 +45,11 @@ class NearStore:
         near = self.near
         if not near.enabled:
             return await self._redis.get(key)
+        # In turn first, as the memory store does (hits are answered in phases); and the turn
+        # also reads any invalidation report already on its way, before the lookup.
+        await answer_in_turn()
         found = near.get(key)
         if found is not None:
-            await answer_in_turn()  # as the memory store does: hits are answered in phases
             return found
         epoch = near.epoch
         found, ttl_ms = await self._redis.get_with_ttl(key)
@@ -59,10 +61,10 @@ class NearStore:
         near = self.near
         if not near.enabled:
             return await self._redis.get_many(keys)
+        await answer_in_turn()
         values: list[bytes | None] = [near.get(key) for key in keys]
         missing = [i for i, value in enumerate(values) if value is None]
         if not missing:
-            await answer_in_turn()
             return values
         epoch = near.epoch
         found, ttls = await self._redis.get_many_with_ttl([keys[i] for i in missing])
