@@ -146,34 +146,28 @@ class RedisPipe:
 
     async def _send_two(self, first: bytes, second: bytes) -> tuple[Any, Any]:
         protocol = self._protocol
-        try:
-            if protocol is None or protocol.transport is None:
-                async with asyncio.timeout(self._timeout_s):
-                    protocol = await self._connect()
-            # gather: when both fail, the second failure is retrieved too (no stray warning).
-            both = await asyncio.gather(protocol.send(first), protocol.send(second))
-            return both[0], both[1]
-        except TimeoutError:
-            raise PipeError("Redis did not accept a connection in time") from None
-        except PipeError:
-            raise
-        except OSError as exc:
-            raise PipeError(str(exc)) from None
+        if protocol is None or protocol.transport is None:
+            protocol = await self._reconnect()
+        # gather: when both fail, the second failure is retrieved too (no stray warning).
+        both = await asyncio.gather(protocol.send(first), protocol.send(second))
+        return both[0], both[1]
 
     async def _send(self, request: bytes) -> Any:
         protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            protocol = await self._reconnect()
+        return await protocol.send(request)  # fails with PipeError only
+
+    async def _reconnect(self) -> _Protocol:
         try:
-            if protocol is None or protocol.transport is None:
-                async with asyncio.timeout(self._timeout_s):
-                    protocol = await self._connect()
-            reply = await protocol.send(request)
+            async with asyncio.timeout(self._timeout_s):
+                return await self._connect()
         except TimeoutError:
             raise PipeError("Redis did not accept a connection in time") from None
         except PipeError:
             raise
         except OSError as exc:
             raise PipeError(str(exc)) from None
-        return reply
 
     def close(self) -> None:
         if self._protocol is not None and self._protocol.transport is not None:
