@@ -39,12 +39,13 @@ def ask_of(n: int, *, model: str = "gpt-4o-mini", key: str = API_KEY, **headers:
     return (f"Question number {n}?", model, key, headers)
 
 
-def test_each_selector_takes_effect_on_the_other_replica(
-    replicas: list[Replica], private_redis: RedisServer
-) -> None:
-    a, b = replicas
+Case = tuple[dict[str, Any], list[Ask], list[Ask]]
+
+
+def selector_cases(redis: RedisServer) -> list[Case]:
+    """Each invalidation selector, the asks it covers and asks it does not cover."""
     formal, friendly = {"X-Persona-Tone": "formal"}, {"X-Persona-Tone": "friendly"}
-    cases: list[tuple[dict[str, Any], list[Ask], list[Ask]]] = [
+    return [
         # selector, asks it covers, asks it does not cover
         ({"user_id": "u-1"}, [ask_of(1, **{"X-User-Id": "u-1"})],
          [ask_of(1, **{"X-User-Id": "u-2", "X-Persona-Tone": "direct"})]),
@@ -54,9 +55,16 @@ def test_each_selector_takes_effect_on_the_other_replica(
         ({"endpoint": "chat.completions"}, [ask_of(5)], []),
         ({"persona": {"tone": "formal"}, "model": "gpt-4o"},
          [ask_of(6, model="gpt-4o", **formal)], [ask_of(6, **formal), ask_of(6, model="gpt-4o")]),
-        ({"tenant": tenant_of(private_redis, OTHER_API_KEY)}, [ask_of(7, key=OTHER_API_KEY)],
+        ({"tenant": tenant_of(redis, OTHER_API_KEY)}, [ask_of(7, key=OTHER_API_KEY)],
          [ask_of(7)]),
     ]  # fmt: skip
+
+
+def test_each_selector_takes_effect_on_the_other_replica(
+    replicas: list[Replica], private_redis: RedisServer
+) -> None:
+    a, b = replicas
+    cases = selector_cases(private_redis)
     for selector, covered, spared in cases:
         for item in covered + spared:
             assert ask(a, item) == "MISS", (selector, item)

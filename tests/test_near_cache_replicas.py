@@ -9,16 +9,15 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import openai
 import pytest
 
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.replicas import ADMIN_TOKEN, START_TIMEOUT_S, Replica
-from tests.fixtures.sidecar import API_KEY, OTHER_API_KEY, Stub, http_request
+from tests.fixtures.sidecar import API_KEY, Stub, http_request
 from tests.invalidation_support import invalidate
-from tests.test_invalidation_replicas import Ask, ask, ask_of, tenant_of
+from tests.test_invalidation_replicas import Ask, ask, ask_of, selector_cases
 
 
 def near_metric(replica: Replica, name: str, **labels: str) -> float:
@@ -76,20 +75,7 @@ def test_each_selector_takes_effect_on_the_other_replica_near_cache(
     near_replicas: list[Replica], private_redis: RedisServer
 ) -> None:
     a, b = near_replicas
-    formal, friendly = {"X-Persona-Tone": "formal"}, {"X-Persona-Tone": "friendly"}
-    cases: list[tuple[dict[str, Any], list[Ask], list[Ask]]] = [
-        # selector, asks it covers, asks it does not cover
-        ({"user_id": "u-1"}, [ask_of(1, **{"X-User-Id": "u-1"})],
-         [ask_of(1, **{"X-User-Id": "u-2", "X-Persona-Tone": "direct"})]),
-        ({"persona": {"tone": "formal"}}, [ask_of(2, **formal)], [ask_of(2, **friendly)]),
-        ({"model": "gpt-4o"}, [ask_of(3, model="gpt-4o")], [ask_of(3)]),
-        ({"endpoint": "completions"}, [], [ask_of(4)]),  # chat entries are not text completions
-        ({"endpoint": "chat.completions"}, [ask_of(5)], []),
-        ({"persona": {"tone": "formal"}, "model": "gpt-4o"},
-         [ask_of(6, model="gpt-4o", **formal)], [ask_of(6, **formal), ask_of(6, model="gpt-4o")]),
-        ({"tenant": tenant_of(private_redis, OTHER_API_KEY)}, [ask_of(7, key=OTHER_API_KEY)],
-         [ask_of(7)]),
-    ]  # fmt: skip
+    cases = selector_cases(private_redis)
     for selector, covered, spared in cases:
         for item in covered + spared:
             assert ask(a, item) == "MISS", (selector, item)
