@@ -17,9 +17,12 @@ import pytest
 from proxy.cache.messages_stream import MessageAssembly, MessageStream, replay_events
 from proxy.cache.streams import Fed
 from proxy.fake_upstream import FakeUpstream, start_fake_upstream
+from proxy.handlers.semantic import calls_tools
+from proxy.semantic.question import split_question
 from proxy.sse import SseParser
 from tests.fixtures.sidecar import API_KEY, OTHER_API_KEY, LoopThread, Sidecar, SidecarFactory, Stub
 from tests.test_ledger_e2e import flush, ledger_of
+from tests.test_semantic import ANCHOR, PARAPHRASE, wait_ready
 from tests.test_single_flight import gathered
 
 MODEL = "claude-haiku-4-5"
@@ -443,3 +446,22 @@ def test_too_large_and_breaker_refusals_keep_status_and_retry_after(
     }
     assert "upstream is failing" in refused.json()["error"]["message"]
     assert messages_calls(stub) == 1
+
+
+def test_a_paraphrase_hits_semantically_and_tool_use_is_never_served(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    sidecar = wait_ready(make_sidecar(SEMANTIC_CACHE="on"))
+    c = client(sidecar)
+    status, first = ask(c, ANCHOR, system="You are a botanist.")
+    assert status == "MISS"
+    calls = stub.calls
+    raw = c.messages.with_raw_response.create(
+        model=MODEL, max_tokens=MAX_TOKENS, messages=asked(PARAPHRASE), system="You are a botanist."
+    )
+    assert (raw.headers["x-cache"], raw.headers["x-cache-match"]) == ("HIT", "semantic")
+    assert text_of(raw.parse()) == text_of(first) and stub.calls == calls
+    # Another system prompt is another partition.
+    assert ask(c, PARAPHRASE, system="You are a chemist.")[0] == "MISS"
+    assert split_question({"messages": asked(PARAPHRASE)}) is not None
+    assert calls_tools(b'{"content":[{"type":"tool_use","id":"toolu_1"}]}')

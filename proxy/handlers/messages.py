@@ -97,7 +97,11 @@ class MessagesWire:
 
 
 MESSAGES_ROUTE = CachedRoute(
-    Endpoint.MESSAGES, MessagesWire(), persona_aware=True, key_headers=(BETA_HEADER,)
+    Endpoint.MESSAGES,
+    MessagesWire(),
+    persona_aware=True,
+    semantic=True,  # its `messages` read as chat's (proxy/semantic/question.py)
+    key_headers=(BETA_HEADER,),
 )
 
 

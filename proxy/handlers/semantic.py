@@ -23,10 +23,11 @@ SEMANTIC_HEADER = "X-Cache-Semantic"  # "off": this request is not looked up sem
 THRESHOLD_HEADER = "X-Cache-Semantic-Threshold"  # may raise the threshold, never lower it
 _TOOL_CALLS = b'"tool_calls"'
 _FUNCTION_CALL = b'"function_call"'  # a Responses output item calling a tool
+_TOOL_USE = b'"tool_use"'  # a Messages content block calling a tool
 
 
-def _calls_tools(body: bytes) -> bool:
-    return _TOOL_CALLS in body or _FUNCTION_CALL in body
+def calls_tools(body: bytes) -> bool:
+    return _TOOL_CALLS in body or _FUNCTION_CALL in body or _TOOL_USE in body
 
 
 async def semantic_lookup(
@@ -85,7 +86,7 @@ def remember_answer(semantic: SemanticCache, probe: Probe, flight: Flight, plan:
     answer = result.result()
     if not answer.ok or not answer.stored or answer.from_peer:
         return
-    if not semantic.serve_tool_calls and _calls_tools(answer.body):
+    if not semantic.serve_tool_calls and calls_tools(answer.body):
         return
     semantic.remember(probe, plan.key.digest, plan.ttl_s)
 
@@ -120,6 +121,6 @@ async def _read_candidate(
     found = prepared.get(key, raw) if raw is not None and wrong is None else None
     if found is None or found.entry.meta.tenant != parsed.identity.tenant:
         return None
-    if not semantic.serve_tool_calls and _calls_tools(found.entry.body):
+    if not semantic.serve_tool_calls and calls_tools(found.entry.body):
         return None
     return found if await still_valid(runtime, parsed, found.entry.meta) else None

@@ -1,4 +1,5 @@
-"""What of a chat or Responses request the semantic cache compares, and what must match exactly.
+"""What of a chat, Responses or Messages request the semantic cache compares, and what must
+match exactly.
 
 Only the text of the last message, when it is the user's, is embedded; everything else of the
 body (model, every semantic field, every earlier message, the last message's other fields) is
@@ -7,7 +8,8 @@ user text (a tool result, an image) has no question and is never looked up seman
 
 A chat request's messages are its `messages`; a Responses request's are its `input` (a string
 is one user message; its `instructions`, `previous_response_id` and `conversation` are in the
-partition like any other field). Only those two endpoints are looked up semantically.
+partition like any other field). Anthropic's Messages are chat's shape (`messages`, text parts
+of type `text`; `system` is in the partition). Only these endpoints are looked up semantically.
 """
 
 from __future__ import annotations
