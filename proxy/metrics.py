@@ -102,6 +102,23 @@ class Metrics:
         self.cache_bytes = Gauge(
             "sidecache_cache_bytes", "Bytes held by the memory cache.", registry=registry
         )
+        self.first_token_seconds = Histogram(
+            "sidecache_time_to_first_token_seconds",
+            "Streamed answers: time from the request to its first event written to the client "
+            "(a replayed stream is written at once: its whole time).",
+            ["endpoint"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.overhead_seconds = Histogram(
+            "sidecache_overhead_seconds",
+            "The sidecar's own time: a hit's whole time, a miss's time minus its upstream "
+            "call's (requests whose upstream time is not known, coalesced or failed, are left "
+            "out).",
+            ["endpoint", "cache"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._upstream_children: dict[tuple[str, int], Counter] = {}
 
@@ -121,6 +138,26 @@ class Metrics:
             self._request_children[(endpoint, cache, status)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def observe_answer(
+        self,
+        endpoint: str,
+        cache: str,
+        seconds: float,
+        upstream_ms: float | None,
+        first_event: float | None,
+    ) -> None:
+        """An understood request's overhead (known for hits and for misses that timed their
+        upstream call) and, for a streamed answer (`first_event` is its delay, in seconds),
+        its time to first token."""
+        if upstream_ms is not None:
+            self.overhead_seconds.labels(endpoint, cache).observe(
+                max(0.0, seconds - upstream_ms / 1000)
+            )
+        elif cache == "HIT":
+            self.overhead_seconds.labels(endpoint, cache).observe(seconds)
+        if first_event is not None:
+            self.first_token_seconds.labels(endpoint).observe(first_event)
 
     def observe_upstream(self, endpoint: str, status: int, seconds: float) -> None:
         counter = self._upstream_children.get((endpoint, status))
