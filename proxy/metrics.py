@@ -14,6 +14,7 @@ from prometheus_client.registry import Collector
 
 from proxy.cache.near import NearCache
 from proxy.upstream.breakers import BreakerBoard
+from proxy.upstream.gate import UpstreamGate
 
 _STATE_VALUE = {"closed": 0.0, "half-open": 1.0, "open": 2.0}
 
@@ -125,6 +126,9 @@ class Metrics:
     def watch_breakers(self, board: BreakerBoard) -> None:
         self.registry.register(_BreakerCollector(board))
 
+    def watch_gate(self, gate: UpstreamGate) -> None:
+        self.registry.register(_GateCollector(gate))
+
     def watch_near(self, near: NearCache) -> None:
         self.registry.register(_NearCollector(near))
 
@@ -197,6 +201,25 @@ class _BreakerCollector(Collector):
         )
         transitions.add_metric([], float(self._board.transitions))
         yield from (state, failures, opened, transitions)
+
+
+class _GateCollector(Collector):
+    """The upstream gate's load, read at scrape time."""
+
+    def __init__(self, gate: UpstreamGate) -> None:
+        self._gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        queued = GaugeMetricFamily(
+            "sidecache_upstream_queued", "Upstream calls waiting for a slot at the gate."
+        )
+        queued.add_metric([], float(self._gate.queued))
+        active = GaugeMetricFamily(
+            "sidecache_upstream_in_flight",
+            "Upstream calls holding a slot (at most UPSTREAM_MAX_IN_FLIGHT).",
+        )
+        active.add_metric([], float(self._gate.active))
+        yield from (queued, active)
 
 
 class _NearCollector(Collector):
