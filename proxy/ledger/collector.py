@@ -97,12 +97,13 @@ class LedgerCollector(Collector):
             yield gauge
 
     def _usd(self, writer: LedgerWriter) -> Iterator[Metric]:
-        """Spent and saved USD by endpoint and model; a model missing from the price table is
-        counted as "other", so the label takes only the table's names."""
-        known = self.prices.models if self.prices is not None else {}
+        """Spent and saved USD by endpoint and model, named as the price table prices it (a
+        dated name as its model); an unpriced model is "other", so the label takes only the
+        table's names."""
+        prices = self.prices
         folded: dict[tuple[str, str], list[float]] = {}
         for endpoint, model, cost, saved in writer.costs.samples():
-            label = model if model in known else OTHER_MODEL
+            label = (prices.priced_name(model) if prices is not None else None) or OTHER_MODEL
             usd = folded.setdefault((endpoint, label), [0.0, 0.0])
             usd[0] += cost
             usd[1] += saved
