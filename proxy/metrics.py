@@ -122,6 +122,7 @@ class Metrics:
         )
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._upstream_children: dict[tuple[str, int], Counter] = {}
+        self._overhead_children: dict[tuple[str, str], Histogram] = {}
 
     def watch_breakers(self, board: BreakerBoard) -> None:
         self.registry.register(_BreakerCollector(board))
@@ -155,13 +156,19 @@ class Metrics:
         upstream call) and, for a streamed answer (`first_event` is its delay, in seconds),
         its time to first token."""
         if upstream_ms is not None:
-            self.overhead_seconds.labels(endpoint, cache).observe(
-                max(0.0, seconds - upstream_ms / 1000)
-            )
+            self._overhead(endpoint, cache).observe(max(0.0, seconds - upstream_ms / 1000))
         elif cache == "HIT":
-            self.overhead_seconds.labels(endpoint, cache).observe(seconds)
+            self._overhead(endpoint, cache).observe(seconds)
         if first_event is not None:
             self.first_token_seconds.labels(endpoint).observe(first_event)
+
+    def _overhead(self, endpoint: str, cache: str) -> Histogram:
+        child = self._overhead_children.get((endpoint, cache))
+        if child is None:
+            child = self._overhead_children[(endpoint, cache)] = self.overhead_seconds.labels(
+                endpoint, cache
+            )
+        return child
 
     def observe_upstream(self, endpoint: str, status: int, seconds: float) -> None:
         counter = self._upstream_children.get((endpoint, status))
