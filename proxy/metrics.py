@@ -6,11 +6,19 @@ backends. Never user ids, tenants or anything a client chooses freely.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from proxy.cache.near import NearCache
 from proxy.upstream.breakers import BreakerBoard
@@ -103,26 +111,23 @@ class Metrics:
         self.cache_bytes = Gauge(
             "sidecache_cache_bytes", "Bytes held by the memory cache.", registry=registry
         )
-        self.first_token_seconds = Histogram(
+        self.first_token_seconds = _LeanHistogram(
             "sidecache_time_to_first_token_seconds",
             "Streamed answers: time from the request to its first event written to the client "
             "(a replayed stream is written at once: its whole time).",
-            ["endpoint"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
+            ("endpoint",),
         )
-        self.overhead_seconds = Histogram(
+        self.overhead_seconds = _LeanHistogram(
             "sidecache_overhead_seconds",
             "The sidecar's own time: a hit's whole time, a miss's time minus its upstream "
             "call's (requests whose upstream time is not known, coalesced or failed, are left "
             "out).",
-            ["endpoint", "cache"],
-            buckets=_LATENCY_BUCKETS,
-            registry=registry,
+            ("endpoint", "cache"),
         )
+        registry.register(self.first_token_seconds)
+        registry.register(self.overhead_seconds)
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._upstream_children: dict[tuple[str, int], Counter] = {}
-        self._overhead_children: dict[tuple[str, str], Histogram] = {}
 
     def watch_breakers(self, board: BreakerBoard) -> None:
         self.registry.register(_BreakerCollector(board))
@@ -156,19 +161,11 @@ class Metrics:
         upstream call) and, for a streamed answer (`first_event` is its delay, in seconds),
         its time to first token."""
         if upstream_ms is not None:
-            self._overhead(endpoint, cache).observe(max(0.0, seconds - upstream_ms / 1000))
+            self.overhead_seconds.observe((endpoint, cache), max(0.0, seconds - upstream_ms / 1000))
         elif cache == "HIT":
-            self._overhead(endpoint, cache).observe(seconds)
+            self.overhead_seconds.observe((endpoint, cache), seconds)
         if first_event is not None:
-            self.first_token_seconds.labels(endpoint).observe(first_event)
-
-    def _overhead(self, endpoint: str, cache: str) -> Histogram:
-        child = self._overhead_children.get((endpoint, cache))
-        if child is None:
-            child = self._overhead_children[(endpoint, cache)] = self.overhead_seconds.labels(
-                endpoint, cache
-            )
-        return child
+            self.first_token_seconds.observe((endpoint,), first_event)
 
     def observe_upstream(self, endpoint: str, status: int, seconds: float) -> None:
         counter = self._upstream_children.get((endpoint, status))
@@ -177,6 +174,35 @@ class Metrics:
             self._upstream_children[(endpoint, status)] = counter
         counter.inc()
         self.upstream_seconds.labels(endpoint).observe(seconds)
+
+
+class _LeanHistogram(Collector):
+    """A histogram kept as plain counts per label values and exported at scrape time: an
+    observation is a bisect and two additions, a fraction of prometheus_client's
+    Histogram.observe (a lock and a bucket walk), for the histograms observed on every hit."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+        self._bounds = tuple(float(b) for b in _LATENCY_BUCKETS)
+        # per label values: a count per bucket (the last one +Inf), then the sum
+        self._series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = [0.0] * (len(self._bounds) + 2)
+        series[bisect_left(self._bounds, value)] += 1  # le is inclusive
+        series[-1] += value
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
+        bounds = [*map(floatToGoString, self._bounds), "+Inf"]
+        for key, series in sorted(self._series.items()):
+            cumulative = list(accumulate(series[:-1]))
+            family.add_metric(list(key), list(zip(bounds, cumulative, strict=True)), series[-1])
+        yield family
 
 
 class _BreakerCollector(Collector):

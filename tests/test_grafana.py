@@ -23,8 +23,11 @@ import pytest
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.cog.plugins import register_default_plugins
 from grafana_foundation_sdk.models.dashboard import Dashboard
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.ledger.pricing import PriceTable
+from proxy.metrics import Metrics
 from proxy.settings import PricingSettings
 from tests.fixtures.server_base import free_port
 from tests.fixtures.sidecar import Sidecar, SidecarFactory, Stub
@@ -285,3 +288,30 @@ def test_unpriced_models_share_one_label() -> None:
     prices = PriceTable.from_settings(PricingSettings())
     assert prices.priced_name("GPT-4o-mini-2024-07-18") == "gpt-4o-mini"
     assert prices.priced_name("my-own-finetune") is None
+
+
+def test_overhead_histogram_buckets_as_prometheus_does() -> None:
+    """The scrape-time histogram: `le` inclusive, cumulative, +Inf holding everything; a miss's
+    overhead is its time minus the upstream's, and a miss without upstream time is left out."""
+    metrics = Metrics(CollectorRegistry())
+    metrics.observe_answer("embeddings", "HIT", 0.001, None, None)  # exactly on a bound
+    metrics.observe_answer("embeddings", "HIT", 99.0, None, None)  # beyond the last bound
+    metrics.observe_answer("embeddings", "MISS", 0.5, 300.0, None)  # 0.2 s its own
+    metrics.observe_answer("embeddings", "COALESCED", 0.5, None, 0.25)  # no overhead; a TTFT
+    found = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+        for sample in family.samples
+    }
+    name = "sidecache_overhead_seconds"
+    assert value(found, f"{name}_bucket", endpoint="embeddings", cache="HIT", le="0.0005") == 0
+    assert value(found, f"{name}_bucket", endpoint="embeddings", cache="HIT", le="0.001") == 1
+    assert value(found, f"{name}_bucket", endpoint="embeddings", cache="HIT", le="60.0") == 1
+    assert value(found, f"{name}_bucket", endpoint="embeddings", cache="HIT", le="+Inf") == 2
+    assert value(found, f"{name}_sum", endpoint="embeddings", cache="HIT") == 99.001
+    assert value(found, f"{name}_bucket", endpoint="embeddings", cache="MISS", le="0.1") == 0
+    assert value(found, f"{name}_bucket", endpoint="embeddings", cache="MISS", le="0.25") == 1
+    coalesced = frozenset({("endpoint", "embeddings"), ("cache", "COALESCED")})
+    assert (f"{name}_count", coalesced) not in found
+    ttft = "sidecache_time_to_first_token_seconds_count"
+    assert value(found, ttft, endpoint="embeddings") == 1
