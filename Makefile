@@ -42,12 +42,15 @@ test: lint test-servers node-deps
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q browser_tests
 
-## The tests start private Redis and PostgreSQL servers from these Debian packages' binaries,
-## and drive the dashboard page in Debian's headless Chromium (no browser download).
+## The tests start private Redis, PostgreSQL and Prometheus servers from these Debian packages'
+## binaries (the packages' own services are not used), and drive the dashboard page in Debian's
+## headless Chromium (no browser download).
 test-servers:
 	@command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
 	  && test -x /usr/lib/chromium/chromium && command -v ss >/dev/null \
-	  || (apt-get update -qq && apt-get install -y -qq redis-server postgresql chromium iproute2)
+	  && command -v prometheus >/dev/null \
+	  || (apt-get update -qq \
+	      && apt-get install -y -qq redis-server postgresql chromium iproute2 prometheus)
 
 ## The official openai npm package for tests/test_clients.py, pinned by tests/node/package-lock.json
 ## and installed under tests/node/node_modules (nothing global; needs the machine's Node >= 20).

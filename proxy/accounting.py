@@ -104,6 +104,9 @@ class Outcome:
 
 
 OUTCOME = web.RequestKey("sidecache_outcome", Outcome)
+# When a live stream's first event was written to its client (time.perf_counter()): its
+# time to first token, for the metrics.
+FIRST_EVENT = web.RequestKey("sidecache_first_event", float)
 
 
 def record_outcome(
@@ -128,6 +131,7 @@ def record_outcome(
         outcome.cache_write_tokens,
         outcome.reasoning_tokens,
     )
+    ledger.costs.add(outcome.request_type, outcome.model, outcome.cost, outcome.saved_cost)
     ledger.record(
         LedgerRecord(  # positional, in field order: a third of the time keywords take
             new_record_id(),

@@ -6,14 +6,23 @@ backends. Never user ids, tenants or anything a client chooses freely.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import accumulate
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from proxy.cache.near import NearCache
 from proxy.upstream.breakers import BreakerBoard
+from proxy.upstream.gate import UpstreamGate
 
 _STATE_VALUE = {"closed": 0.0, "half-open": 1.0, "open": 2.0}
 
@@ -102,11 +111,29 @@ class Metrics:
         self.cache_bytes = Gauge(
             "sidecache_cache_bytes", "Bytes held by the memory cache.", registry=registry
         )
+        self.first_token_seconds = _LeanHistogram(
+            "sidecache_time_to_first_token_seconds",
+            "Streamed answers: time from the request to its first event written to the client "
+            "(a replayed stream is written at once: its whole time).",
+            ("endpoint",),
+        )
+        self.overhead_seconds = _LeanHistogram(
+            "sidecache_overhead_seconds",
+            "The sidecar's own time: a hit's whole time, a miss's time minus its upstream "
+            "call's (requests whose upstream time is not known, coalesced or failed, are left "
+            "out).",
+            ("endpoint", "cache"),
+        )
+        registry.register(self.first_token_seconds)
+        registry.register(self.overhead_seconds)
         self._request_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._upstream_children: dict[tuple[str, int], Counter] = {}
 
     def watch_breakers(self, board: BreakerBoard) -> None:
         self.registry.register(_BreakerCollector(board))
+
+    def watch_gate(self, gate: UpstreamGate) -> None:
+        self.registry.register(_GateCollector(gate))
 
     def watch_near(self, near: NearCache) -> None:
         self.registry.register(_NearCollector(near))
@@ -122,6 +149,24 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
+    def observe_answer(
+        self,
+        endpoint: str,
+        cache: str,
+        seconds: float,
+        upstream_ms: float | None,
+        first_event: float | None,
+    ) -> None:
+        """An understood request's overhead (known for hits and for misses that timed their
+        upstream call) and, for a streamed answer (`first_event` is its delay, in seconds),
+        its time to first token."""
+        if upstream_ms is not None:
+            self.overhead_seconds.observe((endpoint, cache), max(0.0, seconds - upstream_ms / 1000))
+        elif cache == "HIT":
+            self.overhead_seconds.observe((endpoint, cache), seconds)
+        if first_event is not None:
+            self.first_token_seconds.observe((endpoint,), first_event)
+
     def observe_upstream(self, endpoint: str, status: int, seconds: float) -> None:
         counter = self._upstream_children.get((endpoint, status))
         if counter is None:
@@ -129,6 +174,35 @@ class Metrics:
             self._upstream_children[(endpoint, status)] = counter
         counter.inc()
         self.upstream_seconds.labels(endpoint).observe(seconds)
+
+
+class _LeanHistogram(Collector):
+    """A histogram kept as plain counts per label values and exported at scrape time: an
+    observation is a bisect and two additions, a fraction of prometheus_client's
+    Histogram.observe (a lock and a bucket walk), for the histograms observed on every hit."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labels = labels
+        self._bounds = tuple(float(b) for b in _LATENCY_BUCKETS)
+        # per label values: a count per bucket (the last one +Inf), then the sum
+        self._series: dict[tuple[str, ...], list[float]] = {}
+
+    def observe(self, key: tuple[str, ...], value: float) -> None:
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = [0.0] * (len(self._bounds) + 2)
+        series[bisect_left(self._bounds, value)] += 1  # le is inclusive
+        series[-1] += value
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=self._labels)
+        bounds = [*map(floatToGoString, self._bounds), "+Inf"]
+        for key, series in sorted(self._series.items()):
+            cumulative = list(accumulate(series[:-1]))
+            family.add_metric(list(key), list(zip(bounds, cumulative, strict=True)), series[-1])
+        yield family
 
 
 class _BreakerCollector(Collector):
@@ -160,6 +234,25 @@ class _BreakerCollector(Collector):
         )
         transitions.add_metric([], float(self._board.transitions))
         yield from (state, failures, opened, transitions)
+
+
+class _GateCollector(Collector):
+    """The upstream gate's load, read at scrape time."""
+
+    def __init__(self, gate: UpstreamGate) -> None:
+        self._gate = gate
+
+    def collect(self) -> Iterator[Metric]:
+        queued = GaugeMetricFamily(
+            "sidecache_upstream_queued", "Upstream calls waiting for a slot at the gate."
+        )
+        queued.add_metric([], float(self._gate.queued))
+        active = GaugeMetricFamily(
+            "sidecache_upstream_in_flight",
+            "Upstream calls holding a slot (at most UPSTREAM_MAX_IN_FLIGHT).",
+        )
+        active.add_metric([], float(self._gate.active))
+        yield from (queued, active)
 
 
 class _NearCollector(Collector):

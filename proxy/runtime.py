@@ -138,6 +138,7 @@ async def open_runtime(
     metrics.watch_breakers(breakers)
     client = UpstreamClient.open(settings.upstream)
     gate = UpstreamGate(upstream.max_in_flight, upstream.queue_timeout_s, upstream.total_timeout_s)
+    metrics.watch_gate(gate)
     guarded = GuardedUpstream(client, gate, breakers, metrics, upstream.total_timeout_s)
     flights = FlightTable()
     prices = PriceTable.from_settings(settings.pricing)

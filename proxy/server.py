@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from proxy.accounting import record_outcome
+from proxy.accounting import FIRST_EVENT, OUTCOME, record_outcome
 from proxy.errors import (
     anthropic_error_response,
     anthropic_failure_response,
@@ -112,6 +112,15 @@ async def _answer_and_observe(request: web.Request, handler: Handler) -> web.Str
         cache = response.headers.get("X-Cache", "NONE")
         runtime.metrics.observe_request(endpoint, cache, response.status, elapsed)
         record_outcome(runtime.ledger, request, response, elapsed, cache)
+        outcome = request.get(OUTCOME)
+        if outcome is not None:
+            first_event: float | None = None
+            if type(response) is web.StreamResponse and response.status == 200:
+                first = request.get(FIRST_EVENT)  # a live stream's; a replay's is its end
+                first_event = elapsed if first is None else first - started
+            runtime.metrics.observe_answer(
+                endpoint, cache, elapsed, outcome.upstream_ms, first_event
+            )
     return response
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -115,7 +116,7 @@ def compose() -> Doc:
 
 def test_compose_services_and_health(compose: Doc) -> None:
     services = compose["services"]
-    assert set(services) == {"sidecache", "redis", "postgres", "prometheus"}
+    assert set(services) == {"sidecache", "redis", "postgres", "prometheus", "grafana"}
     assert services["sidecache"]["build"] == "."
     assert services["redis"]["image"].startswith("redis:7")
     assert services["postgres"]["image"].startswith("postgres:15")
@@ -129,6 +130,26 @@ def test_compose_services_and_health(compose: Doc) -> None:
     }
     assert services["prometheus"]["profiles"] == ["monitoring"]
     assert services["prometheus"]["depends_on"]["sidecache"]["condition"] == "service_healthy"
+    assert services["grafana"]["profiles"] == ["monitoring"]
+    assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def test_compose_provisions_grafana(compose: Doc) -> None:
+    """Every file Grafana mounts exists; the provisioned data source is the Prometheus service
+    under the uid the dashboard's panels name, and the provider loads the mounted dashboard."""
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"])
+    for source in (s for s in mounts if s.startswith("./")):
+        assert (ROOT / source).exists(), source
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    (source,) = load(provisioning / "datasources" / "prometheus.yml")["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "sidecache.json").read_text())
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p["targets"]}
+    assert uids == {source["uid"]}
+    (provider,) = load(provisioning / "dashboards" / "sidecache.yml")["providers"]
+    dashboard_dir = provider["options"]["path"]
+    assert mounts["./deploy/grafana/sidecache.json"] == f"{dashboard_dir}/sidecache.json"
+    assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
 
 
 def test_compose_wiring(compose: Doc) -> None:

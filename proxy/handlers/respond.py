@@ -4,11 +4,13 @@ JSON (or replayed as SSE when the flight was not streamed)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from functools import partial
 
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.accounting import FIRST_EVENT
 from proxy.dispatch.flight import Answer, Flight, StreamHead
 from proxy.handlers.answers import SSE_HEADERS, cache_headers, write_replay
 from proxy.handlers.parse import ParsedRequest, client_connected
@@ -82,11 +84,15 @@ async def _follow(
     relayed.update(headers)
     response = web.StreamResponse(headers=relayed)
     await response.prepare(request)
+    first = True
     try:
         async for event in flight.follow():
             if event.usage_only and not include_usage:
                 continue
             await response.write(event.raw)
+            if first:
+                request[FIRST_EVENT] = time.perf_counter()
+                first = False
         await response.write_eof()
     except ConnectionResetError:
         pass  # this client left; the flight goes on for the others (and the cache)

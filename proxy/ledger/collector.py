@@ -1,9 +1,9 @@
 """Prometheus view of the ledger, the price table and the budgets.
 
 A collector that reads the services' own counters at scrape time, so the services stay free of
-metric objects and nothing is counted twice. Labels are fixed sets only: no tenant, user or
-model names (model names are client-chosen). Register once per registry with
-`register_ledger_metrics(registry, writer=..., prices=..., budgets=...)`.
+metric objects and nothing is counted twice. Labels are fixed sets only: no tenant or user,
+and a model label only for the price table's models (model names are client-chosen). Register
+once per registry with `register_ledger_metrics(registry, writer=..., prices=..., budgets=...)`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from proxy.budget.metrics import budget_store_metrics
+from proxy.ledger.stats import OTHER_MODEL
 
 if TYPE_CHECKING:
     from proxy.budget.book import BudgetBook
@@ -61,6 +62,7 @@ class LedgerCollector(Collector):
         for endpoint, kind, billing, count in writer.tokens.samples():
             tokens.add_metric([endpoint, kind, billing], count)
         yield tokens
+        yield from self._usd(writer)
         stats = writer.stats
         records = CounterMetricFamily(
             "sidecache_ledger_records",
@@ -93,6 +95,34 @@ class LedgerCollector(Collector):
             gauge = GaugeMetricFamily(name, doc)
             gauge.add_metric([], value)
             yield gauge
+
+    def _usd(self, writer: LedgerWriter) -> Iterator[Metric]:
+        """Spent and saved USD by endpoint and model, named as the price table prices it (a
+        dated name as its model); an unpriced model is "other", so the label takes only the
+        table's names."""
+        prices = self.prices
+        folded: dict[tuple[str, str], list[float]] = {}
+        for endpoint, model, cost, saved in writer.costs.samples():
+            label = (prices.priced_name(model) if prices is not None else None) or OTHER_MODEL
+            usd = folded.setdefault((endpoint, label), [0.0, 0.0])
+            usd[0] += cost
+            usd[1] += saved
+        spent = CounterMetricFamily(
+            "sidecache_cost_usd",
+            "USD spent on the recorded requests' own upstream calls, by endpoint and model "
+            '(models missing from the price table: "other").',
+            labels=["endpoint", "model"],
+        )
+        avoided = CounterMetricFamily(
+            "sidecache_saved_usd",
+            "USD saved by answering without an upstream call of the request's own (HIT, "
+            'COALESCED), by endpoint and model (unpriced models: "other").',
+            labels=["endpoint", "model"],
+        )
+        for (endpoint, label), (cost, saved) in sorted(folded.items()):
+            spent.add_metric([endpoint, label], cost)
+            avoided.add_metric([endpoint, label], saved)
+        yield from (spent, avoided)
 
     def _budgets(self, budgets: BudgetBook) -> Iterator[Metric]:
         alerts = CounterMetricFamily(

@@ -156,16 +156,21 @@ class PriceTable:
         return price
 
     def _resolve(self, model: str) -> ModelPrice | None:
+        name = self.priced_name(model)
+        return None if name is None else self._prices[name]
+
+    def priced_name(self, model: str) -> str | None:
+        """The price table's name that prices `model` (itself, undated, or its family), None
+        for an unpriced model: a bounded label for metrics."""
         name = model.strip().lower()
-        exact = self._prices.get(name)
-        if exact is not None:
-            return exact
+        if name in self._prices:
+            return name
         undated = _DATE_SUFFIX.sub("", name)
         if undated in self._prices:
-            return self._prices[undated]
+            return undated
         for family in self._families:
             if undated.startswith(family + "-"):
-                return self._prices[family]
+                return family
         return None
 
     def cost(

@@ -61,3 +61,32 @@ class TokenTally:
             for (endpoint, paid), counts in sorted(self._counts.items())
             for kind, count in zip(TOKEN_KINDS, counts, strict=True)
         ]
+
+
+# Distinct (endpoint, model) keys a CostTally keeps before folding new models into "other":
+# model names are client-chosen, so memory stays bounded whatever clients send.
+_COST_KEYS_MAX = 256
+OTHER_MODEL = "other"
+
+
+class CostTally:
+    """USD of the recorded requests by endpoint and model: spent on their own upstream calls
+    and saved (a hit's or a coalesced follower's avoided call). What `sidecache_cost_usd_total`
+    and `sidecache_saved_usd_total` expose; the collector bounds the model label to the price
+    table's names at scrape time, so the hit path only adds two floats."""
+
+    def __init__(self) -> None:
+        self._usd: dict[tuple[str, str], list[float]] = {}
+
+    def add(self, endpoint: str, model: str, cost: float, saved: float) -> None:
+        usd = self._usd.get((endpoint, model))
+        if usd is None:
+            if len(self._usd) >= _COST_KEYS_MAX:
+                model = OTHER_MODEL
+            usd = self._usd.setdefault((endpoint, model), [0.0, 0.0])
+        usd[0] += cost
+        usd[1] += saved
+
+    def samples(self) -> list[tuple[str, str, float, float]]:
+        """(endpoint, model, cost, saved) for every count kept."""
+        return [(endpoint, model, usd[0], usd[1]) for (endpoint, model), usd in self._usd.items()]

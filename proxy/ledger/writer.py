@@ -20,7 +20,7 @@ from proxy.ledger.backoff import SinkBackoff
 from proxy.ledger.journal import Journal, encode_frame
 from proxy.ledger.records import LedgerRecord, pack, packed_id
 from proxy.ledger.sink import LedgerSink
-from proxy.ledger.stats import TokenTally, WriterStats
+from proxy.ledger.stats import CostTally, TokenTally, WriterStats
 from proxy.settings import LedgerSettings
 
 log = logging.getLogger("sidecache.ledger")
@@ -45,6 +45,7 @@ class LedgerWriter:
     ) -> None:
         self.enabled = enabled  # False (LEDGER_ENABLED=false): record_outcome records nothing
         self.tokens = TokenTally()  # the recorded requests' tokens, for the metrics
+        self.costs = CostTally()  # and their cost and saved USD
         self.sink = sink
         self.journal = journal
         self.rejects = rejects or Journal(journal.path.with_name(journal.path.name + ".rejected"))
