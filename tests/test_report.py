@@ -1,0 +1,197 @@
+"""`sidecache report` on a known synthetic ledger (both sinks): every figure equals what the
+test computes from the records it wrote."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from admin.queries import QueryRunner
+from admin.report.build import build_report, parse_window, window_end
+from admin.report.markdown import render_markdown
+from admin.report.model import GroupSpend
+from proxy.ledger.records import LedgerRecord, new_record_id, pack
+from proxy.settings import BudgetSettings
+from tests.ledger_db import LedgerDb
+from tests.test_budget import store_override
+
+NOW = datetime(2026, 12, 7, 12, 30, tzinfo=UTC)
+MODELS = ("gpt-4o-mini", "o4-mini", "text-embedding-3-small")
+TENANTS = ("t-alpha", "t-bravo")
+KINDS = ("chat.completions", "embeddings")
+
+
+def synthetic(now: datetime, seed: int = 3) -> list[LedgerRecord]:
+    """A week, the week before, a week older still (outside both) and some of today."""
+    rng = random.Random(seed)
+    end = window_end(now)
+    spans = [(end - timedelta(days=7), now - timedelta(minutes=1)),
+             (end - timedelta(days=14), end - timedelta(days=7, seconds=1)),
+             (end - timedelta(days=21), end - timedelta(days=14, seconds=1)),
+             (now.replace(hour=0, minute=0, second=0, microsecond=0), now)]  # fmt: skip
+    out = []
+    for span_no, (low, high) in enumerate(spans):
+        for i in range(60):
+            hit = rng.random() < 0.4
+            persona = {"experience": rng.choice(("beginner", "expert"))} if i % 3 else {}
+            if i % 2:
+                persona["lang"] = rng.choice(("en", "fr"))
+            seconds = rng.randint(0, int((high - low).total_seconds()))
+            out.append(LedgerRecord(
+                id=new_record_id(), tenant=rng.choice(TENANTS),
+                user_id=rng.choice(("u1", "u2", None)), persona=persona,
+                request_type=rng.choice(KINDS),  # type: ignore[arg-type]
+                model=MODELS[(i + span_no) % len(MODELS)],
+                cost=0.0 if hit else round(rng.random() / 10, 6),
+                saved_cost=round(rng.random() / 10, 6) if hit else 0.0,
+                cache_hit=hit, created_at=low + timedelta(seconds=seconds),
+            ))  # fmt: skip
+    return out
+
+
+async def write(db: LedgerDb, records: list[LedgerRecord]) -> None:
+    sink = db.sink()
+    try:
+        await sink.migrate()
+        assert await sink.write([pack(r) for r in records]) == len(records)
+    finally:
+        await sink.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> LedgerDb:
+    if request.param == "postgres":
+        return LedgerDb("postgres", request.getfixturevalue("postgres_dsn"))
+    return LedgerDb("sqlite", str(tmp_path / "ledger.db"))
+
+
+def expected_spend(records: Iterable[LedgerRecord], attr: str, now: datetime) -> dict[str, Any]:
+    end = window_end(now)
+    start, prev = end - timedelta(days=7), end - timedelta(days=14)
+    sums: dict[str, list[float]] = defaultdict(lambda: [0, 0, 0.0, 0.0, 0, 0.0, 0.0])
+    for r in records:
+        row = sums[str(getattr(r, attr))]
+        if start <= r.created_at < end:
+            row[0] += 1
+            row[1] += r.cache_hit
+            row[2] += r.cost
+            row[3] += r.saved_cost
+        elif prev <= r.created_at < start:
+            row[4] += 1
+            row[5] += r.cost
+            row[6] += r.saved_cost
+    return {k: v for k, v in sums.items() if v[0] or v[4]}
+
+
+def check_spend(got: list[GroupSpend], want: dict[str, Any]) -> None:
+    assert sorted(g.key for g in got) == sorted(want)
+    for g in got:
+        n, hits, cost, saved, prev_n, prev_cost, prev_saved = want[g.key]
+        assert (g.requests, g.hits, g.prev_requests) == (n, hits, prev_n), g.key
+        assert g.cost == pytest.approx(cost) and g.saved == pytest.approx(saved)
+        assert g.prev_cost == pytest.approx(prev_cost)
+        assert g.prev_saved == pytest.approx(prev_saved)
+        assert g.cost_change == pytest.approx(cost - prev_cost)
+        assert g.saved_change == pytest.approx(saved - prev_saved)
+    assert [g.cost for g in got] == sorted((g.cost for g in got), reverse=True)
+
+
+def daily_spend(records: list[LedgerRecord], *attrs: str) -> dict[tuple[str, ...], float]:
+    """Today's cost per value of `attrs` (a user's budget is counted per tenant and user)."""
+    day = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
+    out: dict[tuple[str, ...], float] = defaultdict(float)
+    for r in records:
+        key = tuple(getattr(r, attr) for attr in attrs)
+        if r.created_at >= day and all(key):
+            out[key] += r.cost
+    return out
+
+
+async def test_the_report_gives_the_figures_of_a_known_fortnight(db: LedgerDb) -> None:
+    records = synthetic(NOW)
+    await write(db, records)
+    tenants = {k[0]: v for k, v in daily_spend(records, "tenant").items()}
+    users = daily_spend(records, "tenant", "user_id")
+    # t-alpha's daily limit is 10 % above its spend today (near), t-bravo's twice it (not).
+    await store_override(db, "tenant", "t-alpha", tenants["t-alpha"] * 1.1, None)
+    await store_override(db, "tenant", "t-bravo", tenants["t-bravo"] * 2, None)
+    user_limit = max(users.values()) * 1.05
+    sink = db.sink()
+    try:
+        report = await build_report(
+            QueryRunner(sink), window="7d", now=NOW, overrides=await sink.fetch_overrides(),
+            budgets=BudgetSettings(user_daily_usd=user_limit),
+        )  # fmt: skip
+    finally:
+        await sink.close()
+    check_spend(report.by_model, expected_spend(records, "model", NOW))
+    check_spend(report.by_tenant, expected_spend(records, "tenant", NOW))
+    check_spend(report.by_endpoint, expected_spend(records, "request_type", NOW))
+    week = [r for r in records if window_end(NOW) - timedelta(days=7) <= r.created_at]
+    assert report.total_cost == pytest.approx(sum(r.cost for r in week))
+    assert report.total_saved == pytest.approx(sum(r.saved_cost for r in week))
+
+    persona: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0, 0.0])
+    for r in week:
+        for dim, value in r.persona.items():
+            persona[(dim, value)][0] += 1
+            persona[(dim, value)][1] += r.cache_hit
+            persona[(dim, value)][2] += r.saved_cost
+    got = {(p.dimension, p.value): p for p in report.persona}
+    assert got.keys() == persona.keys() and len(got) == 4
+    for key, (n, hits, saved) in persona.items():
+        assert (got[key].requests, got[key].hits) == (n, hits)
+        assert got[key].hit_rate == pytest.approx(hits / n)
+        assert got[key].saved == pytest.approx(saved)
+
+    near = {(b.scope, b.tenant, b.subject, b.period): b for b in report.budgets_near}
+    alpha = ("tenant", "t-alpha", "t-alpha", "daily")
+    want = {alpha} | {
+        ("user", t, u, "daily") for (t, u), spent in users.items() if spent >= 0.8 * user_limit
+    }
+    assert set(near) == want and len(want) >= 2
+    assert near[alpha].share == pytest.approx(1 / 1.1)
+    assert near[alpha].spent_usd == pytest.approx(tenants["t-alpha"])
+
+    assert {q.name for q in report.slowest} >= {"report.spend_model", "report.persona"}
+    text = render_markdown(report)
+    assert "## Spend and savings by model" in text and "| t-alpha | tenant" not in text
+    assert f"${report.total_cost:,.4f}" in text
+
+
+def test_windows_parse() -> None:
+    assert parse_window("24h") == timedelta(hours=24)
+    assert parse_window("30d") == timedelta(days=30)
+    with pytest.raises(ValueError):
+        parse_window("7w")
+
+
+def test_the_cli_writes_the_report_of_the_configured_ledger(db: LedgerDb, tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    records = [r for r in synthetic(now, seed=5) if r.created_at < now - timedelta(days=1)]
+    import asyncio
+
+    asyncio.run(write(db, records))
+    env = dict(os.environ)
+    key = "DATABASE_URL" if db.kind == "postgres" else "LEDGER_PATH"
+    env[key] = db.target
+    out = tmp_path / "report.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "report", "--window", "7d", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    week = [r for r in records if r.created_at >= window_end(now) - timedelta(days=7)]
+    assert f"- Spend: ${sum(r.cost for r in week):,.4f}" in text
+    for model in MODELS:
+        assert f"| {model} |" in text
