@@ -21,6 +21,7 @@ from admin.report.markdown import render_markdown
 from admin.report.model import GroupSpend
 from proxy.ledger.records import LedgerRecord, new_record_id, pack
 from proxy.settings import BudgetSettings
+from proxy.vocabulary import CacheStatus, Endpoint
 from tests.ledger_db import LedgerDb
 from tests.test_budget import store_override
 
@@ -55,6 +56,31 @@ def synthetic(now: datetime, seed: int = 3) -> list[LedgerRecord]:
                 saved_cost=round(rng.random() / 10, 6) if hit else 0.0,
                 cache_hit=hit, created_at=low + timedelta(seconds=seconds),
             ))  # fmt: skip
+    return out + digested(now)
+
+
+def digested(now: datetime) -> list[LedgerRecord]:
+    """Two prompts asked by every (experience, lang) pair, English first: the answer follows
+    the experience, never the language; and a third prompt missed three times (to warm)."""
+    out = []
+    base = now - timedelta(days=2)
+    for n, (q, lang, experience) in enumerate(
+        (q, lang, e) for lang in ("en", "fr") for q in ("q1", "q2") for e in ("beginner", "expert")
+    ):
+        out.append(LedgerRecord(
+            id=new_record_id(), tenant="t-alpha", user_id=None,
+            persona={"experience": experience, "lang": lang}, request_type=Endpoint.CHAT,
+            model="gpt-4o-mini", cost=0.01 * (n + 1), cache_status=CacheStatus.MISS,
+            created_at=base + timedelta(minutes=n), request_digest=f"digest-{q}",
+            answer_digest=f"answer-{q}-{experience}",
+        ))  # fmt: skip
+    for n in range(3):
+        out.append(LedgerRecord(
+            id=new_record_id(), tenant="t-bravo", user_id="u1", persona={},
+            request_type=Endpoint.EMBEDDINGS, model="text-embedding-3-small", cost=0.002,
+            cache_status=CacheStatus.MISS, created_at=base + timedelta(hours=1, minutes=n),
+            request_digest="digest-q3", answer_digest="answer-q3",
+        ))  # fmt: skip
     return out
 
 
@@ -161,6 +187,21 @@ async def test_the_report_gives_the_figures_of_a_known_fortnight(db: LedgerDb) -
     assert set(near) == want and len(want) >= 2
     assert near[alpha].share == pytest.approx(1 / 1.1)
     assert near[alpha].spent_usd == pytest.approx(tenants["t-alpha"])
+
+    advice = {d.dimension: d for d in report.dimensions}
+    fr_misses = [r for r in digested(NOW) if r.persona.get("lang") == "fr"]
+    assert advice["lang"].never_changed and advice["lang"].requests_compared == 4
+    assert advice["lang"].saving_usd == pytest.approx(sum(r.cost for r in fr_misses))
+    assert not advice["experience"].never_changed
+    assert advice["experience"].changed_answer == advice["experience"].requests_compared == 4
+    misses: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for r in digested(NOW):
+        misses[(str(r.request_digest), r.model, r.request_type)].append(r.cost)
+    got_misses = {(m.request_digest, m.model, m.endpoint): m for m in report.repeated_misses}
+    assert got_misses.keys() == misses.keys()
+    for where, costs in misses.items():
+        assert got_misses[where].misses == len(costs)
+        assert got_misses[where].cost == pytest.approx(sum(costs))
 
     assert {q.name for q in report.slowest} >= {"report.spend_model", "report.persona"}
     text = render_markdown(report)

@@ -10,6 +10,7 @@ from typing import Any
 
 from admin.queries import QueryRunner
 from admin.report import sql
+from admin.report.advice import dimension_advice, repeated_misses
 from admin.report.model import BudgetNear, GroupSpend, PersonaRate, QueryTiming, Report
 from proxy.budget.alerts import Period
 from proxy.budget.limits import limit_for
@@ -62,6 +63,10 @@ async def build_report(
         groups[name] = _spend(now_rows, prev_rows)
     step("persona")
     persona_rows = await runner.run("report.persona", sql.PERSONA[runner.dialect], current)
+    step("persona advice")
+    dimensions = await dimension_advice(runner, current)
+    step("repeated misses")
+    misses = await repeated_misses(runner, current)
     step("budgets")
     near = await _budgets_near(runner, now.astimezone(UTC), overrides, budgets)
     step("index advice")
@@ -82,6 +87,8 @@ async def build_report(
         by_tenant=groups["tenant"],
         by_endpoint=groups["endpoint"],
         persona=[_persona(row) for row in persona_rows],
+        dimensions=dimensions,
+        repeated_misses=misses,
         budgets_near=near,
         slowest=[QueryTiming(name=q.name, ms=round(q.ms, 3), rows=q.rows) for q in slow],
         advice=advice,

@@ -15,7 +15,7 @@ from admin.report.markdown import render_markdown
 from proxy.ledger.factory import make_sink
 from proxy.settings import Settings
 
-STEPS = 6  # build_report's progress calls: three spends, persona, budgets, index advice
+STEPS = 8  # build_report's progress calls
 
 
 class ProgressBar:

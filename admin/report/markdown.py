@@ -64,6 +64,33 @@ def render_markdown(report: Report) -> str:
         ]
     else:
         lines.append("No request in the window carried a persona.")
+    lines += ["", "## Persona dimensions that never changed the answer", ""]
+    if report.dimensions:
+        lines += ["| dimension | requests compared | answer changed | never changed | saving |",
+                  "|---|---:|---:|---|---:|"]  # fmt: skip
+        lines += [
+            f"| {_cell(d.dimension)} | {d.requests_compared} | {d.changed_answer} | "
+            f"{'yes' if d.never_changed else 'no'} | {_usd(d.saving_usd)} |"
+            for d in report.dimensions
+        ]
+        drop = [d.dimension for d in report.dimensions if d.never_changed]
+        if drop:
+            lines += ["", f"Candidates to leave out of `X-Cache-Persona-Dims`: {', '.join(drop)}."]
+    else:
+        lines.append("No answers with digests in the window (ledger before migration 005?).")
+    lines += ["", "## Repeated misses (candidates for warming)", ""]
+    if report.repeated_misses:
+        lines += [
+            "| request digest | model | endpoint | misses | cost |",
+            "|---|---|---|---:|---:|",
+        ]
+        lines += [
+            f"| {m.request_digest} | {_cell(m.model)} | {m.endpoint} | {m.misses} | "
+            f"{_usd(m.cost)} |"
+            for m in report.repeated_misses
+        ]
+    else:
+        lines.append("No request was missed more than once.")
     lines += ["", "## Budgets near their limits", ""]
     if report.budgets_near:
         lines += ["| scope | subject | tenant | period | spent | limit | share |",

@@ -31,6 +31,26 @@ class PersonaRate(msgspec.Struct, kw_only=True):
     saved: float
 
 
+class DimensionAdvice(msgspec.Struct, kw_only=True):
+    """A persona dimension: in how many requests asked with two or more of its values it was
+    compared, in how many the answer differed, and (when never) what dropping it would have
+    saved: the misses a stored answer for another of its values would have served."""
+
+    dimension: str
+    requests_compared: int
+    changed_answer: int
+    never_changed: bool
+    saving_usd: float
+
+
+class RepeatedMiss(msgspec.Struct, kw_only=True):
+    request_digest: str
+    model: str
+    endpoint: str
+    misses: int
+    cost: float
+
+
 class BudgetNear(msgspec.Struct, kw_only=True):
     scope: str  # tenant or user
     subject: str
@@ -61,6 +81,8 @@ class Report(msgspec.Struct, kw_only=True):
     by_tenant: list[GroupSpend]
     by_endpoint: list[GroupSpend]
     persona: list[PersonaRate]
+    dimensions: list[DimensionAdvice]
+    repeated_misses: list[RepeatedMiss]
     budgets_near: list[BudgetNear]
     slowest: list[QueryTiming]
     advice: list[Suggestion]
