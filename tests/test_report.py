@@ -3,6 +3,7 @@ test computes from the records it wrote."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import subprocess
@@ -22,6 +23,7 @@ from admin.report.model import GroupSpend
 from proxy.ledger.records import LedgerRecord, new_record_id, pack
 from proxy.settings import BudgetSettings
 from proxy.vocabulary import CacheStatus, Endpoint
+from tests.fixtures.sidecar import LoopThread, SidecarFactory
 from tests.ledger_db import LedgerDb
 from tests.test_budget import store_override
 
@@ -219,8 +221,6 @@ def test_windows_parse() -> None:
 def test_the_cli_writes_the_report_of_the_configured_ledger(db: LedgerDb, tmp_path: Path) -> None:
     now = datetime.now(UTC)
     records = [r for r in synthetic(now, seed=5) if r.created_at < now - timedelta(days=1)]
-    import asyncio
-
     asyncio.run(write(db, records))
     env = dict(os.environ)
     key = "DATABASE_URL" if db.kind == "postgres" else "LEDGER_PATH"
@@ -236,3 +236,32 @@ def test_the_cli_writes_the_report_of_the_configured_ledger(db: LedgerDb, tmp_pa
     assert f"- Spend: ${sum(r.cost for r in week):,.4f}" in text
     for model in MODELS:
         assert f"| {model} |" in text
+
+
+def test_the_proxy_records_the_digests_of_a_miss_that_stored_its_answer(
+    make_sidecar: SidecarFactory, loop_thread: LoopThread
+) -> None:
+    sidecar = make_sidecar()
+    client = sidecar.client()
+    question = [{"role": "user", "content": "Explain tides."}]
+
+    def ask(user: str, experience: str, content: Any = question) -> str:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=content, max_tokens=5,
+            extra_headers={"X-User-Id": user, "X-Persona-Experience": experience},
+        )  # fmt: skip
+        return str(raw.headers["x-cache"])
+
+    assert ask("u1", "beginner") == "MISS"
+    assert ask("u2", "expert") == "MISS"  # another persona: another entry, the same prompt
+    assert ask("u3", "expert") == "HIT"
+    assert ask("u4", "expert", [{"role": "user", "content": "Explain waves."}]) == "MISS"
+    loop_thread.run(sidecar.runtime.ledger.flush())
+    ledger = sidecar.runtime.settings.ledger
+    rows = asyncio.run(LedgerDb("sqlite", ledger.path).rows_by_id()).values()
+    by_user = {row["user_id"]: row for row in rows}
+    u1, u2, u3, u4 = (by_user[u] for u in ("u1", "u2", "u3", "u4"))
+    assert u1["request_digest"] == u2["request_digest"] != u4["request_digest"]
+    assert u1["answer_digest"] == u2["answer_digest"]  # the stub answers the prompt alone
+    assert len(u1["answer_digest"]) == 16 and u4["answer_digest"] is not None
+    assert u3["request_digest"] is None and u3["answer_digest"] is None  # a hit pays nothing
