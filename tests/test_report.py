@@ -23,6 +23,7 @@ from admin.report.model import GroupSpend
 from proxy.ledger.records import LedgerRecord, new_record_id, pack
 from proxy.settings import BudgetSettings
 from proxy.vocabulary import CacheStatus, Endpoint
+from tests.admin_support import TOKENS, call
 from tests.fixtures.sidecar import LoopThread, SidecarFactory
 from tests.ledger_db import LedgerDb
 from tests.test_budget import store_override
@@ -265,3 +266,24 @@ def test_the_proxy_records_the_digests_of_a_miss_that_stored_its_answer(
     assert u1["answer_digest"] == u2["answer_digest"]  # the stub answers the prompt alone
     assert len(u1["answer_digest"]) == 16 and u4["answer_digest"] is not None
     assert u3["request_digest"] is None and u3["answer_digest"] is None  # a hit pays nothing
+
+
+def test_the_admin_port_answers_the_report(
+    make_sidecar: SidecarFactory, loop_thread: LoopThread
+) -> None:
+    sidecar = make_sidecar(ADMIN_TOKENS=TOKENS)
+    records = [r for r in synthetic(datetime.now(UTC), seed=9) if r.created_at < datetime.now(UTC)]
+    ledger = sidecar.runtime.settings.ledger
+    loop_thread.run(write(LedgerDb("sqlite", ledger.path), records))
+    assert call(sidecar, "/api/admin/report", token=None).status == 401
+    assert call(sidecar, "/api/admin/report?window=2w").status == 400
+    answer = call(sidecar, "/api/admin/report?window=7d")
+    assert answer.status == 200, answer.body
+    body = answer.json()
+    end = datetime.strptime(body["end"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    week = [r for r in records if end - timedelta(days=7) <= r.created_at < end]
+    assert body["window"] == "7d" and body["dialect"] == "sqlite"
+    assert body["total_cost"] == pytest.approx(sum(r.cost for r in week))
+    assert {d["dimension"]: d["never_changed"] for d in body["dimensions"]} == {
+        "experience": False, "lang": True,
+    }  # fmt: skip
