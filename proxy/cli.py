@@ -57,13 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report_cmd = commands.add_parser("report", help="the optimisation report from the ledger")
     report_cmd.add_argument("--window", choices=sorted(WINDOWS), default="7d")
-    report_cmd.add_argument("--format", choices=("md",), default="md")
+    report_cmd.add_argument("--format", choices=("md", "html"), default="md")
     report_cmd.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
     args = parser.parse_args(argv)
     if args.command == "migrate":
         return migrate_command(dict(os.environ))
     if args.command == "report":
-        return report_command(dict(os.environ), args.window, args.out)
+        return report_command(dict(os.environ), args.window, args.format, args.out)
     environ = dict(os.environ)
     fake = args.upstream == "fake"
     if args.upstream and not fake:
@@ -107,13 +107,13 @@ def migrate_command(environ: dict[str, str]) -> int:
     return 0
 
 
-def report_command(environ: dict[str, str], window: str, out: str | None) -> int:
+def report_command(environ: dict[str, str], window: str, fmt: str, out: str | None) -> int:
     """`sidecache report`: 0 with the report written, 1 when the ledger failed."""
     settings = _settings(environ)
     if settings is None:
         return 2
     try:
-        text = asyncio.run(report_text(settings, window))
+        text = asyncio.run(report_text(settings, window, fmt))
     except Exception as exc:  # any database failure: one line, never the DSN's password
         print(f"sidecache: report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

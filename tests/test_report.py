@@ -237,6 +237,15 @@ def test_the_cli_writes_the_report_of_the_configured_ledger(db: LedgerDb, tmp_pa
     assert f"- Spend: ${sum(r.cost for r in week):,.4f}" in text
     for model in MODELS:
         assert f"| {model} |" in text
+    page = tmp_path / "report.html"
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "report", "--format", "html", "--out", str(page)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    html = page.read_text()
+    assert html.startswith("<!doctype html>") and html.count('<svg class="chart"') == 3
+    assert f"Spend: ${sum(r.cost for r in week):,.4f}" in html
 
 
 def test_the_proxy_records_the_digests_of_a_miss_that_stored_its_answer(

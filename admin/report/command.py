@@ -11,6 +11,7 @@ from typing import TextIO
 
 from admin.queries import QueryRunner
 from admin.report.build import build_report
+from admin.report.html import render_html
 from admin.report.markdown import render_markdown
 from proxy.ledger.factory import make_sink
 from proxy.settings import Settings
@@ -37,7 +38,9 @@ class ProgressBar:
             self._stream.write(f"\r[{'#' * self._total}] done{' ' * 20}\n")
 
 
-async def report_text(settings: Settings, window: str, *, now: datetime | None = None) -> str:
+async def report_text(
+    settings: Settings, window: str, fmt: str = "md", *, now: datetime | None = None
+) -> str:
     sink = make_sink(settings.ledger)
     bar = ProgressBar(sys.stderr)
     try:
@@ -53,7 +56,7 @@ async def report_text(settings: Settings, window: str, *, now: datetime | None =
     finally:
         bar.close()
         await sink.close()
-    return render_markdown(report)
+    return render_html(report) if fmt == "html" else render_markdown(report)
 
 
 def write_report(text: str, out: str | None) -> None:
