@@ -12,7 +12,8 @@ from admin.report.model import Report
 _WIDTH, _ROW, _LABEL = 640, 22, 200
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}
 table{border-collapse:collapse;margin:.5rem 0 1.5rem}
-td,th{border:1px solid #ccc;padding:.2rem .5rem}td.n{text-align:right}.bar{fill:#3b7dd8}.bar.prev{fill:#b8c8e0}svg text{font-size:12px}"""
+td,th{border:1px solid #ccc;padding:.2rem .5rem}
+td.n{text-align:right}.bar{fill:#3b7dd8}.bar.prev{fill:#b8c8e0}svg text{font-size:12px}"""
 
 
 def bar_chart(name: str, title: str, bars: list[tuple[str, float, str]]) -> str:
