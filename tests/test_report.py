@@ -208,7 +208,10 @@ async def test_the_report_gives_the_figures_of_a_known_fortnight(db: LedgerDb) -
 
     assert {q.name for q in report.slowest} >= {"report.spend_model", "report.persona"}
     text = render_markdown(report)
-    assert "## Spend and savings by model" in text and "| t-alpha | tenant" not in text
+    top = report.by_model[0]
+    assert "## Spend and savings by model" in text
+    assert f"| {top.key} | {top.requests} | " in text
+    assert "Candidates to leave out of `X-Cache-Persona-Dims`: lang." in text
     assert f"${report.total_cost:,.4f}" in text
 
 
