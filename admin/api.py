@@ -10,6 +10,7 @@ from admin.circuits import CircuitApi
 from admin.dashboard import Dashboard
 from admin.openapi import PREFIX, openapi_document
 from admin.queries import QueryRunner
+from admin.report.route import REPORT_PATH, ReportApi
 from admin.warming import Warmer
 from proxy.runtime import Runtime
 
@@ -43,3 +44,4 @@ def add_api_routes(app: web.Application, runtime: Runtime, proxy_url: str) -> No
     app.router.add_get(f"{PREFIX}/cache/warm/{{job}}", cache.warm_job)
     app.router.add_get(f"{PREFIX}/circuits", breakers.list)
     app.router.add_post(f"{PREFIX}/circuits/reset", breakers.reset)
+    app.router.add_get(REPORT_PATH, ReportApi(runtime).report)

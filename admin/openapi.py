@@ -10,6 +10,8 @@ import msgspec
 
 from admin import cache_models as c
 from admin import models as m
+from admin.report.model import Report
+from admin.report.route import REPORT_PATH, ReportParams
 from admin.schema_rules import tighten
 from proxy.errors import ErrorBody
 from proxy.settings import PersonaSettings
@@ -35,6 +37,8 @@ ROUTES: list[tuple[str, str, str, type | None, type | None, type]] = [
      c.WarmJob),
     ("/cache/warm", "get", "The warming jobs of this replica", None, None, c.WarmJobs),
     ("/cache/warm/{job}", "get", "One warming job's progress", None, None, c.WarmJob),
+    (REPORT_PATH, "get", "The optimisation report over a window (docs/design.md §14)",
+     ReportParams, None, Report),
 ]  # fmt: skip
 _CREATED = {("/cache/warm", "post")}  # answered 202: the job runs on after the answer
 _ERRORS = {
@@ -47,6 +51,11 @@ _ERRORS = {
 _MORE_ERRORS = {  # what only some operations answer
     ("/cache/feedback", "post"): {"409": "The semantic cache is off (`semantic_cache_off`)"},
 }
+
+
+def full_path(path: str) -> str:
+    """A ROUTES path as served: under PREFIX unless it names its own (`/api/...`)."""
+    return path if path.startswith("/api/") else PREFIX + path
 
 
 def _query_parameters(kind: type, schemas: dict[str, Any]) -> list[dict[str, Any]]:
@@ -67,9 +76,10 @@ def openapi_document(persona: PersonaSettings | None = None) -> dict[str, Any]:
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     paths: dict[str, Any] = {}
     for path, method, summary, query, body, answer in ROUTES:
+        full = full_path(path)
         op: dict[str, Any] = {
             "summary": summary,
-            "operationId": (PREFIX + path).replace("/api/admin/", "").replace("/", "_"),
+            "operationId": full.replace("/api/admin/", "").replace("/", "_"),
             "parameters": (_query_parameters(query, schemas) if query else []) + (
                 [{"name": "job", "in": "path", "required": True, "schema": {"type": "string"}}]
                 if "{job}" in path else []),
@@ -89,7 +99,7 @@ def openapi_document(persona: PersonaSettings | None = None) -> dict[str, Any]:
                 "content": {"application/json": {
                     "schema": {"$ref": f"#/components/schemas/{body.__name__}"}}},
             }  # fmt: skip
-        paths.setdefault(PREFIX + path, {})[method] = op
+        paths.setdefault(full, {})[method] = op
     return {
         "openapi": "3.1.0",
         "info": {"title": "Sidecache admin API", "version": "1"},

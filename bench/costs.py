@@ -83,6 +83,8 @@ CREATE TEMP TABLE bench_kinds (
 )"""
 # $1..$2: row numbers; $3: the first row's time; $4: seconds between rows; $5 users; $6 tenants;
 # $7: the kinds' lower bounds in [0, 1), in k order (width_bucket picks a kind by its share).
+# The columns of migrations 003 to 005: no semantic hits or token kinds; a miss's digests repeat
+# every 100,000 rows (the report's repeated misses and persona advice read them).
 _GENERATE = f"""
 INSERT INTO {STAGE} ({", ".join(COLUMNS)})
 SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
@@ -96,7 +98,10 @@ SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
        CASE WHEN s = 'HIT' THEN 0.4 + 3 * r ELSE 151.5 + 2500 * r END,
        CASE WHEN s = 'HIT' THEN NULL ELSE 150 + 2500 * r END,
        s = 'HIT', s, CASE WHEN ok THEN 200 WHEN e < 0.004 THEN 429 ELSE 502 END,
-       $3::timestamptz + make_interval(secs => i * $4::float8)
+       $3::timestamptz + make_interval(secs => i * $4::float8),
+       NULL, NULL, 0, 0, NULL,
+       CASE WHEN s = 'MISS' AND ok THEN 'q' || (i % 100000) END,
+       CASE WHEN s = 'MISS' AND ok THEN 'a' || (i % 100000) END
 FROM (
     SELECT *, s IN ('HIT', 'COALESCED') AS saved, s <> 'MISS' OR e >= 0.01 AS ok,
            (p * input_usd + c * output_usd) / 1e6 AS price

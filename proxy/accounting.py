@@ -46,6 +46,9 @@ class Outcome:
     # The service tier that served this request's own upstream call ("flex"; None: standard),
     # which prices it (set by the flex lane).
     service_tier: str | None = None
+    # The report's digests (migration 005), set on a miss that stored its answer.
+    request_digest: str | None = None
+    answer_digest: str | None = None
 
     def paid(
         self,
@@ -158,5 +161,7 @@ def record_outcome(
             outcome.cache_write_tokens,
             outcome.reasoning_tokens,
             outcome.service_tier,
+            outcome.request_digest,
+            outcome.answer_digest,
         )
     )

@@ -20,6 +20,8 @@ import msgspec
 from aiohttp import web
 
 from admin.app import create_admin_app
+from admin.report.build import WINDOWS
+from admin.report.command import report_text, write_report
 from proxy.connection import GuardedAppRunner
 from proxy.fake_upstream import FakeUpstream, start_fake_upstream
 from proxy.ledger.factory import migrate_ledger
@@ -53,9 +55,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "migrate",
         help="apply the ledger's SQL migrations to DATABASE_URL (else the SQLite LEDGER_PATH)",
     )
+    report_cmd = commands.add_parser("report", help="the optimisation report from the ledger")
+    report_cmd.add_argument("--window", choices=sorted(WINDOWS), default="7d")
+    report_cmd.add_argument("--format", choices=("md", "html"), default="md")
+    report_cmd.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
     args = parser.parse_args(argv)
     if args.command == "migrate":
         return migrate_command(dict(os.environ))
+    if args.command == "report":
+        return report_command(dict(os.environ), args.window, args.format, args.out)
     environ = dict(os.environ)
     fake = args.upstream == "fake"
     if args.upstream and not fake:
@@ -96,6 +104,20 @@ def migrate_command(environ: dict[str, str]) -> int:
         return 1
     done = f"applied {', '.join(map(str, applied))}" if applied else "already up to date"
     print(f"sidecache: ledger schema at {where}: {done}")
+    return 0
+
+
+def report_command(environ: dict[str, str], window: str, fmt: str, out: str | None) -> int:
+    """`sidecache report`: 0 with the report written, 1 when the ledger failed."""
+    settings = _settings(environ)
+    if settings is None:
+        return 2
+    try:
+        text = asyncio.run(report_text(settings, window, fmt))
+    except Exception as exc:  # any database failure: one line, never the DSN's password
+        print(f"sidecache: report failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    write_report(text, out)
     return 0
 
 

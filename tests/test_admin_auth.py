@@ -9,6 +9,7 @@ import pytest
 
 from admin.models import BreakerName
 from admin.openapi import ROUTES as OPERATIONS
+from admin.openapi import full_path
 from tests.admin_support import BASE, TOKEN, TOKENS, call
 from tests.fixtures.sidecar import Sidecar, SidecarFactory
 
@@ -22,7 +23,7 @@ ACCEPTED: dict[tuple[str, str], tuple[Any, int]] = {
     ("post", "/cache/feedback"): ({"key": "0123456789abcdef", "wrong": True}, 409),
 }  # fmt: skip
 ROUTES = [
-    pytest.param(method.upper(), f"{BASE}{path}".replace("{job}", "warm_0"),
+    pytest.param(method.upper(), full_path(path).replace("{job}", "warm_0"),
                  *ACCEPTED.get((method, path), (None, 200)), id=f"{method} {path}")
     for path, method, *_ in OPERATIONS
 ]  # fmt: skip

@@ -4,7 +4,9 @@ its answer cost or saved, and the budget check before a miss goes upstream (docs
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
+import msgspec
 from aiohttp import web
 
 from proxy.accounting import OUTCOME, Outcome
@@ -74,9 +76,42 @@ async def count_flight(
             outcome.service_tier = answer.service_tier  # what prices it (flex has its own rate)
             cost = charge(runtime, outcome, answer.usage)
             outcome.upstream_ms = answer.upstream_ms
+            if answer.stored:
+                digest_answer(runtime, outcome, parsed, answer.body)
         else:
             outcome.saved(runtime.prices, *tokens(answer.usage), tier=answer.service_tier)
     await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, cost, held)
+
+
+# The scope part of a report digest: the request as every persona, user and account asks it.
+_EVERYONE = ("report",)
+
+
+def digest_answer(runtime: Runtime, outcome: Outcome, parsed: ParsedRequest, body: bytes) -> None:
+    """The ledger's digests for the report's persona advice (docs/design.md §14): the request
+    without its persona scope, and the answer it stored. Only on a miss that stored its answer
+    (a hit's path never pays for them)."""
+    key = runtime.keys.request_key(
+        parsed.identity.tenant, outcome.request_type, parsed.body, _EVERYONE
+    )
+    outcome.request_digest = key.digest[:32]
+    outcome.answer_digest = hashlib.sha256(_answer_part(body)).hexdigest()[:16]
+
+
+# What differs between two calls giving the same answer: ids, times, the usage and fingerprint.
+_VOLATILE = frozenset(("id", "created", "created_at", "usage", "system_fingerprint"))
+_canonical = msgspec.json.Encoder(order="deterministic").encode
+
+
+def _answer_part(body: bytes) -> bytes:
+    """The answer's body without the fields every call changes; as it is when not JSON."""
+    try:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in _VOLATILE}
+    return _canonical(value)
 
 
 def charge(runtime: Runtime, outcome: Outcome, usage: Usage) -> float:

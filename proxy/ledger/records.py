@@ -89,6 +89,11 @@ class LedgerRecord(msgspec.Struct, gc=False):
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     service_tier: str | None = None
+    # Appended by migration 005 (the report's persona advice): a digest of the request without
+    # its persona scope, and the first 16 hex of the SHA-256 of the answer's body; None where
+    # the proxy did not compute them.
+    request_digest: str | None = None
+    answer_digest: str | None = None
 
 
 # The column order of `ai_requests` as the sinks write it: the record's fields.
