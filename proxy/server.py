@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.accounting import record_outcome
+from proxy.content import capture_answer
 from proxy.errors import (
     anthropic_error_response,
     anthropic_failure_response,
@@ -29,6 +30,7 @@ from proxy.handlers.responses import responses
 from proxy.health import healthz, readyz
 from proxy.ids import SerialIds
 from proxy.runtime import RUNTIME, Runtime
+from proxy.spans import finish_server_span, operation
 from proxy.vocabulary import PASSTHROUGH, Endpoint
 
 log = logging.getLogger("sidecache.proxy")
@@ -76,6 +78,27 @@ async def _answer_and_observe(request: web.Request, handler: Handler) -> web.Str
     started = time.perf_counter()
     runtime = request.app[RUNTIME]
     endpoint = _ENDPOINT_BY_PATH.get(request.path)
+    tracer = runtime.tracer
+    if tracer.on and endpoint is not None:
+        with tracer.server_span(operation(endpoint), request.headers) as span:
+            response = await _answer(request, handler, runtime, endpoint)
+            capture_answer(tracer, request, response)
+            finish_server_span(span, request, response, endpoint)
+    else:
+        response = await _answer(request, handler, runtime, endpoint)
+    if endpoint is None and request.path.startswith("/v1/"):
+        endpoint = PASSTHROUGH
+    if endpoint is not None:
+        elapsed = time.perf_counter() - started
+        cache = response.headers.get("X-Cache", "NONE")
+        runtime.metrics.observe_request(endpoint, cache, response.status, elapsed)
+        record_outcome(runtime.ledger, request, response, elapsed, cache)
+    return response
+
+
+async def _answer(
+    request: web.Request, handler: Handler, runtime: Runtime, endpoint: str | None
+) -> web.StreamResponse:
     anthropic = endpoint == _ANTHROPIC_SHAPED
     render = anthropic_failure_response if anthropic else failure_response
     response: web.StreamResponse
@@ -105,13 +128,6 @@ async def _answer_and_observe(request: web.Request, handler: Handler) -> web.Str
         log.exception("unexpected error answering %s %s", request.method, request.path)
         message = "The sidecar failed to answer this request."
         response = (anthropic_error_response if anthropic else error_response)(500, message)
-    if endpoint is None and request.path.startswith("/v1/"):
-        endpoint = PASSTHROUGH
-    if endpoint is not None:
-        elapsed = time.perf_counter() - started
-        cache = response.headers.get("X-Cache", "NONE")
-        runtime.metrics.observe_request(endpoint, cache, response.status, elapsed)
-        record_outcome(runtime.ledger, request, response, elapsed, cache)
     return response
 
 
