@@ -3,12 +3,13 @@ the protobuf decoded and its spans checked; with no OTEL_* variables, no tracing
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
 
-from proxy.tracing import Traced
+from proxy.tracing import Traced, open_tracer
 from tests.fixtures.otlp import OtlpReceiver, ReceivedSpan
 from tests.fixtures.sidecar import LoopThread, Sidecar, SidecarFactory, Stub, serve_double
 
@@ -157,3 +158,13 @@ def test_without_the_variables_nothing_is_traced(
     # The client's traceparent still reaches the upstream unchanged.
     (sent,) = [r for r in stub.fake.requests if r.path == "/v1/chat/completions"]
     assert sent.headers["traceparent"] == TRACEPARENT
+
+
+def test_an_endpoint_without_the_extra_is_said_once_and_runs_untraced(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if the extra were not installed
+    tracer = open_tracer({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert not tracer.on
+    (record,) = [r for r in caplog.records if "OpenTelemetry SDK is not installed" in r.message]
+    assert record.levelname == "WARNING"
