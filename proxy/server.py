@@ -56,7 +56,8 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
     # (which inflates a gzip bomb whole before a handler runs).
     app = web.Application(
         client_max_size=max_body,
-        middlewares=[_answer_and_observe],
+        # Tracing's middleware is there only when tracing is on: off, it costs a request nothing.
+        middlewares=[_traced, _answer_and_observe] if runtime.tracer.on else [_answer_and_observe],
         handler_args={"auto_decompress": False},
     )
     app[RUNTIME] = runtime
@@ -72,33 +73,27 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
 
 
 @web.middleware
+async def _traced(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An understood request's server span (proxy/spans.py), around everything the next
+    middleware does: its answer, failures answered included, is what the span describes."""
+    endpoint = _ENDPOINT_BY_PATH.get(request.path)
+    if endpoint is None:
+        return await handler(request)
+    tracer = request.app[RUNTIME].tracer
+    with tracer.server_span(operation(endpoint), request.headers) as span:
+        response = await handler(request)
+        capture_answer(tracer, request, response)
+        finish_server_span(span, request, response, endpoint)
+    return response
+
+
+@web.middleware
 async def _answer_and_observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turns every failure into an OpenAI-shaped answer (Anthropic-shaped on /v1/messages; a
     miss's carries its cache headers) and records the request's metrics and ledger outcome."""
     started = time.perf_counter()
     runtime = request.app[RUNTIME]
     endpoint = _ENDPOINT_BY_PATH.get(request.path)
-    tracer = runtime.tracer
-    if tracer.on and endpoint is not None:
-        with tracer.server_span(operation(endpoint), request.headers) as span:
-            response = await _answer(request, handler, runtime, endpoint)
-            capture_answer(tracer, request, response)
-            finish_server_span(span, request, response, endpoint)
-    else:
-        response = await _answer(request, handler, runtime, endpoint)
-    if endpoint is None and request.path.startswith("/v1/"):
-        endpoint = PASSTHROUGH
-    if endpoint is not None:
-        elapsed = time.perf_counter() - started
-        cache = response.headers.get("X-Cache", "NONE")
-        runtime.metrics.observe_request(endpoint, cache, response.status, elapsed)
-        record_outcome(runtime.ledger, request, response, elapsed, cache)
-    return response
-
-
-async def _answer(
-    request: web.Request, handler: Handler, runtime: Runtime, endpoint: str | None
-) -> web.StreamResponse:
     anthropic = endpoint == _ANTHROPIC_SHAPED
     render = anthropic_failure_response if anthropic else failure_response
     response: web.StreamResponse
@@ -128,6 +123,13 @@ async def _answer(
         log.exception("unexpected error answering %s %s", request.method, request.path)
         message = "The sidecar failed to answer this request."
         response = (anthropic_error_response if anthropic else error_response)(500, message)
+    if endpoint is None and request.path.startswith("/v1/"):
+        endpoint = PASSTHROUGH
+    if endpoint is not None:
+        elapsed = time.perf_counter() - started
+        cache = response.headers.get("X-Cache", "NONE")
+        runtime.metrics.observe_request(endpoint, cache, response.status, elapsed)
+        record_outcome(runtime.ledger, request, response, elapsed, cache)
     return response
 
 

@@ -35,7 +35,10 @@ class Untraced:
     def __init__(self) -> None:
         self._nothing: AbstractContextManager[None] = nullcontext()
 
-    def span(self, name: str, attributes: Attributes | None = None) -> AbstractContextManager[Any]:
+    def span(
+        self, name: str, attributes: Attributes | None = None, *, client: bool = False
+    ) -> AbstractContextManager[Any]:
+        """A child of the current span (`client`: of kind CLIENT, a call out)."""
         return self._nothing
 
     def event(self, name: str, attributes: Attributes | None = None) -> None:
@@ -74,8 +77,11 @@ class Traced(Untraced):
         self._propagator = TraceContextTextMapPropagator()
         self.capture_content = environ.get(CAPTURE_VARIABLE, "").lower() == "true"
 
-    def span(self, name: str, attributes: Attributes | None = None) -> AbstractContextManager[Any]:
-        return self._tracer.start_as_current_span(name, attributes=attributes)
+    def span(
+        self, name: str, attributes: Attributes | None = None, *, client: bool = False
+    ) -> AbstractContextManager[Any]:
+        kind = self._trace.SpanKind.CLIENT if client else self._trace.SpanKind.INTERNAL
+        return self._tracer.start_as_current_span(name, kind=kind, attributes=attributes)
 
     def event(self, name: str, attributes: Attributes | None = None) -> None:
         self._trace.get_current_span().add_event(name, attributes)

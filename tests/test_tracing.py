@@ -99,6 +99,7 @@ def test_miss_and_hit_are_server_spans_continuing_the_clients_trace(
     assert sorted(span.parent_id for span in lookups) == sorted([miss.span_id, hit.span_id])
     (upstream,) = _named(spans, "sidecache.upstream")
     assert upstream.parent_id == miss.span_id and upstream.trace_id == TRACE_ID
+    assert upstream.kind == CLIENT_KIND
     assert upstream.attributes["sidecache.endpoint"] == "chat.completions"
     # What reached the upstream continues the trace under the sidecar's upstream span.
     (sent,) = [r for r in stub.fake.requests if r.path == "/v1/chat/completions"]

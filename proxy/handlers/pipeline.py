@@ -127,7 +127,10 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
             known_requests.put(route.endpoint, sent, request.raw_headers, known, len(raw))
     parsed, asked, scope, key = known.parsed, known.asked, known.scope, known.key
     outcome = open_outcome(request, parsed, asked.model)
-    with runtime.tracer.span("sidecache.cache.lookup"):  # Untraced: one shared no-op
+    if runtime.tracer.on:
+        with runtime.tracer.span("sidecache.cache.lookup"):
+            found = await lookup(runtime, prepared, parsed, key)
+    else:  # the hit path, untraced: not even a no-op context
         found = await lookup(runtime, prepared, parsed, key)
     if found is not None:
         count_hit(runtime, outcome, found)

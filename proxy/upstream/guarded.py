@@ -124,7 +124,7 @@ class GuardedUpstream:
         """The call as span `sidecache.upstream` (its queue wait a child span), whose context
         goes upstream as `traceparent`."""
         attributes = {"sidecache.endpoint": request.endpoint, "url.path": request.path}
-        with self.tracer.span("sidecache.upstream", attributes):
+        with self.tracer.span("sidecache.upstream", attributes, client=True):
             headers = self.tracer.inject(request.headers)
             return await self._guarded(replace(request, headers=headers), wanted, read)
 
