@@ -29,9 +29,10 @@ WORKDIR /src
 RUN python3 -m venv /opt/venv && python3 -m venv /opt/build
 
 # Dependencies and the build backend in their own layer, reused until pyproject.toml changes.
+# The `otel` extra (traces over OTLP/HTTP, a few MB) is part of the default image.
 COPY pyproject.toml ./
-RUN python3 -c "import tomllib; \
-print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+RUN python3 -c "import tomllib; project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(project['dependencies'] + project['optional-dependencies']['otel']))" \
         > /tmp/requirements.txt \
     && python3 -c "import tomllib; \
 print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['build-system']['requires']))" \

@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(BIN)/pip install --quiet -e '.[test,lint,semantic]'
+	$(BIN)/pip install --quiet -e '.[test,lint,semantic,otel]'
 	touch $(STAMP)
 
 ## Start Sidecache on its embedded defaults (memory cache) against UPSTREAM_BASE_URL.

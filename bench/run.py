@@ -50,6 +50,10 @@ Issue 13's rows (bench/semantic.py) measure the opt-in semantic cache with the r
 `semantic_exact_hits` (bench/semantic_hits.py: the exact hit path with SEMANTIC_CACHE on vs
 off, in alternating rounds).
 
+Issue 17's `tracing_overhead` (bench/tracing.py): the hit path with OpenTelemetry tracing on
+(exporting over OTLP/HTTP to bench/otlp_sink.py, a local receiver that discards) and off, in
+alternating rounds of the wrk and hey hit loads (about 70 s).
+
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
 `--only hits_vs_baseline` it runs alone (about 20 s with `--quick`, 75 s without).
@@ -92,6 +96,7 @@ from . import (
     semantic,
     semantic_hits,
     stores,
+    tracing,
     versus,
     worktree,
 )
@@ -126,6 +131,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     semantic.semantic_quality,
     semantic.semantic_lookup_latency,
     semantic_hits.semantic_exact_hits,
+    tracing.tracing_overhead,
     memory.peak_rss,
 )
 # Run only with `--baseline REV` (by default, or when --only names them).

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -36,6 +36,7 @@ from proxy.semantic.build import open_semantic
 from proxy.semantic.cache import SemanticCache
 from proxy.settings import NEAR_CACHE_MB_DEFAULT, Settings
 from proxy.tenancy import TenantResolver
+from proxy.tracing import Tracer, Untraced, open_tracer
 from proxy.ttl import TtlPolicy
 from proxy.upstream.breakers import BreakerBoard
 from proxy.upstream.client import UpstreamClient
@@ -71,6 +72,8 @@ class Runtime:
     invalidations: Invalidator
     bodies: InflightBodies  # request-body bytes held at once (MAX_INFLIGHT_BODY_MB)
     semantic: SemanticCache | None = None  # with SEMANTIC_CACHE=on
+    # Traces (proxy/tracing.py): Untraced unless an OTLP endpoint is configured.
+    tracer: Tracer = field(default_factory=Untraced)
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
@@ -82,6 +85,7 @@ async def open_runtime(
     """`proxy_url`: how this process reaches its own proxy port (the `upstream:` semantic
     embedder sends its embeddings through it); None where nothing needs it."""
     metrics = Metrics(registry or CollectorRegistry())
+    tracer = open_tracer()
     redis: Redis | None = None
     store: CacheStore
     if settings.cache.redis_url:
@@ -137,9 +141,13 @@ async def open_runtime(
     )
     metrics.watch_breakers(breakers)
     client = UpstreamClient.open(settings.upstream)
-    gate = UpstreamGate(upstream.max_in_flight, upstream.queue_timeout_s, upstream.total_timeout_s)
+    gate = UpstreamGate(
+        upstream.max_in_flight, upstream.queue_timeout_s, upstream.total_timeout_s, tracer=tracer
+    )
     metrics.watch_gate(gate)
-    guarded = GuardedUpstream(client, gate, breakers, metrics, upstream.total_timeout_s)
+    guarded = GuardedUpstream(
+        client, gate, breakers, metrics, upstream.total_timeout_s, tracer=tracer
+    )
     flights = FlightTable()
     prices = PriceTable.from_settings(settings.pricing)
     ledger = await open_ledger(settings)
@@ -172,6 +180,7 @@ async def open_runtime(
             settings.server.max_inflight_body_bytes, settings.server.max_body_bytes
         ),
         semantic=semantic,
+        tracer=tracer,
     )
 
 
@@ -187,6 +196,7 @@ async def close_runtime(runtime: Runtime) -> None:
     await runtime.budgets.close()
     await runtime.ledger.close()  # flushes every record (to the journal if the DB is down)
     await runtime.store.close()
+    await runtime.tracer.close()  # exports the spans still queued
 
 
 def _near_store(

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.accounting import FIRST_EVENT, OUTCOME, record_outcome
+from proxy.content import capture_answer
 from proxy.errors import (
     anthropic_error_response,
     anthropic_failure_response,
@@ -29,6 +30,7 @@ from proxy.handlers.responses import responses
 from proxy.health import healthz, readyz
 from proxy.ids import SerialIds
 from proxy.runtime import RUNTIME, Runtime
+from proxy.spans import finish_server_span, operation
 from proxy.vocabulary import PASSTHROUGH, Endpoint
 
 log = logging.getLogger("sidecache.proxy")
@@ -54,7 +56,8 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
     # (which inflates a gzip bomb whole before a handler runs).
     app = web.Application(
         client_max_size=max_body,
-        middlewares=[_answer_and_observe],
+        # Tracing's middleware is there only when tracing is on: off, it costs a request nothing.
+        middlewares=[_traced, _answer_and_observe] if runtime.tracer.on else [_answer_and_observe],
         handler_args={"auto_decompress": False},
     )
     app[RUNTIME] = runtime
@@ -67,6 +70,21 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+@web.middleware
+async def _traced(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """An understood request's server span (proxy/spans.py), around everything the next
+    middleware does: its answer, failures answered included, is what the span describes."""
+    endpoint = _ENDPOINT_BY_PATH.get(request.path)
+    if endpoint is None:
+        return await handler(request)
+    tracer = request.app[RUNTIME].tracer
+    with tracer.server_span(operation(endpoint), request.headers) as span:
+        response = await handler(request)
+        capture_answer(tracer, request, response)
+        finish_server_span(span, request, response, endpoint)
+    return response
 
 
 @web.middleware

@@ -268,7 +268,7 @@ def test_issue_19_rows_run_alone_in_run_order() -> None:
     rows = "busy_refusal,big_bodies_rss,budget_overshoot"
     assert _names(["--only", rows]) == ["big_bodies_rss", "budget_overshoot", "busy_refusal"]
     everything = _names([])
-    assert everything[-9:] == [
+    assert everything[-10:] == [
         "big_bodies_rss",
         "budget_overshoot",
         "busy_refusal",
@@ -277,6 +277,7 @@ def test_issue_19_rows_run_alone_in_run_order() -> None:
         "semantic_quality",  # issue 13's rows, before the peak RSS that covers them all
         "semantic_lookup_latency",
         "semantic_exact_hits",
+        "tracing_overhead",  # issue 17's, its own sidecars and OTLP sink
         "peak_rss",
     ]
 

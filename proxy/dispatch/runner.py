@@ -121,6 +121,7 @@ class FlightRunner:
                 if flight.head.done():
                     raise  # a stream already reached its clients: it cannot start again
                 log.info("flex call to %s timed out; retrying at the standard tier", flex.endpoint)
+                self.upstream.tracer.event("sidecache.retry", {"reason": "flex timeout"})
             else:
                 if answer.status not in RETRY_AT_STANDARD:
                     answer.service_tier = answer.service_tier or FLEX
@@ -130,6 +131,8 @@ class FlightRunner:
                     flex.endpoint,
                     answer.status,
                 )
+                reason = f"flex {answer.status}"
+                self.upstream.tracer.event("sidecache.retry", {"reason": reason})
         return await self._call(flight, call, call.request)
 
     async def _call(self, flight: Flight, call: UpstreamCall, request: UpstreamRequest) -> Answer:

@@ -15,6 +15,7 @@ own way (proxy/handlers/embeddings.py).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -126,7 +127,11 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
             known_requests.put(route.endpoint, sent, request.raw_headers, known, len(raw))
     parsed, asked, scope, key = known.parsed, known.asked, known.scope, known.key
     outcome = open_outcome(request, parsed, asked.model)
-    found = await lookup(runtime, prepared, parsed, key)
+    if runtime.tracer.on:
+        with runtime.tracer.span("sidecache.cache.lookup"):
+            found = await lookup(runtime, prepared, parsed, key)
+    else:  # the hit path, untraced: not even a no-op context
+        found = await lookup(runtime, prepared, parsed, key)
     if found is not None:
         count_hit(runtime, outcome, found)
         return await serve_stored(
@@ -134,7 +139,10 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
         )
     semantic, probe = runtime.semantic, None
     if semantic is not None and route.semantic:  # after the exact miss, before any spending
-        probe, found = await semantic_lookup(request, runtime, semantic, prepared, parsed, scope)
+        with runtime.tracer.span("sidecache.semantic.lookup"):
+            probe, found = await semantic_lookup(
+                request, runtime, semantic, prepared, parsed, scope
+            )
         if found is not None and probe is not None and probe.chosen is not None:
             count_hit(runtime, outcome, found)
             outcome.match, outcome.similarity = CacheMatch.SEMANTIC, probe.chosen.similarity
@@ -173,9 +181,11 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
         )
         runtime.runner.launch(flight, call, _batched_sender(runtime, route, parsed, asked))
     try:
-        return await respond(
-            request, flight, key, label, stream=asked.stream, include_usage=asked.include_usage
-        )
+        # A follower's wait for the leader's call (its answer, or its stream to the end).
+        with runtime.tracer.span("sidecache.flight_wait") if not leader else nullcontext():
+            return await respond(
+                request, flight, key, label, stream=asked.stream, include_usage=asked.include_usage
+            )
     finally:  # a failed answer settles too: its hold is released, never left to lapse
         await count_flight(runtime, outcome, parsed, flight, leader, held)
         if probe is not None and semantic is not None and leader and plan is not None:

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from enum import IntEnum
 
 from proxy.failures import ClientGone, InvalidRequest, UpstreamBusy
+from proxy.tracing import Tracer, Untraced
 
 PRIORITY_HEADER = "X-Priority"
 
@@ -47,9 +48,15 @@ Wanted = Callable[[], bool]
 
 class UpstreamGate:
     def __init__(
-        self, limit: int, queue_timeout_s: float = 5.0, low_queue_timeout_s: float | None = None
+        self,
+        limit: int,
+        queue_timeout_s: float = 5.0,
+        low_queue_timeout_s: float | None = None,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         self.limit = limit
+        self.tracer = tracer or Untraced()
         self.queue_timeout_s = queue_timeout_s
         self.low_queue_timeout_s = max(queue_timeout_s, low_queue_timeout_s or queue_timeout_s)
         self.active = 0
@@ -70,7 +77,8 @@ class UpstreamGate:
             limit_s = self.low_queue_timeout_s if priority == Priority.LOW else self.queue_timeout_s
             try:
                 # The releasing call hands its slot over (active is unchanged).
-                await asyncio.wait((turn,), timeout=limit_s)
+                with self.tracer.span("sidecache.queue_wait"):  # only a call that queues
+                    await asyncio.wait((turn,), timeout=limit_s)
             except asyncio.CancelledError:
                 if turn.done() and not turn.cancelled() and turn.exception() is None:
                     self._release()  # the slot was handed to us as we were cancelled

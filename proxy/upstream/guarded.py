@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, TypeVar, cast
 
 import aiohttp
@@ -27,6 +27,7 @@ from multidict import CIMultiDict
 
 from proxy.failures import UpstreamTimeout
 from proxy.metrics import Metrics
+from proxy.tracing import Tracer, Untraced
 from proxy.upstream.breakers import Breaker, BreakerBoard
 from proxy.upstream.client import UpstreamClient, read_body
 from proxy.upstream.gate import Priority, UpstreamGate, Wanted
@@ -96,8 +97,11 @@ class GuardedUpstream:
         breakers: BreakerBoard,
         metrics: Metrics,
         total_timeout_s: float = 600.0,
+        *,
+        tracer: Tracer | None = None,
     ) -> None:
         self.client = client
+        self.tracer = tracer or Untraced()
         self.gate = gate
         self.breakers = breakers
         self.metrics = metrics
@@ -112,6 +116,19 @@ class GuardedUpstream:
     async def call_with(self, request: UpstreamRequest, wanted: Wanted, read: Reader[T]) -> T:
         """Like `call`, with `read` making the result of the answer; a 5xx counts against the
         breaker after `read` ran."""
+        if self.tracer.on:
+            return await self._traced(request, wanted, read)
+        return await self._guarded(request, wanted, read)
+
+    async def _traced(self, request: UpstreamRequest, wanted: Wanted, read: Reader[T]) -> T:
+        """The call as span `sidecache.upstream` (its queue wait a child span), whose context
+        goes upstream as `traceparent`."""
+        attributes = {"sidecache.endpoint": request.endpoint, "url.path": request.path}
+        with self.tracer.span("sidecache.upstream", attributes, client=True):
+            headers = self.tracer.inject(request.headers)
+            return await self._guarded(replace(request, headers=headers), wanted, read)
+
+    async def _guarded(self, request: UpstreamRequest, wanted: Wanted, read: Reader[T]) -> T:
         breaker = self.breakers.for_endpoint(request.endpoint)
         breaker.admit()  # refuses at once rather than after waiting for a slot
         async with self.gate.slot(request.priority, wanted):

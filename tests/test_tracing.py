@@ -1,0 +1,171 @@
+"""Traces (README "Traces"): a real sidecar exporting to a real OTLP/HTTP endpoint started here,
+the protobuf decoded and its spans checked; with no OTEL_* variables, no tracing at all."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from proxy.tracing import Traced, open_tracer
+from tests.fixtures.otlp import OtlpReceiver, ReceivedSpan
+from tests.fixtures.sidecar import LoopThread, Sidecar, SidecarFactory, Stub, serve_double
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CLIENT_SPAN = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{CLIENT_SPAN}-01"
+SERVER, CLIENT_KIND = 2, 3  # the protobuf's SPAN_KIND_SERVER, SPAN_KIND_CLIENT
+QUESTION = "What is the secret word of the lighthouse keeper?"
+OTEL_VARIABLES = (
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT",
+    "OTEL_SERVICE_NAME",
+)
+
+
+@pytest.fixture
+def receiver(loop_thread: LoopThread) -> Iterator[tuple[OtlpReceiver, str]]:
+    otlp = OtlpReceiver()
+    runner, url = loop_thread.run(serve_double(otlp.app()))
+    yield otlp, url.removesuffix("/v1")
+    loop_thread.run(runner.cleanup())
+
+
+@pytest.fixture
+def traced(
+    make_sidecar: SidecarFactory,
+    receiver: tuple[OtlpReceiver, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> SidecarFactory:
+    """`traced(**env)`: a sidecar exporting its spans to `receiver` (the SDK reads os.environ)."""
+    for name in OTEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver[1])
+    return make_sidecar
+
+
+def _ask(sidecar: Sidecar) -> str:
+    client = sidecar.client(traceparent=TRACEPARENT)
+    answer = client.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": QUESTION}]
+    )
+    return answer.choices[0].message.content or ""
+
+
+def _exported(sidecar: Sidecar, otlp: OtlpReceiver) -> list[ReceivedSpan]:
+    tracer = sidecar.runtime.tracer
+    assert isinstance(tracer, Traced)
+    assert tracer.flush()
+    return otlp.spans
+
+
+def _named(spans: list[ReceivedSpan], name: str) -> list[ReceivedSpan]:
+    return [span for span in spans if span.name == name]
+
+
+def test_miss_and_hit_are_server_spans_continuing_the_clients_trace(
+    traced: SidecarFactory, receiver: tuple[OtlpReceiver, str], stub: Stub
+) -> None:
+    sidecar = traced()
+    _ask(sidecar)
+    _ask(sidecar)
+    spans = _exported(sidecar, receiver[0])
+    servers = [span for span in spans if span.kind == SERVER]
+    assert len(servers) == 2
+    miss, hit = servers
+    for span in servers:
+        assert span.name == "chat gpt-4o-mini"
+        assert span.trace_id == TRACE_ID and span.parent_id == CLIENT_SPAN
+        assert span.service == "sidecache"
+        attributes = span.attributes
+        assert attributes["gen_ai.operation.name"] == "chat"
+        assert attributes["gen_ai.provider.name"] == "openai"
+        assert attributes["gen_ai.request.model"] == "gpt-4o-mini"
+        assert attributes["gen_ai.usage.input_tokens"] > 0
+        assert attributes["gen_ai.usage.output_tokens"] > 0
+        assert attributes["http.response.status_code"] == 200
+        assert len(attributes["sidecache.tenant"]) > 8
+    assert miss.attributes["sidecache.cache"] == "MISS"
+    assert miss.attributes["sidecache.cost_usd"] > 0
+    assert hit.attributes["sidecache.cache"] == "HIT"
+    assert hit.attributes["sidecache.cache.match"] == "exact"
+    assert hit.attributes["sidecache.cost_usd"] == 0
+    assert hit.attributes["sidecache.saved_cost_usd"] == miss.attributes["sidecache.cost_usd"]
+    # Children: each request's cache lookup; the miss's upstream call.
+    lookups = _named(spans, "sidecache.cache.lookup")
+    assert sorted(span.parent_id for span in lookups) == sorted([miss.span_id, hit.span_id])
+    (upstream,) = _named(spans, "sidecache.upstream")
+    assert upstream.parent_id == miss.span_id and upstream.trace_id == TRACE_ID
+    assert upstream.kind == CLIENT_KIND
+    assert upstream.attributes["sidecache.endpoint"] == "chat.completions"
+    # What reached the upstream continues the trace under the sidecar's upstream span.
+    (sent,) = [r for r in stub.fake.requests if r.path == "/v1/chat/completions"]
+    assert sent.headers["traceparent"] == f"00-{TRACE_ID}-{upstream.span_id}-01"
+    # No message content by default.
+    for span in spans:
+        assert not [name for name, _ in span.events if name.startswith("gen_ai.")]
+        assert QUESTION not in repr(span.attributes)
+
+
+def test_message_content_only_with_the_capture_variable(
+    traced: SidecarFactory, receiver: tuple[OtlpReceiver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "gateway-a")
+    sidecar = traced()
+    said = _ask(sidecar)
+    (server,) = [span for span in _exported(sidecar, receiver[0]) if span.kind == SERVER]
+    assert server.service == "gateway-a"
+    events = dict(server.events)
+    assert events["gen_ai.user.message"]["content"] == QUESTION
+    assert said and events["gen_ai.choice"]["content"] == said
+
+
+def test_anthropic_messages_name_their_provider(
+    traced: SidecarFactory, receiver: tuple[OtlpReceiver, str]
+) -> None:
+    sidecar = traced()
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": QUESTION}],
+    }
+    headers = {"x-api-key": "sk-ant-test-0123456789", "anthropic-version": "2023-06-01"}
+    answer = sidecar.request("POST", "/v1/messages", body, headers)
+    assert answer.status == 200, answer.body
+    (server,) = [span for span in _exported(sidecar, receiver[0]) if span.kind == SERVER]
+    assert server.attributes["gen_ai.provider.name"] == "anthropic"
+    assert server.attributes["gen_ai.operation.name"] == "chat"
+    assert server.trace_id != TRACE_ID  # no traceparent sent: a trace of its own
+
+
+def test_without_the_variables_nothing_is_traced(
+    make_sidecar: SidecarFactory,
+    receiver: tuple[OtlpReceiver, str],
+    stub: Stub,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in OTEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    sidecar = make_sidecar()
+    _ask(sidecar)
+    _ask(sidecar)
+    assert not sidecar.runtime.tracer.on
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("OtelBatch")]
+    assert receiver[0].posts == 0
+    # The client's traceparent still reaches the upstream unchanged.
+    (sent,) = [r for r in stub.fake.requests if r.path == "/v1/chat/completions"]
+    assert sent.headers["traceparent"] == TRACEPARENT
+
+
+def test_an_endpoint_without_the_extra_is_said_once_and_runs_untraced(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if the extra were not installed
+    tracer = open_tracer({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+    assert not tracer.on
+    (record,) = [r for r in caplog.records if "OpenTelemetry SDK is not installed" in r.message]
+    assert record.levelname == "WARNING"
