@@ -43,8 +43,11 @@ async def test_100_misses_over_two_replicas_make_one_upstream_call(
     answers: list[Asked] = await asyncio.wait_for(asyncio.gather(lead, *rest), WAIT_S)
     on_a, on_b = [answers[0], *answers[2::2]], answers[1::2]
     assert stub.calls == 1
-    assert Counter(x.cache for x in on_a) == {"MISS": 1, "COALESCED": 49}
-    assert Counter(x.cache for x in on_b) == {"COALESCED": 50}
+    # Each follower waited on the flight (COALESCED) unless a loaded machine let it in only
+    # after the leader's answer was stored (HIT): either way, no second upstream call.
+    assert [x.cache for x in on_a].count("MISS") == 1 and answers[0].cache == "MISS"
+    assert {x.cache for x in on_a[1:] + on_b} <= {"COALESCED", "HIT"}
+    assert "COALESCED" in {x.cache for x in on_b}  # replica b did wait on a's flight
     assert len({x.text for x in answers}) == 1
     for client in clients:  # both read the entry the leader stored
         assert (await ask(client)).cache == "HIT"
