@@ -22,20 +22,21 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def _table(head: str, align: str, rows: list[str], empty: str) -> list[str]:
+    """A Markdown table (`head` and `align` rows, then `rows`), or the `empty` sentence."""
+    return [head, align, *rows] if rows else [empty]
+
+
 def _spend_table(title: str, groups: list[GroupSpend]) -> list[str]:
-    lines = [f"## Spend and savings by {title}", ""]
-    if not groups:
-        return [*lines, "No requests in either window.", ""]
-    lines += [
-        f"| {title} | requests | hit rate | spend | change | saved | change |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    lines += [
+    rows = [
         f"| {_cell(g.key)} | {g.requests} | {_rate(g.hits, g.requests)} | {_usd(g.cost)} | "
         f"{_change(g.cost_change)} | {_usd(g.saved)} | {_change(g.saved_change)} |"
         for g in groups
     ]
-    return [*lines, ""]
+    head = f"| {title} | requests | hit rate | spend | change | saved | change |"
+    align = "|---|---:|---:|---:|---:|---:|---:|"
+    table = _table(head, align, rows, "No requests in either window.")
+    return [f"## Spend and savings by {title}", "", *table, ""]
 
 
 def render_markdown(report: Report) -> str:
@@ -55,53 +56,52 @@ def render_markdown(report: Report) -> str:
     lines += _spend_table("tenant", report.by_tenant)
     lines += _spend_table("endpoint", report.by_endpoint)
     lines += ["## Hit rate by persona dimension", ""]
-    if report.persona:
-        lines += ["| dimension | value | requests | hit rate | saved |", "|---|---|---:|---:|---:|"]
-        lines += [
+    lines += _table(
+        "| dimension | value | requests | hit rate | saved |",
+        "|---|---|---:|---:|---:|",
+        [
             f"| {_cell(p.dimension)} | {_cell(p.value)} | {p.requests} | "
             f"{_rate(p.hits, p.requests)} | {_usd(p.saved)} |"
             for p in report.persona
-        ]
-    else:
-        lines.append("No request in the window carried a persona.")
+        ],
+        "No request in the window carried a persona.",
+    )
     lines += ["", "## Persona dimensions that never changed the answer", ""]
-    if report.dimensions:
-        lines += ["| dimension | requests compared | answer changed | never changed | saving |",
-                  "|---|---:|---:|---|---:|"]  # fmt: skip
-        lines += [
+    lines += _table(
+        "| dimension | requests compared | answer changed | never changed | saving |",
+        "|---|---:|---:|---|---:|",
+        [
             f"| {_cell(d.dimension)} | {d.requests_compared} | {d.changed_answer} | "
             f"{'yes' if d.never_changed else 'no'} | {_usd(d.saving_usd)} |"
             for d in report.dimensions
-        ]
-        drop = [d.dimension for d in report.dimensions if d.never_changed]
-        if drop:
-            lines += ["", f"Candidates to leave out of `X-Cache-Persona-Dims`: {', '.join(drop)}."]
-    else:
-        lines.append("No answers with digests in the window (ledger before migration 005?).")
+        ],
+        "No answers with digests in the window (ledger before migration 005?).",
+    )
+    drop = [d.dimension for d in report.dimensions if d.never_changed]
+    if drop:
+        lines += ["", f"Candidates to leave out of `X-Cache-Persona-Dims`: {', '.join(drop)}."]
     lines += ["", "## Repeated misses (candidates for warming)", ""]
-    if report.repeated_misses:
-        lines += [
-            "| request digest | model | endpoint | misses | cost |",
-            "|---|---|---|---:|---:|",
-        ]
-        lines += [
+    lines += _table(
+        "| request digest | model | endpoint | misses | cost |",
+        "|---|---|---|---:|---:|",
+        [
             f"| {m.request_digest} | {_cell(m.model)} | {m.endpoint} | {m.misses} | "
             f"{_usd(m.cost)} |"
             for m in report.repeated_misses
-        ]
-    else:
-        lines.append("No request was missed more than once.")
+        ],
+        "No request was missed more than once.",
+    )
     lines += ["", "## Budgets near their limits", ""]
-    if report.budgets_near:
-        lines += ["| scope | subject | tenant | period | spent | limit | share |",
-                  "|---|---|---|---|---:|---:|---:|"]  # fmt: skip
-        lines += [
+    lines += _table(
+        "| scope | subject | tenant | period | spent | limit | share |",
+        "|---|---|---|---|---:|---:|---:|",
+        [
             f"| {b.scope} | {_cell(b.subject)} | {_cell(b.tenant)} | {b.period} | "
             f"{_usd(b.spent_usd)} | {_usd(b.limit_usd)} | {100 * b.share:.0f} % |"
             for b in report.budgets_near
-        ]
-    else:
-        lines.append("No budget is at 80 % of its limit or more.")
+        ],
+        "No budget is at 80 % of its limit or more.",
+    )
     lines += ["", "## Slowest report queries", "", "| query | ms | rows |", "|---|---:|---:|"]
     lines += [f"| {q.name} | {q.ms:.1f} | {q.rows} |" for q in report.slowest]
     lines += ["", "## Index advice", ""]
