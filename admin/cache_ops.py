@@ -28,6 +28,8 @@ from proxy.failures import Conflict, InvalidRequest, NotAuthenticated, NotFound
 from proxy.invalidation.selectors import canonical
 from proxy.persona import HEADER_BY_DIMENSION, USER_ID_HEADER, parse_user_id
 from proxy.runtime import Runtime
+from proxy.workers import MESH
+from proxy.workers.mesh import InvalidateNotice
 
 ADMIN = "admin"
 MAX_WARM_REQUESTS = 10_000
@@ -55,6 +57,9 @@ class CacheApi:
         ]
         invalidations = self.runtime.invalidations
         stamp = await invalidations.invalidate(selectors, source=ADMIN)
+        mesh = request.app.get(MESH)
+        if mesh is not None and self.runtime.redis is None:  # with Redis the rules are shared
+            await mesh.broadcast("/invalidate", InvalidateNotice(selectors))
         audited = await audit(
             self.runtime.ledger.sink,
             request[CALLER],

@@ -12,6 +12,8 @@ from admin.models import Circuit, Circuits, LastFailure, ResetAnswer, ResetBody
 from admin.wire import json_answer, read_body
 from proxy.failures import InvalidRequest
 from proxy.runtime import Runtime
+from proxy.workers import MESH
+from proxy.workers.mesh import ResetNotice
 
 
 def _iso(moment: float) -> str:
@@ -49,6 +51,9 @@ class CircuitApi:
                               param="breaker")  # fmt: skip
         before = {name: b.state for name, b in board.breakers.items()}
         states = board.reset(body.breaker)
+        mesh = request.app.get(MESH)
+        if mesh is not None:  # every worker has its own breakers
+            await mesh.broadcast("/circuits/reset", ResetNotice(body.breaker))
         names: list[str] = [body.breaker] if body.breaker else list(board.breakers)
         audited = await audit(
             self.runtime.ledger.sink,
