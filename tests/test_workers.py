@@ -18,9 +18,12 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from proxy.ledger.records import pack
+from proxy.ledger.sqlite import SqliteSink
+from proxy.workers.merge import merge_expositions
 from tests.fixtures.server_base import free_port
 from tests.fixtures.sidecar import API_KEY, HttpAnswer, Stub, http_request
-from tests.ledger_db import LedgerDb
+from tests.ledger_db import LedgerDb, assert_rollup_matches, make_records
 from tests.test_cli import Served, launch, stop
 
 START_TIMEOUT_S = 30.0
@@ -242,3 +245,54 @@ def test_a_taken_port_stops_the_supervisor(tmp_path: Path) -> None:
             stop(proc)
     log.seek(0)
     assert f"cannot listen on 127.0.0.1:{port} (PROXY_PORT)" in log.read().decode()
+
+
+async def test_two_sinks_share_one_sqlite_file_without_losing_a_row(tmp_path: Path) -> None:
+    """What two workers do to one LEDGER_PATH: both migrate at once (one applies the
+    migrations, the other finds them applied), then both write batches at the same time."""
+    db = LedgerDb("sqlite", str(tmp_path / "ledger.db"))
+    sinks = [SqliteSink(db.target, migrate=False) for _ in range(2)]
+    applied = await asyncio.gather(*(sink.migrate() for sink in sinks))
+    assert sorted(map(len, applied))[0] == 0 and max(map(len, applied)) > 0
+    records = [list(map(pack, make_records(1500, seed=seed))) for seed in (41, 42)]
+
+    async def write_all(sink: SqliteSink, packed: list[bytes]) -> int:
+        return sum([await sink.write(packed[i : i + 100]) for i in range(0, len(packed), 100)])
+
+    written = await asyncio.gather(*(write_all(s, r) for s, r in zip(sinks, records, strict=True)))
+    for sink in sinks:
+        await sink.close()
+    assert written == [1500, 1500]
+    assert await db.count() == 3000
+    for per in ("user", "tenant"):
+        assert_rollup_matches(await db.rollup(per), await db.grouped(per))
+
+
+def test_merged_metrics_sum_amounts_and_keep_the_worst_state() -> None:
+    def exposition(requests: float, breaker: float, up: float, created: float) -> str:
+        return (
+            "# TYPE sidecache_requests counter\n"
+            f'sidecache_requests_total{{endpoint="chat"}} {requests}\n'
+            "# TYPE sidecache_requests_created gauge\n"
+            f'sidecache_requests_created{{endpoint="chat"}} {created}\n'
+            "# TYPE sidecache_breaker_state gauge\n"
+            f'sidecache_breaker_state{{breaker="chat"}} {breaker}\n'
+            "# TYPE sidecache_cache_backend_up gauge\n"
+            f'sidecache_cache_backend_up{{backend="redis"}} {up}\n'
+            "# TYPE sidecache_upstream_in_flight gauge\n"
+            "sidecache_upstream_in_flight 3\n"
+        )
+
+    merged = merge_expositions({0: exposition(5, 0, 1, 200), 1: exposition(7, 2, 0, 100)})
+    series = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(merged.decode())
+        for s in family.samples
+    }
+    assert total(series, "sidecache_requests_total") == 12
+    assert total(series, "sidecache_requests_created") == 100  # the earliest
+    assert total(series, "sidecache_breaker_state") == 2  # open in one worker: open
+    assert total(series, "sidecache_cache_backend_up") == 0  # down in one worker: down
+    assert total(series, "sidecache_upstream_in_flight") == 6
+    assert total(series, "sidecache_workers") == 2
+    assert total(series, "sidecache_worker_requests_total", worker="1") == 7

@@ -7,7 +7,8 @@ reads its siblings' expositions over the mesh and merges them here, series by se
 - counters, histograms and most gauges are summed (requests, in-flight calls, cache entries and
   bytes: the host's totals);
 - a gauge that is a state, not an amount, keeps its worst value (`_WORST`): a breaker open in
-  one worker shows open, a cache backend down in one shows down;
+  one worker shows open, a cache backend, ledger database or budget store down in one shows
+  down;
 - `*_created` timestamps keep the earliest.
 
 Two series are added: `sidecache_workers` (how many workers the figures cover) and
@@ -31,6 +32,8 @@ _WORST: dict[str, Combine] = {
     "sidecache_breaker_state": max,  # 0 closed, 1 half-open, 2 open
     "sidecache_cache_backend_up": min,
     "sidecache_near_cache_on": min,
+    "sidecache_ledger_db_up": min,
+    "sidecache_budget_store_up": min,
 }
 _REQUESTS = "sidecache_requests_total"
 
