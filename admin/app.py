@@ -44,7 +44,7 @@ def create_admin_app(runtime: Runtime, proxy_url: str, mesh: Mesh | None = None)
     else:
         app[MESH] = mesh
         app.router.add_get("/metrics", mesh.merged_metrics)
-    add_api_routes(app, runtime, proxy_url)
+    add_api_routes(app, runtime, proxy_url, mesh)
     return app
 
 

@@ -243,8 +243,9 @@ async def serve(
         access_log = logging.getLogger("aiohttp.access") if server.access_log else None
         if place is not None:
             mesh = Mesh(runtime, place.run_dir, place.index, server.workers)
-            await mesh.start()
         apps = (create_proxy_app(runtime), create_admin_app(runtime, proxy_url, mesh))
+        if mesh is not None:  # after the admin app added its routes to it
+            await mesh.start()
         for app, sock in zip(apps, sockets, strict=True):
             runner = GuardedAppRunner(
                 app,

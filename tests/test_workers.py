@@ -217,6 +217,24 @@ def test_admin_invalidation_and_breaker_reset_reach_every_worker(
     assert total(workers.metrics(), "sidecache_breaker_state") == 0
 
 
+def test_a_warming_job_is_found_whichever_worker_is_asked(start_workers: Any) -> None:
+    workers: Workers = start_workers()
+    question = {"endpoint": "chat.completions", "body": chat_body("Explain photosynthesis.")}
+    warm = {"api_key": API_KEY, "requests": [question]}
+    started = workers.admin_post("cache/warm", warm)
+    assert started.status == 202
+    job = started.json()["id"]
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    path = "/api/admin/dashboard/cache/warm"
+    for _ in range(10):  # each on a new connection: both workers answer some
+        found = http_request(workers.admin, "GET", f"{path}/{job}", headers=headers)
+        assert found.status == 200 and found.json()["id"] == job
+        listed = http_request(workers.admin, "GET", path, headers=headers)
+        assert [j["id"] for j in listed.json()["jobs"]] == [job]
+    missing = http_request(workers.admin, "GET", f"{path}/warm_0000000000000000", headers=headers)
+    assert missing.status == 404
+
+
 @pytest.mark.parametrize(
     ("args", "env"),
     [((), {"WORKERS": "0"}), ((), {"WORKERS": "two"}), (("--workers", "-1"), {})],

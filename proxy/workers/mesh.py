@@ -55,13 +55,14 @@ class Mesh:
         self.index = index
         self.count = count
         self._runner: web.AppRunner | None = None
+        # The admin app adds its own routes (warming jobs) before start().
+        self.app = web.Application()
+        self.app.router.add_get("/metrics", self._own_metrics)
+        self.app.router.add_post("/circuits/reset", self._reset)
+        self.app.router.add_post("/invalidate", self._invalidate)
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/metrics", self._own_metrics)
-        app.router.add_post("/circuits/reset", self._reset)
-        app.router.add_post("/invalidate", self._invalidate)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
         path = socket_path(self.run_dir, self.index)
         path.unlink(missing_ok=True)  # a previous worker of this index died without removing it
@@ -75,7 +76,7 @@ class Mesh:
     async def merged_metrics(self, request: web.Request) -> web.Response:
         """`GET /metrics` on the admin port: every worker's figures, summed."""
         texts = {self.index: self._exposition()}
-        for index, body in (await self._ask_siblings("GET", "/metrics")).items():
+        for index, body in (await self.ask_siblings("GET", "/metrics")).items():
             texts[index] = body.decode()
         return web.Response(
             body=merge_expositions(texts), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -83,9 +84,11 @@ class Mesh:
 
     async def broadcast(self, path: str, notice: msgspec.Struct) -> int:
         """Sends `notice` to every sibling; the number of siblings that took it."""
-        return len(await self._ask_siblings("POST", path, msgspec.json.encode(notice)))
+        return len(await self.ask_siblings("POST", path, msgspec.json.encode(notice)))
 
-    async def _ask_siblings(self, method: str, path: str, body: bytes = b"") -> dict[int, bytes]:
+    async def ask_siblings(self, method: str, path: str, body: bytes = b"") -> dict[int, bytes]:
+        """Each sibling's answer body, by index; left out: those that answered 404 (not
+        there) or did not answer."""
         siblings = [i for i in range(self.count) if i != self.index]
         answers = await asyncio.gather(*(self._ask(i, method, path, body) for i in siblings))
         return {
@@ -100,6 +103,8 @@ class Mesh:
                 aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
                 session.request(method, f"http://worker{path}", data=body) as answer,
             ):
+                if answer.status == 404:
+                    return None
                 answer.raise_for_status()
                 return await answer.read()
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
