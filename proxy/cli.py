@@ -69,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_cmd.add_argument("--format", choices=("md", "html"), default="md")
     report_cmd.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
     args = parser.parse_args(argv)
+    if args.command == "serve" and (args.worker_index is None) != (args.run_dir is None):
+        parser.error("--worker-index and --run-dir go together (the supervisor gives both)")
     if args.command == "migrate":
         return migrate_command(dict(os.environ))
     if args.command == "report":

@@ -6,9 +6,11 @@ breaker resets reach both workers, and a bad WORKERS stops start-up."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -105,6 +107,10 @@ def start_workers(tmp_path: Path, stub: Stub) -> Iterator[Callable[..., Workers]
 
     yield start
     for workers in started:
+        if workers.proc.poll() is None:  # drained, so the supervisor removes its run directory
+            workers.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                workers.proc.wait(60)
         stop(workers.proc)
         workers.log.close()
 

@@ -12,7 +12,9 @@ reached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,7 @@ class Mesh:
         self.index = index
         self.count = count
         self._runner: web.AppRunner | None = None
+        self._supervisor = os.getppid()
         # The admin app adds its own routes (warming jobs) before start().
         self.app = web.Application()
         self.app.router.add_get("/metrics", self._own_metrics)
@@ -72,6 +75,10 @@ class Mesh:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        socket_path(self.run_dir, self.index).unlink(missing_ok=True)
+        if os.getppid() != self._supervisor:  # orphaned: the last worker out removes the dir
+            with contextlib.suppress(OSError):
+                self.run_dir.rmdir()
 
     async def merged_metrics(self, request: web.Request) -> web.Response:
         """`GET /metrics` on the admin port: every worker's figures, summed."""
