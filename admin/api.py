@@ -22,7 +22,7 @@ def add_api_routes(
     """`proxy_url`: this sidecar's own proxy port, which warming jobs send their requests to;
     `mesh`: the sibling workers, which are asked for the warming jobs they run."""
     board = Dashboard(runtime, QueryRunner(runtime.ledger.sink))
-    breakers = CircuitApi(runtime)
+    breakers = CircuitApi(runtime, mesh)
     warmer = Warmer(proxy_url)
     cache = CacheApi(runtime, warmer, mesh)
 

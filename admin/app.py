@@ -16,7 +16,7 @@ from proxy.errors import error_response, failure_response, http_error_response
 from proxy.failures import Failure
 from proxy.health import healthz, readyz
 from proxy.runtime import RUNTIME, Runtime
-from proxy.workers import MESH, Mesh
+from proxy.workers import Mesh
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -42,7 +42,6 @@ def create_admin_app(runtime: Runtime, proxy_url: str, mesh: Mesh | None = None)
     if mesh is None:
         app.router.add_get("/metrics", make_aiohttp_handler(runtime.metrics.registry))
     else:
-        app[MESH] = mesh
         app.router.add_get("/metrics", mesh.merged_metrics)
     add_api_routes(app, runtime, proxy_url, mesh)
     return app

@@ -172,9 +172,8 @@ def supervise(settings: Settings, upstream: str | None) -> int:
     given = ["--upstream", upstream] if upstream else []
 
     def command(index: int, run_dir: Path) -> list[str]:
-        place = ["--worker-index", str(index), "--run-dir", str(run_dir)]
-        return [sys.executable, "-m", "proxy", "serve", *given,
-                "--workers", str(server.workers), *place]  # fmt: skip
+        place = ["--workers", str(server.workers), "--worker-index", str(index)]
+        return [sys.executable, "-m", "proxy", "serve", *given, *place, "--run-dir", str(run_dir)]
 
     return asyncio.run(Supervisor(server.workers, command, make_run_dir()).run())
 

@@ -136,6 +136,3 @@ class Mesh:
 
 def _json(value: Any) -> web.Response:
     return web.Response(body=msgspec.json.encode(value), content_type="application/json")
-
-
-MESH = web.AppKey("mesh", Mesh)
