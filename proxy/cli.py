@@ -268,6 +268,8 @@ async def serve(
             runtime.store.backend,
             "fake" if fake else settings.upstream.base_url,
         )
+        if place is not None:
+            log.info("worker %d of %d ready (pid %d)", place.index, server.workers, os.getpid())
         gc.collect()
         gc.freeze()  # long-lived start-up objects leave the GC's scans (docs/design.md §9)
         await stop.wait()
