@@ -33,6 +33,10 @@ an in-process dict), in three alternating rounds of the same wrk and hey hit loa
 median max req/s, paced p50/p99 and ratio to the dict floor, and the sidecars' CPU per hit
 (about 3 minutes, 45 s with `--quick`).
 
+Issue 15's `workers_hits` (bench/workers.py): the hit path with `serve --workers 1` vs `2`, on
+the memory store and on Redis, in alternating rounds of the same wrk and hey hit loads (about
+2 minutes, 40 s with `--quick`). On 2 cores wrk takes one, which the row says.
+
 Issue 19's rows start servers of their own and stop them as soon as they are done (on an
 ExitStack of their own: the big-body servers alone hold ~1 GB): `big_bodies_rss`
 (bench/bodies.py), `budget_overshoot` (bench/overshoot.py) and `busy_refusal` (bench/busy.py);
@@ -98,6 +102,7 @@ from . import (
     stores,
     tracing,
     versus,
+    workers,
     worktree,
 )
 from .machine import CpuMeter
@@ -116,6 +121,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     responses.responses_hits,
     versus.hits_vs_baseline,
     stores.hits_by_store,
+    workers.workers_hits,
     misses.miss_overhead,
     batching.embeddings_batching,
     coalescing.coalescing_savings,
