@@ -51,9 +51,10 @@ SELECT dim, sum(CASE WHEN n_vals > 1 THEN 1 ELSE 0 END),
        sum(CASE WHEN n_vals > 1 AND NOT same THEN 1 ELSE 0 END),
        coalesce(sum(CASE WHEN n_vals > 1 AND same THEN saving ELSE 0 END), 0)
 FROM groups_ GROUP BY dim"""
+# PostgreSQL's ids are uuids: as text they are compared bytewise ("C"), as it orders uuids.
 DIMENSIONS = {
     "postgres": _DIMENSIONS.format(
-        each="jsonb_each_text", rest="r.persona - p.key", id="r.id::text"
+        each="jsonb_each_text", rest="r.persona - p.key", id='r.id::text COLLATE "C"'
     ),
     "sqlite": _DIMENSIONS.format(
         each="json_each", rest="""json_remove(r.persona, '$."' || p.key || '"')""", id="r.id"
