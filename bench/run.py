@@ -19,9 +19,9 @@ The table is printed and also written to bench/results/latest.json. The exit sta
 everything was measured, even if a target was missed (this is a measurement, not a test), and
 1 when the harness itself failed (a server did not start, no cache hit after warm-up, non-200
 answers under load, requests of a hit run reaching the upstream). The whole run takes about
-eight minutes (`hits_by_store` three of them, loading the 10M-row ledger of the `costs` row
-two); `--quick` scales every count and duration down (about two minutes), and
-`--only hit_max_rate,costs` runs some rows alone.
+eight minutes (`hits_by_store` three of them, loading the 10M-row ledger of the `costs` row,
+which `report_time` reads again, two); `--quick` scales every count and duration down (about
+two minutes), and `--only hit_max_rate,costs` runs some rows alone.
 
 Issue 14's `responses_hits` (bench/responses.py) runs a Responses API hit beside the same chat
 hit on the bench's sidecar, in alternating rounds of the wrk and hey hit loads (about 70 s).
