@@ -44,4 +44,5 @@ def add_api_routes(app: web.Application, runtime: Runtime, proxy_url: str) -> No
     app.router.add_get(f"{PREFIX}/cache/warm/{{job}}", cache.warm_job)
     app.router.add_get(f"{PREFIX}/circuits", breakers.list)
     app.router.add_post(f"{PREFIX}/circuits/reset", breakers.reset)
+    app.router.add_get(f"{PREFIX}/upstreams", breakers.upstreams)
     app.router.add_get(REPORT_PATH, ReportApi(runtime).report)

@@ -29,6 +29,8 @@ ROUTES: list[tuple[str, str, str, type | None, type | None, type]] = [
     ("/circuits", "get", "Every circuit breaker", None, None, m.Circuits),
     ("/circuits/reset", "post", "Close one breaker or all (audited)", None, m.ResetBody,
      m.ResetAnswer),
+    ("/upstreams", "get", "Each upstream's health and share of answers; retries and fallbacks",
+     None, None, m.Upstreams),
     ("/cache/invalidate", "post", "Invalidate entries by selectors, on every replica (audited)",
      None, c.InvalidateBody, c.Invalidated),
     ("/cache/feedback", "post", "Report a semantic hit wrong: never served semantically again "

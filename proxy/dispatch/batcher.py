@@ -183,6 +183,7 @@ class Batcher:
             headers=batch.headers,
             body=body,
             priority=min(w.priority for s in slots for w in s.waiters),
+            model=model if isinstance(model := batch.params.get("model"), str) else None,
         )
         try:
             reply = await self._upstream.call(request, lambda: _wanted(slots))

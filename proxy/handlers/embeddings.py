@@ -205,6 +205,7 @@ async def _fetch(
         body=_encode(body),
         priority=parsed.priority,
         tenant=parsed.identity.tenant,
+        model=model if isinstance(model := parsed.body.get("model"), str) else None,
     )
     reply = await runtime.upstream.call(call, lambda: client_connected(request))
     if reply.status != 200:

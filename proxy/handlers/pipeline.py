@@ -172,6 +172,7 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
                 body=route.adapter.upstream_body(parsed, asked),
                 priority=parsed.priority,
                 tenant=parsed.identity.tenant,
+                model=asked.model,
             ),
             validate=route.adapter.validate,
             plan=plan,
