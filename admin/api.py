@@ -26,7 +26,9 @@ def add_api_routes(app: web.Application, runtime: Runtime, proxy_url: str) -> No
         await warmer.close()
 
     app.on_cleanup.append(stop_warming)
-    document = msgspec.json.encode(openapi_document(runtime.settings.persona))
+    document = msgspec.json.encode(
+        openapi_document(runtime.settings.persona, list(runtime.breakers.breakers))
+    )
 
     async def openapi(request: web.Request) -> web.Response:
         return web.Response(body=document, content_type="application/json")
