@@ -158,3 +158,17 @@ api_key_env = "AZURE_KEY"
         assert plain.url("/v1/chat/completions") == "http://vllm:8000/v1/chat/completions"
     finally:
         await client.close()
+
+
+def test_embeddings_route_and_record_their_upstream(
+    routed: Routed, stub: Stub, backup: Stub, loop_thread: LoopThread
+) -> None:
+    sidecar: Sidecar = routed()
+    for inputs in (["one input"], ["two", "inputs"]):  # micro-batched, then a call of its own
+        body = {"model": "text-embedding-3-small", "input": inputs}
+        answer = sidecar.request("POST", "/v1/embeddings", body)
+        assert answer.status == 200 and answer.headers["x-upstream"] == "backup"
+    assert (stub.calls, backup.calls) == (0, 2)
+    flush(loop_thread, sidecar)
+    rows = loop_thread.run(ledger_of(sidecar).fetch("SELECT upstream FROM ai_requests"))
+    assert [r["upstream"] for r in rows] == ["backup", "backup"]

@@ -46,7 +46,7 @@ from proxy.handlers.pipeline import submit_share
 from proxy.keys import NON_SEMANTIC_FIELDS, CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
-from proxy.upstream.guarded import UpstreamRequest
+from proxy.upstream.guarded import UPSTREAM_HEADER, UpstreamRequest
 from proxy.upstream.headers import client_response_headers
 from proxy.vectors import apportion, from_wire, to_wire
 from proxy.vocabulary import CacheStatus, Endpoint
@@ -181,6 +181,7 @@ async def _fill(
     if isinstance(fetched, web.Response):  # the upstream's error answer: release the hold
         await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, 0.0, held)
         return fetched
+    outcome.upstream = fetched.relayed.get(UPSTREAM_HEADER)  # the ledger's (migration 006)
     cost = outcome.paid(runtime.prices, fetched.spent, 0, 0)
     await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, cost, held)
     new = fetched.vectors(meta)
