@@ -93,3 +93,12 @@ def test_retries_count_in_the_breaker(routed: Routed, stub: Stub) -> None:
     refused = chat(sidecar, "breaker open now")
     assert refused.status == 503 and refused.json()["error"]["code"] == "circuit_open"
     assert stub.calls == 3
+
+
+def test_no_retry_that_its_own_breaker_would_refuse(routed: Routed, stub: Stub) -> None:
+    sidecar = routed(fallbacks=NO_FALLBACKS, BREAKER_FAIL_MAX="2")
+    stub.fake.fail_next, stub.fake.fail_status = 5, 503
+    answer = chat(sidecar, "the second failure opens the breaker")
+    assert answer.status == 503 and answer.json()["error"]["code"] != "circuit_open"
+    assert (stub.calls, retries(sidecar)) == (2, 1)  # the upstream's own 503, relayed
+    assert sidecar.runtime.breakers.breakers["primary/chat"].state == "open"

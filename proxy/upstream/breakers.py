@@ -104,6 +104,12 @@ class Breaker:
     def failures(self) -> int:
         return int(self.cb.fail_counter)
 
+    def near_open(self) -> bool:
+        """Whether one more failure opens it (or it is not closed): a retry then would only be
+        refused by the breaker its own tries opened, so the caller answers the failure."""
+        closed = self.state == pybreaker.STATE_CLOSED
+        return not closed or self.failures + 1 >= int(self.cb.fail_max)
+
     def opened_at(self) -> datetime | None:
         opened: datetime | None = self.cb._state_storage.opened_at
         return opened if self.state != pybreaker.STATE_CLOSED else None

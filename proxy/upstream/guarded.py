@@ -247,8 +247,9 @@ class GuardedUpstream:
                 )
             except UpstreamUnreachable:
                 wait = backoff_s(attempt, None, self._rng)
-                if not retry_left or not self._fits(wait, deadline):
-                    raise
+                breaker = self.breakers.for_endpoint(request.endpoint, lane.name)
+                if not retry_left or not self._fits(wait, deadline) or breaker.state != "closed":
+                    raise  # (a breaker its own tries opened would only refuse the retry)
                 outcome = _Again(0, wait)
             if not isinstance(outcome, _Again) or outcome.wait_s is None:
                 return outcome
@@ -292,11 +293,17 @@ class GuardedUpstream:
                 return counted.again
 
     def _again(
-        self, response: aiohttp.ClientResponse, deadline: float, attempt: int | None, last: bool
+        self,
+        response: aiohttp.ClientResponse,
+        breaker: Breaker,
+        deadline: float,
+        attempt: int | None,
+        last: bool,
     ) -> _Again | None:
-        """What to do instead of reading this answer: retry (`wait_s`), move on, or neither."""
+        """What to do instead of reading this answer: retry (`wait_s`), move on, or neither.
+        No retry when this failure opens the breaker: the client gets the answer instead."""
         status = response.status
-        if attempt is not None and status in RETRY_STATUSES:
+        if attempt is not None and status in RETRY_STATUSES and not breaker.near_open():
             wait = backoff_s(attempt, retry_after_s(response.headers), self._rng)
             if self._fits(wait, deadline):
                 return _Again(status, wait)
@@ -326,7 +333,7 @@ class GuardedUpstream:
                 self.metrics.observe_upstream(
                     request.endpoint, response.status, time.perf_counter() - started
                 )
-                again = self._again(response, deadline, attempt, last)
+                again = self._again(response, breaker, deadline, attempt, last)
                 if again is not None:
                     await read_body(response)  # keeps the connection for the next call
                     if response.status >= 500 and breaker.counts_5xx(request.tenant):
