@@ -35,8 +35,9 @@ from proxy.dispatch.batch_shapes import BatchKey, BatchKind, Share
 from proxy.dispatch.flight import Answer
 from proxy.failures import BadUpstreamAnswer, ClientGone, Failure, UpstreamError
 from proxy.settings import BatchSettings
+from proxy.upstream.exchange import UpstreamRequest
 from proxy.upstream.gate import Priority
-from proxy.upstream.guarded import GuardedUpstream, UpstreamRequest
+from proxy.upstream.guarded import GuardedUpstream
 from proxy.vectors import apportion
 
 log = logging.getLogger("sidecache.batcher")

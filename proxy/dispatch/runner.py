@@ -30,8 +30,9 @@ from proxy.errors import anthropic_error_body, error_body
 from proxy.failures import ClientGone, Failure, UpstreamError, UpstreamTimeout
 from proxy.sse import SseParser, format_event
 from proxy.upstream.client import read_body
+from proxy.upstream.exchange import Exchange, UpstreamFailure, UpstreamRequest
 from proxy.upstream.flex import FLEX, RETRY_AT_STANDARD, FlexLane, answer_tier
-from proxy.upstream.guarded import Exchange, GuardedUpstream, UpstreamFailure, UpstreamRequest
+from proxy.upstream.guarded import GuardedUpstream
 
 log = logging.getLogger("sidecache.flight")
 # How often a call nobody else shares checks that its client is still there (aiohttp does not

@@ -44,8 +44,8 @@ from proxy.handlers.semantic import remember_answer, semantic_headers, semantic_
 from proxy.keys import CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
+from proxy.upstream.exchange import UpstreamRequest
 from proxy.upstream.gate import Wanted
-from proxy.upstream.guarded import UpstreamRequest
 from proxy.vocabulary import CacheMatch, CacheStatus, Endpoint
 from proxy.wire import Usage
 
