@@ -9,13 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from proxy.settings import SettingsError
 from proxy.settings_load import load_settings
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.lanes import Lane
 from proxy.upstream.routes import RouteTable, Target
-from tests.fixtures.sidecar import LoopThread, Sidecar, Stub
+from tests.fixtures.sidecar import LoopThread, Sidecar, SidecarFactory, Stub, serve_double
 from tests.fixtures.upstreams import Routed, chat, routing_toml
 from tests.test_ledger_e2e import flush, ledger_of
 
@@ -172,3 +173,69 @@ def test_embeddings_route_and_record_their_upstream(
     flush(loop_thread, sidecar)
     rows = loop_thread.run(ledger_of(sidecar).fetch("SELECT upstream FROM ai_requests"))
     assert [r["upstream"] for r in rows] == ["backup", "backup"]
+
+
+class AzureDouble:
+    """Azure OpenAI's URL shape on loopback: records each call's path, query and headers."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, dict[str, str]]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)
+        return app
+
+    async def chat(self, request: web.Request) -> web.Response:
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.calls.append((request.path, request.query_string, headers))
+        body = await request.json()
+        return web.json_response(
+            {
+                "id": "chatcmpl-azure",
+                "object": "chat.completion",
+                "created": 1,
+                "model": body["model"],
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": "from azure"},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
+            }
+        )
+
+
+def test_an_azure_upstream_is_called_its_way(
+    make_sidecar: SidecarFactory, loop_thread: LoopThread, tmp_path: Path
+) -> None:
+    azure = AzureDouble()
+    runner, url = loop_thread.run(serve_double(azure.app()))
+    try:
+        config = tmp_path / "azure.toml"
+        config.write_text(
+            f"""
+[[upstreams]]
+name = "azure"
+base_url = "{url.removesuffix("/v1")}"
+models = ["gpt-4o*"]
+api = "azure"
+api_version = "2024-10-21"
+deployments = {{"gpt-4o" = "prod-4o"}}
+api_key_env = "AZURE_KEY"
+"""
+        )
+        sidecar = make_sidecar(SIDECACHE_CONFIG=str(config), AZURE_KEY="azure-secret-key")
+        answer = chat(sidecar, "hello azure", model="gpt-4o")
+        assert answer.status == 200 and answer.headers["x-upstream"] == "azure"
+        assert answer.json()["choices"][0]["message"]["content"] == "from azure"
+        ((path, query, headers),) = azure.calls
+        assert (path, query) == (
+            "/openai/deployments/prod-4o/chat/completions",
+            "api-version=2024-10-21",
+        )
+        assert headers["api-key"] == "azure-secret-key" and "authorization" not in headers
+    finally:
+        loop_thread.run(runner.cleanup())
