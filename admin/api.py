@@ -30,7 +30,9 @@ def add_api_routes(
         await warmer.close()
 
     app.on_cleanup.append(stop_warming)
-    document = msgspec.json.encode(openapi_document(runtime.settings.persona))
+    document = msgspec.json.encode(
+        openapi_document(runtime.settings.persona, list(runtime.breakers.breakers))
+    )
 
     async def openapi(request: web.Request) -> web.Response:
         return web.Response(body=document, content_type="application/json")
@@ -48,4 +50,5 @@ def add_api_routes(
     app.router.add_get(f"{PREFIX}/cache/warm/{{job}}", cache.warm_job)
     app.router.add_get(f"{PREFIX}/circuits", breakers.list)
     app.router.add_post(f"{PREFIX}/circuits/reset", breakers.reset)
+    app.router.add_get(f"{PREFIX}/upstreams", breakers.upstreams)
     app.router.add_get(REPORT_PATH, ReportApi(runtime).report)

@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
 from admin.audit import audit
 from admin.auth import CALLER
-from admin.models import Circuit, Circuits, LastFailure, ResetAnswer, ResetBody
+from admin.models import (
+    Circuit,
+    Circuits,
+    FallbackCount,
+    LastFailure,
+    ResetAnswer,
+    ResetBody,
+    UpstreamHealth,
+    Upstreams,
+)
 from admin.wire import json_answer, read_body
 from proxy.failures import InvalidRequest
 from proxy.runtime import Runtime
+from proxy.upstream.routes import DEFAULT
 from proxy.workers import Mesh
 from proxy.workers.mesh import ResetNotice
+
+_WORST = {"closed": 0, "half-open": 1, "open": 2}
 
 
 def _iso(moment: float) -> str:
@@ -31,8 +44,37 @@ def circuits(runtime: Runtime) -> Circuits:
             last_failure=LastFailure(at=_iso(failed[0]), error=failed[1]) if failed else None,
             opened_at=opened.isoformat().replace("+00:00", "Z") if opened else None,
             opened_count=board.opened_count.get(name, 0),
+            upstream=board.upstream_of.get(name, DEFAULT),
         ))  # fmt: skip
     return Circuits(upstream=board.upstream, circuits=out)
+
+
+def upstreams(runtime: Runtime) -> Upstreams:
+    """Each upstream's health (its worst breaker), its share of the answers, its retries, and
+    the fallbacks between upstreams, as this replica counted them since start-up."""
+    guarded, board = runtime.upstream, runtime.breakers
+    stats = guarded.stats
+    served_all = sum(stats.served.values())
+    out = []
+    for name, route in guarded.routes.routes.items():
+        states = [b.state for n, b in board.breakers.items() if board.upstream_of.get(n) == name]
+        served = stats.served.get(name, 0)
+        out.append(UpstreamHealth(
+            name=name, host=_host(route.base_url or runtime.settings.upstream.base_url),
+            models=list(route.models),
+            state=max(states, key=lambda s: _WORST.get(s, 2), default="closed"),
+            served=served, share=round(served / served_all, 6) if served_all else 0.0,
+            retries=stats.retries.get(name, 0),
+        ))  # fmt: skip
+    moved = [FallbackCount(a, b, n) for (a, b), n in sorted(stats.fallbacks.items())]
+    return Upstreams(upstreams=out, fallbacks=moved, retries=sum(stats.retries.values()),
+                     fallbacks_total=sum(stats.fallbacks.values()))  # fmt: skip
+
+
+def _host(url: str) -> str:
+    """host[:port] of a base URL: never its user info, path or query."""
+    parts = urlsplit(url)
+    return (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
 
 
 class CircuitApi:
@@ -42,6 +84,9 @@ class CircuitApi:
 
     async def list(self, request: web.Request) -> web.Response:
         return json_answer(circuits(self.runtime))
+
+    async def upstreams(self, request: web.Request) -> web.Response:
+        return json_answer(upstreams(self.runtime))
 
     async def reset(self, request: web.Request) -> web.Response:
         body = await read_body(request, ResetBody, optional=True)

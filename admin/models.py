@@ -38,8 +38,8 @@ class UsersParams(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 10
 
 
-# The breaker families of proxy.upstream.breakers.FAMILIES.
-BreakerName = Literal["chat", "embeddings", "moderation", "other"]
+# A breaker of proxy.upstream.breakers: a family ("chat") or "<upstream>/<family>".
+BreakerName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_./-]{1,64}$")]
 
 
 class ResetBody(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -222,6 +222,32 @@ class Circuit(msgspec.Struct):
     last_failure: LastFailure | None
     opened_at: str | None
     opened_count: int
+    upstream: str = "default"  # the configured upstream whose calls it guards
+
+
+class UpstreamHealth(msgspec.Struct):
+    """One configured upstream, as this replica has seen it since start-up."""
+
+    name: str
+    host: str  # the base URL's host and port (no path, query or user info)
+    models: list[str]
+    state: str  # its worst breaker: open > half-open > closed
+    served: int  # answers it gave
+    share: float  # of every answer this replica's upstreams gave
+    retries: int
+
+
+class FallbackCount(msgspec.Struct):
+    source: str = msgspec.field(name="from")
+    to: str
+    count: int
+
+
+class Upstreams(msgspec.Struct):
+    upstreams: list[UpstreamHealth]
+    fallbacks: list[FallbackCount]
+    retries: int
+    fallbacks_total: int
 
 
 class Circuits(msgspec.Struct):

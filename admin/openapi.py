@@ -4,6 +4,7 @@ validate its parameters and shape its answers. Served without a token at
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -15,6 +16,7 @@ from admin.report.route import HTML, MARKDOWN, REPORT_PATH, ReportParams
 from admin.schema_rules import tighten
 from proxy.errors import ErrorBody
 from proxy.settings import PersonaSettings
+from proxy.upstream.breakers import FAMILIES
 
 PREFIX = "/api/admin/dashboard"
 # path -> (method, summary, query params struct, body struct, answer struct)
@@ -29,6 +31,8 @@ ROUTES: list[tuple[str, str, str, type | None, type | None, type]] = [
     ("/circuits", "get", "Every circuit breaker", None, None, m.Circuits),
     ("/circuits/reset", "post", "Close one breaker or all (audited)", None, m.ResetBody,
      m.ResetAnswer),
+    ("/upstreams", "get", "Each upstream's health and share of answers; retries and fallbacks",
+     None, None, m.Upstreams),
     ("/cache/invalidate", "post", "Invalidate entries by selectors, on every replica (audited)",
      None, c.InvalidateBody, c.Invalidated),
     ("/cache/feedback", "post", "Report a semantic hit wrong: never served semantically again "
@@ -69,13 +73,20 @@ def _query_parameters(kind: type, schemas: dict[str, Any]) -> list[dict[str, Any
     ]
 
 
-def openapi_document(persona: PersonaSettings | None = None) -> dict[str, Any]:
-    """The document for a sidecar whose persona values are `persona` (the defaults if None)."""
+def openapi_document(
+    persona: PersonaSettings | None = None, breakers: Sequence[str] = FAMILIES
+) -> dict[str, Any]:
+    """The document for a sidecar whose persona values are `persona` (the defaults if None)
+    and whose breakers are named `breakers` (one set per configured upstream)."""
     kinds: list[type] = [ErrorBody]
     for _, _, _, query, body, answer in ROUTES:
         kinds += [k for k in (query, body, answer) if k is not None]
     _, schemas = msgspec.json.schema_components(kinds, ref_template="#/components/schemas/{name}")
     tighten(schemas, persona or PersonaSettings())
+    schemas["ResetBody"]["properties"]["breaker"] = {
+        "anyOf": [{"type": "string", "enum": list(breakers)}, {"type": "null"}],
+        "default": None,
+    }
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
     paths: dict[str, Any] = {}
     for path, method, summary, query, body, answer in ROUTES:

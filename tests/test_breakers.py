@@ -131,7 +131,8 @@ async def test_timeouts_open_the_breaker(make_sidecar: SidecarFactory, stub: Stu
 
 async def test_connection_errors_open_the_breaker(make_sidecar: SidecarFactory) -> None:
     closed_port = f"http://127.0.0.1:{free_port()}/v1"
-    sidecar = breaker_sidecar(make_sidecar, UPSTREAM_BASE_URL=closed_port)
+    # One try per request (retries count too: tests/test_retries.py), so each is one failure.
+    sidecar = breaker_sidecar(make_sidecar, UPSTREAM_BASE_URL=closed_port, UPSTREAM_RETRIES="0")
     client = sidecar.aclient()
     for n in range(3):
         error = await fail(client, f"unreachable {n}")

@@ -15,8 +15,9 @@ from proxy.metrics import Metrics
 from proxy.settings_load import load_settings
 from proxy.upstream.breakers import BreakerBoard
 from proxy.upstream.client import UpstreamClient
+from proxy.upstream.exchange import UpstreamRequest
 from proxy.upstream.gate import Priority, UpstreamGate
-from proxy.upstream.guarded import GuardedUpstream, UpstreamRequest
+from proxy.upstream.guarded import GuardedUpstream
 from tests.fixtures.sidecar import API_KEY, Stub
 
 CHAT = "/v1/chat/completions"

@@ -23,7 +23,7 @@ TABLES = {"ai_requests", "ai_usage_hourly", "ai_usage_tenant_hourly", "admin_aud
           "budget_overrides", "schema_migrations"}  # fmt: skip
 INDEXES = {"ai_requests_user_created", "ai_requests_tenant_created"}
 
-ALL = [1, 2, 3, 4, 5]  # every migration shipped, in order
+ALL = [1, 2, 3, 4, 5, 6]  # every migration shipped, in order
 _PG_MIGRATIONS_TABLE = """
 CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
                                 applied_at timestamptz NOT NULL DEFAULT now())"""
@@ -194,7 +194,7 @@ async def test_migration_004_over_a_003_ledger_keeps_its_rows(db: LedgerDb) -> N
             conn.execute(old_row.replace("{false}", "0"))
             conn.execute(old_rollup)
     sink = db.sink()
-    assert await sink.migrate() == [4, 5]
+    assert await sink.migrate() == [4, 5, 6]
     records = make_records(20, seed=14)
     assert any(r.reasoning_tokens and r.cache_write_tokens for r in records)
     assert any(r.service_tier == "flex" for r in records)

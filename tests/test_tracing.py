@@ -14,6 +14,7 @@ import pytest
 from proxy.tracing import Traced, open_tracer
 from tests.fixtures.otlp import OtlpReceiver, ReceivedSpan
 from tests.fixtures.sidecar import LoopThread, Sidecar, SidecarFactory, Stub, serve_double
+from tests.fixtures.upstreams import Routed, chat
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -254,3 +255,16 @@ def _wait_until(ready: Callable[[], bool], what: str, timeout_s: float = 20.0) -
         if time.monotonic() > deadline:
             pytest.fail(f"not within {timeout_s} s: {what}")
         time.sleep(0.01)
+
+
+def test_retries_and_fallbacks_are_events_of_the_upstream_span(
+    traced: SidecarFactory, receiver: tuple[OtlpReceiver, str], routed: Routed, stub: Stub
+) -> None:
+    sidecar = routed(UPSTREAM_RETRIES="1")  # traced: the exporter's environment is set
+    stub.fake.fail_next, stub.fake.fail_status = 2, 503
+    assert chat(sidecar, "a traced failover").status == 200
+    (upstream,) = _named(_exported(sidecar, receiver[0]), "sidecache.upstream")
+    assert upstream.events == [
+        ("sidecache.retry", {"upstream": "primary", "attempt": 1, "reason": "503"}),
+        ("sidecache.fallback", {"from": "primary", "to": "backup", "reason": "503"}),
+    ]

@@ -193,6 +193,28 @@ export async function loadCircuits() {
   }));
 }
 
+// GET  /api/admin/dashboard/upstreams
+//   {"upstreams": [{"name", "host", "models", "state", "served", "share", "retries"}],
+//    "fallbacks": [{"from", "to", "count"}], "retries": n, "fallbacks_total": n}
+export async function loadUpstreams() {
+  const json = await call("/upstreams");
+  return {
+    upstreams: rows(pick(json, "upstreams") ?? [], "name").map((row) => ({
+      name: String(pick(row, "name") ?? "?"),
+      host: String(pick(row, "host") ?? ""),
+      state: String(pick(row, "state") ?? "unknown"),
+      served: number(row, "served"),
+      share: number(row, "share"),
+      retries: number(row, "retries"),
+    })),
+    fallbacks: rows(pick(json, "fallbacks") ?? [], "from").map((row) => ({
+      from: String(pick(row, "from") ?? "?"),
+      to: String(pick(row, "to") ?? "?"),
+      count: number(row, "count"),
+    })),
+  };
+}
+
 export async function resetBreaker(name) {
   await call("/circuits/reset", { method: "POST", body: { breaker: name } });
 }
@@ -290,6 +312,19 @@ function renderBreakers(breakers) {
   }));
 }
 
+function renderUpstreams({ upstreams, fallbacks }) {
+  $("upstreams").tBodies[0].replaceChildren(...upstreams.map((u) => {
+    const tr = document.createElement("tr");
+    tr.dataset.upstream = u.name;
+    tr.append(cell(u.name), cell(u.host),
+      cell(u.state, `state state-${u.state.replace(/[^a-z_-]/gi, "")}`),
+      cell(String(u.served)), cell(`${(u.share * 100).toFixed(1)} %`), cell(String(u.retries)));
+    return tr;
+  }));
+  $("fallbacks").textContent = fallbacks.length === 0 ? "No fallbacks since start-up."
+    : "Fallbacks: " + fallbacks.map((f) => `${f.from} → ${f.to}: ${f.count}`).join(", ");
+}
+
 // ---- wiring -------------------------------------------------------------------------------
 
 function signedIn(yes) {
@@ -315,6 +350,7 @@ async function refresh() {
     loadEndpoints(span).then(renderEndpoints),
     loadCache(span).then(renderCache),
     loadCircuits().then(renderBreakers),
+    loadUpstreams().then(renderUpstreams),
   ]);
   const failure = results.find((r) => r.status === "rejected");
   if (failure) failed(failure.reason);

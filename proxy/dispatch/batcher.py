@@ -35,8 +35,9 @@ from proxy.dispatch.batch_shapes import BatchKey, BatchKind, Share
 from proxy.dispatch.flight import Answer
 from proxy.failures import BadUpstreamAnswer, ClientGone, Failure, UpstreamError
 from proxy.settings import BatchSettings
+from proxy.upstream.exchange import UpstreamRequest
 from proxy.upstream.gate import Priority
-from proxy.upstream.guarded import GuardedUpstream, UpstreamRequest
+from proxy.upstream.guarded import GuardedUpstream
 from proxy.vectors import apportion
 
 log = logging.getLogger("sidecache.batcher")
@@ -183,6 +184,7 @@ class Batcher:
             headers=batch.headers,
             body=body,
             priority=min(w.priority for s in slots for w in s.waiters),
+            model=model if isinstance(model := batch.params.get("model"), str) else None,
         )
         try:
             reply = await self._upstream.call(request, lambda: _wanted(slots))

@@ -11,7 +11,7 @@ import msgspec
 from proxy.cache.entry import EntryMeta, StoredResponse, encode_entry
 from proxy.cache.store import CacheStore
 from proxy.keys import CacheKey
-from proxy.upstream.guarded import UpstreamRequest
+from proxy.upstream.exchange import UpstreamRequest
 from proxy.wire import CompletionTokensDetails, PromptTokensDetails, Usage
 
 # Checks an upstream answer body before it is stored: its usage when whole, None when not.

@@ -37,6 +37,11 @@ class Answer:
     # and the answer says none (proxy/upstream/flex.py), None when unknown (a peer's, a batch's).
     service_tier: str | None = None
     failure: Failure | None = None
+    # Who answered (proxy/upstream/guarded.py): the upstream, the model it was asked for, and
+    # the model's own upstream when a fallback answered instead.
+    upstream: str | None = None
+    served_model: str | None = None
+    fallback_from: str | None = None
 
     @classmethod
     def of_failure(cls, failure: Failure) -> Answer:

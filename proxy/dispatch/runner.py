@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import TypeVar
 
 import aiohttp
@@ -29,8 +30,9 @@ from proxy.errors import anthropic_error_body, error_body
 from proxy.failures import ClientGone, Failure, UpstreamError, UpstreamTimeout
 from proxy.sse import SseParser, format_event
 from proxy.upstream.client import read_body
+from proxy.upstream.exchange import Exchange, UpstreamFailure, UpstreamRequest
 from proxy.upstream.flex import FLEX, RETRY_AT_STANDARD, FlexLane, answer_tier
-from proxy.upstream.guarded import Exchange, GuardedUpstream, UpstreamFailure, UpstreamRequest
+from proxy.upstream.guarded import GuardedUpstream
 
 log = logging.getLogger("sidecache.flight")
 # How often a call nobody else shares checks that its client is still there (aiohttp does not
@@ -54,8 +56,11 @@ class FlightRunner:
         upstream: GuardedUpstream,
         peers: PeerFlights | None,
         flex: FlexLane | None = None,
+        *,
+        cache_fallbacks: bool = True,
     ) -> None:
         self.store = store
+        self._cache_fallbacks = cache_fallbacks  # UPSTREAM_CACHE_FALLBACKS
         self.flights = flights
         self.upstream = upstream
         self._peers = peers
@@ -139,10 +144,18 @@ class FlightRunner:
         return await self._call(flight, call, call.request)
 
     async def _call(self, flight: Flight, call: UpstreamCall, request: UpstreamRequest) -> Answer:
+        kept = call
+
         async def read(response: aiohttp.ClientResponse, exchange: Exchange) -> Answer | None:
-            answer = await self._read_or_relay(flight, call, response, exchange)
+            nonlocal kept
+            if exchange.fallback_from is not None and not self._cache_fallbacks:
+                kept = replace(call, plan=None)  # a fallback's answer is not stored
+            answer = await self._read_or_relay(flight, kept, response, exchange)
             if answer is not None:
                 answer.upstream_ms = exchange.elapsed_ms()
+                answer.upstream = exchange.upstream
+                answer.served_model = exchange.served_model
+                answer.fallback_from = exchange.fallback_from
             return answer
 
         answer = await self._unless_abandoned(
@@ -156,7 +169,7 @@ class FlightRunner:
             if not answer.streamed:
                 answer.usage = call.validate(answer.body)
                 answer.stored = await store_answer(
-                    self.store, call, answer.body, answer.usage, answer.service_tier
+                    self.store, kept, answer.body, answer.usage, answer.service_tier
                 )
         return answer
 

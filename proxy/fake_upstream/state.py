@@ -41,6 +41,7 @@ class KnobUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_concurrency: Annotated[int, msgspec.Meta(ge=1)] | UnsetType | None = UNSET
     fail_next: Annotated[int, msgspec.Meta(ge=0)] | UnsetType = UNSET
     fail_status: Annotated[int, msgspec.Meta(ge=400, le=599)] | UnsetType = UNSET
+    fail_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] | UnsetType = UNSET
     fail_retry_after: str | UnsetType | None = UNSET
     hang: bool | UnsetType = UNSET
     cut_stream_after: Annotated[int, msgspec.Meta(ge=0)] | UnsetType | None = UNSET
@@ -76,6 +77,7 @@ class FakeUpstream:
         max_concurrency: int | None = None,
         fail_next: int = 0,
         fail_status: int = 500,
+        fail_rate: float = 0.0,
         fail_retry_after: str | None = None,
         hang: bool = False,
         cut_stream_after: int | None = None,
@@ -98,6 +100,10 @@ class FakeUpstream:
         self.max_concurrency = max_concurrency
         self.fail_next = fail_next
         self.fail_status = fail_status
+        # This share of /v1 requests fails with fail_status, spread evenly (not at random:
+        # 0.3 fails 3 of every 10 consecutive requests), besides fail_next's.
+        self.fail_rate = fail_rate
+        self._rate_seen = 0
         self.fail_retry_after = fail_retry_after
         self.hang = hang
         self.cut_stream_after = cut_stream_after
@@ -195,10 +201,13 @@ class FakeUpstream:
 
     def take_failure(self) -> bool:
         """True (and one failure used up) when this request must fail."""
-        if self.fail_next <= 0:
+        if self.fail_next > 0:
+            self.fail_next -= 1
+            return True
+        if self.fail_rate <= 0:
             return False
-        self.fail_next -= 1
-        return True
+        seen = self._rate_seen = self._rate_seen + 1
+        return int(seen * self.fail_rate) > int((seen - 1) * self.fail_rate)
 
     def stats(self) -> dict[str, Any]:
         last = self.requests[-1] if self.requests else None

@@ -71,6 +71,8 @@ async def count_flight(
     released)."""
     answer = await asyncio.shield(flight.result)  # the flight always ends (timeouts bound it)
     cost = 0.0
+    if leader and not answer.from_peer:
+        outcome.upstream, outcome.served_model = answer.upstream, answer.served_model
     if answer.ok and answer.usage is not None:
         if leader and not answer.from_peer:
             outcome.service_tier = answer.service_tier  # what prices it (flex has its own rate)

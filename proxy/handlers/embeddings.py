@@ -46,7 +46,8 @@ from proxy.handlers.pipeline import submit_share
 from proxy.keys import NON_SEMANTIC_FIELDS, CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
-from proxy.upstream.guarded import UpstreamRequest
+from proxy.upstream.exchange import UpstreamRequest
+from proxy.upstream.guarded import UPSTREAM_HEADER
 from proxy.upstream.headers import client_response_headers
 from proxy.vectors import apportion, from_wire, to_wire
 from proxy.vocabulary import CacheStatus, Endpoint
@@ -181,6 +182,7 @@ async def _fill(
     if isinstance(fetched, web.Response):  # the upstream's error answer: release the hold
         await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, 0.0, held)
         return fetched
+    outcome.upstream = fetched.relayed.get(UPSTREAM_HEADER)  # the ledger's (migration 006)
     cost = outcome.paid(runtime.prices, fetched.spent, 0, 0)
     await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, cost, held)
     new = fetched.vectors(meta)
@@ -205,6 +207,7 @@ async def _fetch(
         body=_encode(body),
         priority=parsed.priority,
         tenant=parsed.identity.tenant,
+        model=model if isinstance(model := parsed.body.get("model"), str) else None,
     )
     reply = await runtime.upstream.call(call, lambda: client_connected(request))
     if reply.status != 200:

@@ -45,8 +45,8 @@ from proxy.keys import CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime
 from proxy.spans import ANSWER_BODY
 from proxy.ttl import Kind
+from proxy.upstream.exchange import UpstreamRequest
 from proxy.upstream.gate import Wanted
-from proxy.upstream.guarded import UpstreamRequest
 from proxy.vocabulary import CacheMatch, CacheStatus, Endpoint
 from proxy.wire import Usage
 
@@ -177,6 +177,7 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
                 body=route.adapter.upstream_body(parsed, asked),
                 priority=parsed.priority,
                 tenant=parsed.identity.tenant,
+                model=asked.model,
             ),
             validate=route.adapter.validate,
             plan=plan,

@@ -30,7 +30,7 @@ CREATE TEMP TABLE IF NOT EXISTS {STAGE} (
     upstream_ms double precision, cache_hit boolean, cache_status text, status integer,
     created_at timestamptz, cache_match text, similarity double precision,
     cache_write_tokens integer, reasoning_tokens integer, service_tier text,
-    request_digest text, answer_digest text
+    request_digest text, answer_digest text, upstream text, served_model text
 ) ON COMMIT DELETE ROWS"""
 
 # What every roll-up row sums, and how, from the rows of one flush.

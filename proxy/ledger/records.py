@@ -94,6 +94,11 @@ class LedgerRecord(msgspec.Struct, gc=False):
     # the proxy did not compute them.
     request_digest: str | None = None
     answer_digest: str | None = None
+    # Appended by migration 006 (routing, docs/design.md §13): the upstream that answered the
+    # request's own call, and the model asked for there (`model` stays the requested one; a
+    # fallback may name another); None for rows without a call of their own.
+    upstream: str | None = None
+    served_model: str | None = None
 
 
 # The column order of `ai_requests` as the sinks write it: the record's fields.
@@ -200,6 +205,7 @@ TEXT_CLEANERS: Converters = {
     "user_id": clean_optional,
     "model": clean_text,
     "service_tier": clean_optional,  # the upstream may name the tier that served a call
+    "served_model": clean_optional,  # the client's model when no fallback renamed it
 }
 # cache_match is set by the sidecar (CacheMatch), never by a client: no cleaning.
 _CLEANERS: Converters = {**TEXT_CLEANERS, "persona": clean_persona}

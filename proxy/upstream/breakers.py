@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pybreaker
 
 from proxy.failures import BreakerOpen
+from proxy.upstream.routes import DEFAULT
 from proxy.vocabulary import Endpoint
 
 FAMILIES = ("chat", "embeddings", "moderation", "other")
@@ -103,6 +104,12 @@ class Breaker:
     def failures(self) -> int:
         return int(self.cb.fail_counter)
 
+    def near_open(self) -> bool:
+        """Whether one more failure opens it (or it is not closed): a retry then would only be
+        refused by the breaker its own tries opened, so the caller answers the failure."""
+        closed = self.state == pybreaker.STATE_CLOSED
+        return not closed or self.failures + 1 >= int(self.cb.fail_max)
+
     def opened_at(self) -> datetime | None:
         opened: datetime | None = self.cb._state_storage.opened_at
         return opened if self.state != pybreaker.STATE_CLOSED else None
@@ -163,29 +170,44 @@ def _prune(seen: dict[str, float], now: float) -> None:
 
 
 class BreakerBoard:
-    """Every breaker of this process (state is per process, docs/design.md §9)."""
+    """Every breaker of this process (state is per process, docs/design.md §9): one per
+    upstream and endpoint family. Upstream `default`'s are named by family alone ("chat"),
+    another upstream's "<upstream>/<family>"."""
 
     def __init__(
-        self, upstream: str, fail_max: int, reset_timeout_s: float, anthropic: str | None = None
+        self,
+        upstream: str,
+        fail_max: int,
+        reset_timeout_s: float,
+        anthropic: str | None = None,
+        *,
+        upstreams: Sequence[tuple[str, int, float]] = (),
     ) -> None:
         """`anthropic`: ANTHROPIC_BASE_URL when set apart from `upstream`; /v1/messages calls
-        then have a breaker of their own ("anthropic"), else they share chat's."""
+        then have a breaker of their own ("anthropic"), else they share chat's. `upstreams`:
+        (name, fail_max, reset_timeout_s) of each configured upstream; none: `default`."""
         self.transitions = 0
         self.last_change: dict[str, float] = {}
         self.last_failure: dict[str, tuple[float, str]] = {}
         self.opened_count: dict[str, int] = {}
         listener = _Transitions(self)
         self.upstream = upstream
-        families = (*FAMILIES, ANTHROPIC) if anthropic else FAMILIES
-        self.breakers = {
-            family: Breaker(family, fail_max, reset_timeout_s, listener) for family in families
-        }
+        self.breakers: dict[str, Breaker] = {}
+        self.upstream_of: dict[str, str] = {}  # breaker name -> its upstream's name
+        for name, most, reset_s in upstreams or ((DEFAULT, fail_max, reset_timeout_s),):
+            families = (*FAMILIES, ANTHROPIC) if anthropic and name == DEFAULT else FAMILIES
+            for family in families:
+                full = family if name == DEFAULT else f"{name}/{family}"
+                self.breakers[full] = Breaker(full, most, reset_s, listener)
+                self.upstream_of[full] = name
         self._messages = ANTHROPIC if anthropic else "chat"
 
-    def for_endpoint(self, endpoint: str) -> Breaker:
+    def for_endpoint(self, endpoint: str, upstream: str = DEFAULT) -> Breaker:
         if endpoint == Endpoint.MESSAGES:
-            return self.breakers[self._messages]
-        return self.breakers[_FAMILY_BY_ENDPOINT.get(endpoint, "other")]
+            family = self._messages if upstream == DEFAULT else "chat"
+        else:
+            family = _FAMILY_BY_ENDPOINT.get(endpoint, "other")
+        return self.breakers[family if upstream == DEFAULT else f"{upstream}/{family}"]
 
     def reset(self, name: str | None = None) -> dict[str, str]:
         """Closes one breaker (or all); the new states, by name."""

@@ -14,6 +14,7 @@ import aiohttp
 
 from proxy.failures import UpstreamTimeout, UpstreamUnreachable
 from proxy.settings import UpstreamSettings, base_root
+from proxy.upstream.routes import Route
 
 # The paths that go to ANTHROPIC_BASE_URL when it is set apart (docs/design.md §11).
 ANTHROPIC_PATHS = "/v1/messages"
@@ -25,6 +26,18 @@ class UpstreamClient:
         anthropic = settings.anthropic_upstream
         self._anthropic = base_root(anthropic) if anthropic else None
         self._session = session
+        self._azure: Route | None = None  # Azure OpenAI's URL shape (for_route)
+
+    def for_route(self, route: Route) -> UpstreamClient:
+        """A client of `route`'s base URL on this one's session (one connection pool)."""
+        client = UpstreamClient.__new__(UpstreamClient)
+        client._base = (
+            route.base_url.rstrip("/") if route.api == "azure" else base_root(route.base_url)
+        )
+        client._anthropic = None
+        client._session = self._session
+        client._azure = route if route.api == "azure" else None
+        return client
 
     @classmethod
     def open(cls, settings: UpstreamSettings) -> UpstreamClient:
@@ -45,9 +58,15 @@ class UpstreamClient:
         )
         return cls(settings, session)
 
-    def url(self, path: str, query: str = "") -> str:
+    def url(self, path: str, query: str = "", model: str | None = None) -> str:
         """`path` is the client's path, starting with /v1 (kept as-is below the base URL):
-        `/v1/messages` and below go to ANTHROPIC_BASE_URL when it is set apart."""
+        `/v1/messages` and below go to ANTHROPIC_BASE_URL when it is set apart. Azure:
+        `{base}/openai/deployments/{deployment}{path without /v1}?api-version=...`."""
+        if self._azure is not None and model is not None:
+            deployment = dict(self._azure.deployments).get(model, model)
+            rest = path.removeprefix("/v1")
+            version = f"api-version={self._azure.api_version}"
+            return f"{self._base}/openai/deployments/{deployment}{rest}?{version}"
         base = self._base
         if self._anthropic is not None and path.startswith(ANTHROPIC_PATHS):
             base = self._anthropic
@@ -62,13 +81,14 @@ class UpstreamClient:
         *,
         query: str = "",
         decompress: bool = True,
+        model: str | None = None,
     ) -> aiohttp.ClientResponse:
         """Sends the request and returns once the answer's headers are in; the caller reads
         the body (`read_body` or streaming) and must release the response."""
         try:
             return await self._session.request(
                 method,
-                self.url(path, query),
+                self.url(path, query, model),
                 headers=headers,
                 data=body,
                 auto_decompress=decompress,

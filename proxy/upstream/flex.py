@@ -19,8 +19,8 @@ from fnmatch import fnmatchcase
 import msgspec
 
 from proxy.settings import UpstreamSettings
+from proxy.upstream.exchange import UpstreamRequest
 from proxy.upstream.gate import Priority
-from proxy.upstream.guarded import UpstreamRequest
 from proxy.vocabulary import Endpoint
 
 FLEX = "flex"

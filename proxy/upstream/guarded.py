@@ -12,81 +12,73 @@ beyond it; a call cancelled or timed out closes its upstream connection. What
 the caller does with the answer (read it whole, relay a stream) is a `Reader` run inside the
 breaker too, so a stream that breaks counts; writes to clients never happen in a reader (a
 flight buffers the events its clients read).
+
+Routing (proxy/upstream/routes.py): a call goes to its model's upstream, each upstream with its
+own client base URL, gate (its own max_in_flight, else the shared one), breakers and
+credential (a `Lane`). Connection errors and 502/503/504 are retried on the same upstream
+(proxy/upstream/retries.py); a call still failing there (breaker open, 5xx, 429, timeout,
+connection error) moves to the next upstream of its model's fallback chain. Both happen only
+before the answer is handed to the reader, so nothing of a failed try ever reached a client
+and a stream is never tried again once relayed. The answer's relayed headers say
+`X-Upstream` (and `X-Fallback-From` when it fell back).
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Generic, TypeVar, cast
+from typing import TypeVar, cast
 
 import aiohttp
-from multidict import CIMultiDict
 
-from proxy.failures import UpstreamTimeout
+from proxy.failures import BreakerOpen, InvalidRequest, UpstreamTimeout, UpstreamUnreachable
 from proxy.metrics import Metrics
 from proxy.tracing import Tracer, Untraced
 from proxy.upstream.breakers import Breaker, BreakerBoard
 from proxy.upstream.client import UpstreamClient, read_body
-from proxy.upstream.gate import Priority, UpstreamGate, Wanted
+from proxy.upstream.exchange import (
+    Exchange,
+    Reader,
+    Reply,
+    UpstreamFailure,
+    UpstreamRequest,
+    read_reply,
+)
+from proxy.upstream.gate import UpstreamGate, Wanted
 from proxy.upstream.headers import client_response_headers
+from proxy.upstream.lanes import Lane, RequestBody
+from proxy.upstream.retries import (
+    MOVE_STATUSES,
+    RETRY_STATUSES,
+    RouteStats,
+    backoff_s,
+    retry_after_s,
+)
+from proxy.upstream.routes import DEFAULT, Route, RouteTable, Target
 
 T = TypeVar("T")
+UPSTREAM_HEADER = "X-Upstream"
+FALLBACK_HEADER = "X-Fallback-From"
+_MOVE = (BreakerOpen, UpstreamTimeout, UpstreamUnreachable)  # failures a fallback may follow
 
 
 @dataclass(frozen=True, slots=True)
-class UpstreamRequest:
-    """A POST to the upstream. `body` may be a function that makes it when the call's turn
-    comes (a micro-batch leaves out the clients that left while it waited); it raises
-    ClientGone when nobody is left to send it for."""
-
-    endpoint: str
-    path: str
-    headers: Mapping[str, str]
-    body: bytes | Callable[[], bytes]
-    priority: Priority
-    # Whose call it is, for the breaker's 5xx accounting; None: counted as shared (a batch).
-    tenant: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Exchange:
-    """What a reader knows of the call besides the response."""
-
-    relayed: CIMultiDict[str]  # the response's headers fit for the client
-    started: float  # perf_counter when the request was sent
-
-    def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """The upstream's whole answer, whatever its status."""
+class _Again:
+    """An answer not handed to the reader: the call is retried or moves on."""
 
     status: int
-    headers: CIMultiDict[str]
-    body: bytes
-    upstream_ms: float
+    wait_s: float | None  # the back-off before a retry on the same upstream; None: move on
 
 
-Reader = Callable[[aiohttp.ClientResponse, Exchange], Awaitable[T]]
+class _Counted(Exception):
+    """Raised inside the breaker for a 5xx that counts against it, then unwrapped."""
 
-
-class UpstreamFailure(Exception, Generic[T]):
-    """Raised by a reader (and for every 5xx) to count the call against the breaker while still
-    giving `result` to the caller: an upstream's error answer is relayed, not raised."""
-
-    def __init__(self, result: T) -> None:
-        super().__init__("the upstream call failed")
-        self.result = result
-
-
-async def read_reply(response: aiohttp.ClientResponse, exchange: Exchange) -> Reply:
-    body = await read_body(response)
-    return Reply(response.status, exchange.relayed, body, exchange.elapsed_ms())
+    def __init__(self, again: _Again) -> None:
+        super().__init__("the upstream answered 5xx")
+        self.again = again
 
 
 class GuardedUpstream:
@@ -99,13 +91,23 @@ class GuardedUpstream:
         total_timeout_s: float = 600.0,
         *,
         tracer: Tracer | None = None,
+        routes: RouteTable | None = None,
+        lanes: Mapping[str, Lane] | None = None,
+        retries: int = 0,
+        rng: random.Random | None = None,
     ) -> None:
+        """Without `routes`, every call goes to `client` as upstream `default`."""
         self.client = client
         self.tracer = tracer or Untraced()
         self.gate = gate
         self.breakers = breakers
         self.metrics = metrics
         self.total_timeout_s = total_timeout_s
+        self.routes = routes or RouteTable([Route(DEFAULT, "", ("*",))], {})
+        self.lanes = dict(lanes or {DEFAULT: Lane(DEFAULT, client, gate)})
+        self.retries = retries
+        self.stats = RouteStats()
+        self._rng = rng or random.Random()
 
     async def call(self, request: UpstreamRequest, wanted: Wanted) -> Reply:
         """The upstream's whole answer. Raises UpstreamTimeout, UpstreamUnreachable,
@@ -118,41 +120,182 @@ class GuardedUpstream:
         breaker after `read` ran."""
         if self.tracer.on:
             return await self._traced(request, wanted, read)
-        return await self._guarded(request, wanted, read)
+        return await self._routed(request, wanted, read)
 
     async def _traced(self, request: UpstreamRequest, wanted: Wanted, read: Reader[T]) -> T:
-        """The call as span `sidecache.upstream` (its queue wait a child span), whose context
-        goes upstream as `traceparent`."""
+        """The call as span `sidecache.upstream` (its queue wait a child span, retries and
+        fallbacks its events), whose context goes upstream as `traceparent`."""
         attributes = {"sidecache.endpoint": request.endpoint, "url.path": request.path}
         with self.tracer.span("sidecache.upstream", attributes, client=True):
             headers = self.tracer.inject(request.headers)
-            return await self._guarded(replace(request, headers=headers), wanted, read)
+            return await self._routed(replace(request, headers=headers), wanted, read)
 
-    async def _guarded(self, request: UpstreamRequest, wanted: Wanted, read: Reader[T]) -> T:
-        breaker = self.breakers.for_endpoint(request.endpoint)
+    async def _routed(self, request: UpstreamRequest, wanted: Wanted, read: Reader[T]) -> T:
+        """Down the model's chain: each upstream tried (and retried) in turn until one
+        answers what is handed to the reader."""
+        chain = self.routes.chain(request.model)
+        if not chain:
+            raise InvalidRequest(
+                f"No upstream of this sidecar serves the model {request.model!r}.", param="model"
+            )
+        deadline = asyncio.get_running_loop().time() + self.total_timeout_s
+        body = RequestBody(request.body)
+        origin = chain[0].upstream
+        for index, target in enumerate(chain):
+            last = index == len(chain) - 1
+            fell_back = None if target.upstream == origin else origin
+            step = _Step(target, request.model, fell_back)
+            try:
+                outcome = await self._on_lane(request, step, body, wanted, read, deadline, last)
+            except _MOVE as exc:
+                if last or asyncio.get_running_loop().time() >= deadline:
+                    raise
+                self._moved(target, chain[index + 1], type(exc).__name__)
+                continue
+            if isinstance(outcome, _Again):
+                self._moved(target, chain[index + 1], str(outcome.status))
+                continue
+            self.stats.served[target.upstream] += 1
+            return outcome
+        raise AssertionError("the last step of a chain never moves on")  # pragma: no cover
+
+    def _moved(self, source: Target, to: Target, reason: str) -> None:
+        self.stats.fallbacks[(source.upstream, to.upstream)] += 1
+        self.metrics.observe_fallback(source.upstream, to.upstream)
+        self.tracer.event(
+            "sidecache.fallback", {"from": source.label(), "to": to.label(), "reason": reason}
+        )
+
+    async def _on_lane(
+        self,
+        request: UpstreamRequest,
+        step: _Step,
+        body: RequestBody,
+        wanted: Wanted,
+        read: Reader[T],
+        deadline: float,
+        last: bool,
+    ) -> T | _Again:
+        """One upstream's tries: retried while retries are left and the wait fits the deadline."""
+        lane = self.lanes[step.target.upstream]
+        attempt = 0
+        while True:
+            retry_left = attempt < self.retries
+            try:
+                outcome = await self._attempt(
+                    request,
+                    lane,
+                    step,
+                    body,
+                    wanted,
+                    read,
+                    deadline,
+                    attempt if retry_left else None,
+                    last,
+                )
+            except UpstreamUnreachable:
+                wait = backoff_s(attempt, None, self._rng)
+                breaker = self.breakers.for_endpoint(request.endpoint, lane.name)
+                if not retry_left or not self._fits(wait, deadline) or breaker.state != "closed":
+                    raise  # (a breaker its own tries opened would only refuse the retry)
+                outcome = _Again(0, wait)
+            if not isinstance(outcome, _Again) or outcome.wait_s is None:
+                return outcome
+            attempt += 1
+            self.stats.retries[lane.name] += 1
+            self.metrics.observe_retry(lane.name)
+            reason = str(outcome.status) if outcome.status else "connection error"
+            self.tracer.event(
+                "sidecache.retry", {"upstream": lane.name, "attempt": attempt, "reason": reason}
+            )
+            await asyncio.sleep(outcome.wait_s)
+
+    def _fits(self, wait_s: float, deadline: float) -> bool:
+        return asyncio.get_running_loop().time() + wait_s < deadline
+
+    async def _attempt(
+        self,
+        request: UpstreamRequest,
+        lane: Lane,
+        step: _Step,
+        body: RequestBody,
+        wanted: Wanted,
+        read: Reader[T],
+        deadline: float,
+        attempt: int | None,
+        last: bool,
+    ) -> T | _Again:
+        breaker = self.breakers.for_endpoint(request.endpoint, lane.name)
         breaker.admit()  # refuses at once rather than after waiting for a slot
-        async with self.gate.slot(request.priority, wanted):
-            body = request.body if isinstance(request.body, bytes) else request.body()
+        async with lane.gate.slot(request.priority, wanted):
+            sent = body.for_model(step.target.model)
             breaker.saw_call(request.tenant)
             try:
                 with breaker.guard():
-                    return await self._send(request, body, read, breaker)
+                    return await self._send(
+                        request, lane, step, sent, read, breaker, deadline, attempt, last
+                    )
             except UpstreamFailure as failure:
                 return cast(T, failure.result)
+            except _Counted as counted:
+                return counted.again
+
+    def _again(
+        self,
+        response: aiohttp.ClientResponse,
+        breaker: Breaker,
+        deadline: float,
+        attempt: int | None,
+        last: bool,
+    ) -> _Again | None:
+        """What to do instead of reading this answer: retry (`wait_s`), move on, or neither.
+        No retry when this failure opens the breaker: the client gets the answer instead."""
+        status = response.status
+        if attempt is not None and status in RETRY_STATUSES and not breaker.near_open():
+            wait = backoff_s(attempt, retry_after_s(response.headers), self._rng)
+            if self._fits(wait, deadline):
+                return _Again(status, wait)
+        if not last and status in MOVE_STATUSES:
+            return _Again(status, None)
+        return None
 
     async def _send(
-        self, request: UpstreamRequest, body: bytes, read: Reader[T], breaker: Breaker
-    ) -> T:
+        self,
+        request: UpstreamRequest,
+        lane: Lane,
+        step: _Step,
+        body: bytes,
+        read: Reader[T],
+        breaker: Breaker,
+        deadline: float,
+        attempt: int | None,
+        last: bool,
+    ) -> T | _Again:
         started = time.perf_counter()
+        headers = lane.headers(request.headers)
         try:
-            async with asyncio.timeout(self.total_timeout_s):
-                response = await self.client.send("POST", request.path, request.headers, body)
+            async with asyncio.timeout_at(deadline):
+                response = await lane.client.send(
+                    "POST", request.path, headers, body, model=step.served_model
+                )
                 self.metrics.observe_upstream(
                     request.endpoint, response.status, time.perf_counter() - started
                 )
+                again = self._again(response, breaker, deadline, attempt, last)
+                if again is not None:
+                    await read_body(response)  # keeps the connection for the next call
+                    if response.status >= 500 and breaker.counts_5xx(request.tenant):
+                        raise _Counted(again)
+                    return again
                 relayed = client_response_headers(response.headers, decoded=True)
+                relayed[UPSTREAM_HEADER] = lane.name
+                if step.fallback_from is not None:
+                    relayed[FALLBACK_HEADER] = step.fallback_from
+                exchange = Exchange(
+                    relayed, started, lane.name, step.served_model, step.fallback_from
+                )
                 try:
-                    result = await read(response, Exchange(relayed, started))
+                    result = await read(response, exchange)
                 except BaseException:
                     response.close()  # cancelled or timed out mid-body: stop the upstream too
                     raise
@@ -163,3 +306,16 @@ class GuardedUpstream:
         if response.status >= 500 and breaker.counts_5xx(request.tenant):
             raise UpstreamFailure(result)
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """A chain's step as a call makes it: the model asked for there, and whose call it was."""
+
+    target: Target
+    requested: str | None
+    fallback_from: str | None
+
+    @property
+    def served_model(self) -> str | None:
+        return self.target.model or self.requested
