@@ -54,6 +54,11 @@ Issue 17's `tracing_overhead` (bench/tracing.py): the hit path with OpenTelemetr
 (exporting over OTLP/HTTP to bench/otlp_sink.py, a local receiver that discards) and off, in
 alternating rounds of the wrk and hey hit loads (about 70 s).
 
+Issue 15's `embeddings_burst` (bench/embeddings_burst.py): upstream calls per burst of 40
+threaded SDK clients trickling in over 300 ms, and the latency batching adds to them and to a
+lone request, the old fixed 5 ms window vs the adaptive one in the same run (about 40 s, 20 s
+with `--quick`).
+
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
 `--only hits_vs_baseline` it runs alone (about 20 s with `--quick`, 75 s without).
@@ -84,6 +89,7 @@ from . import (
     clients,
     coalescing,
     costs,
+    embeddings_burst,
     hits,
     ledger,
     ledger_overhead,
@@ -118,6 +124,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     stores.hits_by_store,
     misses.miss_overhead,
     batching.embeddings_batching,
+    embeddings_burst.embeddings_burst,
     coalescing.coalescing_savings,
     ledger.ledger_ingest,
     ledger_overhead.ledger_overhead,

@@ -165,7 +165,7 @@ class BatchSettings(msgspec.Struct, forbid_unknown_fields=True):
     wait_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 5.0
     # On a busy lane (a request came less than this ago), each arrival keeps the batch open
     # this much longer ...
-    gap_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 30.0
+    gap_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 50.0
     # ... but never past this long after the batch opened (the added latency's bound).
     max_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 200.0
 
