@@ -29,7 +29,6 @@ proxy/dispatch/batch_shapes.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from typing import Any
 import msgspec
 from multidict import CIMultiDict
 
-from proxy.dispatch.batch_shapes import BatchKey, BatchKind, Share
+from proxy.dispatch.batch_shapes import BatchKey, BatchKind, Share, blames_input
 from proxy.dispatch.flight import Answer
 from proxy.failures import BadUpstreamAnswer, ClientGone, Failure, UpstreamError
 from proxy.settings import BatchSettings
@@ -48,7 +47,6 @@ from proxy.vectors import apportion
 
 log = logging.getLogger("sidecache.batcher")
 _encode = msgspec.json.Encoder(order="sorted").encode
-_decode_error = msgspec.json.Decoder().decode
 
 Wanted = Callable[[], bool]
 _LANES_KEPT = 1024  # lanes remembered before idle ones are forgotten
@@ -229,7 +227,7 @@ class Batcher:
         answer = Answer(reply.status, reply.headers, reply.body)
         if answer.status == 200:
             self._deliver(batch, slots, answer)
-        elif answer.status == 400 and len(slots) > 1 and _blames_input(answer.body):
+        elif answer.status == 400 and len(slots) > 1 and blames_input(answer.body):
             half = len(slots) // 2
             await asyncio.gather(self._send(batch, slots[:half]), self._send(batch, slots[half:]))
         else:
@@ -303,15 +301,3 @@ def _fail(slots: list[_Slot], failure: Failure) -> None:
         for waiter in slot.waiters:
             if not waiter.future.done():
                 waiter.future.set_exception(failure)
-
-
-def _blames_input(body: bytes) -> bool:
-    """Whether a 400 may be one input's fault (then bisecting finds it); a 400 naming another
-    parameter is every request's, since they all share it."""
-    with contextlib.suppress(msgspec.DecodeError):
-        decoded = _decode_error(body)
-        error = decoded.get("error") if isinstance(decoded, dict) else None
-        if isinstance(error, dict):
-            param = error.get("param")
-            return param is None or (isinstance(param, str) and param.startswith("input"))
-    return True
