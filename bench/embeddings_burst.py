@@ -4,8 +4,9 @@ latency the batching window adds, fixed window vs adaptive in the same run.
 A burst is tests/fixtures/burst.py: 40 threads in a process of their own, each with its own
 official SDK client (so its own connection), sending one distinct single-input embeddings
 request each, spread evenly over `SPREAD_S` (the few hundred milliseconds the issue saw a burst
-trickle in over). Two sidecars, each on its own memory cache, take the same bursts in turn
-against one fake upstream (`LATENCY_MS` per call, no concurrency limit):
+trickle in over). Two sidecars, each on its own memory cache, run side by side in front of
+one fake upstream (`LATENCY_MS` per call, no concurrency limit) and take turns, in rounds
+whose order alternates: per round and sidecar, `LONES_PER_ROUND` lone requests then one burst.
 
 - fixed: `AI_BATCH_GAP_MS` = `AI_BATCH_MAX_WAIT_MS` = `AI_BATCH_WAIT_MS` = 5, which is the old
   fixed 5 ms window exactly (no arrival extends it);
@@ -39,7 +40,7 @@ CLIENTS, SIZE = 40, 10
 SPREAD_S = 0.3
 LATENCY_MS = 50
 LONE_SPACING_S = 0.3  # longer than the adaptive cap: every lone request finds its lane idle
-BURSTS, LONES = 7, 10
+ROUNDS, LONES_PER_ROUND = 7, 4  # a burst and 4 lone requests per sidecar per round
 TARGET_CALLS = 6.0  # 4 is the floor at AI_BATCH_SIZE=10; the first request may go alone
 TARGET_LONE_RATIO = 1.5  # a lone request's latency, adaptive / fixed
 FIXED = {"AI_BATCH_SIZE": str(SIZE), **dict.fromkeys(
@@ -63,7 +64,7 @@ class _Side:
         return (
             f"{self.calls:g} calls/burst ({', '.join(map(str, self.all_calls))}); "
             f"burst p50 {ms(self.p50)} / p99 {ms(self.p99)} ms = lone {ms(self.lone)} "
-            f"+ {ms(self.p50 - self.lone)} / + {ms(self.p99 - self.lone)} ms"
+            f"{self.p50 - self.lone:+.2f} / {self.p99 - self.lone:+.2f} ms"
         )
 
     def data(self) -> dict[str, object]:
@@ -83,39 +84,49 @@ def _latencies(outcomes: list[Outcome]) -> list[float]:
     return [(o.done - o.sent) * 1000 for o in outcomes]
 
 
-def _measure_side(upstream: str, url: str, name: str, bursts: int) -> _Side:
+def _round(
+    upstream: str, url: str, run: str, calls: list[int], burst_ms: list[float]
+) -> list[float]:
+    """One burst on the sidecar at `url` (its calls and latencies appended), after
+    `LONES_PER_ROUND` lone requests (their latencies returned)."""
     api_key = AUTH.removeprefix("Bearer ")
-    run = f"{name}-{time.time_ns()}"
-    lones = _latencies(
-        burst(Burst(url, api_key, [f"{run} lone {n}" for n in range(LONES)], LONE_SPACING_S))
-    )
-    calls, burst_ms = [], []
-    for number in range(bursts):
-        before, _ = embedding_calls(upstream)
-        inputs = [f"{run} burst {number} item {n}" for n in range(CLIENTS)]
-        burst_ms += _latencies(burst(Burst(url, api_key, inputs, SPREAD_S / CLIENTS)))
-        calls.append(embedding_calls(upstream)[0] - before)
-        time.sleep(0.3)  # the lane idle again
-    return _Side(calls, burst_ms, lones)
+    lones = [f"{run} lone {n}" for n in range(LONES_PER_ROUND)]
+    lone_ms = _latencies(burst(Burst(url, api_key, lones, LONE_SPACING_S)))
+    time.sleep(LONE_SPACING_S)  # the lane idle before the burst
+    before, _ = embedding_calls(upstream)
+    inputs = [f"{run} burst item {n}" for n in range(CLIENTS)]
+    burst_ms += _latencies(burst(Burst(url, api_key, inputs, SPREAD_S / CLIENTS)))
+    calls.append(embedding_calls(upstream)[0] - before)
+    return lone_ms
 
 
 def measure(workdir: Path, scale: float) -> list[Row]:
-    bursts = max(3, round(BURSTS * scale))
-    sides: dict[str, _Side] = {}
+    """Both sidecars run side by side and take turns, the order swapped every round, so a
+    busy spell on the shared machine falls on both alike."""
+    rounds = max(3, round(ROUNDS * scale))
+    names = ("fixed", "adaptive")
+    calls: dict[str, list[int]] = {name: [] for name in names}
+    burst_ms: dict[str, list[float]] = {name: [] for name in names}
+    lone_ms: dict[str, list[float]] = {name: [] for name in names}
     with ExitStack() as stack:
         upstream = start_fake_upstream(
             stack, workdir, latency_ms=LATENCY_MS, name="fake-upstream-burst"
         )
-        for name, env in (("fixed", FIXED), ("adaptive", ADAPTIVE)):
-            with ExitStack() as own:
-                url = start_batching_sidecar(own, workdir, f"sidecar-{name}", upstream, env)
-                sides[name] = _measure_side(upstream, url, name, bursts)
+        urls = {
+            name: start_batching_sidecar(stack, workdir, f"sidecar-{name}", upstream, env)
+            for name, env in zip(names, (FIXED, ADAPTIVE), strict=True)
+        }
+        for number in range(rounds):
+            for name in names if number % 2 == 0 else reversed(names):
+                run = f"{name}-{time.time_ns()}"
+                lone_ms[name] += _round(upstream, urls[name], run, calls[name], burst_ms[name])
+    sides = {name: _Side(calls[name], burst_ms[name], lone_ms[name]) for name in names}
     fixed, adaptive = sides["fixed"], sides["adaptive"]
     ratio = adaptive.lone / fixed.lone
     return [
         Row(
             f"embeddings_burst: upstream calls per {CLIENTS}-client threaded burst over "
-            f"{SPREAD_S * 1000:.0f} ms (median of {bursts}; AI_BATCH_SIZE={SIZE}, stub "
+            f"{SPREAD_S * 1000:.0f} ms (median of {rounds}; AI_BATCH_SIZE={SIZE}, stub "
             f"{LATENCY_MS} ms), adaptive vs fixed 5 ms window",
             f"{adaptive.calls:g} vs {fixed.calls:g}",
             (Check("calls", adaptive.calls, TARGET_CALLS, " calls"),),
