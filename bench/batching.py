@@ -71,13 +71,13 @@ class _Run(msgspec.Struct, frozen=True):
         return self.inputs / self.calls if self.calls else 0.0
 
 
-def _stub_counts(upstream: str) -> tuple[int, int]:
+def embedding_calls(upstream: str) -> tuple[int, int]:
     stats = msgspec.json.decode(request("GET", upstream.removesuffix("/v1") + "/_fake/stats").body)
     per_call: list[int] = stats["embedding_inputs_per_call"]
     return len(per_call), sum(per_call)
 
 
-def _start_sidecar(
+def start_batching_sidecar(
     stack: ExitStack, workdir: Path, name: str, upstream: str, env: dict[str, str]
 ) -> str:
     proxy_port, admin_port = free_port(), free_port()
@@ -140,10 +140,10 @@ def _load(workdir: Path, url: str, prefix: str, seconds: int) -> WrkResult:
 
 def _run(workdir: Path, upstream: str, name: str, env: dict[str, str], seconds: int) -> _Run:
     with ExitStack() as stack:
-        url = _start_sidecar(stack, workdir, name, upstream, env)
-        calls, inputs = _stub_counts(upstream)
+        url = start_batching_sidecar(stack, workdir, name, upstream, env)
+        calls, inputs = embedding_calls(upstream)
         result = _load(workdir, url, f"{name}-{time.time_ns()}", seconds)
-        after_calls, after_inputs = _stub_counts(upstream)
+        after_calls, after_inputs = embedding_calls(upstream)
     return _Run(result, after_calls - calls, after_inputs - inputs)
 
 

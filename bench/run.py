@@ -62,6 +62,10 @@ Issue 16's `miss_failover` (bench/failover.py): misses through a sidecar routing
 fake upstreams of its own while the first fails 30 % of its calls with 503 (retries and a
 fallback): the client-visible error rate and the p99 latency added over a healthy upstream
 (about 20 s, 10 s with `--quick`).
+Issue 15's `embeddings_burst` (bench/embeddings_burst.py): upstream calls per burst of 40
+threaded SDK clients trickling in over 300 ms, and the latency batching adds to them and to a
+lone request, the old fixed 5 ms window vs the adaptive one in the same run (about 40 s, 20 s
+with `--quick`).
 
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
@@ -93,6 +97,7 @@ from . import (
     clients,
     coalescing,
     costs,
+    embeddings_burst,
     failover,
     hits,
     ledger,
@@ -130,6 +135,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     workers.workers_hits,
     misses.miss_overhead,
     batching.embeddings_batching,
+    embeddings_burst.embeddings_burst,
     coalescing.coalescing_savings,
     ledger.ledger_ingest,
     ledger_overhead.ledger_overhead,

@@ -191,8 +191,16 @@ class PersonaSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class BatchSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """The adaptive micro-batching window (proxy/dispatch/batcher.py, docs/design.md §4)."""
+
     size: Annotated[int, msgspec.Meta(ge=1, le=2048)] = 10
+    # How long a request that opens a batch on an idle lane waits for company.
     wait_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 5.0
+    # On a busy lane (a request came less than this ago), each arrival keeps the batch open
+    # this much longer ...
+    gap_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 50.0
+    # ... but never past this long after the batch opened (the added latency's bound).
+    max_wait_ms: Annotated[float, msgspec.Meta(ge=0, le=10_000)] = 200.0
 
 
 class LedgerSettings(msgspec.Struct, forbid_unknown_fields=True):

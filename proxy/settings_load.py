@@ -76,6 +76,8 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "ADMIN_USER_IDS": ("admin", "user_ids"),
     "AI_BATCH_SIZE": ("batch", "size"),
     "AI_BATCH_WAIT_MS": ("batch", "wait_ms"),
+    "AI_BATCH_GAP_MS": ("batch", "gap_ms"),
+    "AI_BATCH_MAX_WAIT_MS": ("batch", "max_wait_ms"),
     "TRUSTED_USER_HEADER_KEYS": ("tenancy", "trusted_user_header_keys"),
     "INVALIDATION_MAX_RULES": ("invalidation", "max_rules"),
     "INVALIDATION_USER_FLUSH_INTERVAL_S": ("invalidation", "user_flush_interval_s"),
@@ -221,6 +223,16 @@ def _check_consistency(settings: Settings, env: Mapping[str, str]) -> None:
         raise SettingsError(
             f"invalid setting MAX_INFLIGHT_BODY_MB={server.max_inflight_body_mb:g}: it must be "
             f"at least MAX_BODY_MB ({server.max_body_mb:g}), or a largest body is never served"
+        )
+    batch = settings.batch
+    waits = max(batch.wait_ms, batch.gap_ms)
+    if batch.max_wait_ms < waits and "AI_BATCH_MAX_WAIT_MS" not in env:
+        batch.max_wait_ms = waits  # a longer AI_BATCH_WAIT_MS from before the cap keeps working
+    if batch.max_wait_ms < waits:
+        raise SettingsError(
+            f"invalid setting AI_BATCH_MAX_WAIT_MS={batch.max_wait_ms:g}: it must be at least "
+            f"AI_BATCH_WAIT_MS ({batch.wait_ms:g}) and AI_BATCH_GAP_MS ({batch.gap_ms:g}), "
+            "the waits it caps"
         )
     admin_host = settings.server.admin_host
     if admin_host not in ("127.0.0.1", "::1", "localhost"):

@@ -95,7 +95,8 @@ ENV_TABLE: list[tuple[str, str, Getter, Any, dict[str, str]]] = [
     ("ADMIN_TOKENS", "tok1, tok2", lambda s: s.admin.tokens, ["tok1", "tok2"], {}),
     ("ADMIN_USER_IDS", "alice,bob", lambda s: s.admin.user_ids, ["alice", "bob"], {}),
     ("AI_BATCH_SIZE", "64", lambda s: s.batch.size, 64, {}),
-    ("AI_BATCH_WAIT_MS", "1000", lambda s: s.batch.wait_ms, 1000.0, {}),
+    ("AI_BATCH_WAIT_MS", "1000", lambda s: s.batch.wait_ms, 1000.0,
+     {"AI_BATCH_MAX_WAIT_MS": "1000"}),
     ("CACHE_DEFAULT_TTL", "900", lambda s: s.cache.default_ttl, 900, {}),
     ("CACHE_MEMORY_MB", "16", lambda s: s.cache.memory_mb, 16.0, {}),
     ("LEDGER_PATH", "/tmp/ledger.db", lambda s: s.ledger.path, "/tmp/ledger.db", {}),
@@ -162,6 +163,18 @@ BAD_VALUES: list[tuple[dict[str, str], str, str, tuple[str, ...]]] = [
         "MAX_INFLIGHT_BODY_MB",
         "32",
         ("at least MAX_BODY_MB",),
+    ),
+    (
+        {"AI_BATCH_WAIT_MS": "300", "AI_BATCH_MAX_WAIT_MS": "200"},
+        "AI_BATCH_MAX_WAIT_MS",
+        "200",
+        ("at least AI_BATCH_WAIT_MS (300)",),
+    ),
+    (
+        {"AI_BATCH_GAP_MS": "50", "AI_BATCH_MAX_WAIT_MS": "40"},
+        "AI_BATCH_MAX_WAIT_MS",
+        "40",
+        ("AI_BATCH_GAP_MS (50)",),
     ),
     ({"UPSTREAM_API_KEY": SECRET_VALUES[0]}, "SIDECAR_KEYS", "<empty>", ("key=tenant",)),
     ({"SIDECAR_KEYS": SECRET_VALUES[1]}, "SIDECAR_KEYS", "<redacted>", ("key=tenant",)),
@@ -316,3 +329,11 @@ def test_installed_wheel_finds_its_packaged_config(tmp_path: Path) -> None:
     assert Path(found["config"]).is_relative_to(target)
     assert Path(found["config"]).is_file()
     assert found["defaults"] is True
+
+
+def test_a_wait_longer_than_the_default_cap_raises_the_cap_when_the_cap_is_not_set() -> None:
+    """A deployment that set AI_BATCH_WAIT_MS above 200 before the cap existed still starts,
+    its window unchanged; only a cap set below the waits it caps is refused."""
+    settings = load_settings({"AI_BATCH_WAIT_MS": "300"})
+    assert settings.batch.max_wait_ms == 300
+    assert load_settings({}).batch.max_wait_ms == 200

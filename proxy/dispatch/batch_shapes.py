@@ -1,6 +1,7 @@
 """What micro-batching is made of (proxy/dispatch/batcher.py): which requests may share a
-call (`BatchKey`), how an endpoint's merged answer is taken apart (`BatchKind`, `Split`) and
-what each request gets back (`Share`, or the upstream's error `Answer`).
+call (`BatchKey`), how an endpoint's merged answer is taken apart (`BatchKind`, `Split`),
+what each request gets back (`Share`, or the upstream's error `Answer`) and whether an
+upstream 400 may be one input's fault (`blames_input`).
 
 Answers that came from a batch carry the response header `X-Batch-Size: N`, the number of
 requests that shared the upstream call (1 for a request that had nobody to share with).
@@ -8,6 +9,7 @@ requests that shared the upstream call (1 for a request that had nobody to share
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,7 @@ UNBATCHED_FIELDS = frozenset({"input", "encoding_format", "user"})
 # Headers that choose the upstream account a call is billed to, besides Authorization.
 _ACCOUNT_HEADERS = ("OpenAI-Organization", "OpenAI-Project")
 _encode = msgspec.json.Encoder(order="sorted").encode
+_decode_error = msgspec.json.Decoder().decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,3 +80,15 @@ class Share:
     headers: CIMultiDict[str]  # relayable upstream headers, shared: copy before changing
     requests: int  # requests that shared the call (X-Batch-Size)
     has_usage: bool
+
+
+def blames_input(body: bytes) -> bool:
+    """Whether a 400 may be one input's fault (then bisecting finds it); a 400 naming another
+    parameter is every request's, since they all share it."""
+    with contextlib.suppress(msgspec.DecodeError):
+        decoded = _decode_error(body)
+        error = decoded.get("error") if isinstance(decoded, dict) else None
+        if isinstance(error, dict):
+            param = error.get("param")
+            return param is None or (isinstance(param, str) and param.startswith("input"))
+    return True

@@ -1,14 +1,21 @@
 """Micro-batching: single-input embeddings and moderations requests that differ only in their
 input share one upstream call (docs/design.md §4).
 
-Requests with the same `BatchKey` — endpoint, every body parameter but `input`,
+Requests with the same `BatchKey` (a lane) — endpoint, every body parameter but `input`,
 `encoding_format` and `user`, and the upstream account (credential, organisation, project) —
-that arrive within `batch.wait_ms` of the first are merged into one call of at most
-`batch.size` distinct inputs (and the kind's upstream limits). Identical inputs in a batch are
-sent once. The call goes through the guarded upstream (proxy/upstream/guarded.py: the gate, at
-the highest priority in the batch, and the endpoint's breaker) like any other, and every
-request gets back its own piece: a `Share`, the upstream's error `Answer`, or a `Failure`
-raised.
+are merged into one call of at most `batch.size` distinct inputs (and the kind's upstream
+limits); a full batch is sent at once. Identical inputs in a batch are sent once.
+
+The window adapts to arrivals (a burst from threaded clients trickles in over a few hundred
+milliseconds; a fixed window split it into many calls): a request on an idle lane waits
+`batch.wait_ms` for company, as a lone request always did. A request that comes less than
+`batch.gap_ms` after the lane's previous one (a burst is under way) keeps its batch open until
+`gap_ms` after it, and so on while arrivals keep coming, but never past `batch.max_wait_ms`
+after the batch opened: the most a request waits for its batch.
+
+The call goes through the guarded upstream (proxy/upstream/guarded.py: the gate, at the highest
+priority in the batch, and the endpoint's breaker) like any other, and every request gets back
+its own piece: a `Share`, the upstream's error `Answer`, or a `Failure` raised.
 
 - A request whose client has gone before the call is sent is left out of it.
 - A 400 that blames the input (its `param` is `input` or absent) is bisected: each half is
@@ -22,7 +29,6 @@ proxy/dispatch/batch_shapes.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,7 +37,7 @@ from typing import Any
 import msgspec
 from multidict import CIMultiDict
 
-from proxy.dispatch.batch_shapes import BatchKey, BatchKind, Share
+from proxy.dispatch.batch_shapes import BatchKey, BatchKind, Share, blames_input
 from proxy.dispatch.flight import Answer
 from proxy.failures import BadUpstreamAnswer, ClientGone, Failure, UpstreamError
 from proxy.settings import BatchSettings
@@ -42,9 +48,9 @@ from proxy.vectors import apportion
 
 log = logging.getLogger("sidecache.batcher")
 _encode = msgspec.json.Encoder(order="sorted").encode
-_decode_error = msgspec.json.Decoder().decode
 
 Wanted = Callable[[], bool]
+_LANES_KEPT = 1024  # lanes remembered before idle ones are forgotten
 
 
 @dataclass(slots=True)
@@ -71,6 +77,8 @@ class _Batch:
     headers: CIMultiDict[str]
     slots: dict[bytes, _Slot] = field(default_factory=dict)
     bound: int = 0
+    opened: float = 0.0  # loop time of its first request
+    due: float = 0.0  # when it goes unless more requests keep it open (loop time)
     timer: asyncio.Handle | None = None
     sent: bool = False
 
@@ -79,8 +87,12 @@ class Batcher:
     def __init__(self, settings: BatchSettings, upstream: GuardedUpstream) -> None:
         self.size = settings.size
         self.wait_s = settings.wait_ms / 1000
+        # A busy lane never waits less than an idle one.
+        self.gap_s = max(settings.gap_ms, settings.wait_ms) / 1000
+        self.max_wait_s = settings.max_wait_ms / 1000
         self._upstream = upstream
         self._open: dict[BatchKey, _Batch] = {}
+        self._last: dict[BatchKey, float] = {}  # each lane's latest arrival (loop time)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -125,23 +137,46 @@ class Batcher:
     ) -> None:
         ident = _encode(item)
         bound = len(item.encode()) if isinstance(item, str) else len(item)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        last = self._last.get(key)
+        wait = self.gap_s if last is not None and now - last < self.gap_s else self.wait_s
+        self._arrived(key, now)
         batch = self._open.get(key)
         if batch is not None and ident not in batch.slots and _too_full(batch, bound):
             self._flush(batch)
             batch = None
         if batch is None:
-            batch = self._open[key] = _Batch(key, kind, params, headers)
-            loop = asyncio.get_running_loop()
-            if self.wait_s > 0:
-                batch.timer = loop.call_later(self.wait_s, self._flush, batch)
+            batch = self._open[key] = _Batch(key, kind, params, headers, opened=now)
+            batch.due = now + min(wait, self.max_wait_s)
+            if batch.due > now:
+                batch.timer = loop.call_at(batch.due, self._expire, batch)
             else:  # still merges what arrives in this turn of the loop
-                batch.timer = loop.call_soon(self._flush, batch)
+                batch.timer = loop.call_soon(self._expire, batch)
+        else:  # the timer, when it fires, looks at the new due time
+            batch.due = max(batch.due, min(now + wait, batch.opened + self.max_wait_s))
         slot = batch.slots.get(ident)
         if slot is None:
             slot = batch.slots[ident] = _Slot(item, bound, [])
             batch.bound += bound
         slot.waiters.append(waiter)
         if len(batch.slots) >= min(self.size, kind.max_inputs):
+            self._flush(batch)
+
+    def _arrived(self, key: BatchKey, now: float) -> None:
+        self._last[key] = now
+        if len(self._last) > _LANES_KEPT:  # forget idle lanes (many tenants, models)
+            self._last = {k: t for k, t in self._last.items() if now - t < self.gap_s}
+            if len(self._last) > _LANES_KEPT:  # all busy: forgetting only shortens waits
+                self._last = {key: now}
+
+    def _expire(self, batch: _Batch) -> None:
+        """The batch's timer: sends it, unless arrivals since the timer was set keep it open
+        (one timer per batch, moved on only when it fires: nothing per arrival)."""
+        loop = asyncio.get_running_loop()
+        if batch.due > loop.time() and not batch.sent:
+            batch.timer = loop.call_at(batch.due, self._expire, batch)
+        else:
             self._flush(batch)
 
     def _flush(self, batch: _Batch) -> None:
@@ -194,7 +229,7 @@ class Batcher:
         answer = Answer(reply.status, reply.headers, reply.body)
         if answer.status == 200:
             self._deliver(batch, slots, answer)
-        elif answer.status == 400 and len(slots) > 1 and _blames_input(answer.body):
+        elif answer.status == 400 and len(slots) > 1 and blames_input(answer.body):
             half = len(slots) // 2
             await asyncio.gather(self._send(batch, slots[:half]), self._send(batch, slots[half:]))
         else:
@@ -268,15 +303,3 @@ def _fail(slots: list[_Slot], failure: Failure) -> None:
         for waiter in slot.waiters:
             if not waiter.future.done():
                 waiter.future.set_exception(failure)
-
-
-def _blames_input(body: bytes) -> bool:
-    """Whether a 400 may be one input's fault (then bisecting finds it); a 400 naming another
-    parameter is every request's, since they all share it."""
-    with contextlib.suppress(msgspec.DecodeError):
-        decoded = _decode_error(body)
-        error = decoded.get("error") if isinstance(decoded, dict) else None
-        if isinstance(error, dict):
-            param = error.get("param")
-            return param is None or (isinstance(param, str) and param.startswith("input"))
-    return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
 from typing import Annotated, Any
 
 import msgspec
@@ -31,6 +32,8 @@ class RecordedRequest(msgspec.Struct):
     path: str
     headers: dict[str, str]
     body: Any | None
+    # time.monotonic() when it arrived (the machine's clock: comparable across processes here).
+    at: float = 0.0
 
 
 class KnobUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -175,7 +178,7 @@ class FakeUpstream:
         self.calls[path] += 1
         if not self.record_credentials:
             headers = redact(headers)
-        self.requests.append(RecordedRequest(method, path, headers, body))
+        self.requests.append(RecordedRequest(method, path, headers, body, time.monotonic()))
         if len(self.requests) > MAX_RECORDED_REQUESTS:
             del self.requests[0]
 

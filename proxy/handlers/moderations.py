@@ -3,7 +3,8 @@
 A miss is a single-flight (identical concurrent requests share it, marked COALESCED). When the
 request holds one text, its flight's upstream call is micro-batched
 (proxy/dispatch/batcher.py): texts from other requests of the same model and upstream account
-that arrive within `AI_BATCH_WAIT_MS` go up in the same call, each request is answered with its
+that arrive while the batch is open (the adaptive window: `AI_BATCH_WAIT_MS`, `AI_BATCH_GAP_MS`,
+`AI_BATCH_MAX_WAIT_MS`) go up in the same call, each request is answered with its
 own result (and `X-Batch-Size: N`), and stored under its own key exactly as an unbatched answer
 is. A list of texts, or of multi-modal parts, makes one upstream call of its own.
 """
