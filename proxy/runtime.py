@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from proxy.body import InflightBodies
 from proxy.budget import BudgetBook
+from proxy.cache.cluster import RedisClient, is_cluster, open_cluster
+from proxy.cache.cluster_pipe import ClusterPipe
 from proxy.cache.memory import MemoryStore
 from proxy.cache.near import NearCache
 from proxy.cache.near_store import NearStore
@@ -59,7 +60,7 @@ class Runtime:
     ttl: TtlPolicy
     tenants: TenantResolver
     metrics: Metrics
-    redis: Redis | None
+    redis: RedisClient | None
     flights: FlightTable
     gate: UpstreamGate
     breakers: BreakerBoard
@@ -86,10 +87,10 @@ async def open_runtime(
     embedder sends its embeddings through it); None where nothing needs it."""
     metrics = Metrics(registry or CollectorRegistry())
     tracer = open_tracer()
-    redis: Redis | None = None
+    redis: RedisClient | None = None
     store: CacheStore
     if settings.cache.redis_url:
-        redis = connect_redis(
+        single = connect_redis(
             settings.cache.redis_url,
             settings.cache.redis_timeout_ms,
             settings.cache.redis_max_connections,
@@ -97,14 +98,28 @@ async def open_runtime(
         errors = metrics.cache_errors
         url, timeout_ms = settings.cache.redis_url, settings.cache.redis_timeout_ms
         plain = url.startswith("redis://")
+        redis = single
+        pipe: RedisPipe | ClusterPipe | None = RedisPipe(url, timeout_ms / 1000) if plain else None
+        clustered = await is_cluster(single, settings.cache.redis_cluster)
+        if clustered:
+            redis, pipe = await open_cluster(
+                single, url, timeout_ms, settings.cache.redis_max_connections
+            )
         store = RedisStore(
             redis,
             on_error=lambda op: errors.labels(op).inc(),
             timeout_ms=timeout_ms,
-            pipe=RedisPipe(url, timeout_ms / 1000) if plain else None,
+            pipe=pipe,
             generation_key=INVALIDATION_GENERATION_KEY,
         )
-        if settings.cache.near_cache_mb > 0:
+        if settings.cache.near_cache_mb > 0 and clustered:
+            level = (
+                logging.INFO
+                if settings.cache.near_cache_mb == NEAR_CACHE_MB_DEFAULT
+                else logging.WARNING
+            )
+            log.log(level, "NEAR_CACHE_MB is ignored on a Redis Cluster (README: the near cache)")
+        elif settings.cache.near_cache_mb > 0:
             store = _near_store(store, url, settings.cache.near_cache_mb, timeout_ms, metrics)
     else:
         store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
@@ -215,7 +230,7 @@ def _near_store(
     return near_store
 
 
-async def _key_secret(settings: Settings, redis: Redis | None) -> bytes:
+async def _key_secret(settings: Settings, redis: RedisClient | None) -> bytes:
     """The configured secret, else one shared through Redis, else a random one per process."""
     if settings.tenancy.key_secret:
         return settings.tenancy.key_secret.encode()
