@@ -54,6 +54,11 @@ Issue 17's `tracing_overhead` (bench/tracing.py): the hit path with OpenTelemetr
 (exporting over OTLP/HTTP to bench/otlp_sink.py, a local receiver that discards) and off, in
 alternating rounds of the wrk and hey hit loads (about 70 s).
 
+Issue 15's `cluster_hits` and `cluster_failover` (bench/cluster.py) start a Redis Cluster (3
+primaries, 3 replicas) of their own: hit req/s and paced p50/p99 on the single node vs the
+cluster in alternating rounds (target: >= 0.9x), then a primary SIGKILLed under hit and miss
+load (5xx count, seconds until the hit is back); about 45 s with `--quick`.
+
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
 `--only hits_vs_baseline` it runs alone (about 20 s with `--quick`, 75 s without).
@@ -82,6 +87,7 @@ from . import (
     bombs,
     busy,
     clients,
+    cluster,
     coalescing,
     costs,
     hits,
@@ -116,6 +122,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     responses.responses_hits,
     versus.hits_vs_baseline,
     stores.hits_by_store,
+    cluster.cluster_hits,
+    cluster.cluster_failover,
     misses.miss_overhead,
     batching.embeddings_batching,
     coalescing.coalescing_savings,

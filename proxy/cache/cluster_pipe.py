@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -44,32 +44,56 @@ class ClusterPipe:
         await self._refresh()
 
     async def get(self, key: str) -> bytes | None:
-        reply = await self._call(key.encode(), command(b"GET", key.encode()))
-        return reply if reply is None or isinstance(reply, bytes) else None
+        return (await self.mget(key))[0]
 
     async def mget(self, *keys: str) -> list[bytes | None]:
-        """Each key from its own node, all sent at once (keys need not share a slot)."""
-        if len(keys) == 1:
-            return [await self.get(keys[0])]
-        return list(await asyncio.gather(*(self.get(key) for key in keys)))
+        """Each key from its own node, all sent before any is awaited (keys need not share a
+        slot): one round-trip time, and no Task per key."""
+        requests = []
+        for key in keys:
+            encoded = key.encode()
+            request = b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(encoded), encoded)
+            requests.append((request, self._send(encoded, request)))
+        values: list[bytes | None] = []
+        failure: PipeError | None = None
+        for request, sent in requests:  # every reply awaited, even after a failure
+            try:
+                reply = await self._answer(request, sent)
+            except PipeError as exc:
+                failure = exc
+                continue
+            values.append(reply if reply is None or isinstance(reply, bytes) else None)
+        if failure is not None:
+            raise failure
+        return values
 
     async def mget_pttl(self, *keys: str) -> tuple[list[bytes | None], int]:
         first = keys[0].encode()
-        *values, pttl = await asyncio.gather(
-            *(self.get(key) for key in keys), self._call(first, command(b"PTTL", first))
-        )
+        pttl_request = command(b"PTTL", first)
+        pttl_sent = self._send(first, pttl_request)
+        try:
+            values = await self.mget(*keys)
+        finally:
+            pttl = await self._answer(pttl_request, pttl_sent)
         if not isinstance(pttl, int):
             raise PipeError("Redis answered PTTL with something else than a number")
         return values, pttl
 
-    async def _call(self, key: bytes, request: bytes) -> Any:
-        slot = keyslot(key)
-        address = self._map.node_of(slot) if self._map is not None else None
+    def _send(self, key: bytes, request: bytes) -> Awaitable[Any]:
+        """`request` sent now to the primary serving `key`'s slot (or, not connected yet, a
+        coroutine that connects and sends it)."""
+        address = self._map.node_of(keyslot(key)) if self._map is not None else None
         if address is None:
             self._refresh_soon()
-            raise PipeError("no Redis Cluster node serves this key's slot (yet)")
+            return _failed("no Redis Cluster node serves this key's slot (yet)")
+        pipe = self._pipe(address)
+        sent = pipe.send_nowait(request)
+        return sent if sent is not None else _first(pipe, request)
+
+    async def _answer(self, request: bytes, sent: Awaitable[Any]) -> Any:
+        """The reply to `request`, following a MOVED or ASK redirection once."""
         try:
-            return (await self._pipe(address).execute(request))[0]
+            return await sent
         except PipeError as exc:
             redirect = parse_redirect(str(exc), self._seed[0])
             if redirect is None:
@@ -127,3 +151,13 @@ class ClusterPipe:
         for pipe in self._pipes.values():
             pipe.close()
         self._pipes.clear()
+
+
+async def _first(pipe: RedisPipe, request: bytes) -> Any:
+    return (await pipe.execute(request))[0]
+
+
+def _failed(message: str) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(PipeError(message))
+    return future
