@@ -4,14 +4,19 @@
 from __future__ import annotations
 
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError
 
 from proxy.cache.cluster_pipe import ClusterPipe
+from proxy.cache.near_store import NearStore
 from proxy.cache.pipe import PipeError
+from proxy.cache.redis import RedisStore
 from proxy.cache.slots import keyslot
 from tests.fixtures.redis_cluster import ClusterServers
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.server_base import free_port
+from tests.fixtures.sidecar import SidecarFactory
 
 KEYS = [b"sc:e:{0123abcd}", b"sc:{inv}:gen", b"plain", b"{}x", b"a{}{b}", b"x{y", b"{user1}.z"]
 
@@ -84,3 +89,14 @@ async def test_a_pipe_without_a_reachable_node_fails_as_a_miss_would(
             await pipe.get("sc:e:{x}")
     finally:
         pipe.close()
+
+
+def test_auto_finds_the_cluster_and_leaves_the_near_cache_off(
+    make_sidecar: SidecarFactory, cluster_url: str, redis_url: str
+) -> None:
+    on_cluster = make_sidecar(REDIS_URL=cluster_url, NEAR_CACHE_MB="64")
+    assert isinstance(on_cluster.runtime.redis, RedisCluster)
+    assert isinstance(on_cluster.runtime.store, RedisStore)  # no NearStore in front
+    single = make_sidecar(REDIS_URL=redis_url, NEAR_CACHE_MB="64")
+    assert isinstance(single.runtime.redis, Redis)
+    assert isinstance(single.runtime.store, NearStore)

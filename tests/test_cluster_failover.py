@@ -15,8 +15,9 @@ import pytest
 from proxy.cache.slots import keyslot
 from proxy.vocabulary import INVALIDATION_GENERATION_KEY
 from tests.fixtures.redis_cluster import ClusterServers, SharedRedis
-from tests.fixtures.replicas import Replica
+from tests.fixtures.replicas import ADMIN_TOKEN, Replica
 from tests.fixtures.sidecar import Stub, http_request
+from tests.invalidation_support import invalidate
 
 HOT = 30  # prompts asked again and again: hits, a third of them on the primary killed
 RESUME_BOUND_S = 20.0  # generous: promotion takes ~2 s with a 1 s node timeout
@@ -132,6 +133,10 @@ def test_a_primary_killed_under_load(
     fresh = [f"after the failover {i}" for i in range(HOT)]
     assert [ask(roots[0], prompt)[1] for prompt in fresh] == ["MISS"] * HOT
     assert [ask(roots[1], prompt)[1] for prompt in fresh] == ["HIT"] * HOT
+
+    # And invalidation: announced through one replica, honoured on another.
+    invalidate(three[2].admin, ADMIN_TOKEN, {"all": True})
+    assert ask(roots[1], fresh[0]) == (200, "MISS")
 
     exits = [replica.drain() for replica in three]
     assert exits == [0, 0, 0]
