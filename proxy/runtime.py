@@ -97,14 +97,15 @@ async def open_runtime(
         )
         errors = metrics.cache_errors
         url, timeout_ms = settings.cache.redis_url, settings.cache.redis_timeout_ms
-        plain = url.startswith("redis://")
+        pipe: RedisPipe | ClusterPipe | None = None
         redis = single
-        pipe: RedisPipe | ClusterPipe | None = RedisPipe(url, timeout_ms / 1000) if plain else None
         clustered = await is_cluster(single, settings.cache.redis_cluster)
         if clustered:
             redis, pipe = await open_cluster(
                 single, url, timeout_ms, settings.cache.redis_max_connections
             )
+        elif url.startswith("redis://"):
+            pipe = RedisPipe(url, timeout_ms / 1000)
         store = RedisStore(
             redis,
             on_error=lambda op: errors.labels(op).inc(),
@@ -112,15 +113,9 @@ async def open_runtime(
             pipe=pipe,
             generation_key=INVALIDATION_GENERATION_KEY,
         )
-        if settings.cache.near_cache_mb > 0 and clustered:
-            level = (
-                logging.INFO
-                if settings.cache.near_cache_mb == NEAR_CACHE_MB_DEFAULT
-                else logging.WARNING
-            )
-            log.log(level, "NEAR_CACHE_MB is ignored on a Redis Cluster (README: the near cache)")
-        elif settings.cache.near_cache_mb > 0:
-            store = _near_store(store, url, settings.cache.near_cache_mb, timeout_ms, metrics)
+        if settings.cache.near_cache_mb > 0:
+            near_mb = settings.cache.near_cache_mb
+            store = _near_store(store, url, near_mb, timeout_ms, metrics, clustered=clustered)
     else:
         store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
     metrics.cache_up.labels(store.backend).set_function(lambda: float(store.available))
@@ -215,12 +210,20 @@ async def close_runtime(runtime: Runtime) -> None:
 
 
 def _near_store(
-    store: RedisStore, url: str, megabytes: float, timeout_ms: int, metrics: Metrics
+    store: RedisStore,
+    url: str,
+    megabytes: float,
+    timeout_ms: int,
+    metrics: Metrics,
+    *,
+    clustered: bool,
 ) -> CacheStore:
-    if not url.startswith("redis://"):
-        # Said louder when it was asked for than when it is only the default.
+    if clustered or not url.startswith("redis://"):
+        # Said louder when it was asked for than when it is only the default. Not on a cluster:
+        # Redis reports changes per node (README: Redis Cluster).
         level = logging.INFO if megabytes == NEAR_CACHE_MB_DEFAULT else logging.WARNING
-        log.log(level, "NEAR_CACHE_MB is ignored: the near cache needs a redis:// REDIS_URL")
+        why = "on a Redis Cluster" if clustered else "the near cache needs a redis:// REDIS_URL"
+        log.log(level, "NEAR_CACHE_MB is ignored: %s", why)
         return store
     near = NearCache(int(megabytes * 1024 * 1024))
     metrics.watch_near(near)
