@@ -12,7 +12,7 @@ from proxy.cache.cluster_pipe import ClusterPipe
 from proxy.cache.near_store import NearStore
 from proxy.cache.pipe import PipeError
 from proxy.cache.redis import RedisStore
-from proxy.cache.slots import keyslot
+from proxy.cache.slots import SlotMap, keyslot, parse_redirect
 from tests.fixtures.redis_cluster import ClusterServers
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.server_base import free_port
@@ -100,3 +100,20 @@ def test_auto_finds_the_cluster_and_leaves_the_near_cache_off(
     single = make_sidecar(REDIS_URL=redis_url, NEAR_CACHE_MB="64")
     assert isinstance(single.runtime.redis, Redis)
     assert isinstance(single.runtime.store, NearStore)
+
+
+def test_a_slot_map_and_redirections_as_redis_words_them() -> None:
+    reply = [
+        [0, 5460, [b"", 7000, b"id-a"], [b"127.0.0.1", 7003, b"id-d"]],
+        [5461, 16383, [b"10.0.0.2", 7001, b"id-b"]],
+    ]
+    slots = SlotMap.parse(reply, "10.0.0.1")
+    assert slots.node_of(0) == ("10.0.0.1", 7000)  # an empty host: the one asked
+    assert slots.node_of(5461) == slots.node_of(16383) == ("10.0.0.2", 7001)
+    slots.moved(42, ("10.0.0.3", 7002))
+    assert slots.node_of(42) == ("10.0.0.3", 7002)
+    assert slots.node_of(41) == ("10.0.0.1", 7000)
+    assert parse_redirect("MOVED 3999 10.0.0.9:6381", "h") == ("MOVED", 3999, ("10.0.0.9", 6381))
+    assert parse_redirect("ASK 1 :6380", "h") == ("ASK", 1, ("h", 6380))
+    assert parse_redirect("CLUSTERDOWN The cluster is down", "h") is None
+    assert parse_redirect("connection to Redis lost", "h") is None
