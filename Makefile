@@ -42,11 +42,12 @@ test: lint test-servers node-deps
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q browser_tests
 
-## The tests start private Redis, PostgreSQL and Prometheus servers from these Debian packages'
+## The tests start private Redis (a single node and a 6-node cluster, joined with redis-cli),
+## PostgreSQL and Prometheus servers from these Debian packages'
 ## binaries (the packages' own services are not used), and drive the dashboard page in Debian's
 ## headless Chromium (no browser download).
 test-servers:
-	@command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null && ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
 	  && test -x /usr/lib/chromium/chromium && command -v ss >/dev/null \
 	  && command -v prometheus >/dev/null \
 	  || (apt-get update -qq \

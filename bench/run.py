@@ -66,6 +66,10 @@ Issue 15's `embeddings_burst` (bench/embeddings_burst.py): upstream calls per bu
 threaded SDK clients trickling in over 300 ms, and the latency batching adds to them and to a
 lone request, the old fixed 5 ms window vs the adaptive one in the same run (about 40 s, 20 s
 with `--quick`).
+Issue 15's `cluster_hits` and `cluster_failover` (bench/cluster.py) start a Redis Cluster (3
+primaries, 3 replicas) of their own: hit req/s and paced p50/p99 on the single node vs the
+cluster in alternating rounds (target: >= 0.9x), then a primary SIGKILLed under hit and miss
+load (5xx count, seconds until the hit is back); about 45 s with `--quick`.
 
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
@@ -95,6 +99,7 @@ from . import (
     bombs,
     busy,
     clients,
+    cluster,
     coalescing,
     costs,
     embeddings_burst,
@@ -133,6 +138,8 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     versus.hits_vs_baseline,
     stores.hits_by_store,
     workers.workers_hits,
+    cluster.cluster_hits,
+    cluster.cluster_failover,
     misses.miss_overhead,
     batching.embeddings_batching,
     embeddings_burst.embeddings_burst,

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from proxy.body import InflightBodies
 from proxy.budget import BudgetBook
+from proxy.cache.cluster import RedisClient, is_cluster, open_cluster
+from proxy.cache.cluster_pipe import ClusterPipe
 from proxy.cache.memory import MemoryStore
 from proxy.cache.near import NearCache
 from proxy.cache.near_store import NearStore
@@ -61,7 +62,7 @@ class Runtime:
     ttl: TtlPolicy
     tenants: TenantResolver
     metrics: Metrics
-    redis: Redis | None
+    redis: RedisClient | None
     flights: FlightTable
     gate: UpstreamGate
     breakers: BreakerBoard
@@ -88,26 +89,35 @@ async def open_runtime(
     embedder sends its embeddings through it); None where nothing needs it."""
     metrics = Metrics(registry or CollectorRegistry())
     tracer = open_tracer()
-    redis: Redis | None = None
+    redis: RedisClient | None = None
     store: CacheStore
     if settings.cache.redis_url:
-        redis = connect_redis(
+        single = connect_redis(
             settings.cache.redis_url,
             settings.cache.redis_timeout_ms,
             settings.cache.redis_max_connections,
         )
         errors = metrics.cache_errors
         url, timeout_ms = settings.cache.redis_url, settings.cache.redis_timeout_ms
-        plain = url.startswith("redis://")
+        pipe: RedisPipe | ClusterPipe | None = None
+        redis = single
+        clustered = await is_cluster(single, settings.cache.redis_cluster)
+        if clustered:
+            redis, pipe = await open_cluster(
+                single, url, timeout_ms, settings.cache.redis_max_connections
+            )
+        elif url.startswith("redis://"):
+            pipe = RedisPipe(url, timeout_ms / 1000)
         store = RedisStore(
             redis,
             on_error=lambda op: errors.labels(op).inc(),
             timeout_ms=timeout_ms,
-            pipe=RedisPipe(url, timeout_ms / 1000) if plain else None,
+            pipe=pipe,
             generation_key=INVALIDATION_GENERATION_KEY,
         )
         if settings.cache.near_cache_mb > 0:
-            store = _near_store(store, url, settings.cache.near_cache_mb, timeout_ms, metrics)
+            near_mb = settings.cache.near_cache_mb
+            store = _near_store(store, url, near_mb, timeout_ms, metrics, clustered=clustered)
     else:
         store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
     metrics.cache_up.labels(store.backend).set_function(lambda: float(store.available))
@@ -254,12 +264,20 @@ def open_lanes(
 
 
 def _near_store(
-    store: RedisStore, url: str, megabytes: float, timeout_ms: int, metrics: Metrics
+    store: RedisStore,
+    url: str,
+    megabytes: float,
+    timeout_ms: int,
+    metrics: Metrics,
+    *,
+    clustered: bool,
 ) -> CacheStore:
-    if not url.startswith("redis://"):
-        # Said louder when it was asked for than when it is only the default.
+    if clustered or not url.startswith("redis://"):
+        # Said louder when it was asked for than when it is only the default. Not on a cluster:
+        # Redis reports changes per node (README: Redis Cluster).
         level = logging.INFO if megabytes == NEAR_CACHE_MB_DEFAULT else logging.WARNING
-        log.log(level, "NEAR_CACHE_MB is ignored: the near cache needs a redis:// REDIS_URL")
+        why = "on a Redis Cluster" if clustered else "the near cache needs a redis:// REDIS_URL"
+        log.log(level, "NEAR_CACHE_MB is ignored: %s", why)
         return store
     near = NearCache(int(megabytes * 1024 * 1024))
     metrics.watch_near(near)
@@ -269,7 +287,7 @@ def _near_store(
     return near_store
 
 
-async def _key_secret(settings: Settings, redis: Redis | None) -> bytes:
+async def _key_secret(settings: Settings, redis: RedisClient | None) -> bytes:
     """The configured secret, else one shared through Redis, else a random one per process."""
     if settings.tenancy.key_secret:
         return settings.tenancy.key_secret.encode()

@@ -152,6 +152,8 @@ class AdminSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 class CacheSettings(msgspec.Struct, forbid_unknown_fields=True):
     redis_url: Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")] | None = None
+    # Whether REDIS_URL names a Redis Cluster node; auto asks it (proxy/cache/cluster.py).
+    redis_cluster: Literal["auto", "on", "off"] = "auto"
     memory_mb: Annotated[float, msgspec.Meta(gt=0)] = 256
     # The near cache in front of Redis (proxy/cache/near_store.py); 0 is off; ignored without
     # Redis (the memory store is already in process).

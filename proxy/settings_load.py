@@ -46,6 +46,7 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "SIDECAR_KEYS": ("tenancy", "sidecar_keys"),
     "CACHE_KEY_SECRET": ("tenancy", "key_secret"),
     "REDIS_URL": ("cache", "redis_url"),
+    "REDIS_CLUSTER": ("cache", "redis_cluster"),
     "CACHE_DEFAULT_TTL": ("cache", "default_ttl"),
     "CACHE_MEMORY_MB": ("cache", "memory_mb"),
     "NEAR_CACHE_MB": ("cache", "near_cache_mb"),

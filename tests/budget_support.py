@@ -12,6 +12,7 @@ from aiohttp import web
 
 from proxy.budget.spend import MemorySpend, SpendStore
 from proxy.budget.spend_redis import RedisSpend
+from proxy.cache.cluster import connect_cluster
 from proxy.cache.redis import connect_redis
 
 START = datetime(2026, 11, 24, 15, 30, tzinfo=UTC)
@@ -67,7 +68,11 @@ async def spend_store(kind: str, redis_url: str | None = None) -> AsyncIterator[
         yield MemorySpend()
         return
     assert redis_url is not None
-    client = connect_redis(redis_url, 250, 16)
+    client = (
+        connect_cluster(redis_url, 250, 16)
+        if kind == "cluster"
+        else connect_redis(redis_url, 250, 16)
+    )
     try:
         yield RedisSpend(client, timeout_ms=250)
     finally:

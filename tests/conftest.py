@@ -1,6 +1,7 @@
 # The admin fixtures come last: they import the sidecar fixtures' module.
 pytest_plugins = [
     "tests.fixtures.servers",
+    "tests.fixtures.redis_cluster",
     "tests.fixtures.sidecar",
     "tests.fixtures.replicas",
     "tests.fixtures.upstreams",

@@ -25,7 +25,15 @@ from proxy.upstream.client import UpstreamClient
 from proxy.upstream.gate import Priority, UpstreamGate
 from proxy.upstream.guarded import GuardedUpstream
 from tests.fixtures.burst import Burst, burst
-from tests.fixtures.sidecar import API_KEY, OTHER_API_KEY, Sidecar, SidecarFactory, Stub
+from tests.fixtures.sidecar import (
+    API_KEY,
+    OTHER_API_KEY,
+    STORES,
+    Sidecar,
+    SidecarFactory,
+    Stub,
+    store_env,
+)
 
 MODEL = "text-embedding-3-small"
 Clients = Callable[..., openai.AsyncOpenAI]
@@ -33,12 +41,10 @@ BATCH = {"AI_BATCH_SIZE": "10", "AI_BATCH_WAIT_MS": "200"}
 EMBEDDINGS = "/v1/embeddings"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=STORES)
 def batched(request: pytest.FixtureRequest, make_sidecar: SidecarFactory) -> Sidecar:
-    """Batches of up to 10 inputs collected for up to 200 ms, on both cache stores."""
-    if request.param == "redis":
-        return make_sidecar(REDIS_URL=request.getfixturevalue("redis_url"), **BATCH)
-    return make_sidecar(**BATCH)
+    """Batches of up to 10 inputs collected for up to 200 ms, on every cache store."""
+    return make_sidecar(**store_env(request, request.param), **BATCH)
 
 
 @pytest.fixture

@@ -19,14 +19,15 @@ from proxy.failures import BudgetExceeded
 from proxy.settings import BudgetSettings, SettingsError
 from proxy.settings_load import load_settings
 from tests.budget_support import Clock, spend_store
+from tests.fixtures.sidecar import STORES, store_env
 from tests.ledger_db import LedgerDb
 
 TENANT = "3f1c9a7d5e2b4c60"  # a tenant id as the proxy makes them (a keyed hash)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=STORES)
 async def spend(request: pytest.FixtureRequest) -> AsyncIterator[SpendStore]:
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    url = store_env(request, request.param).get("REDIS_URL")
     async with spend_store(request.param, url) as store:
         yield store
 

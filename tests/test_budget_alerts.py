@@ -21,13 +21,14 @@ from proxy.settings import BudgetSettings
 from tests.budget_support import Clock, Receiver, spend_store
 from tests.fixtures.server_base import free_port
 from tests.fixtures.servers import RedisServer
+from tests.fixtures.sidecar import STORES, store_env
 
 TENANT = "3f1c9a7d5e2b4c60"
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=STORES)
 async def spend(request: pytest.FixtureRequest) -> AsyncIterator[SpendStore]:
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    url = store_env(request, request.param).get("REDIS_URL")
     async with spend_store(request.param, url) as store:
         yield store
 

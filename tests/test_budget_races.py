@@ -19,7 +19,15 @@ from proxy.cache.redis import connect_redis
 from proxy.settings import BudgetSettings
 from tests.budget_support import Clock
 from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.sidecar import API_KEY, LoopThread, Sidecar, SidecarFactory, Stub
+from tests.fixtures.sidecar import (
+    API_KEY,
+    STORES,
+    LoopThread,
+    Sidecar,
+    SidecarFactory,
+    Stub,
+    store_env,
+)
 from tests.ledger_db import LedgerDb
 
 TENANT = "3f1c9a7d5e2b4c60"
@@ -81,7 +89,7 @@ def tenant_daily(loop_thread: LoopThread, sidecar: Sidecar) -> float:
     return loop_thread.run(sidecar.runtime.budgets.spent(tenant, None))[0][1]
 
 
-@pytest.mark.parametrize("store", ["memory", "redis"])
+@pytest.mark.parametrize("store", STORES)
 async def test_300_concurrent_misses_cannot_overspend_a_budget(
     make_sidecar: SidecarFactory,
     stub: Stub,
@@ -90,7 +98,7 @@ async def test_300_concurrent_misses_cannot_overspend_a_budget(
     request: pytest.FixtureRequest,
 ) -> None:
     limit = 0.001  # about a third of what 300 of these chats cost
-    env = {"REDIS_URL": request.getfixturevalue("redis_url")} if store == "redis" else {}
+    env = store_env(request, store)
     sidecar = make_sidecar(BUDGET_TENANT_DAILY_USD=str(limit), UPSTREAM_MAX_IN_FLIGHT="1000", **env)
     client = sidecar.aclient()
     # Every call allowed is held at the stub until each request has either passed the budget

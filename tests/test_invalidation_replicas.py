@@ -14,6 +14,7 @@ from proxy.invalidation.selectors import Selector
 from proxy.keys import KeyMaker
 from proxy.settings import CacheSettings
 from proxy.vocabulary import INVALIDATION_GENERATION_KEY
+from tests.fixtures.redis_cluster import SharedRedis
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.replicas import ADMIN_TOKEN, Replica
 from tests.fixtures.sidecar import API_KEY, OTHER_API_KEY
@@ -28,7 +29,7 @@ def ask(replica: Replica, item: Ask) -> str:
     return chat_status(replica.url, prompt, model=model, api_key=api_key, **headers)
 
 
-def tenant_of(redis: RedisServer, api_key: str) -> str:
+def tenant_of(redis: SharedRedis | RedisServer, api_key: str) -> str:
     """The tenant id the replicas give a credential (their shared secret is in Redis)."""
     secret = redis.client().get("sc:secret")
     assert isinstance(secret, bytes)
@@ -42,7 +43,7 @@ def ask_of(n: int, *, model: str = "gpt-4o-mini", key: str = API_KEY, **headers:
 Case = tuple[dict[str, Any], list[Ask], list[Ask]]
 
 
-def selector_cases(redis: RedisServer) -> list[Case]:
+def selector_cases(redis: SharedRedis | RedisServer) -> list[Case]:
     """Each invalidation selector, the asks it covers and asks it does not cover."""
     formal, friendly = {"X-Persona-Tone": "formal"}, {"X-Persona-Tone": "friendly"}
     return [
@@ -61,10 +62,10 @@ def selector_cases(redis: RedisServer) -> list[Case]:
 
 
 def test_each_selector_takes_effect_on_the_other_replica(
-    replicas: list[Replica], private_redis: RedisServer
+    replicas: list[Replica], shared_redis: SharedRedis
 ) -> None:
     a, b = replicas
-    cases = selector_cases(private_redis)
+    cases = selector_cases(shared_redis)
     for selector, covered, spared in cases:
         for item in covered + spared:
             assert ask(a, item) == "MISS", (selector, item)

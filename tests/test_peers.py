@@ -12,7 +12,7 @@ from collections import Counter
 import openai
 import pytest
 
-from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.redis_cluster import SharedRedis
 from tests.fixtures.replicas import LOCK_MS, Replica
 from tests.fixtures.sidecar import Stub
 from tests.test_single_flight import WAIT_S, Asked, ask, until
@@ -20,11 +20,10 @@ from tests.test_single_flight import WAIT_S, Asked, ask, until
 SETTLE_S = 1.0  # after the last request left the client, for the replicas to take it in
 
 
-def peer_polls(redis: RedisServer) -> int:
+def peer_polls(redis: SharedRedis) -> int:
     """MGETs Redis has served: a follower waiting on another replica's flight polls with one
     (nothing else in these tests sends one)."""
-    stats = redis.client().info("commandstats")
-    return int(stats.get("cmdstat_mget", {}).get("calls", 0))
+    return redis.calls("mget")
 
 
 async def test_100_misses_over_two_replicas_make_one_upstream_call(
@@ -55,14 +54,14 @@ async def test_100_misses_over_two_replicas_make_one_upstream_call(
 
 
 async def test_a_killed_leader_holds_followers_no_longer_than_its_lock(
-    replicas: list[Replica], stub: Stub, private_redis: RedisServer
+    replicas: list[Replica], stub: Stub, shared_redis: SharedRedis
 ) -> None:
     a, b = replicas
     stub.fake.hang = True
     doomed = asyncio.ensure_future(ask(a.client()))
     await until(lambda: stub.fake.in_flight == 1, "replica a's leader reached the upstream")
     follower = asyncio.ensure_future(ask(b.client()))
-    await until(lambda: peer_polls(private_redis) >= 1, "replica b waits on a's flight")
+    await until(lambda: peer_polls(shared_redis) >= 1, "replica b waits on a's flight")
     assert stub.calls == 1
 
     a.proc.send_signal(signal.SIGKILL)
@@ -78,7 +77,7 @@ async def test_a_killed_leader_holds_followers_no_longer_than_its_lock(
 
 
 async def test_a_follower_calls_upstream_itself_after_the_leader_failed(
-    replicas: list[Replica], stub: Stub, private_redis: RedisServer
+    replicas: list[Replica], stub: Stub, shared_redis: SharedRedis
 ) -> None:
     a, b = replicas
     stub.fake.hang = True
@@ -86,7 +85,7 @@ async def test_a_follower_calls_upstream_itself_after_the_leader_failed(
     leader = asyncio.ensure_future(ask(a.client()))
     await until(lambda: stub.fake.in_flight == 1, "replica a's leader reached the upstream")
     follower = asyncio.ensure_future(ask(b.client()))
-    await until(lambda: peer_polls(private_redis) >= 1, "replica b waits on a's flight")
+    await until(lambda: peer_polls(shared_redis) >= 1, "replica b waits on a's flight")
 
     released = time.monotonic()
     stub.fake.hang = False

@@ -16,6 +16,7 @@ from aiohttp import web
 from proxy.settings import SettingsError
 from proxy.settings_load import load_settings
 from tests.admin_support import TOKENS
+from tests.fixtures.redis_cluster import SharedRedis
 from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.replicas import Replica
 from tests.fixtures.sidecar import (
@@ -203,10 +204,10 @@ def test_redis_down_degrades_to_misses(
 
 
 def test_an_entry_stored_by_one_replica_is_found_by_another(
-    tmp_path: Path, private_redis: RedisServer, stub: Stub
+    tmp_path: Path, shared_redis: SharedRedis, stub: Stub
 ) -> None:
-    env = {"SEMANTIC_CACHE": "on"}
-    started = [Replica(tmp_path, n, private_redis.url, stub.url, env) for n in ("a", "b")]
+    env = {"SEMANTIC_CACHE": "on", **shared_redis.env}
+    started = [Replica(tmp_path, n, shared_redis.url, stub.url, env) for n in ("a", "b")]
     try:
         for replica in started:
             replica.wait_healthy()

@@ -38,8 +38,7 @@ from proxy.settings import BudgetSettings, Settings
 from proxy.vocabulary import BUDGET_KEY_PREFIX
 
 if TYPE_CHECKING:
-    from redis.asyncio import Redis
-
+    from proxy.cache.cluster import RedisClient
     from proxy.ledger.sink import LedgerSink
 
 log = logging.getLogger("sidecache.budget")
@@ -95,7 +94,7 @@ class BudgetBook:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, redis: Redis | None = None, sink: LedgerSink | None = None
+        cls, settings: Settings, *, redis: RedisClient | None = None, sink: LedgerSink | None = None
     ) -> BudgetBook:
         """Redis spend when a client is given (the runtime's), else memory."""
         store: SpendStore = (

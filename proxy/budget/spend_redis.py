@@ -15,10 +15,10 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from redis.asyncio import Redis
 from redis.exceptions import MaxConnectionsError, RedisError
 
 from proxy.budget.spend import RESERVED, RESERVED_SUM, SEEDED, Check, SpendUnavailable, Verdict
+from proxy.cache.cluster import RedisClient
 
 # KEYS: per budget (total, reservations, their sum, restored marker).
 # ARGV: amount, member, hold ms, check restored markers (1/0), then per budget limit, ttl s.
@@ -120,7 +120,7 @@ class RedisSpend:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         *,
         timeout_ms: int = 250,
         max_in_flight: int = 8,

@@ -144,6 +144,25 @@ class RedisPipe:
             raise PipeError("Redis answered MGET/PTTL with something else than their values")
         return [value if isinstance(value, bytes) else None for value in reply], pttl
 
+    def send_nowait(self, request: bytes) -> asyncio.Future[Any] | None:
+        """The command queued at once on the live connection, its reply's future (failing with
+        PipeError only); None when not connected (then `execute` connects first). For the
+        cluster pipe, which awaits commands to several nodes without a Task for each."""
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            return None
+        return protocol.send(request)
+
+    async def execute(self, *requests: bytes) -> list[Any]:
+        """Raw commands (built with `command`) in one write; their replies, in order (an error
+        reply raises PipeError). The cluster pipe's ASKING and CLUSTER SLOTS."""
+        protocol = self._protocol
+        if protocol is None or protocol.transport is None:
+            protocol = await self._reconnect()
+        if len(requests) == 1:
+            return [await protocol.send(requests[0])]  # no gather on the hit path
+        return list(await asyncio.gather(*(protocol.send(request) for request in requests)))
+
     async def _send_two(self, first: bytes, second: bytes) -> tuple[Any, Any]:
         protocol = self._protocol
         if protocol is None or protocol.transport is None:

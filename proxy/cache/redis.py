@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -18,6 +18,10 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from proxy.cache.pipe import PipeError, RedisPipe
+
+if TYPE_CHECKING:
+    from proxy.cache.cluster import RedisClient
+    from proxy.cache.cluster_pipe import ClusterPipe
 
 log = logging.getLogger("sidecache.cache")
 
@@ -48,11 +52,11 @@ class RedisStore:
 
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         on_error: Callable[[str], None] | None = None,
         *,
         timeout_ms: int = 250,
-        pipe: RedisPipe | None = None,
+        pipe: RedisPipe | ClusterPipe | None = None,
         generation_key: str | None = None,
     ) -> None:
         self._client = client

@@ -16,9 +16,9 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy.cache.cluster import RedisClient
 from proxy.keys import CacheKey
 from proxy.vocabulary import FLIGHTS_CHANNEL
 
@@ -42,7 +42,7 @@ class Lease:
 
 
 class PeerFlights:
-    def __init__(self, redis: Redis, lock_ms: int, max_wait_ms: int, timeout_ms: int) -> None:
+    def __init__(self, redis: RedisClient, lock_ms: int, max_wait_ms: int, timeout_ms: int) -> None:
         self._redis = redis
         self._lock_ms = lock_ms
         self._max_wait_s = max_wait_ms / 1000

@@ -26,9 +26,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy.cache.cluster import RedisClient
 from proxy.cache.entry import EntryMeta
 from proxy.cache.store import CacheStore
 from proxy.failures import StoreUnavailable
@@ -59,7 +59,7 @@ class Invalidator:
     def __init__(
         self,
         store: CacheStore,
-        redis: Redis | None,
+        redis: RedisClient | None,
         *,
         max_age_s: int,
         timeout_ms: int,
@@ -141,6 +141,7 @@ class Invalidator:
 
     async def _publish(self, selectors: Sequence[Selector]) -> Stamp:
         args: list[str | int] = [
+            INVALIDATION_CHANNEL,
             self._max_age_s,
             self._max_rules,
             *(_encode(s).decode() for s in selectors),
@@ -148,7 +149,7 @@ class Invalidator:
         try:
             async with asyncio.timeout(self._timeout_s * 4):
                 generation, previous, at = await self._redis.eval(  # type: ignore[union-attr]
-                    ADD_RULES, 3, *ADD_RULES_KEYS, *args
+                    ADD_RULES, len(ADD_RULES_KEYS), *ADD_RULES_KEYS, *args
                 )
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(

@@ -5,13 +5,13 @@ in one step, so every replica learns rules in generation order and the table sta
 from __future__ import annotations
 
 from proxy.vocabulary import (
-    INVALIDATION_CHANNEL,
     INVALIDATION_GENERATION_KEY,
     INVALIDATION_RULES_KEY,
 )
 
-ADD_RULES_KEYS = (INVALIDATION_GENERATION_KEY, INVALIDATION_RULES_KEY, INVALIDATION_CHANNEL)
-# KEYS: generation, rules, channel. ARGV: max age in seconds, max rules, then one selector (JSON)
+ADD_RULES_KEYS = (INVALIDATION_GENERATION_KEY, INVALIDATION_RULES_KEY)
+# KEYS: generation, rules (one hash tag: one cluster slot). ARGV: the channel (not a key: PUBLISH
+# reaches every node of a cluster), max age in seconds, max rules, then one selector (JSON)
 # each. A generation is the Redis server's clock in microseconds (or the previous generation + 1),
 # so it keeps growing even when Redis restarts empty and replicas still hold older ones.
 # Answers {generation, previous, time}; publishes "<generation> <previous> <time>\n<json>...".
@@ -80,13 +80,13 @@ local g = string.format('%d', math.max(tonumber(now[1]) * 1000000 + tonumber(now
 local p = string.format('%d', prev)
 redis.call('SET', KEYS[1], g)
 local at = now[1] .. '.' .. string.format('%06d', tonumber(now[2]))
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(at) - tonumber(ARGV[1]))
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', tonumber(at) - tonumber(ARGV[2]))
 local lines = {g .. ' ' .. p .. ' ' .. at}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   redis.call('ZADD', KEYS[2], at, g .. ' ' .. ARGV[i])
   lines[#lines + 1] = ARGV[i]
 end
-if redis.call('ZCARD', KEYS[2]) > tonumber(ARGV[2]) then collapse(KEYS[2], tonumber(ARGV[2])) end
-redis.call('PUBLISH', KEYS[3], table.concat(lines, '\\n'))
+if redis.call('ZCARD', KEYS[2]) > tonumber(ARGV[3]) then collapse(KEYS[2], tonumber(ARGV[3])) end
+redis.call('PUBLISH', ARGV[1], table.concat(lines, '\\n'))
 return {g, p, at}
 """

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
+from proxy.cache.cluster import RedisClient
 from proxy.cache.store import CacheStore
 from proxy.keys import KeyMaker
 from proxy.semantic.cache import SemanticCache
@@ -17,7 +17,7 @@ from proxy.settings import Settings, SettingsError
 async def open_semantic(
     settings: Settings,
     store: CacheStore,
-    redis: Redis | None,
+    redis: RedisClient | None,
     keys: KeyMaker,
     registry: CollectorRegistry,
     proxy_url: str | None,

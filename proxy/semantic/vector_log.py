@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from proxy.cache.cluster import RedisClient
 from proxy.vocabulary import SEMANTIC_LOG_KEY
 
 _FIELD = b"r"
@@ -61,7 +61,7 @@ class RedisVectorLog:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         max_per_partition: int,
         timeout_ms: int,
         on_error: Callable[[str], None],

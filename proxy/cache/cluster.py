@@ -1,0 +1,71 @@
+"""Redis Cluster at start-up: whether REDIS_URL names one (`REDIS_CLUSTER=auto|on|off`), and
+the clients for it — redis-py's RedisCluster for everything but the hit path's reads, which go
+through ClusterPipe (proxy/cache/cluster_pipe.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Literal
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from proxy.cache.cluster_pipe import ClusterPipe
+
+log = logging.getLogger("sidecache.cache")
+
+ClusterMode = Literal["auto", "on", "off"]
+# What every shared-state module talks to: one node or a cluster (the commands they use exist on
+# both; keys touched together share a hash tag, docs/design.md §12).
+RedisClient = Redis | RedisCluster
+
+_ASK_TIMEOUT_S = 2.0
+
+
+async def is_cluster(client: Redis, mode: ClusterMode) -> bool:
+    """`on`/`off` as said; `auto` asks the node (`INFO cluster`). A node that cannot answer at
+    start-up is taken for a single one, said in the log."""
+    if mode != "auto":
+        return mode == "on"
+    try:
+        async with asyncio.timeout(_ASK_TIMEOUT_S):
+            info = await client.info("cluster")
+    except (RedisError, OSError, TimeoutError):
+        log.warning(
+            "REDIS_CLUSTER=auto: Redis did not answer INFO at start-up, so it is taken for a "
+            "single node; set REDIS_CLUSTER=on for a cluster"
+        )
+        return False
+    return bool(info.get("cluster_enabled"))
+
+
+def connect_cluster(url: str, timeout_ms: int, max_connections: int) -> RedisCluster:
+    """Like connect_redis (proxy/cache/redis.py): no retries, short connects, callers bound each
+    operation. `max_connections` is per node."""
+    return RedisCluster.from_url(
+        url,
+        max_connections=max_connections,
+        socket_connect_timeout=timeout_ms / 1000,
+        socket_timeout=None,
+        retry=Retry(NoBackoff(), 0),
+        require_full_coverage=False,  # a primary down costs its slots, not the others
+        health_check_interval=0,
+    )
+
+
+async def open_cluster(
+    single: Redis, url: str, timeout_ms: int, max_connections: int
+) -> tuple[RedisCluster, ClusterPipe | None]:
+    """Replaces the single-node client `single` (closed here) by the cluster clients: redis-py's
+    for everything, and the hit path's pipe (plain redis:// only, as RedisPipe)."""
+    await single.aclose()
+    client = connect_cluster(url, timeout_ms, max_connections)
+    if not url.startswith("redis://"):
+        return client, None
+    pipe = ClusterPipe(url, timeout_ms / 1000)
+    await pipe.start()
+    return client, pipe
