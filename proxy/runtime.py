@@ -20,6 +20,8 @@ from proxy.cache.near import NearCache
 from proxy.cache.near_store import NearStore
 from proxy.cache.pipe import RedisPipe
 from proxy.cache.redis import RedisStore, connect_redis
+from proxy.cache.redis_link import RedisLink, RedisRefused
+from proxy.cache.redis_url import TlsFiles
 from proxy.cache.store import CacheStore
 from proxy.cache.tracking import TrackingListener
 from proxy.dispatch.batcher import Batcher
@@ -34,7 +36,7 @@ from proxy.metrics import Metrics
 from proxy.persona import PersonaParser
 from proxy.semantic.build import open_semantic
 from proxy.semantic.cache import SemanticCache
-from proxy.settings import NEAR_CACHE_MB_DEFAULT, Settings
+from proxy.settings import CacheSettings, Settings
 from proxy.tenancy import TenantResolver
 from proxy.tracing import Tracer, Untraced, open_tracer
 from proxy.ttl import TtlPolicy
@@ -89,23 +91,21 @@ async def open_runtime(
     redis: Redis | None = None
     store: CacheStore
     if settings.cache.redis_url:
-        redis = connect_redis(
-            settings.cache.redis_url,
-            settings.cache.redis_timeout_ms,
-            settings.cache.redis_max_connections,
-        )
+        cache = settings.cache
+        link = _redis_link(cache)
+        redis = connect_redis(link, cache.redis_timeout_ms, cache.redis_max_connections)
+        await link.verify(redis)  # a wrong password or certificate stops start-up here
         errors = metrics.cache_errors
-        url, timeout_ms = settings.cache.redis_url, settings.cache.redis_timeout_ms
-        plain = url.startswith("redis://")
+        timeout_ms = cache.redis_timeout_ms
         store = RedisStore(
             redis,
             on_error=lambda op: errors.labels(op).inc(),
             timeout_ms=timeout_ms,
-            pipe=RedisPipe(url, timeout_ms / 1000) if plain else None,
+            pipe=RedisPipe(link, timeout_ms / 1000),
             generation_key=INVALIDATION_GENERATION_KEY,
         )
-        if settings.cache.near_cache_mb > 0:
-            store = _near_store(store, url, settings.cache.near_cache_mb, timeout_ms, metrics)
+        if cache.near_cache_mb > 0:
+            store = _near_store(store, link, cache.near_cache_mb, timeout_ms, metrics)
     else:
         store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
     metrics.cache_up.labels(store.backend).set_function(lambda: float(store.available))
@@ -200,19 +200,28 @@ async def close_runtime(runtime: Runtime) -> None:
 
 
 def _near_store(
-    store: RedisStore, url: str, megabytes: float, timeout_ms: int, metrics: Metrics
+    store: RedisStore, link: RedisLink, megabytes: float, timeout_ms: int, metrics: Metrics
 ) -> CacheStore:
-    if not url.startswith("redis://"):
-        # Said louder when it was asked for than when it is only the default.
-        level = logging.INFO if megabytes == NEAR_CACHE_MB_DEFAULT else logging.WARNING
-        log.log(level, "NEAR_CACHE_MB is ignored: the near cache needs a redis:// REDIS_URL")
-        return store
     near = NearCache(int(megabytes * 1024 * 1024))
     metrics.watch_near(near)
     # Tracking sets up more than one command: a longer bound than a hit's.
-    near_store = NearStore(store, near, TrackingListener(url, near, max(timeout_ms, 1000) / 1000))
+    near_store = NearStore(store, near, TrackingListener(link, near, max(timeout_ms, 1000) / 1000))
     near_store.start()
     return near_store
+
+
+def _redis_link(cache: CacheSettings) -> RedisLink:
+    """REDIS_URL and the TLS files, read once; the SSL context is built here, once. A TLS file
+    that does not load stops start-up naming it."""
+    assert cache.redis_url is not None
+    files = TlsFiles(cache.redis_ca_file, cache.redis_cert_file, cache.redis_key_file)
+    try:
+        return RedisLink.from_url(cache.redis_url, files, cache.redis_timeout_ms / 1000)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise RedisRefused(
+            f"the TLS files for Redis do not load (REDIS_CA_FILE={files.ca_file!r}, "
+            f"REDIS_CERT_FILE={files.cert_file!r}, REDIS_KEY_FILE={files.key_file!r}): {exc}"
+        ) from None
 
 
 async def _key_secret(settings: Settings, redis: Redis | None) -> bytes:

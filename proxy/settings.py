@@ -118,7 +118,14 @@ class AdminSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CacheSettings(msgspec.Struct, forbid_unknown_fields=True):
-    redis_url: Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")] | None = None
+    redis_url: (
+        Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix|redis\+sentinel)://")] | None
+    ) = None
+    # TLS (rediss://, or ?ssl=true with Sentinel): the CA to trust (else the system's), and a
+    # client certificate and its key for servers that ask for one (proxy/cache/redis_url.py).
+    redis_ca_file: str | None = None
+    redis_cert_file: str | None = None
+    redis_key_file: str | None = None
     memory_mb: Annotated[float, msgspec.Meta(gt=0)] = 256
     # The near cache in front of Redis (proxy/cache/near_store.py); 0 is off; ignored without
     # Redis (the memory store is already in process).
