@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -127,7 +128,7 @@ class RedisLink:
             async with asyncio.timeout(max(self._timeout_s, 2.0)):
                 await client.ping()
         except (RedisError, OSError, TimeoutError) as exc:
-            refusal = self._refusal(exc) or await self._plain_to_tls()
+            refusal = self._refusal(exc) or await self._diagnose()
             if refusal is not None:
                 raise RedisRefused(refusal) from None
             log.warning("Redis at %s unreachable at start-up: %s", self.target.where(), exc)
@@ -142,28 +143,40 @@ class RedisLink:
         if any(word in reason for word in _REFUSALS):  # a sentinel said so, during discovery
             return f"REDIS_URL's credentials were refused at {where}: {reason}"
         if _is_tls_failure(exc) or "SSL" in reason:
-            files = self.files
-            return (
-                f"TLS with Redis at {where} failed: {reason} (REDIS_CA_FILE={files.ca_file!r}, "
-                f"REDIS_CERT_FILE={files.cert_file!r})"
-            )
+            return self._tls_refusal(where, reason)
         return None
 
-    async def _plain_to_tls(self) -> str | None:
-        """A plain redis:// URL whose server answers a TLS handshake: say so."""
+    async def _diagnose(self) -> str | None:
+        """What a failed start-up PING hides: asyncio (uvloop above all) reports a TLS alert
+        sent after the handshake (TLS 1.3: "certificate required") as a closed connection, and
+        a TLS port answering plain text just closes. One blocking probe, at start-up only."""
         target = self.target
-        if target.kind != "direct" or target.tls:
+        if target.kind == "unix" or (target.kind == "sentinel" and not target.tls):
             return None
+        try:
+            host, port = await self.primary()
+        except OSError:
+            return None
+        where = f"{host}:{port}"
+        if target.tls:
+            assert self.tls is not None
+            reason = await asyncio.to_thread(_tls_failure, host, port, self.tls, self._timeout_s)
+            return self._tls_refusal(where, reason) if reason else None
         probe = ssl.create_default_context()
         probe.check_hostname, probe.verify_mode = False, ssl.CERT_NONE
-        host, port = target.hosts[0]
-        try:
-            async with asyncio.timeout(max(self._timeout_s, 1.0)):
-                _, writer = await asyncio.open_connection(host, port, ssl=probe)
-        except (OSError, TimeoutError):
-            return None
-        writer.close()
-        return f"Redis at {target.where()} speaks TLS: REDIS_URL must start with rediss://"
+        if await asyncio.to_thread(_tls_failure, host, port, probe, self._timeout_s) is None:
+            return f"Redis at {where} speaks TLS: REDIS_URL must start with rediss://"
+        return None
+
+    def _tls_refusal(self, where: str, reason: str) -> str:
+        files = self.files
+        hint = ""
+        if files.cert_file is None and "verify failed" not in reason:
+            hint = "; does the server require a client certificate (REDIS_CERT_FILE)?"
+        return (
+            f"TLS with Redis at {where} failed: {reason} (REDIS_CA_FILE={files.ca_file!r}, "
+            f"REDIS_CERT_FILE={files.cert_file!r}){hint}"
+        )
 
     def _scrub(self, text: str) -> str:
         for secret in (self.target.password, self.target.sentinel_password):
@@ -200,6 +213,21 @@ def _hello(target: RedisTarget) -> list[bytes]:
     if target.db:
         hello.append(command(b"SELECT", b"%d" % target.db))
     return hello
+
+
+def _tls_failure(host: str, port: int, context: ssl.SSLContext, timeout_s: float) -> str | None:
+    """A TLS handshake and one PING: the TLS error, if any ("" when the server does not
+    speak TLS at all); None when TLS works (whatever Redis answers)."""
+    try:
+        raw = socket.create_connection((host, port), max(timeout_s, 1.0))
+        with raw, context.wrap_socket(raw, server_hostname=host) as tls:
+            tls.sendall(b"*1\r\n$4\r\nPING\r\n")
+            tls.recv(64)
+    except ssl.SSLError as exc:
+        return str(exc)
+    except OSError:
+        return ""
+    return None
 
 
 def _is_tls_failure(exc: BaseException | None) -> bool:
