@@ -56,7 +56,7 @@ def any_admin_sidecar(make_sidecar: SidecarFactory, tls_env: dict[str, str]) -> 
     return make_sidecar(ADMIN_TOKENS=TOKENS, **tls_env)
 
 
-def test_the_near_cache_is_armed_over_tls_and_serves_hits(any_sidecar: Sidecar) -> None:
+def test_the_near_cache_is_armed_and_serves_hits(any_sidecar: Sidecar) -> None:
     url = any_sidecar.url
     store = any_sidecar.runtime.store
     assert isinstance(store, NearStore)
