@@ -21,6 +21,7 @@ import pytest
 from proxy.vocabulary import FLIGHTS_CHANNEL, INVALIDATION_CHANNEL
 from tests.admin_support import TOKENS
 from tests.fixtures.redis_sentinel import DOWN_AFTER_MS, SERVICE, SentinelGroup
+from tests.fixtures.redis_tls import Pki
 from tests.fixtures.replicas import Replica
 from tests.fixtures.sidecar import Sidecar, SidecarFactory, Stub
 from tests.test_chat_cache import test_completions_endpoint_both_ways, test_who_shares_an_entry
@@ -45,14 +46,24 @@ WORKERS = 4
 NAMES = ("a", "b")
 
 
-@pytest.fixture
-def any_sidecar(make_sidecar: SidecarFactory, sentinel_url: str) -> Sidecar:
-    return make_sidecar(REDIS_URL=sentinel_url)
+@pytest.fixture(params=["plain", "tls+acl"])
+def sentinel_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """A sidecar's Redis settings: Sentinel in front of plain servers; or TLS everywhere
+    (sentinels and servers), an ACL user and a sentinel password. The primary is empty."""
+    name = "sentinel_group" if request.param == "plain" else "tls_sentinel_group"
+    group: SentinelGroup = request.getfixturevalue(name)
+    group.flushall()
+    return group.env()
 
 
 @pytest.fixture
-def any_admin_sidecar(make_sidecar: SidecarFactory, sentinel_url: str) -> Sidecar:
-    return make_sidecar(ADMIN_TOKENS=TOKENS, REDIS_URL=sentinel_url)
+def any_sidecar(make_sidecar: SidecarFactory, sentinel_env: dict[str, str]) -> Sidecar:
+    return make_sidecar(**sentinel_env)
+
+
+@pytest.fixture
+def any_admin_sidecar(make_sidecar: SidecarFactory, sentinel_env: dict[str, str]) -> Sidecar:
+    return make_sidecar(ADMIN_TOKENS=TOKENS, **sentinel_env)
 
 
 def test_the_sidecar_talks_to_the_primary_the_sentinels_name(
@@ -133,12 +144,21 @@ def _wait(what: str, done: Callable[[], bool], timeout_s: float = RECOVERY_S) ->
         time.sleep(0.1)
 
 
-@pytest.mark.parametrize("how", ["kill the primary", "SENTINEL FAILOVER"])
+@pytest.mark.parametrize(
+    ("how", "tls"),
+    [("kill the primary", False), ("SENTINEL FAILOVER", False), ("kill the primary", True)],
+)
 def test_a_failover_under_load_costs_misses_not_errors(
-    tmp_path: Path, stub: Stub, private_sentinel_group: SentinelGroup, how: str
+    tmp_path: Path, stub: Stub, redis_pki: Pki, how: str, tls: bool
 ) -> None:
-    group = private_sentinel_group
-    replicas = [Replica(tmp_path, name, group.url, stub.url) for name in NAMES]
+    with SentinelGroup(redis_pki if tls else None) as group:
+        _failover_under_load(tmp_path, stub, group, how)
+
+
+def _failover_under_load(tmp_path: Path, stub: Stub, group: SentinelGroup, how: str) -> None:
+    env = group.env()
+    url = env.pop("REDIS_URL")
+    replicas = [Replica(tmp_path, name, url, stub.url, env) for name in NAMES]
     load = Load(replicas)
     thread = threading.Thread(target=asyncio.run, args=(load.run(),))
     try:
