@@ -54,6 +54,10 @@ Issue 17's `tracing_overhead` (bench/tracing.py): the hit path with OpenTelemetr
 (exporting over OTLP/HTTP to bench/otlp_sink.py, a local receiver that discards) and off, in
 alternating rounds of the wrk and hey hit loads (about 70 s).
 
+Issue 15's `sentinel_failover` (bench/sentinel_failover.py): a Sentinel group and a sidecar of
+their own under steady hits and misses, the primary killed: non-200 answers (none expected) and
+the seconds from the promotion until hits resume (about 15 s).
+
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
 `--only hits_vs_baseline` it runs alone (about 20 s with `--quick`, 75 s without).
@@ -95,6 +99,7 @@ from . import (
     responses,
     semantic,
     semantic_hits,
+    sentinel_failover,
     stores,
     tracing,
     versus,
@@ -132,6 +137,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     semantic.semantic_lookup_latency,
     semantic_hits.semantic_exact_hits,
     tracing.tracing_overhead,
+    sentinel_failover.sentinel_failover,
     memory.peak_rss,
 )
 # Run only with `--baseline REV` (by default, or when --only names them).
