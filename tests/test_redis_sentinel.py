@@ -20,8 +20,8 @@ import pytest
 
 from proxy.vocabulary import FLIGHTS_CHANNEL, INVALIDATION_CHANNEL
 from tests.admin_support import TOKENS
-from tests.fixtures.redis_sentinel import DOWN_AFTER_MS, SERVICE, SentinelGroup
-from tests.fixtures.redis_tls import Pki
+from tests.fixtures.redis_sentinel import DOWN_AFTER_MS, SENTINEL_PASSWORD, SERVICE, SentinelGroup
+from tests.fixtures.redis_tls import PASSWORD, Pki
 from tests.fixtures.replicas import Replica
 from tests.fixtures.sidecar import Sidecar, SidecarFactory, Stub
 from tests.test_chat_cache import test_completions_endpoint_both_ways, test_who_shares_an_entry
@@ -30,7 +30,7 @@ from tests.test_invalidation import (
     test_invalidate_all_and_by_endpoint,
 )
 from tests.test_near_cache_replicas import near_hits
-from tests.test_redis_tls import test_the_near_cache_is_armed_and_serves_hits
+from tests.test_redis_tls import _start_and_fail, test_the_near_cache_is_armed_and_serves_hits
 
 # Collected here too, with this module's fixtures: parametrised, not copied.
 REUSED = (
@@ -212,3 +212,19 @@ def _failover_under_load(tmp_path: Path, stub: Stub, group: SentinelGroup, how: 
     finally:
         for replica in replicas:
             replica.stop()
+
+
+@pytest.mark.parametrize("wrong", ["sentinel_password", "password"])
+def test_a_wrong_password_stops_start_up_without_showing_it(
+    tmp_path: Path, stub: Stub, tls_sentinel_group: SentinelGroup, wrong: str
+) -> None:
+    env = tls_sentinel_group.env()
+    secret = SENTINEL_PASSWORD if wrong == "sentinel_password" else PASSWORD
+    url = env.pop("REDIS_URL").replace(secret, "Wrong-guess-3")
+    stderr = _start_and_fail(tmp_path, stub, url, **env)
+    if wrong == "sentinel_password":
+        assert "refused REDIS_URL's sentinel_username/sentinel_password: " in stderr
+        assert len(stderr.strip().splitlines()[-1]) < 300  # one short line, not every sentinel
+    else:
+        assert "refused REDIS_URL's credentials (user 'sidecar')" in stderr
+    assert "Wrong-guess-3" not in stderr and secret not in stderr

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Callable
@@ -20,9 +21,14 @@ from typing import Any, TypeVar
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.asyncio.sentinel import (
+    MasterNotFoundError,
+    Sentinel,
+    SentinelConnectionPool,
+    SentinelManagedConnection,
+)
 from redis.backoff import NoBackoff
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError
 
 from proxy.cache.pipe import command
 from proxy.cache.redis_url import RedisTarget, TlsFiles, parse_redis_url
@@ -31,6 +37,8 @@ log = logging.getLogger("sidecache.cache")
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 _REFUSALS = ("NOAUTH", "WRONGPASS", "NOPERM", "invalid username-password")
+_SENTINEL_REFUSAL = re.compile(r"(?:NOAUTH|WRONGPASS|NOPERM|invalid username-password)[^.]*")
+_SENTINEL_TLS = re.compile(r"\[SSL[^\]]*\][^(]*")
 
 
 class RedisRefused(ConnectionError):
@@ -131,17 +139,27 @@ class RedisLink:
             refusal = self._refusal(exc) or await self._diagnose()
             if refusal is not None:
                 raise RedisRefused(refusal) from None
-            log.warning("Redis at %s unreachable at start-up: %s", self.target.where(), exc)
+            where, reason = self.target.where(), self._scrub(str(exc))
+            log.warning("Redis at %s unreachable at start-up: %s", where, reason)
 
     def _refusal(self, exc: BaseException) -> str | None:
         where, reason = self.target.where(), self._scrub(str(exc))
         if isinstance(exc, AuthenticationError) or (
-            isinstance(exc, ResponseError | RedisError) and reason.startswith(_REFUSALS)
+            isinstance(exc, RedisError) and reason.startswith(_REFUSALS)
         ):
             user = self.target.username or "default"
             return f"Redis at {where} refused REDIS_URL's credentials (user {user!r}): {reason}"
-        if any(word in reason for word in _REFUSALS):  # a sentinel said so, during discovery
-            return f"REDIS_URL's credentials were refused at {where}: {reason}"
+        if isinstance(exc, MasterNotFoundError):  # one part per sentinel: say the first
+            refused = _SENTINEL_REFUSAL.search(reason)
+            if refused is not None:
+                return (
+                    f"the {where} refused REDIS_URL's sentinel_username/sentinel_password: "
+                    f"{refused.group(0)}"
+                )
+            tls = _SENTINEL_TLS.search(reason)
+            if tls is not None:
+                return self._tls_refusal(where, tls.group(0).strip())
+            return None
         if _is_tls_failure(exc) or "SSL" in reason:
             return self._tls_refusal(where, reason)
         return None
