@@ -18,11 +18,15 @@ from pathlib import Path
 import openai
 import pytest
 
+from proxy.cache.pipe import PipeError, RedisPipe
+from proxy.cache.redis_link import RedisLink
 from proxy.vocabulary import FLIGHTS_CHANNEL, INVALIDATION_CHANNEL
 from tests.admin_support import TOKENS
 from tests.fixtures.redis_sentinel import DOWN_AFTER_MS, SENTINEL_PASSWORD, SERVICE, SentinelGroup
+from tests.fixtures.redis_server import RedisServer
 from tests.fixtures.redis_tls import PASSWORD, Pki
 from tests.fixtures.replicas import Replica
+from tests.fixtures.server_base import free_port
 from tests.fixtures.sidecar import Sidecar, SidecarFactory, Stub
 from tests.test_chat_cache import test_completions_endpoint_both_ways, test_who_shares_an_entry
 from tests.test_invalidation import (
@@ -228,3 +232,26 @@ def test_a_wrong_password_stops_start_up_without_showing_it(
     else:
         assert "refused REDIS_URL's credentials (user 'sidecar')" in stderr
     assert "Wrong-guess-3" not in stderr and secret not in stderr
+
+
+async def test_a_not_primary_reply_drops_the_pipe_connection() -> None:
+    """A replica cut from its primary (`replica-serve-stale-data no`) answers -MASTERDOWN: the
+    pipe closes that connection, so the next GET reconnects (and, with Sentinel, re-resolves)
+    rather than asking the same server again."""
+    with RedisServer() as replica:
+        with replica.client() as conn:  # after start-up: its PING check would get MASTERDOWN
+            conn.config_set("replica-serve-stale-data", "no")
+            conn.replicaof("127.0.0.1", free_port())
+        pipe = RedisPipe(RedisLink.from_url(replica.url), 1.0)
+        try:
+            with pytest.raises(PipeError, match="MASTERDOWN"):
+                await pipe.get("sc:e:anything")
+            protocol = pipe._protocol
+            assert protocol is not None
+            for _ in range(100):
+                if protocol.transport is None:
+                    break
+                await asyncio.sleep(0.01)
+            assert protocol.transport is None  # dropped: the next GET connects anew
+        finally:
+            pipe.close()
