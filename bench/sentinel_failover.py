@@ -96,8 +96,8 @@ def sentinel_failover(bench: Bench) -> list[Row]:
         try:
             _wait("hits before the kill", lambda: load.first_hit_after(0.0) is not None)
             old = group.primary_port()
-            killed_at = time.monotonic()
             group.kill_primary()
+            killed_at = time.monotonic()
             group.wait_promoted(old)
             promoted_at = time.monotonic()
             _wait("hits after the promotion", lambda: load.first_hit_after(promoted_at) is not None)

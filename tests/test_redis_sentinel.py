@@ -171,12 +171,12 @@ def _failover_under_load(tmp_path: Path, stub: Stub, group: SentinelGroup, how: 
         thread.start()
         _wait("both replicas serve near hits", lambda: all(near_hits(r) > 0 for r in replicas))
         old = group.primary_port()
-        switched_at = time.monotonic()
         if how == "kill the primary":
             group.kill_primary()
         else:
             with group.sentinels[0].client() as sentinel:
                 sentinel.execute_command("SENTINEL", "FAILOVER", SERVICE)
+        switched_at = time.monotonic()  # after the kill, not before the sentinel query it makes
         group.wait_promoted(old)
         promoted_at = time.monotonic()
         near_before = [near_hits(r) for r in replicas]
