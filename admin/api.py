@@ -13,14 +13,18 @@ from admin.queries import QueryRunner
 from admin.report.route import REPORT_PATH, ReportApi
 from admin.warming import Warmer
 from proxy.runtime import Runtime
+from proxy.workers import Mesh
 
 
-def add_api_routes(app: web.Application, runtime: Runtime, proxy_url: str) -> None:
-    """`proxy_url`: this sidecar's own proxy port, which warming jobs send their requests to."""
+def add_api_routes(
+    app: web.Application, runtime: Runtime, proxy_url: str, mesh: Mesh | None = None
+) -> None:
+    """`proxy_url`: this sidecar's own proxy port, which warming jobs send their requests to;
+    `mesh`: the sibling workers, which are asked for the warming jobs they run."""
     board = Dashboard(runtime, QueryRunner(runtime.ledger.sink))
-    breakers = CircuitApi(runtime)
+    breakers = CircuitApi(runtime, mesh)
     warmer = Warmer(proxy_url)
-    cache = CacheApi(runtime, warmer)
+    cache = CacheApi(runtime, warmer, mesh)
 
     async def stop_warming(app: web.Application) -> None:
         await warmer.close()

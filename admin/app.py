@@ -16,12 +16,14 @@ from proxy.errors import error_response, failure_response, http_error_response
 from proxy.failures import Failure
 from proxy.health import healthz, readyz
 from proxy.runtime import RUNTIME, Runtime
+from proxy.workers import Mesh
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_admin_app(runtime: Runtime, proxy_url: str) -> web.Application:
-    """`proxy_url` is where this sidecar's proxy port answers (warming jobs go through it)."""
+def create_admin_app(runtime: Runtime, proxy_url: str, mesh: Mesh | None = None) -> web.Application:
+    """`proxy_url` is where this sidecar's proxy port answers (warming jobs go through it);
+    `mesh`: this worker's siblings (WORKERS > 1), whose metrics and admin actions it shares."""
     admin = runtime.settings.admin
     app = web.Application(
         client_max_size=ADMIN_BODY_BYTES,
@@ -36,8 +38,12 @@ def create_admin_app(runtime: Runtime, proxy_url: str) -> web.Application:
     add_page_routes(app)  # GET / (the dashboard) and /static/*: no token, the API checks it
     # Prometheus text format, negotiated from Accept (0.0.4 unless the scraper asks for more).
     # Labels carry endpoints and statuses, never users or secrets.
-    app.router.add_get("/metrics", make_aiohttp_handler(runtime.metrics.registry))
-    add_api_routes(app, runtime, proxy_url)
+    # With workers, the sum of every worker's figures (proxy/workers/merge.py).
+    if mesh is None:
+        app.router.add_get("/metrics", make_aiohttp_handler(runtime.metrics.registry))
+    else:
+        app.router.add_get("/metrics", mesh.merged_metrics)
+    add_api_routes(app, runtime, proxy_url, mesh)
     return app
 
 

@@ -18,6 +18,7 @@ from admin.cache_models import (
     InvalidateBody,
     Invalidated,
     WarmBody,
+    WarmJob,
     WarmJobs,
     WarmPersona,
 )
@@ -28,6 +29,8 @@ from proxy.failures import Conflict, InvalidRequest, NotAuthenticated, NotFound
 from proxy.invalidation.selectors import canonical
 from proxy.persona import HEADER_BY_DIMENSION, USER_ID_HEADER, parse_user_id
 from proxy.runtime import Runtime
+from proxy.workers import Mesh
+from proxy.workers.mesh import InvalidateNotice
 
 ADMIN = "admin"
 MAX_WARM_REQUESTS = 10_000
@@ -37,12 +40,19 @@ _HEADER_TEXT = re.compile(HEADER_TEXT.removeprefix("^").removesuffix("$"))
 # The header a persona check names -> the field of a warming persona it came from.
 _PERSONA_FIELD = {header: f".{dim}" for dim, header in HEADER_BY_DIMENSION.items()}
 _PERSONA_FIELD[USER_ID_HEADER] = ".user_id"
+_JOB_ID = re.compile(r"warm_[0-9a-f]{16}")  # admin/warming.py's ids
+_decode_job = msgspec.json.Decoder(WarmJob).decode
+_decode_jobs = msgspec.json.Decoder(WarmJobs).decode
 
 
 class CacheApi:
-    def __init__(self, runtime: Runtime, warmer: Warmer) -> None:
+    def __init__(self, runtime: Runtime, warmer: Warmer, mesh: Mesh | None = None) -> None:
         self.runtime = runtime
         self.warmer = warmer
+        self.mesh = mesh  # the sibling workers: their jobs are listed and found too
+        if mesh is not None:
+            mesh.app.router.add_get("/warm", self._local_warm_jobs)
+            mesh.app.router.add_get("/warm/{job}", self._local_warm_job)
 
     async def invalidate(self, request: web.Request) -> web.Response:
         body = await read_body(request, InvalidateBody)
@@ -55,6 +65,8 @@ class CacheApi:
         ]
         invalidations = self.runtime.invalidations
         stamp = await invalidations.invalidate(selectors, source=ADMIN)
+        if self.mesh is not None and self.runtime.redis is None:  # Redis shares the rules
+            await self.mesh.broadcast("/invalidate", InvalidateNotice(selectors))
         audited = await audit(
             self.runtime.ledger.sink,
             request[CALLER],
@@ -150,11 +162,27 @@ class CacheApi:
     async def warm_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job"]
         job = self.warmer.get(job_id)
+        if job is None and self.mesh is not None and _JOB_ID.fullmatch(job_id):
+            found = await self.mesh.ask_siblings("GET", f"/warm/{job_id}")
+            job = next((_decode_job(body) for body in found.values()), None)
         if job is None:
             raise NotFound(f"No warming job {job_id[:40]!r} on this replica.", param="job")
         return json_answer(job)
 
     async def warm_jobs(self, request: web.Request) -> web.Response:
+        jobs = self.warmer.jobs()
+        if self.mesh is not None:
+            for body in (await self.mesh.ask_siblings("GET", "/warm")).values():
+                jobs += _decode_jobs(body).jobs
+        return json_answer(WarmJobs(jobs=jobs))
+
+    async def _local_warm_job(self, request: web.Request) -> web.Response:
+        job = self.warmer.get(request.match_info["job"])
+        if job is None:
+            raise web.HTTPNotFound()
+        return json_answer(job)
+
+    async def _local_warm_jobs(self, request: web.Request) -> web.Response:
         return json_answer(WarmJobs(jobs=self.warmer.jobs()))
 
 

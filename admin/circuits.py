@@ -12,6 +12,8 @@ from admin.models import Circuit, Circuits, LastFailure, ResetAnswer, ResetBody
 from admin.wire import json_answer, read_body
 from proxy.failures import InvalidRequest
 from proxy.runtime import Runtime
+from proxy.workers import Mesh
+from proxy.workers.mesh import ResetNotice
 
 
 def _iso(moment: float) -> str:
@@ -34,8 +36,9 @@ def circuits(runtime: Runtime) -> Circuits:
 
 
 class CircuitApi:
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, mesh: Mesh | None = None) -> None:
         self.runtime = runtime
+        self.mesh = mesh  # the sibling workers: a reset reaches theirs too
 
     async def list(self, request: web.Request) -> web.Response:
         return json_answer(circuits(self.runtime))
@@ -49,6 +52,8 @@ class CircuitApi:
                               param="breaker")  # fmt: skip
         before = {name: b.state for name, b in board.breakers.items()}
         states = board.reset(body.breaker)
+        if self.mesh is not None:  # every worker has its own breakers
+            await self.mesh.broadcast("/circuits/reset", ResetNotice(body.breaker))
         names: list[str] = [body.breaker] if body.breaker else list(board.breakers)
         audited = await audit(
             self.runtime.ledger.sink,

@@ -11,7 +11,7 @@ import msgspec
 from admin import cache_models as c
 from admin import models as m
 from admin.report.model import Report
-from admin.report.route import REPORT_PATH, ReportParams
+from admin.report.route import HTML, MARKDOWN, REPORT_PATH, ReportParams
 from admin.schema_rules import tighten
 from proxy.errors import ErrorBody
 from proxy.settings import PersonaSettings
@@ -48,6 +48,9 @@ _ERRORS = {
     "404": "No such route, or no such warming job on this replica",
     "503": "The ledger database (or, to invalidate, Redis) cannot answer",
 }
+# Answers in other forms besides JSON, chosen by a query parameter (the report's `format`).
+_TEXT = {"schema": {"type": "string"}}
+_OTHER_FORMS = {(REPORT_PATH, "get"): {MARKDOWN: _TEXT, HTML: _TEXT}}
 _MORE_ERRORS = {  # what only some operations answer
     ("/cache/feedback", "post"): {"409": "The semantic cache is off (`semantic_cache_off`)"},
 }
@@ -87,7 +90,8 @@ def openapi_document(persona: PersonaSettings | None = None) -> dict[str, Any]:
                 "202" if (path, method) in _CREATED else "200": {
                     "description": "OK",
                     "content": {"application/json": {
-                        "schema": {"$ref": f"#/components/schemas/{answer.__name__}"}}},
+                        "schema": {"$ref": f"#/components/schemas/{answer.__name__}"}},
+                        **_OTHER_FORMS.get((path, method), {})},
                 },
                 **{code: {"description": text, "content": error} for code, text in
                    {**_ERRORS, **_MORE_ERRORS.get((path, method), {})}.items()},

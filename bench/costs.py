@@ -193,6 +193,44 @@ async def _load(sink: PostgresSink, dsn: str, rows: int) -> float:
     return time.perf_counter() - started
 
 
+class LoadedLedger(msgspec.Struct, frozen=True):
+    """A private PostgreSQL holding `rows` generated rows (and their roll-ups)."""
+
+    dsn: str
+    rows: int
+    load_s: float
+
+
+async def _load_ledger(dsn: str, rows: int) -> float:
+    sink = PostgresSink(dsn, command_timeout_s=600.0)
+    try:
+        return await _load(sink, dsn, rows)
+    finally:
+        await sink.close()
+
+
+def loaded_ledger(
+    stack: ExitStack, rows: int, shared: dict[int, LoadedLedger] | None = None
+) -> LoadedLedger:
+    """A loaded ledger of `rows` rows whose server lives as long as `stack`. With `shared` (the
+    run's Bench.ledgers), the one an earlier row loaded is read again: loading 10M rows takes
+    minutes, and the rows that read it (this one, report_time) only read it."""
+    if shared is not None and rows in shared:
+        return shared[rows]
+    try:
+        server = stack.enter_context(PostgresServer())
+    except (RuntimeError, OSError, KeyError) as err:
+        raise HarnessError(f"cannot start a private PostgreSQL: {err}") from err
+    try:
+        load_s = asyncio.run(_load_ledger(server.dsn, rows))
+    except (asyncpg.PostgresError, OSError) as err:
+        raise HarnessError(f"loading the {rows:,}-row ledger failed: {err!r}") from err
+    ledger = LoadedLedger(server.dsn, rows, load_s)
+    if shared is not None:
+        shared[rows] = ledger
+    return ledger
+
+
 async def _timed(runner: QueryRunner, name: str, text: str, since: Any) -> Timed:
     answer = await runner.run(name, text, [since])  # warm-up: not timed
     runs = []
@@ -220,10 +258,9 @@ def _check_same(first: list[tuple[Any, ...]], second: list[tuple[Any, ...]], wha
             raise HarnessError(f"{what}: the answers disagree: {ours} vs {theirs}")
 
 
-async def _measure(dsn: str, rows: int) -> Found:
-    sink = PostgresSink(dsn, command_timeout_s=600.0)
+async def _measure(ledger: LoadedLedger) -> Found:
+    sink = PostgresSink(ledger.dsn, command_timeout_s=600.0)
     try:
-        load_s = await _load(sink, dsn, rows)
         runner = QueryRunner(sink)
         # Dashboard.since_hour: the top of the hour `window` ago.
         start = datetime.now(UTC) - WINDOWS[WINDOW]
@@ -240,17 +277,16 @@ async def _measure(dsn: str, rows: int) -> Found:
         )
     finally:
         await sink.close()
-    return Found(load_s, rollup, raw, int(counted[0][0]), int(counted[0][1]))
+    return Found(ledger.load_s, rollup, raw, int(counted[0][0]), int(counted[0][1]))
 
 
-def measure_costs(stack: ExitStack, scale: float) -> list[Row]:
+def measure_costs(
+    stack: ExitStack, scale: float, shared: dict[int, LoadedLedger] | None = None
+) -> list[Row]:
     rows = ROWS if scale >= 1.0 else QUICK_ROWS
+    ledger = loaded_ledger(stack, rows, shared)
     try:
-        server = stack.enter_context(PostgresServer())
-    except (RuntimeError, OSError, KeyError) as err:
-        raise HarnessError(f"cannot start a private PostgreSQL: {err}") from err
-    try:
-        found = asyncio.run(_measure(server.dsn, rows))
+        found = asyncio.run(_measure(ledger))
     except (asyncpg.PostgresError, OSError, StoreUnavailable) as err:  # QueryRunner's 503
         raise HarnessError(f"the costs ledger failed: {err!r}") from err
     rollup, raw = found.rollup, found.raw
@@ -283,7 +319,7 @@ def measure_costs(stack: ExitStack, scale: float) -> list[Row]:
 
 
 def costs(bench: Bench) -> list[Row]:
-    return measure_costs(bench.stack, bench.scale)
+    return measure_costs(bench.stack, bench.scale, bench.ledgers)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

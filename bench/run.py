@@ -19,9 +19,9 @@ The table is printed and also written to bench/results/latest.json. The exit sta
 everything was measured, even if a target was missed (this is a measurement, not a test), and
 1 when the harness itself failed (a server did not start, no cache hit after warm-up, non-200
 answers under load, requests of a hit run reaching the upstream). The whole run takes about
-eight minutes (`hits_by_store` three of them, loading the 10M-row ledger of the `costs` row
-two); `--quick` scales every count and duration down (about two minutes), and
-`--only hit_max_rate,costs` runs some rows alone.
+eight minutes (`hits_by_store` three of them, loading the 10M-row ledger of the `costs` row,
+which `report_time` reads again, two); `--quick` scales every count and duration down (about
+two minutes), and `--only hit_max_rate,costs` runs some rows alone.
 
 Issue 14's `responses_hits` (bench/responses.py) runs a Responses API hit beside the same chat
 hit on the bench's sidecar, in alternating rounds of the wrk and hey hit loads (about 70 s).
@@ -32,6 +32,10 @@ fresh sidecars on the memory store, the Redis store and Redis with its near cach
 an in-process dict), in three alternating rounds of the same wrk and hey hit loads: each one's
 median max req/s, paced p50/p99 and ratio to the dict floor, and the sidecars' CPU per hit
 (about 3 minutes, 45 s with `--quick`).
+
+Issue 15's `workers_hits` (bench/workers.py): the hit path with `serve --workers 1` vs `2`, on
+the memory store and on Redis, in alternating rounds of the same wrk and hey hit loads (about
+2 minutes, 40 s with `--quick`). On 2 cores wrk takes one, which the row says.
 
 Issue 19's rows start servers of their own and stop them as soon as they are done (on an
 ExitStack of their own: the big-body servers alone hold ~1 GB): `big_bodies_rss`
@@ -103,6 +107,7 @@ from . import (
     stores,
     tracing,
     versus,
+    workers,
     worktree,
 )
 from .machine import CpuMeter
@@ -121,6 +126,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     responses.responses_hits,
     versus.hits_vs_baseline,
     stores.hits_by_store,
+    workers.workers_hits,
     misses.miss_overhead,
     batching.embeddings_batching,
     coalescing.coalescing_savings,

@@ -12,8 +12,9 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -32,6 +33,9 @@ from .procs import (
     wait_until,
 )
 from .worktree import Revision, proxy_imported_from
+
+if TYPE_CHECKING:
+    from .costs import LoadedLedger  # costs imports Bench from here
 
 AUTH = "Bearer sk-bench"
 # Settings that would change what is measured if they leaked in from the caller's environment.
@@ -114,6 +118,9 @@ class Bench:
     proxy_file: Path  # the sidecar's `proxy/__init__.py`: which source tree it runs
     auth: str = AUTH
     baseline: Revision | None = None  # `--baseline REV`: compared with by bench/versus.py
+    # Generated PostgreSQL ledgers by row count (bench/costs.py's loaded_ledger): loaded once
+    # per run, read by the costs and report_time rows.
+    ledgers: dict[int, LoadedLedger] = field(default_factory=dict)
 
     @property
     def answer(self) -> Path:

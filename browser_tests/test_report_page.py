@@ -1,5 +1,6 @@
 """The report's HTML form in a real headless Chromium: it renders from a file (no network),
-and each chart is drawn with one bar per value the report holds."""
+and each chart is drawn with one bar per value the report holds; served by the admin port, its
+style sheet still applies under the page's Content-Security-Policy."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from admin.report.build import build_report
 from admin.report.html import render_html
 from admin.report.model import Report
 from proxy.settings import BudgetSettings
-from tests.fixtures.sidecar import LoopThread
+from tests.admin_support import TOKEN, TOKENS
+from tests.fixtures.sidecar import LoopThread, SidecarFactory
 from tests.ledger_db import LedgerDb
 from tests.test_report import NOW, synthetic, write
 
@@ -58,3 +60,21 @@ def test_the_html_report_draws_its_charts(
     assert max(widths) > 0 and widths.index(max(widths)) == values.index(max(values))
     expect(page.locator("table").first).to_be_visible()
     assert errors == []
+
+
+def test_the_admin_ports_html_report_renders_under_its_policy(
+    page: Page, make_sidecar: SidecarFactory, loop_thread: LoopThread
+) -> None:
+    sidecar = make_sidecar(ADMIN_TOKENS=TOKENS)
+    ledger = LedgerDb("sqlite", sidecar.runtime.settings.ledger.path)
+    loop_thread.run(write(ledger, [r for r in synthetic(NOW) if r.created_at < NOW]))
+    refused: list[str] = []
+    page.on("console", lambda m: refused.append(m.text) if "Content Security" in m.text else None)
+    page.set_extra_http_headers({"Authorization": f"Bearer {TOKEN}"})
+    answer = page.goto(sidecar.admin_url + "/api/admin/report?window=30d&format=html")
+    assert answer is not None and answer.status == 200
+    expect(page.locator("h1")).to_contain_text("Sidecache report")
+    expect(page.locator("svg.chart")).to_have_count(3)
+    collapse = page.locator("table").first.evaluate("t => getComputedStyle(t).borderCollapse")
+    assert collapse == "collapse"  # the inline style sheet applied
+    assert refused == []

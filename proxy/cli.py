@@ -30,6 +30,7 @@ from proxy.runtime import close_runtime, open_runtime
 from proxy.server import create_proxy_app
 from proxy.settings import Settings, SettingsError
 from proxy.settings_load import load_settings
+from proxy.workers import Mesh, Supervisor, WorkerPlace, make_run_dir, stop_when_orphaned
 
 log = logging.getLogger("sidecache")
 SHUTDOWN_GRACE_S = 10.0
@@ -51,6 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="upstream base URL (overrides UPSTREAM_BASE_URL), or 'fake' for the built-in "
         "fake OpenAI-compatible upstream (no API key needed)",
     )
+    serve_cmd.add_argument(
+        "--workers",
+        metavar="N",
+        help="processes sharing the proxy and admin ports (overrides WORKERS; default 1)",
+    )
+    # A worker's place, given by the supervisor (proxy/workers/supervisor.py).
+    serve_cmd.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve_cmd.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     commands.add_parser(
         "migrate",
         help="apply the ledger's SQL migrations to DATABASE_URL (else the SQLite LEDGER_PATH)",
@@ -60,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     report_cmd.add_argument("--format", choices=("md", "html"), default="md")
     report_cmd.add_argument("--out", metavar="FILE", help="write here (default: stdout)")
     args = parser.parse_args(argv)
+    if args.command == "serve" and (args.worker_index is None) != (args.run_dir is None):
+        parser.error("--worker-index and --run-dir go together (the supervisor gives both)")
     if args.command == "migrate":
         return migrate_command(dict(os.environ))
     if args.command == "report":
@@ -70,11 +81,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         environ["UPSTREAM_BASE_URL"] = args.upstream
     if fake:  # a demo answering anyone's key: loopback only, unless PROXY_HOST says otherwise
         environ.setdefault("PROXY_HOST", "127.0.0.1")
+    if args.workers is not None:
+        environ["WORKERS"] = args.workers
     settings = _settings(environ)
     if settings is None:
         return 2
+    place = None if args.worker_index is None else WorkerPlace(args.worker_index, args.run_dir)
     try:
-        _run(serve(settings, fake=fake))
+        if place is None and settings.server.workers > 1:
+            return supervise(settings, args.upstream)
+        _run(serve(settings, fake=fake, place=place))
     except OSError as exc:
         print(f"sidecache: {exc}", file=sys.stderr)
         return 1
@@ -138,10 +154,35 @@ def backlog_note(requested: int = BACKLOG, somaxconn: Path = SOMAXCONN) -> str |
     )
 
 
-def _listen(host: str, port: int, setting: str) -> socket.socket:
+def supervise(settings: Settings, upstream: str | None) -> int:
+    """WORKERS > 1: the ports are checked free (one line and exit 1 if not), then the workers
+    run under the supervisor until SIGTERM/SIGINT."""
+    server = settings.server
+    for host, port, setting in (
+        (server.proxy_host, server.proxy_port, "PROXY_PORT"),
+        (server.admin_host, server.admin_port, "ADMIN_PORT"),
+    ):
+        _listen(host, port, setting).close()  # without SO_REUSEPORT: fails if anyone holds it
+    if settings.cache.redis_url is None:
+        log.warning(
+            "WORKERS=%d without REDIS_URL: the memory cache, budgets and single-flight are "
+            "per worker (set REDIS_URL to share them)",
+            server.workers,
+        )
+    given = ["--upstream", upstream] if upstream else []
+
+    def command(index: int, run_dir: Path) -> list[str]:
+        place = ["--workers", str(server.workers), "--worker-index", str(index)]
+        return [sys.executable, "-m", "proxy", "serve", *given, *place, "--run-dir", str(run_dir)]
+
+    return asyncio.run(Supervisor(server.workers, command, make_run_dir()).run())
+
+
+def _listen(host: str, port: int, setting: str, *, shared: bool = False) -> socket.socket:
+    """`shared`: SO_REUSEPORT, the workers' way of listening on one port together."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return socket.create_server((host, port), family=family, backlog=BACKLOG)
+        return socket.create_server((host, port), family=family, backlog=BACKLOG, reuse_port=shared)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise OSError(f"cannot listen on {host}:{port} ({setting}): {reason}") from None
@@ -165,19 +206,25 @@ def _run(coro: object) -> None:
         runner.run(coro)  # type: ignore[arg-type]
 
 
-async def serve(settings: Settings, *, fake: bool = False) -> None:
+async def serve(
+    settings: Settings, *, fake: bool = False, place: WorkerPlace | None = None
+) -> None:
     """Runs until SIGTERM/SIGINT, then stops accepting, lets in-flight requests finish (up to
-    SHUTDOWN_GRACE_S) and closes every service."""
+    SHUTDOWN_GRACE_S) and closes every service. `place`: run as one of the supervisor's workers."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     server = settings.server
+    shared = place is not None
     # Both ports are taken before anything starts, so a port in use fails with one line.
     sockets = (
-        _listen(server.proxy_host, server.proxy_port, "PROXY_PORT"),
-        _listen(server.admin_host, server.admin_port, "ADMIN_PORT"),
+        _listen(server.proxy_host, server.proxy_port, "PROXY_PORT", shared=shared),
+        _listen(server.admin_host, server.admin_port, "ADMIN_PORT", shared=shared),
     )
+    if place is not None:
+        settings = place.settings(settings)
+        stop_when_orphaned(loop, stop)
     runners: list[web.AppRunner] = []
     if fake:
         fake_runner, fake_url = await start_fake_upstream(FakeUpstream())
@@ -192,9 +239,14 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
         log.warning("%s", note)
     proxy_url = _loopback_url(sockets[0])
     runtime = await open_runtime(settings, proxy_url=proxy_url)
+    mesh: Mesh | None = None
     try:
         access_log = logging.getLogger("aiohttp.access") if server.access_log else None
-        apps = (create_proxy_app(runtime), create_admin_app(runtime, proxy_url))
+        if place is not None:
+            mesh = Mesh(runtime, place.run_dir, place.index, server.workers)
+        apps = (create_proxy_app(runtime), create_admin_app(runtime, proxy_url, mesh))
+        if mesh is not None:  # after the admin app added its routes to it
+            await mesh.start()
         for app, sock in zip(apps, sockets, strict=True):
             runner = GuardedAppRunner(
                 app,
@@ -216,6 +268,8 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
             runtime.store.backend,
             "fake" if fake else settings.upstream.base_url,
         )
+        if place is not None:
+            log.info("worker %d of %d ready (pid %d)", place.index, server.workers, os.getpid())
         gc.collect()
         gc.freeze()  # long-lived start-up objects leave the GC's scans (docs/design.md §9)
         await stop.wait()
@@ -223,5 +277,7 @@ async def serve(settings: Settings, *, fake: bool = False) -> None:
     finally:
         for started in runners:
             await started.cleanup()
+        if mesh is not None:
+            await mesh.close()
         await close_runtime(runtime)
     log.info("stopped")

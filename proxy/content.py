@@ -1,7 +1,8 @@
 """Message content on spans, only with OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true:
-the request's last user message and a whole (not streamed) answer's text, as span events
-`gen_ai.user.message` and `gen_ai.choice`, each cut to CONTENT_LIMIT characters. Best effort:
-a compressed or unreadable body is left out rather than decoded twice."""
+the request's last user message and the answer's text (a stream's from the whole the sidecar
+assembles to store it), as span events `gen_ai.user.message` and `gen_ai.choice`, each cut to
+CONTENT_LIMIT characters. Best effort: a compressed or unreadable body is left out rather than
+decoded twice."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from aiohttp import web
 from proxy.tracing import CONTENT_LIMIT, Tracer
 
 
-def capture_answer(tracer: Tracer, request: web.Request, response: web.StreamResponse) -> None:
+def capture_answer(tracer: Tracer, request: web.Request, body: bytes | None) -> None:
+    """`body`: the answer's whole JSON (spans.answer_body), a stream's as assembled."""
     if not tracer.capture_content:
         return
     sent = getattr(request, "_read_bytes", None)  # aiohttp's copy of the body it read
@@ -21,8 +23,7 @@ def capture_answer(tracer: Tracer, request: web.Request, response: web.StreamRes
         asked = _last_user_text(_decode(sent))
         if asked:
             tracer.event("gen_ai.user.message", {"content": asked[:CONTENT_LIMIT]})
-    body = response.body if isinstance(response, web.Response) else None
-    if isinstance(body, bytes) and response.status == 200:
+    if body is not None:
         said = _answer_text(_decode(body))
         if said:
             tracer.event("gen_ai.choice", {"content": said[:CONTENT_LIMIT]})

@@ -30,7 +30,7 @@ from proxy.handlers.responses import responses
 from proxy.health import healthz, readyz
 from proxy.ids import SerialIds
 from proxy.runtime import RUNTIME, Runtime
-from proxy.spans import finish_server_span, operation
+from proxy.spans import answer_body, finish_server_span, operation
 from proxy.vocabulary import PASSTHROUGH, Endpoint
 
 log = logging.getLogger("sidecache.proxy")
@@ -82,8 +82,9 @@ async def _traced(request: web.Request, handler: Handler) -> web.StreamResponse:
     tracer = request.app[RUNTIME].tracer
     with tracer.server_span(operation(endpoint), request.headers) as span:
         response = await handler(request)
-        capture_answer(tracer, request, response)
-        finish_server_span(span, request, response, endpoint)
+        body = answer_body(request, response)
+        capture_answer(tracer, request, body)
+        finish_server_span(span, request, response, endpoint, body)
     return response
 
 

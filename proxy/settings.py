@@ -35,6 +35,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     # The longest a request head may take to arrive (proxy/connection.py); idle keep-alive
     # connections and bodies are not timed by it.
     header_read_timeout_s: Seconds = 10.0
+    # Processes sharing both ports (proxy/workers/): 1 is one process, no supervisor.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
     @property
     def max_body_bytes(self) -> int:

@@ -72,6 +72,7 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "MAX_INFLIGHT_BODY_MB": ("server", "max_inflight_body_mb"),
     "LOG_LEVEL": ("server", "log_level"),
     "HEADER_READ_TIMEOUT": ("server", "header_read_timeout_s"),
+    "WORKERS": ("server", "workers"),
     "ADMIN_TOKENS": ("admin", "tokens"),
     "ADMIN_USER_IDS": ("admin", "user_ids"),
     "AI_BATCH_SIZE": ("batch", "size"),

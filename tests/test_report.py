@@ -299,3 +299,15 @@ def test_the_admin_port_answers_the_report(
     assert {d["dimension"]: d["never_changed"] for d in body["dimensions"]} == {
         "experience": False, "lang": True,
     }  # fmt: skip
+    markdown = call(sidecar, "/api/admin/report?window=7d&format=md")
+    assert markdown.status == 200 and markdown.headers["content-type"].startswith("text/markdown")
+    text = markdown.body.decode()
+    assert f"- Spend: ${sum(r.cost for r in week):,.4f}" in text
+    assert "Candidates to leave out of `X-Cache-Persona-Dims`: lang." in text
+    page = call(sidecar, "/api/admin/report?format=html")  # the window defaults to 7d
+    assert page.status == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    html = page.body.decode()
+    assert html.startswith("<!doctype html>") and html.count('<svg class="chart"') == 3
+    assert f"Spend: ${sum(r.cost for r in week):,.4f}" in html
+    assert call(sidecar, "/api/admin/report?format=pdf").status == 400

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -169,3 +171,86 @@ def test_an_endpoint_without_the_extra_is_said_once_and_runs_untraced(
     assert not tracer.on
     (record,) = [r for r in caplog.records if "OpenTelemetry SDK is not installed" in r.message]
     assert record.levelname == "WARNING"
+
+
+def _stream(sidecar: Sidecar, question: str = QUESTION) -> str:
+    chunks = sidecar.client().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": question}], stream=True
+    )
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_the_response_model_is_the_answers_on_misses_and_hits_streamed_or_not(
+    traced: SidecarFactory, receiver: tuple[OtlpReceiver, str], stub: Stub
+) -> None:
+    stub.fake.model_suffix = "-2024-07-18"  # the dated snapshot that served the alias
+    sidecar = traced()
+    _ask(sidecar)  # a miss, then its hit
+    _ask(sidecar)
+    streamed = _stream(sidecar, "Another question, streamed.")  # a streamed miss
+    assert streamed and _stream(sidecar, "Another question, streamed.") == streamed  # its hit
+    spans = _exported(sidecar, receiver[0])
+    servers = [span for span in spans if span.kind == SERVER]
+    assert [s.attributes["sidecache.cache"] for s in servers] == ["MISS", "HIT"] * 2
+    for span in servers:
+        assert span.attributes["gen_ai.request.model"] == "gpt-4o-mini"
+        assert span.attributes["gen_ai.response.model"] == "gpt-4o-mini-2024-07-18"
+        assert not [name for name, _ in span.events if name.startswith("gen_ai.")]
+
+
+def test_a_streamed_answers_content_is_captured_from_its_assembled_whole(
+    traced: SidecarFactory, receiver: tuple[OtlpReceiver, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "true")
+    sidecar = traced()
+    said = _stream(sidecar)
+    assert _stream(sidecar) == said  # the hit, replayed from the stored whole
+    servers = [span for span in _exported(sidecar, receiver[0]) if span.kind == SERVER]
+    assert len(servers) == 2
+    for server in servers:
+        events = dict(server.events)
+        assert events["gen_ai.user.message"]["content"] == QUESTION
+        assert said and events["gen_ai.choice"]["content"] == said
+
+
+def test_a_follower_on_another_replica_waits_in_a_peer_wait_span(
+    traced: SidecarFactory, receiver: tuple[OtlpReceiver, str], stub: Stub, redis_url: str
+) -> None:
+    leader, follower = traced(REDIS_URL=redis_url), traced(REDIS_URL=redis_url)
+    question = "Which replica asks the upstream? " + str(id(leader))
+    stub.fake.hang = True
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(_ask_about, leader, question)
+        _wait_until(lambda: stub.fake.in_flight == 1, "the leader reached the upstream")
+        second = pool.submit(_ask_about, follower, question)
+        _wait_until(lambda: _peer_waiting(follower), "the follower waits for its peer")
+        stub.fake.hang = False
+        assert first.result(timeout=30) == second.result(timeout=30)
+    assert stub.fake.calls.get("/v1/chat/completions") == 1
+    _exported(leader, receiver[0])
+    spans = _exported(follower, receiver[0])  # both replicas' (one receiver)
+    (wait,) = _named(spans, "sidecache.peer_wait")
+    (server,) = [s for s in spans if s.kind == SERVER and s.span_id == wait.parent_id]
+    assert server.attributes["sidecache.cache"] == "COALESCED"  # served by the peer's call
+    assert wait.attributes["sidecache.peer.entry"] is True
+    assert not [s for s in spans if s.name == "sidecache.upstream" and s.trace_id == wait.trace_id]
+
+
+def _ask_about(sidecar: Sidecar, question: str) -> str:
+    answer = sidecar.client().chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": question}]
+    )
+    return answer.choices[0].message.content or ""
+
+
+def _peer_waiting(sidecar: Sidecar) -> bool:
+    peers = sidecar.runtime.runner._peers
+    return peers is not None and bool(peers._landed)
+
+
+def _wait_until(ready: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {timeout_s} s: {what}")
+        time.sleep(0.01)

@@ -94,8 +94,11 @@ class FlightRunner:
         lease = None
         if peers is not None and call.coalesce and call.plan is not None:
             lease = await peers.try_lead(call.plan.key)
-            if lease is None:
-                raw = await peers.await_peer(call.plan.key)
+            if lease is None:  # another replica calls the upstream: wait for its entry
+                with self.upstream.tracer.span("sidecache.peer_wait") as span:
+                    raw = await peers.await_peer(call.plan.key)
+                    if span is not None:  # traced
+                        span.set_attribute("sidecache.peer.entry", raw is not None)
                 entry = decode_response(raw) if raw is not None else None
                 if entry is not None:
                     usage = entry_usage(entry)

@@ -154,14 +154,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         reasoning=fake.reasoning_tokens,
     )
     tier = _served_tier(params.service_tier)
+    answered = params.model + fake.model_suffix
     if not streaming:
-        envelope = _Envelope("chatcmpl-", "chat.completion", params.model, False, tier)
+        envelope = _Envelope("chatcmpl-", "chat.completion", answered, False, tier)
         if fake.empty_choices:
             choices = []
         payload = {**envelope.head, "choices": choices, "usage": usage}
         return json_answer(request, payload)
 
-    envelope = _Envelope("chatcmpl-", "chat.completion.chunk", params.model, include_usage, tier)
+    envelope = _Envelope("chatcmpl-", "chat.completion.chunk", answered, include_usage, tier)
     stream = SseStream(request, fake)
     await stream.open()
     for choice in choices:

@@ -55,6 +55,7 @@ class KnobUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     flex_latency_ms: Annotated[float, msgspec.Meta(ge=0)] | UnsetType = UNSET
     cached_tokens: Annotated[int, msgspec.Meta(ge=0)] | UnsetType = UNSET
     reasoning_tokens: Annotated[int, msgspec.Meta(ge=0)] | UnsetType = UNSET
+    model_suffix: str | UnsetType = UNSET
 
 
 KNOB_NAMES: tuple[str, ...] = KnobUpdate.__struct_fields__
@@ -89,6 +90,7 @@ class FakeUpstream:
         flex_latency_ms: float = 0.0,
         cached_tokens: int = 0,
         reasoning_tokens: int = 0,
+        model_suffix: str = "",
         record_credentials: bool = False,
     ) -> None:
         self.latency_ms = latency_ms
@@ -119,6 +121,9 @@ class FakeUpstream:
         # (at most the prompt), and this many reasoning tokens on top of the written ones.
         self.cached_tokens = cached_tokens
         self.reasoning_tokens = reasoning_tokens
+        # Chat answers name the model asked for plus this ("-2024-07-18": the dated snapshot
+        # that served an alias, as OpenAI's answers do).
+        self.model_suffix = model_suffix
         # Not a knob (no HTTP call can turn it on): the process that built the fake chooses.
         self.record_credentials = record_credentials
         self.in_flight = 0

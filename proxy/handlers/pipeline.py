@@ -43,6 +43,7 @@ from proxy.handlers.respond import flight_for, respond
 from proxy.handlers.semantic import remember_answer, semantic_headers, semantic_lookup
 from proxy.keys import CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime
+from proxy.spans import ANSWER_BODY
 from proxy.ttl import Kind
 from proxy.upstream.gate import Wanted
 from proxy.upstream.guarded import UpstreamRequest
@@ -130,6 +131,8 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
     if runtime.tracer.on:
         with runtime.tracer.span("sidecache.cache.lookup"):
             found = await lookup(runtime, prepared, parsed, key)
+        if found is not None:  # the span's response model (and content), a stream's too
+            request[ANSWER_BODY] = found.entry.body
     else:  # the hit path, untraced: not even a no-op context
         found = await lookup(runtime, prepared, parsed, key)
     if found is not None:
@@ -146,6 +149,8 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
         if found is not None and probe is not None and probe.chosen is not None:
             count_hit(runtime, outcome, found)
             outcome.match, outcome.similarity = CacheMatch.SEMANTIC, probe.chosen.similarity
+            if runtime.tracer.on:
+                request[ANSWER_BODY] = found.entry.body
             return await serve_stored(
                 request,
                 found,
@@ -188,8 +193,19 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
             )
     finally:  # a failed answer settles too: its hold is released, never left to lapse
         await count_flight(runtime, outcome, parsed, flight, leader, held)
+        if runtime.tracer.on:
+            _keep_answer(request, flight)
         if probe is not None and semantic is not None and leader and plan is not None:
             remember_answer(semantic, probe, flight, plan)
+
+
+def _keep_answer(request: web.Request, flight: Flight) -> None:
+    """The flight's answer for the server span (a stream's as assembled for storing)."""
+    result = flight.result
+    if result.done() and not result.cancelled():
+        answer = result.result()
+        if answer.ok:
+            request[ANSWER_BODY] = answer.body
 
 
 async def _parse(request: web.Request, runtime: Runtime, route: CachedRoute) -> Known:

@@ -157,7 +157,11 @@ class PostgresSink:
                     init=init_connection,
                     timeout=self._connect_timeout_s,
                     command_timeout=self._command_timeout_s,
-                    server_settings={"application_name": "sidecache-ledger"},
+                    # JIT off: the ledger's statements are small writes and bounded admin
+                    # reads, whose compile time JIT does not win back; the report's reads of a
+                    # week of a 10M-row ledger spent 1-3 s of their time compiling
+                    # (bench/report_time.py).
+                    server_settings={"application_name": "sidecache-ledger", "jit": "off"},
                 )
             return self._pool
 
