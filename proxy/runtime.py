@@ -210,6 +210,20 @@ def _near_store(
     return near_store
 
 
+async def check_redis(settings: Settings) -> None:
+    """The Redis start-up check alone, for the supervisor of `--workers N`: a refusal stops it
+    once (RedisRefused) rather than every worker failing and being restarted forever."""
+    cache = settings.cache
+    if not cache.redis_url:
+        return
+    link = _redis_link(cache)
+    client = connect_redis(link, cache.redis_timeout_ms, 1)
+    try:
+        await link.verify(client)
+    finally:
+        await client.aclose()
+
+
 def _redis_link(cache: CacheSettings) -> RedisLink:
     """REDIS_URL and the TLS files, read once; the SSL context is built here, once. A TLS file
     that does not load stops start-up naming it."""

@@ -103,6 +103,16 @@ def test_a_wrong_password_stops_start_up_without_showing_it(
     assert wrong not in stderr and PASSWORD not in stderr
 
 
+def test_a_wrong_password_stops_the_workers_supervisor_once(
+    tmp_path: Path, stub: Stub, tls_redis: TlsRedisServer
+) -> None:
+    """With WORKERS=2 the supervisor checks first: no worker is started, then restarted."""
+    url = tls_redis.url.replace(PASSWORD, "not-the-Password-7")
+    stderr = _start_and_fail(tmp_path, stub, url, REDIS_CA_FILE=str(tls_redis.pki.ca), WORKERS="2")
+    assert f"refused REDIS_URL's credentials (user {USER!r})" in stderr
+    assert "worker" not in stderr
+
+
 def test_plain_text_to_a_tls_port_stops_start_up(
     tmp_path: Path, stub: Stub, tls_redis: TlsRedisServer
 ) -> None:
