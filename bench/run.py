@@ -70,6 +70,9 @@ Issue 15's `cluster_hits` and `cluster_failover` (bench/cluster.py) start a Redi
 primaries, 3 replicas) of their own: hit req/s and paced p50/p99 on the single node vs the
 cluster in alternating rounds (target: >= 0.9x), then a primary SIGKILLed under hit and miss
 load (5xx count, seconds until the hit is back); about 45 s with `--quick`.
+Issue 15's `sentinel_failover` (bench/sentinel_failover.py): a Sentinel group and a sidecar of
+their own under steady hits and misses, the primary killed: non-200 answers (none expected) and
+the seconds from the promotion until hits resume (about 15 s).
 
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
@@ -115,6 +118,7 @@ from . import (
     responses,
     semantic,
     semantic_hits,
+    sentinel_failover,
     stores,
     tracing,
     versus,
@@ -158,6 +162,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     semantic.semantic_lookup_latency,
     semantic_hits.semantic_exact_hits,
     tracing.tracing_overhead,
+    sentinel_failover.sentinel_failover,
     memory.peak_rss,
 )
 # Run only with `--baseline REV` (by default, or when --only names them).

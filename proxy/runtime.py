@@ -21,6 +21,8 @@ from proxy.cache.near import NearCache
 from proxy.cache.near_store import NearStore
 from proxy.cache.pipe import RedisPipe
 from proxy.cache.redis import RedisStore, connect_redis
+from proxy.cache.redis_link import RedisLink, RedisRefused
+from proxy.cache.redis_url import TlsFiles
 from proxy.cache.store import CacheStore
 from proxy.cache.tracking import TrackingListener
 from proxy.dispatch.batcher import Batcher
@@ -35,7 +37,7 @@ from proxy.metrics import Metrics
 from proxy.persona import PersonaParser
 from proxy.semantic.build import open_semantic
 from proxy.semantic.cache import SemanticCache
-from proxy.settings import NEAR_CACHE_MB_DEFAULT, Settings
+from proxy.settings import NEAR_CACHE_MB_DEFAULT, CacheSettings, Settings
 from proxy.tenancy import TenantResolver
 from proxy.tracing import Tracer, Untraced, open_tracer
 from proxy.ttl import TtlPolicy
@@ -92,22 +94,19 @@ async def open_runtime(
     redis: RedisClient | None = None
     store: CacheStore
     if settings.cache.redis_url:
-        single = connect_redis(
-            settings.cache.redis_url,
-            settings.cache.redis_timeout_ms,
-            settings.cache.redis_max_connections,
-        )
+        cache = settings.cache
+        link = _redis_link(cache)
+        single = connect_redis(link, cache.redis_timeout_ms, cache.redis_max_connections)
+        await link.verify(single)  # a wrong password or certificate stops start-up here
         errors = metrics.cache_errors
-        url, timeout_ms = settings.cache.redis_url, settings.cache.redis_timeout_ms
-        pipe: RedisPipe | ClusterPipe | None = None
+        timeout_ms = cache.redis_timeout_ms
+        pipe: RedisPipe | ClusterPipe
         redis = single
-        clustered = await is_cluster(single, settings.cache.redis_cluster)
+        clustered = await is_cluster(single, cache.redis_cluster)
         if clustered:
-            redis, pipe = await open_cluster(
-                single, url, timeout_ms, settings.cache.redis_max_connections
-            )
-        elif url.startswith("redis://"):
-            pipe = RedisPipe(url, timeout_ms / 1000)
+            redis, pipe = await open_cluster(single, link, timeout_ms, cache.redis_max_connections)
+        else:
+            pipe = RedisPipe(link, timeout_ms / 1000)
         store = RedisStore(
             redis,
             on_error=lambda op: errors.labels(op).inc(),
@@ -115,9 +114,9 @@ async def open_runtime(
             pipe=pipe,
             generation_key=INVALIDATION_GENERATION_KEY,
         )
-        if settings.cache.near_cache_mb > 0:
-            near_mb = settings.cache.near_cache_mb
-            store = _near_store(store, url, near_mb, timeout_ms, metrics, clustered=clustered)
+        if cache.near_cache_mb > 0:
+            near_mb = cache.near_cache_mb
+            store = _near_store(store, link, near_mb, timeout_ms, metrics, clustered=clustered)
     else:
         store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
     metrics.cache_up.labels(store.backend).set_function(lambda: float(store.available))
@@ -265,26 +264,53 @@ def open_lanes(
 
 def _near_store(
     store: RedisStore,
-    url: str,
+    link: RedisLink,
     megabytes: float,
     timeout_ms: int,
     metrics: Metrics,
     *,
     clustered: bool,
 ) -> CacheStore:
-    if clustered or not url.startswith("redis://"):
+    if clustered:
         # Said louder when it was asked for than when it is only the default. Not on a cluster:
         # Redis reports changes per node (README: Redis Cluster).
         level = logging.INFO if megabytes == NEAR_CACHE_MB_DEFAULT else logging.WARNING
-        why = "on a Redis Cluster" if clustered else "the near cache needs a redis:// REDIS_URL"
-        log.log(level, "NEAR_CACHE_MB is ignored: %s", why)
+        log.log(level, "NEAR_CACHE_MB is ignored on a Redis Cluster")
         return store
     near = NearCache(int(megabytes * 1024 * 1024))
     metrics.watch_near(near)
     # Tracking sets up more than one command: a longer bound than a hit's.
-    near_store = NearStore(store, near, TrackingListener(url, near, max(timeout_ms, 1000) / 1000))
+    near_store = NearStore(store, near, TrackingListener(link, near, max(timeout_ms, 1000) / 1000))
     near_store.start()
     return near_store
+
+
+async def check_redis(settings: Settings) -> None:
+    """The Redis start-up check alone, for the supervisor of `--workers N`: a refusal stops it
+    once (RedisRefused) rather than every worker failing and being restarted forever."""
+    cache = settings.cache
+    if not cache.redis_url:
+        return
+    link = _redis_link(cache)
+    client = connect_redis(link, cache.redis_timeout_ms, 1)
+    try:
+        await link.verify(client)
+    finally:
+        await client.aclose()
+
+
+def _redis_link(cache: CacheSettings) -> RedisLink:
+    """REDIS_URL and the TLS files, read once; the SSL context is built here, once. A TLS file
+    that does not load stops start-up naming it."""
+    assert cache.redis_url is not None
+    files = TlsFiles(cache.redis_ca_file, cache.redis_cert_file, cache.redis_key_file)
+    try:
+        return RedisLink.from_url(cache.redis_url, files, cache.redis_timeout_ms / 1000)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise RedisRefused(
+            f"the TLS files for Redis do not load (REDIS_CA_FILE={files.ca_file!r}, "
+            f"REDIS_CERT_FILE={files.cert_file!r}, REDIS_KEY_FILE={files.key_file!r}): {exc}"
+        ) from None
 
 
 async def _key_secret(settings: Settings, redis: RedisClient | None) -> bytes:

@@ -151,7 +151,14 @@ class AdminSettings(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CacheSettings(msgspec.Struct, forbid_unknown_fields=True):
-    redis_url: Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix)://")] | None = None
+    redis_url: (
+        Annotated[str, msgspec.Meta(pattern=r"^(redis|rediss|unix|redis\+sentinel)://")] | None
+    ) = None
+    # TLS (rediss://, or ?ssl=true with Sentinel): the CA to trust (else the system's), and a
+    # client certificate and its key for servers that ask for one (proxy/cache/redis_url.py).
+    redis_ca_file: str | None = None
+    redis_cert_file: str | None = None
+    redis_key_file: str | None = None
     # Whether REDIS_URL names a Redis Cluster node; auto asks it (proxy/cache/cluster.py).
     redis_cluster: Literal["auto", "on", "off"] = "auto"
     memory_mb: Annotated[float, msgspec.Meta(gt=0)] = 256

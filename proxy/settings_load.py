@@ -18,6 +18,7 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import msgspec
 
+from proxy.cache.redis_url import parse_redis_url
 from proxy.settings import PERSONA_DIMENSIONS, Settings, SettingsError
 from proxy.upstream.routes import RouteTable
 
@@ -47,6 +48,9 @@ ENV_FIELDS: dict[str, tuple[str, str]] = {
     "CACHE_KEY_SECRET": ("tenancy", "key_secret"),
     "REDIS_URL": ("cache", "redis_url"),
     "REDIS_CLUSTER": ("cache", "redis_cluster"),
+    "REDIS_CA_FILE": ("cache", "redis_ca_file"),
+    "REDIS_CERT_FILE": ("cache", "redis_cert_file"),
+    "REDIS_KEY_FILE": ("cache", "redis_key_file"),
     "CACHE_DEFAULT_TTL": ("cache", "default_ttl"),
     "CACHE_MEMORY_MB": ("cache", "memory_mb"),
     "NEAR_CACHE_MB": ("cache", "near_cache_mb"),
@@ -271,11 +275,35 @@ def _check_consistency(settings: Settings, env: Mapping[str, str]) -> None:
             "expected distinct shares of the budget in increasing order, e.g. [0.5, 0.8, 1.0]"
         )
     _check_user_binding(settings)
+    _check_redis(settings)
     if settings.ttl.min > settings.ttl.max:
         raise SettingsError(
             f"invalid setting ttl.min={settings.ttl.min!r} (config file): must not exceed "
             f"ttl.max={settings.ttl.max}"
         )
+
+
+def _check_redis(settings: Settings) -> None:
+    """REDIS_URL's parts and the TLS files exist; the SSL context itself is built once, at
+    start-up (proxy/cache/redis_link.py). The URL may hold a password: never shown."""
+    cache = settings.cache
+    if cache.redis_url:
+        try:
+            parse_redis_url(cache.redis_url)
+        except ValueError as exc:
+            raise SettingsError(f"invalid setting REDIS_URL=<redacted>: {exc}") from None
+    if cache.redis_key_file and not cache.redis_cert_file:
+        raise SettingsError(
+            "invalid setting REDIS_KEY_FILE: it needs REDIS_CERT_FILE, the client certificate"
+        )
+    files = {
+        "REDIS_CA_FILE": cache.redis_ca_file,
+        "REDIS_CERT_FILE": cache.redis_cert_file,
+        "REDIS_KEY_FILE": cache.redis_key_file,
+    }
+    for name, path in files.items():
+        if path and not os.access(path, os.R_OK):
+            raise SettingsError(f"invalid setting {name}={path!r}: no readable file there")
 
 
 _USER_ID = re.compile(r"^[\x21-\x7e]{1,128}$")  # as X-User-Id (proxy/persona.py)

@@ -14,6 +14,7 @@ from proxy.budget.spend import MemorySpend, SpendStore
 from proxy.budget.spend_redis import RedisSpend
 from proxy.cache.cluster import connect_cluster
 from proxy.cache.redis import connect_redis
+from proxy.cache.redis_link import RedisLink
 
 START = datetime(2026, 11, 24, 15, 30, tzinfo=UTC)
 
@@ -69,7 +70,7 @@ async def spend_store(kind: str, redis_url: str | None = None) -> AsyncIterator[
         return
     assert redis_url is not None
     client = (
-        connect_cluster(redis_url, 250, 16)
+        connect_cluster(RedisLink.from_url(redis_url), 250, 16)
         if kind == "cluster"
         else connect_redis(redis_url, 250, 16)
     )

@@ -2,6 +2,8 @@
 pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.redis_cluster",
+    "tests.fixtures.redis_tls",
+    "tests.fixtures.redis_sentinel",
     "tests.fixtures.sidecar",
     "tests.fixtures.replicas",
     "tests.fixtures.upstreams",

@@ -12,6 +12,7 @@ from proxy.cache.cluster_pipe import ClusterPipe
 from proxy.cache.near_store import NearStore
 from proxy.cache.pipe import PipeError
 from proxy.cache.redis import RedisStore
+from proxy.cache.redis_link import RedisLink
 from proxy.cache.slots import SlotMap, keyslot, parse_redirect
 from tests.fixtures.redis_cluster import ClusterServers
 from tests.fixtures.redis_server import RedisServer
@@ -62,7 +63,7 @@ async def test_reads_follow_ask_then_moved_while_a_slot_migrates(
     source = redis_cluster.owner(keyslot(key.encode()))
     target = next(n for n in redis_cluster.primaries() if n.port != source.port)
     slot = keyslot(key.encode())
-    pipe = ClusterPipe(cluster_url, 1.0)
+    pipe = ClusterPipe(RedisLink.from_url(cluster_url), 1.0)
     await pipe.start()
     try:
         assert await pipe.mget(key, "sc:e:{stays}") == [b"answer", b"other"]
@@ -82,7 +83,7 @@ async def test_reads_follow_ask_then_moved_while_a_slot_migrates(
 async def test_a_pipe_without_a_reachable_node_fails_as_a_miss_would(
     redis_cluster: ClusterServers, cluster_url: str
 ) -> None:
-    pipe = ClusterPipe(f"redis://127.0.0.1:{free_port()}/0", 0.5)
+    pipe = ClusterPipe(RedisLink.from_url(f"redis://127.0.0.1:{free_port()}/0"), 0.5)
     await pipe.start()  # no map: logged, not raised
     try:
         with pytest.raises(PipeError):  # no slot map: RedisStore serves it as a miss

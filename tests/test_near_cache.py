@@ -18,6 +18,7 @@ from proxy.cache.near import ENTRY_OVERHEAD, NearCache
 from proxy.cache.near_store import NearStore
 from proxy.cache.pipe import RedisPipe
 from proxy.cache.redis import RedisStore, connect_redis
+from proxy.cache.redis_link import RedisLink
 from proxy.cache.tracking import TrackingListener
 from proxy.settings import NEAR_CACHE_MB_DEFAULT
 from proxy.settings_load import load_settings
@@ -101,10 +102,10 @@ def near_store(url: str, pipe_url: str | None = None) -> NearStore:
     store = RedisStore(
         connect_redis(url, 500, 4),
         timeout_ms=500,
-        pipe=RedisPipe(pipe_url or url, 0.5),
+        pipe=RedisPipe(RedisLink.from_url(pipe_url or url), 0.5),
         generation_key=INVALIDATION_GENERATION_KEY,
     )
-    return NearStore(store, near, TrackingListener(url, near, 1.0))
+    return NearStore(store, near, TrackingListener(RedisLink.from_url(url), near, 1.0))
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Literal
+from typing import Any, Literal
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
@@ -15,6 +15,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from proxy.cache.cluster_pipe import ClusterPipe
+from proxy.cache.redis_link import RedisLink, RedisRefused
 
 log = logging.getLogger("sidecache.cache")
 
@@ -43,29 +44,46 @@ async def is_cluster(client: Redis, mode: ClusterMode) -> bool:
     return bool(info.get("cluster_enabled"))
 
 
-def connect_cluster(url: str, timeout_ms: int, max_connections: int) -> RedisCluster:
+def connect_cluster(link: RedisLink, timeout_ms: int, max_connections: int) -> RedisCluster:
     """Like connect_redis (proxy/cache/redis.py): no retries, short connects, callers bound each
-    operation. `max_connections` is per node."""
-    return RedisCluster.from_url(
-        url,
+    operation. `max_connections` is per node. TLS and the ACL user as the link says (redis-py's
+    TLS options: it makes its connections per node itself)."""
+    target, files = link.target, link.files
+    (host, port) = target.hosts[0]
+    tls: dict[str, Any] = {}
+    if target.tls:
+        tls = {
+            "ssl": True,
+            "ssl_ca_certs": files.ca_file,
+            "ssl_certfile": files.cert_file,
+            "ssl_keyfile": files.key_file,
+            "ssl_cert_reqs": "required" if target.verify else "none",
+            "ssl_check_hostname": target.verify and target.check_hostname,
+        }
+    return RedisCluster(
+        host=host,
+        port=port,
+        username=target.username,
+        password=target.password,
         max_connections=max_connections,
         socket_connect_timeout=timeout_ms / 1000,
         socket_timeout=None,
         retry=Retry(NoBackoff(), 0),
         require_full_coverage=False,  # a primary down costs its slots, not the others
         health_check_interval=0,
+        **tls,
     )
 
 
 async def open_cluster(
-    single: Redis, url: str, timeout_ms: int, max_connections: int
-) -> tuple[RedisCluster, ClusterPipe | None]:
+    single: Redis, link: RedisLink, timeout_ms: int, max_connections: int
+) -> tuple[RedisCluster, ClusterPipe]:
     """Replaces the single-node client `single` (closed here) by the cluster clients: redis-py's
-    for everything, and the hit path's pipe (plain redis:// only, as RedisPipe)."""
+    for everything, and the hit path's pipe (one connection per primary, TLS as the link)."""
+    if link.target.kind != "direct":
+        raise RedisRefused("REDIS_CLUSTER: a cluster is named by one of its nodes' host:port")
     await single.aclose()
-    client = connect_cluster(url, timeout_ms, max_connections)
-    if not url.startswith("redis://"):
-        return client, None
-    pipe = ClusterPipe(url, timeout_ms / 1000)
+    client = connect_cluster(link, timeout_ms, max_connections)
+    pipe = ClusterPipe(link, timeout_ms / 1000)
     await pipe.start()
     return client, pipe

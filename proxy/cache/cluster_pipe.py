@@ -14,11 +14,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Sequence
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
 
 from proxy.cache.pipe import PipeError, RedisPipe, command
 from proxy.cache.slots import Address, SlotMap, keyslot, parse_redirect
+
+if TYPE_CHECKING:
+    from proxy.cache.redis_link import RedisLink
 
 log = logging.getLogger("sidecache.cache")
 
@@ -28,10 +30,9 @@ _ASKING = command(b"ASKING")
 
 
 class ClusterPipe:
-    def __init__(self, url: str, timeout_s: float) -> None:
-        parts = urlsplit(url)
-        self._url = parts
-        self._seed: Address = (parts.hostname or "localhost", parts.port or 6379)
+    def __init__(self, link: RedisLink, timeout_s: float) -> None:
+        self._link = link  # credentials and TLS for every node's connection
+        self._seed: Address = link.target.hosts[0]
         self._timeout_s = timeout_s
         self._map: SlotMap | None = None
         self._pipes: dict[Address, RedisPipe] = {}
@@ -110,11 +111,7 @@ class ClusterPipe:
     def _pipe(self, address: Address) -> RedisPipe:
         pipe = self._pipes.get(address)
         if pipe is None:
-            netloc = self._url.netloc.rpartition("@")[0]
-            netloc = f"{netloc}@" if netloc else ""
-            host = f"[{address[0]}]" if ":" in address[0] else address[0]
-            url = urlunsplit(("redis", f"{netloc}{host}:{address[1]}", "", "", ""))
-            pipe = self._pipes[address] = RedisPipe(url, self._timeout_s)
+            pipe = self._pipes[address] = RedisPipe(self._link.at(*address), self._timeout_s)
         return pipe
 
     def _refresh_soon(self) -> None:

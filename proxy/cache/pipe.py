@@ -11,10 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from typing import Any, cast
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
+
+if TYPE_CHECKING:
+    from proxy.cache.redis_link import RedisLink
+
+# Replies that say this server is not (or not yet) a usable primary: drop the connection, so the
+# next command reconnects to whatever the URL (or the sentinels) name now.
+_NOT_PRIMARY = ("READONLY", "LOADING", "MASTERDOWN")
 
 
 class PipeError(ConnectionError):
@@ -79,6 +85,8 @@ class _Protocol(asyncio.Protocol):
                 continue  # its caller gave up; the reply still kept the order
             if isinstance(reply, hiredis.ReplyError):
                 future.set_exception(PipeError(str(reply)))
+                if str(reply).startswith(_NOT_PRIMARY) and self.transport is not None:
+                    self.transport.abort()
             else:
                 future.set_result(reply)
 
@@ -99,24 +107,9 @@ def command(*parts: bytes) -> bytes:
     return b"".join(out)
 
 
-def parse_url(url: str) -> tuple[str, int, list[bytes]]:
-    """(host, port, the commands a new connection sends first) of a redis:// URL."""
-    parts = urlsplit(url)
-    if parts.scheme != "redis":
-        raise ValueError("RedisPipe speaks plain redis:// only")
-    hello: list[bytes] = []
-    if parts.password is not None:
-        user = unquote(parts.username or "default").encode()
-        hello.append(command(b"AUTH", user, unquote(parts.password).encode()))
-    db = parts.path.lstrip("/")
-    if db and db != "0":
-        hello.append(command(b"SELECT", db.encode()))
-    return parts.hostname or "localhost", parts.port or 6379, hello
-
-
 class RedisPipe:
-    def __init__(self, url: str, timeout_s: float) -> None:
-        self._host, self._port, self._hello = parse_url(url)
+    def __init__(self, link: RedisLink, timeout_s: float) -> None:
+        self._link = link
         self._timeout_s = timeout_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Task[_Protocol] | None = None
@@ -204,12 +197,9 @@ class RedisPipe:
                 self._connecting = None
 
     async def _open(self) -> _Protocol:
-        loop = asyncio.get_running_loop()
         timeout_s = self._timeout_s
-        _, protocol = await loop.create_connection(
-            lambda: _Protocol(timeout_s), self._host, self._port
-        )
-        for hello in self._hello:
+        protocol = await self._link.open(lambda: _Protocol(timeout_s))
+        for hello in self._link.hello:
             await protocol.send(hello)
         self._protocol = protocol
         return protocol

@@ -12,12 +12,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from proxy.cache.pipe import PipeError, RedisPipe
+from proxy.cache.redis_link import RedisLink
 
 if TYPE_CHECKING:
     from proxy.cache.cluster import RedisClient
@@ -29,22 +28,21 @@ log = logging.getLogger("sidecache.cache")
 _LOG_EVERY_S = 10.0
 
 
-def connect_redis(url: str, timeout_ms: int, max_connections: int) -> Redis:
+def connect_redis(url: str | RedisLink, timeout_ms: int, max_connections: int) -> Redis:
     """A client tuned for the request path; also used by other services sharing the server.
 
     No socket timeout: redis-py wraps every send in `asyncio.wait_for` when one is set, which
     costs a Task per command. Callers bound each operation with `asyncio.timeout` instead.
     A plain pool (not the blocking one) for the same reason; past `max_connections` a command
-    fails at once and is served as a miss.
+    fails at once and is served as a miss. TLS, ACL user, database and Sentinel come from the
+    link (proxy/cache/redis_link.py); a plain URL string is read with no TLS files.
     """
-    pool = ConnectionPool.from_url(
-        url,
+    link = RedisLink.from_url(url, timeout_s=timeout_ms / 1000) if isinstance(url, str) else url
+    return link.client(
         max_connections=max_connections,
         socket_connect_timeout=timeout_ms / 1000,
-        retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
     )
-    return Redis(connection_pool=pool)
 
 
 class RedisStore:

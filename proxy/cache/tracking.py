@@ -41,7 +41,8 @@ from typing import Any, cast
 import hiredis
 
 from proxy.cache.near import NearCache
-from proxy.cache.pipe import command, parse_url
+from proxy.cache.pipe import command
+from proxy.cache.redis_link import RedisLink
 from proxy.vocabulary import ENTRY_KEY, INVALIDATION_GENERATION_KEY
 
 log = logging.getLogger("sidecache.cache")
@@ -87,8 +88,9 @@ class _Resp(asyncio.Protocol):
 
 
 class TrackingListener:
-    def __init__(self, url: str, near: NearCache, timeout_s: float) -> None:
-        self._host, self._port, self._hello = parse_url(url)
+    def __init__(self, link: RedisLink, near: NearCache, timeout_s: float) -> None:
+        self._link = link
+        self._hello = link.hello
         self._near = near
         self._timeout_s = timeout_s
         self._setup: asyncio.Queue[Any] = asyncio.Queue()
@@ -158,11 +160,10 @@ class TrackingListener:
         log.warning("near cache off until Redis tracking is set up again")
 
     async def _connect(self, on_reply: Callable[[Any], None]) -> _Resp:
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(self._timeout_s):
-            _, protocol = await loop.create_connection(
-                lambda: _Resp(on_reply, self._near.disable), self._host, self._port
-            )
+            # With Sentinel, each (re)connection asks for the current primary: after a failover
+            # tracking is armed again on the new one.
+            protocol = await self._link.open(lambda: _Resp(on_reply, self._near.disable))
         self._open.append(protocol)
         return protocol
 
