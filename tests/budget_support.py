@@ -12,7 +12,7 @@ from aiohttp import web
 
 from proxy.budget.spend import MemorySpend, SpendStore
 from proxy.budget.spend_redis import RedisSpend
-from proxy.cache.cluster import connect_cluster
+from proxy.cache.cluster import RedisClient, connect_cluster
 from proxy.cache.redis import connect_redis
 from proxy.cache.redis_link import RedisLink
 
@@ -69,11 +69,12 @@ async def spend_store(kind: str, redis_url: str | None = None) -> AsyncIterator[
         yield MemorySpend()
         return
     assert redis_url is not None
-    client = (
-        connect_cluster(RedisLink.from_url(redis_url), 250, 16)
-        if kind == "cluster"
-        else connect_redis(redis_url, 250, 16)
-    )
+    client: RedisClient
+    if kind == "cluster":
+        client = connect_cluster(RedisLink.from_url(redis_url), 250, 16)
+        await client.initialize()  # the slot map read before the first bounded command
+    else:
+        client = connect_redis(redis_url, 250, 16)
     try:
         yield RedisSpend(client, timeout_ms=250)
     finally:

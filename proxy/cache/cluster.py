@@ -84,6 +84,11 @@ async def open_cluster(
         raise RedisRefused("REDIS_CLUSTER: a cluster is named by one of its nodes' host:port")
     await single.aclose()
     client = connect_cluster(link, timeout_ms, max_connections)
+    try:  # the slot map now, not inside the first request's bounded command
+        async with asyncio.timeout(_ASK_TIMEOUT_S):
+            await client.initialize()
+    except (RedisError, OSError, TimeoutError) as exc:
+        log.warning("Redis Cluster: no slot map at start-up (%s); read on first use", exc)
     pipe = ClusterPipe(link, timeout_ms / 1000)
     await pipe.start()
     return client, pipe
