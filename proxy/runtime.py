@@ -30,6 +30,9 @@ from proxy.invalidation.invalidator import Invalidator
 from proxy.keys import KeyMaker
 from proxy.ledger import LedgerWriter, PriceTable, open_ledger
 from proxy.ledger.collector import register_ledger_metrics
+from proxy.limits import Limiter
+from proxy.limits.limiter import Counter, MemoryCounter
+from proxy.limits.redis_backend import RedisCounter
 from proxy.metrics import Metrics
 from proxy.persona import PersonaParser
 from proxy.semantic.build import open_semantic
@@ -71,6 +74,7 @@ class Runtime:
     budgets: BudgetBook
     invalidations: Invalidator
     bodies: InflightBodies  # request-body bytes held at once (MAX_INFLIGHT_BODY_MB)
+    limiter: Limiter  # rate limits (docs/design.md §13); `active` false: no work at all
     semantic: SemanticCache | None = None  # with SEMANTIC_CACHE=on
     # Traces (proxy/tracing.py): Untraced unless an OTLP endpoint is configured.
     tracer: Tracer = field(default_factory=Untraced)
@@ -88,6 +92,8 @@ async def open_runtime(
     tracer = open_tracer()
     redis: Redis | None = None
     store: CacheStore
+    pipe: RedisPipe | None = None
+    counter: Counter = MemoryCounter()
     if settings.cache.redis_url:
         redis = connect_redis(
             settings.cache.redis_url,
@@ -96,12 +102,14 @@ async def open_runtime(
         )
         errors = metrics.cache_errors
         url, timeout_ms = settings.cache.redis_url, settings.cache.redis_timeout_ms
-        plain = url.startswith("redis://")
+        if url.startswith("redis://"):  # one connection for the hit's GET and rate check
+            pipe = RedisPipe(url, timeout_ms / 1000)
+        counter = RedisCounter(redis, pipe, timeout_ms)
         store = RedisStore(
             redis,
             on_error=lambda op: errors.labels(op).inc(),
             timeout_ms=timeout_ms,
-            pipe=RedisPipe(url, timeout_ms / 1000) if plain else None,
+            pipe=pipe,
             generation_key=INVALIDATION_GENERATION_KEY,
         )
         if settings.cache.near_cache_mb > 0:
@@ -178,6 +186,12 @@ async def open_runtime(
         invalidations=invalidations,
         bodies=InflightBodies(
             settings.server.max_inflight_body_bytes, settings.server.max_body_bytes
+        ),
+        limiter=Limiter(
+            settings.rate,
+            counter,
+            on_unenforced=metrics.rate_limit_unenforced.inc,
+            on_limited=lambda scope, kind: metrics.rate_limited.labels(scope, kind).inc(),
         ),
         semantic=semantic,
         tracer=tracer,

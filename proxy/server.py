@@ -29,6 +29,7 @@ from proxy.handlers.pipeline import KNOWN
 from proxy.handlers.responses import responses
 from proxy.health import healthz, readyz
 from proxy.ids import SerialIds
+from proxy.limits import RateHeaders
 from proxy.runtime import RUNTIME, Runtime
 from proxy.spans import finish_server_span, operation
 from proxy.vocabulary import PASSTHROUGH, Endpoint
@@ -64,6 +65,8 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
     app[KNOWN] = KnownRequests(TABLE_BYTES)
     app[PREPARED] = PreparedEntries(TABLE_BYTES)
     app.on_response_prepare.append(_RequestIds())
+    if runtime.limiter.active or runtime.redis is not None:  # (overrides may turn limits on)
+        app.on_response_prepare.append(RateHeaders())
     for endpoint, handler in UNDERSTOOD.items():
         app.router.add_post(endpoint.path, handler)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)

@@ -202,6 +202,23 @@ class BudgetSettings(msgspec.Struct, forbid_unknown_fields=True):
     reservation_hold_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
 
 
+class RateSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Requests and tokens per window (a minute) per tenant and per user; 0 means no limit."""
+
+    tenant_rpm: Annotated[int, msgspec.Meta(ge=0)] = 0
+    tenant_tpm: Annotated[int, msgspec.Meta(ge=0)] = 0
+    user_rpm: Annotated[int, msgspec.Meta(ge=0)] = 0
+    user_tpm: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # The limits' window: a minute, as the names say; shorter only to test them quickly.
+    window_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+    # How often each replica re-reads the admin's limit overrides from Redis.
+    overrides_refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.tenant_rpm or self.tenant_tpm or self.user_rpm or self.user_tpm)
+
+
 class ModelPriceSetting(msgspec.Struct, forbid_unknown_fields=True):
     """USD per million tokens; `cached_input` and `cache_write` default to `input`,
     `reasoning` to `output`."""
@@ -260,6 +277,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
     budget: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
+    rate: RateSettings = msgspec.field(default_factory=RateSettings)
     pricing: PricingSettings = msgspec.field(default_factory=PricingSettings)
     invalidation: InvalidationSettings = msgspec.field(default_factory=InvalidationSettings)
     semantic: SemanticSettings = msgspec.field(default_factory=SemanticSettings)

@@ -1,4 +1,5 @@
-"""A pipelined Redis connection for the hit path's one command, GET.
+"""A pipelined Redis connection for the hit path's one command, GET (and the rate limiter's
+check sent with it).
 
 redis-py spends most of a hit's time in its pool, its per-command bookkeeping and (with a socket
 timeout) a Task per command (docs/design.md §9). Here every GET is written to one connection as it
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -143,6 +145,15 @@ class RedisPipe:
         if not isinstance(reply, list) or len(reply) != len(keys) or not isinstance(pttl, int):
             raise PipeError("Redis answered MGET/PTTL with something else than their values")
         return [value if isinstance(value, bytes) else None for value in reply], pttl
+
+    def send_now(self, *parts: bytes) -> Awaitable[Any]:
+        """Any one command, queued in this turn of the loop when connected (so it goes out in
+        the same write as the hit's GET queued next to it); else sent once connected."""
+        request = command(*parts)
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            return protocol.send(request)
+        return self._send(request)
 
     async def _send_two(self, first: bytes, second: bytes) -> tuple[Any, Any]:
         protocol = self._protocol

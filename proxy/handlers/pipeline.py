@@ -39,6 +39,7 @@ from proxy.handlers.costing import count_flight, count_hit, open_outcome, prefli
 from proxy.handlers.hot import PREPARED, KnownRequests
 from proxy.handlers.json_body import refuse_repeated_keys
 from proxy.handlers.parse import ParsedRequest, parse_request, upstream_headers
+from proxy.handlers.rate import admit_request, admit_tokens, open_rate, own_usage, settle_tokens
 from proxy.handlers.respond import flight_for, respond
 from proxy.handlers.semantic import remember_answer, semantic_headers, semantic_lookup
 from proxy.keys import CacheKey, ScopePart
@@ -127,11 +128,17 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
             known_requests.put(route.endpoint, sent, request.raw_headers, known, len(raw))
     parsed, asked, scope, key = known.parsed, known.asked, known.scope, known.key
     outcome = open_outcome(request, parsed, asked.model)
-    if runtime.tracer.on:
-        with runtime.tracer.span("sidecache.cache.lookup"):
+    # Sent before the lookup's GET, so both go to Redis in one write (one round trip).
+    rate = open_rate(runtime, parsed) if runtime.limiter.active else None
+    try:
+        if runtime.tracer.on:
+            with runtime.tracer.span("sidecache.cache.lookup"):
+                found = await lookup(runtime, prepared, parsed, key)
+        else:  # the hit path, untraced: not even a no-op context
             found = await lookup(runtime, prepared, parsed, key)
-    else:  # the hit path, untraced: not even a no-op context
-        found = await lookup(runtime, prepared, parsed, key)
+    finally:
+        if rate is not None:  # 429 before the stored answer is served or anything is spent
+            await admit_request(request, runtime.limiter, rate)
     if found is not None:
         count_hit(runtime, outcome, found)
         return await serve_stored(
@@ -154,6 +161,8 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
                 match=semantic_headers(probe.chosen),
             )
     refuse_repeated_keys(parsed.raw, parsed.body)  # the upstream must read what the key read
+    if rate is not None:  # before any budget hold, queue slot or upstream call
+        await admit_tokens(request, runtime, parsed, rate)
     meta = entry_meta(parsed, asked.model, scope, runtime.invalidations.generation)
     held = await preflight(runtime, parsed, asked.model)
     plan = None
@@ -188,6 +197,8 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
             )
     finally:  # a failed answer settles too: its hold is released, never left to lapse
         await count_flight(runtime, outcome, parsed, flight, leader, held)
+        if rate is not None:
+            await settle_tokens(runtime, rate, own_usage(flight, leader))
         if probe is not None and semantic is not None and leader and plan is not None:
             remember_answer(semantic, probe, flight, plan)
 

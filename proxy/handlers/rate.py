@@ -1,0 +1,94 @@
+"""A request against its rate limits (docs/design.md §13): one request counted before the
+cache is read (a hit counts as a request, never as tokens), the pre-flight token estimate
+charged before a miss goes upstream, and the charge corrected with the real usage after."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from proxy.dispatch.flight import Flight
+from proxy.handlers.costing import max_output_tokens
+from proxy.handlers.parse import ParsedRequest
+from proxy.limits import RATE_DECISION, Decision, Limiter, Scope
+from proxy.runtime import Runtime
+from proxy.wire import Usage
+
+
+class RateCheck:
+    """One request's place in its limits: its scopes, its member in their logs, and the
+    requests check, sent already (awaited by `admit_request`)."""
+
+    __slots__ = ("member", "pending", "scopes", "tokens")
+
+    def __init__(
+        self,
+        scopes: tuple[Scope, ...],
+        member: str,
+        pending: Coroutine[Any, Any, Decision | None],
+    ) -> None:
+        self.scopes = scopes
+        self.member = member
+        self.pending = pending
+        self.tokens = 0  # charged for it: the estimate, until corrected
+
+
+def open_rate(runtime: Runtime, parsed: ParsedRequest) -> RateCheck | None:
+    """Sends the request's check (in the same write as the cache GET that follows it on the
+    hit path's connection); None when no limit applies to it."""
+    limiter = runtime.limiter
+    scopes = limiter.scopes(parsed.identity.tenant, parsed.user_id)
+    if not scopes:
+        return None
+    member = limiter.member()
+    return RateCheck(scopes, member, limiter.check(scopes, member, requests=1, tokens=0))
+
+
+async def admit_request(request: web.Request, limiter: Limiter, check: RateCheck) -> None:
+    """429 `rate_limit_exceeded` when a requests limit is reached; the headers either way."""
+    decision = await check.pending
+    if decision is None:
+        return  # the counter is down: not enforced (counted in a metric)
+    request[RATE_DECISION] = decision
+    if not decision.allowed:
+        raise limiter.refusal(check.scopes, decision, 1, 0)
+
+
+async def admit_tokens(
+    request: web.Request, runtime: Runtime, parsed: ParsedRequest, check: RateCheck
+) -> None:
+    """Before a miss goes upstream: its estimate charged against the tokens limits."""
+    if not any(scope.tpm for scope in check.scopes):
+        return
+    limiter = runtime.limiter
+    estimate = runtime.prices.token_estimate(len(parsed.raw), max_output_tokens(parsed))
+    decision = await limiter.check(check.scopes, check.member, requests=0, tokens=estimate)
+    if decision is None:
+        return
+    before = request.get(RATE_DECISION)
+    if before is not None:  # the requests trio is the one the request was counted by
+        decision.requests = before.requests
+    request[RATE_DECISION] = decision
+    if not decision.allowed:
+        raise limiter.refusal(check.scopes, decision, 0, estimate)
+    check.tokens = estimate
+
+
+async def settle_tokens(runtime: Runtime, check: RateCheck, usage: Usage | None) -> None:
+    """The estimate replaced by what the call used (nothing, when this request made no call:
+    it failed, or it shared another request's)."""
+    if not check.tokens:
+        return
+    used = 0 if usage is None else usage.prompt_tokens + (usage.completion_tokens or 0)
+    if used != check.tokens:
+        await runtime.limiter.correct(check.scopes, check.member, used)
+
+
+def own_usage(flight: Flight, leader: bool) -> Usage | None:
+    """The usage of the call this request made itself (None: it made none, or it failed)."""
+    if not leader or not flight.result.done() or flight.result.cancelled():
+        return None
+    answer = flight.result.result()
+    return answer.usage if answer.ok and not answer.from_peer else None

@@ -1,0 +1,49 @@
+"""The `x-ratelimit-*` headers OpenAI's API sends, from what the limiter decided for a request.
+
+Set by a response signal rather than by each handler: streamed answers send their headers
+inside the handler, and the signal runs just before any answer's headers go out (hits, misses
+and the sidecar's own errors alike)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.limits.limiter import Decision, ScopeUse
+
+RATE_DECISION = web.RequestKey("sidecache_rate_decision", Decision)
+
+
+def duration(ms: int) -> str:
+    """OpenAI's (Go's) duration format: "20ms", "1s", "7.66s", "6m0s"."""
+    if ms <= 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    minutes, rest = divmod(ms, 60_000)
+    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
+
+
+def _trio(headers: dict[str, str], kind: str, use: ScopeUse) -> None:
+    headers[f"x-ratelimit-limit-{kind}"] = str(use.limit)
+    headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, use.limit - use.used))
+    headers[f"x-ratelimit-reset-{kind}"] = duration(use.reset_ms)
+
+
+def rate_headers(decision: Decision) -> dict[str, str]:
+    """Each trio only where a limit of its kind applies to the request."""
+    headers: dict[str, str] = {}
+    if decision.requests is not None:
+        _trio(headers, "requests", decision.requests)
+    if decision.tokens is not None:
+        _trio(headers, "tokens", decision.tokens)
+    return headers
+
+
+class RateHeaders:
+    """The response signal; registered only when some limit is set (off, it costs nothing)."""
+
+    async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
+        decision = request.get(RATE_DECISION)
+        if decision is not None:
+            response.headers.update(rate_headers(decision))

@@ -1,0 +1,315 @@
+"""Sliding-log rate limits: which limits apply to a request, the decision, and the memory
+counter used without Redis (docs/design.md §13).
+
+A sliding log keeps every counted request (and its tokens) for one window, so in ANY window's
+span no more than the limit is ever let through: no burst of twice the limit at a window's
+edge (as fixed windows allow), and no approximation (as two weighted windows are). What it costs
+is memory of one entry per counted request, which the limit itself bounds.
+
+The counter (memory or Redis) is sent the request's check when `check` is called, not when its
+answer is awaited: on the hit path the check goes to Redis in the same write as the cache GET.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import msgspec
+
+from proxy.budget.limits import hashed_part, key_part
+from proxy.failures import RateLimited
+from proxy.settings import RateSettings
+from proxy.vocabulary import RATE_KEY_PREFIX
+
+
+class CounterDown(Exception):
+    """The shared counter (Redis) cannot answer: the request goes on unlimited."""
+
+
+class Scope(NamedTuple):
+    """One counted scope of a request (its tenant, or its user within the tenant)."""
+
+    name: str  # "tenant" | "user"
+    key: str  # where it is counted: its Redis key prefix (all share the tenant's hash tag)
+    rpm: int
+    tpm: int
+
+
+class ScopeUse(msgspec.Struct, frozen=True):
+    """One limit as the headers report it: `used` after this request, `reset_ms` until all
+    that is counted has left the window (OpenAI's "resets to its initial state")."""
+
+    limit: int
+    used: int
+    reset_ms: int
+
+
+class Decision(msgspec.Struct):
+    allowed: bool
+    retry_ms: int = 0
+    requests: ScopeUse | None = None  # the tightest requests limit, None when none applies
+    tokens: ScopeUse | None = None
+
+
+# What a counter answers: [allowed 1|0, retry ms] + per scope [requests used, their reset ms,
+# tokens used, their reset ms] (used: after the request when allowed, before it when not).
+Counted = list[int]
+
+
+class Counter(Protocol):
+    backend: str
+
+    def take(
+        self, scopes: Sequence[Scope], member: str, requests: int, tokens: int, window_ms: int
+    ) -> Awaitable[Counted]:
+        """Checks and (when every limit allows it) counts; sent before this returns."""
+
+    async def correct(
+        self, scopes: Sequence[Scope], member: str, tokens: int, window_ms: int
+    ) -> None:
+        """Replaces `member`'s counted tokens (the estimate) by `tokens` (the real usage)."""
+
+
+class LimitOverride(msgspec.Struct, frozen=True):
+    """An operator's limits for one tenant or user; None keeps the setting's."""
+
+    scope: str  # "tenant" | "user"
+    id: str
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass
+class Limiter:
+    settings: RateSettings
+    counter: Counter
+    on_unenforced: Callable[[], None] = lambda: None
+    on_limited: Callable[[str, str], None] = lambda scope, kind: None
+    overrides: dict[tuple[str, str], LimitOverride] = field(default_factory=dict)
+    _ids: Callable[[], int] = field(default_factory=lambda: itertools.count().__next__)
+    _prefix: str = field(default_factory=lambda: secrets.token_hex(4))
+    # Whether any limit may apply to any request: off, a request does no rate work at all.
+    active: bool = False
+
+    def __post_init__(self) -> None:
+        self.active = self.settings.any or bool(self.overrides)
+
+    def set_overrides(self, rows: Sequence[LimitOverride]) -> None:
+        self.overrides = {(row.scope, row.id): row for row in rows}
+        self.active = self.settings.any or bool(self.overrides)
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.settings.window_s * 1000)
+
+    def scopes(self, tenant: str, user_id: str | None) -> tuple[Scope, ...]:
+        """The scopes with some limit (none: the request is not counted at all)."""
+        cfg, found = self.settings, self.overrides
+        base = RATE_KEY_PREFIX % key_part(tenant)
+        out: list[Scope] = []
+        row = found.get(("tenant", tenant)) if found else None
+        rpm, tpm = _limits(row, cfg.tenant_rpm, cfg.tenant_tpm)
+        if rpm or tpm:
+            out.append(Scope("tenant", f"{base}:t", rpm, tpm))
+        if user_id:
+            row = found.get(("user", user_id)) if found else None
+            rpm, tpm = _limits(row, cfg.user_rpm, cfg.user_tpm)
+            if rpm or tpm:  # user ids never appear in Redis keys
+                out.append(Scope("user", f"{base}:u:{hashed_part(user_id)}", rpm, tpm))
+        return tuple(out)
+
+    def member(self) -> str:
+        return f"{self._prefix}.{self._ids()}"
+
+    def check(
+        self, scopes: Sequence[Scope], member: str, *, requests: int, tokens: int
+    ) -> Coroutine[Any, Any, Decision | None]:
+        """Sends the check now; awaiting the result gives the decision (None: not enforced,
+        the counter is down)."""
+        try:
+            sent = self.counter.take(scopes, member, requests, tokens, self.window_ms)
+        except CounterDown:
+            sent = None
+        return self._decide(scopes, sent, requests, tokens)
+
+    async def _decide(
+        self,
+        scopes: Sequence[Scope],
+        sent: Awaitable[Counted] | None,
+        requests: int,
+        tokens: int,
+    ) -> Decision | None:
+        try:
+            if sent is None:
+                raise CounterDown("not sent")
+            counted = await sent
+        except CounterDown:
+            self.on_unenforced()
+            return None
+        return decision(scopes, counted)
+
+    async def correct(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
+        charged = [s for s in scopes if s.tpm]
+        if not charged:
+            return
+        try:
+            await self.counter.correct(charged, member, tokens, self.window_ms)
+        except CounterDown:
+            self.on_unenforced()
+
+    def refusal(
+        self, scopes: Sequence[Scope], counted: Decision, requests: int, tokens: int
+    ) -> RateLimited:
+        """429 `rate_limit_exceeded`, naming the limit (never an id)."""
+        scope, kind, limit = _refused(scopes, counted, requests, tokens)
+        self.on_limited(scope, kind)
+        wait_s = max(1, math.ceil(counted.retry_ms / 1000))
+        return RateLimited(
+            f"Rate limit reached: the {scope}'s limit of {limit} {kind} per "
+            f"{_window(self.settings.window_s)}. Please try again in {wait_s} s.",
+            retry_after_s=wait_s,
+        )
+
+
+def _limits(row: LimitOverride | None, rpm: int, tpm: int) -> tuple[int, int]:
+    if row is None:
+        return rpm, tpm
+    return (rpm if row.rpm is None else row.rpm), (tpm if row.tpm is None else row.tpm)
+
+
+def _window(seconds: float) -> str:
+    return "minute" if seconds == 60 else f"{seconds:g} s"
+
+
+def decision(scopes: Sequence[Scope], counted: Counted) -> Decision:
+    """The decision, with the tightest limit of each kind (least remaining) for the headers."""
+    requests: ScopeUse | None = None
+    tokens: ScopeUse | None = None
+    for i, scope in enumerate(scopes):
+        used_r, reset_r, used_t, reset_t = counted[2 + 4 * i : 6 + 4 * i]
+        if scope.rpm and (requests is None or scope.rpm - used_r < requests.limit - requests.used):
+            requests = ScopeUse(scope.rpm, used_r, reset_r)
+        if scope.tpm and (tokens is None or scope.tpm - used_t < tokens.limit - tokens.used):
+            tokens = ScopeUse(scope.tpm, used_t, reset_t)
+    return Decision(bool(counted[0]), counted[1], requests, tokens)
+
+
+def _refused(
+    scopes: Sequence[Scope], counted: Decision, requests: int, tokens: int
+) -> tuple[str, str, int]:
+    """Which limit refused: the reported use of each kind is the tightest one."""
+    use = counted.requests
+    if requests and use is not None and use.used + requests > use.limit:
+        return _scope_of(scopes, use.limit, rpm=True), "requests", use.limit
+    use = counted.tokens
+    limit = use.limit if use is not None else 0
+    return _scope_of(scopes, limit, rpm=False), "tokens", limit
+
+
+def _scope_of(scopes: Sequence[Scope], limit: int, *, rpm: bool) -> str:
+    for scope in scopes:
+        if (scope.rpm if rpm else scope.tpm) == limit:
+            return scope.name
+    return "tenant"
+
+
+class _Log:
+    """One scope's log in memory: request times, token entries and their running sum."""
+
+    __slots__ = ("amounts", "requests", "tokens", "tokens_sum")
+
+    def __init__(self) -> None:
+        self.requests: deque[int] = deque()
+        self.tokens: deque[tuple[int, str]] = deque()
+        self.amounts: dict[str, int] = {}
+        self.tokens_sum = 0
+
+    def trim(self, since: int) -> None:
+        while self.requests and self.requests[0] <= since:
+            self.requests.popleft()
+        while self.tokens and self.tokens[0][0] <= since:
+            _, member = self.tokens.popleft()
+            self.tokens_sum -= self.amounts.pop(member, 0)
+
+    def requests_retry(self, limit: int, window: int, now: int) -> int:
+        """Until enough requests leave the window for one more to fit."""
+        return self.requests[len(self.requests) - limit] + window - now
+
+    def tokens_retry(self, limit: int, wanted: int, window: int, now: int) -> int:
+        if wanted > limit:
+            return window
+        left = self.tokens_sum + wanted - limit
+        for at, member in self.tokens:
+            left -= self.amounts.get(member, 0)
+            if left <= 0:
+                return at + window - now
+        return window
+
+
+class MemoryCounter:
+    """Per process, without Redis: the same log as the Redis script keeps."""
+
+    backend = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._logs: dict[str, _Log] = {}
+        self._clock = clock
+
+    def _now(self) -> int:
+        return int(self._clock() * 1000)
+
+    def take(
+        self, scopes: Sequence[Scope], member: str, requests: int, tokens: int, window_ms: int
+    ) -> Awaitable[Counted]:
+        return _done(self._take(scopes, member, requests, tokens, window_ms))
+
+    def _take(
+        self, scopes: Sequence[Scope], member: str, requests: int, tokens: int, window: int
+    ) -> Counted:
+        now = self._now()
+        logs = [self._logs.setdefault(s.key, _Log()) for s in scopes]
+        retry = 0
+        for scope, log in zip(scopes, logs, strict=True):
+            log.trim(now - window)
+            if requests and scope.rpm and len(log.requests) + requests > scope.rpm:
+                retry = max(retry, log.requests_retry(scope.rpm, window, now))
+            if tokens and scope.tpm and log.tokens_sum + tokens > scope.tpm:
+                retry = max(retry, log.tokens_retry(scope.tpm, tokens, window, now))
+        if not retry:
+            for scope, log in zip(scopes, logs, strict=True):
+                if requests and scope.rpm:
+                    log.requests.append(now)
+                if tokens and scope.tpm:
+                    log.tokens.append((now, member))
+                    log.amounts[member] = tokens
+                    log.tokens_sum += tokens
+        out = [0 if retry else 1, retry]
+        for log in logs:
+            reset_r = log.requests[-1] + window - now if log.requests else 0
+            reset_t = log.tokens[-1][0] + window - now if log.tokens else 0
+            out += [len(log.requests), reset_r, log.tokens_sum, reset_t]
+        for scope in scopes:  # forget scopes with nothing left in their window
+            log = self._logs[scope.key]
+            if not log.requests and not log.tokens:
+                del self._logs[scope.key]
+        return out
+
+    async def correct(
+        self, scopes: Sequence[Scope], member: str, tokens: int, window_ms: int
+    ) -> None:
+        for scope in scopes:
+            log = self._logs.get(scope.key)
+            if log is not None and member in log.amounts:
+                log.tokens_sum += tokens - log.amounts[member]
+                log.amounts[member] = tokens
+
+
+async def _done(value: Counted) -> Counted:
+    return value

@@ -1,0 +1,168 @@
+"""The rate limits' logs in Redis, shared by every replica (docs/design.md §13). Each scope's
+keys carry its tenant's hash tag (RATE_KEY_PREFIX), so one script touches one Cluster slot.
+
+Per scope: `<key>:r`, a sorted set of the counted requests (score: when, Redis time, ms);
+`<key>:k`, the same for token charges; `<key>:a`, a hash of each charge's tokens (by member)
+plus their running sum (field `_sum`), so a check reads a sum instead of adding up the log.
+On the hit path the check goes out on the lean pipe (proxy/cache/pipe.py) next to the GET."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from proxy.cache.pipe import PipeError, RedisPipe
+from proxy.limits.limiter import Counted, CounterDown, Scope
+
+# KEYS: per scope (requests log, tokens log, token amounts). ARGV: window ms, member, requests
+# wanted (0|1), tokens wanted, then per scope rpm, tpm (0: not limited, not counted).
+# Returns {allowed 1|0, retry ms, then per scope: requests used, reset ms, tokens used, reset ms}.
+_TAKE_LUA = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local window = tonumber(ARGV[1])
+local member, want_r, want_t = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local since = now - window
+local n = #KEYS / 3
+local retry = 0
+for i = 1, n do
+    local rk, tk, ak = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+    local rpm, tpm = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
+    redis.call('ZREMRANGEBYSCORE', rk, '-inf', since)
+    while true do
+        local gone = redis.call('ZRANGEBYSCORE', tk, '-inf', since, 'LIMIT', 0, 500)
+        if #gone == 0 then break end
+        local amounts = redis.call('HMGET', ak, unpack(gone))
+        local freed = 0
+        for j = 1, #gone do freed = freed + (tonumber(amounts[j]) or 0) end
+        redis.call('HDEL', ak, unpack(gone))
+        redis.call('HINCRBY', ak, '_sum', -freed)
+        redis.call('ZREM', tk, unpack(gone))
+    end
+    if want_r > 0 and rpm > 0 then
+        local used = redis.call('ZCARD', rk)
+        if used + want_r > rpm then
+            local first = redis.call('ZRANGE', rk, used - rpm, used - rpm, 'WITHSCORES')
+            retry = math.max(retry, tonumber(first[2]) + window - now)
+        end
+    end
+    if want_t > 0 and tpm > 0 then
+        local used = tonumber(redis.call('HGET', ak, '_sum') or '0')
+        if used + want_t > tpm then
+            local wait = window
+            if want_t <= tpm then
+                local left = used + want_t - tpm
+                local log = redis.call('ZRANGE', tk, 0, -1, 'WITHSCORES')
+                for j = 1, #log, 2 do
+                    left = left - (tonumber(redis.call('HGET', ak, log[j])) or 0)
+                    if left <= 0 then
+                        wait = tonumber(log[j + 1]) + window - now
+                        break
+                    end
+                end
+            end
+            retry = math.max(retry, wait)
+        end
+    end
+end
+local out = {retry == 0 and 1 or 0, retry}
+for i = 1, n do
+    local rk, tk, ak = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+    local rpm, tpm = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
+    if retry == 0 and want_r > 0 and rpm > 0 then
+        redis.call('ZADD', rk, now, member)
+        redis.call('PEXPIRE', rk, window)
+    end
+    if retry == 0 and want_t > 0 and tpm > 0 then
+        redis.call('ZADD', tk, now, member)
+        redis.call('HSET', ak, member, want_t)
+        redis.call('HINCRBY', ak, '_sum', want_t)
+        redis.call('PEXPIRE', tk, window)
+        redis.call('PEXPIRE', ak, window)
+    end
+    local last_r = redis.call('ZRANGE', rk, -1, -1, 'WITHSCORES')
+    local last_t = redis.call('ZRANGE', tk, -1, -1, 'WITHSCORES')
+    out[#out + 1] = redis.call('ZCARD', rk)
+    out[#out + 1] = last_r[2] and (tonumber(last_r[2]) + window - now) or 0
+    out[#out + 1] = tonumber(redis.call('HGET', ak, '_sum') or '0')
+    out[#out + 1] = last_t[2] and (tonumber(last_t[2]) + window - now) or 0
+end
+return out
+"""
+
+# KEYS: per scope (tokens amounts). ARGV: member, the real tokens. A charge that has left the
+# window already is not brought back.
+_CORRECT_LUA = """
+for i = 1, #KEYS do
+    local old = redis.call('HGET', KEYS[i], ARGV[1])
+    if old then
+        redis.call('HSET', KEYS[i], ARGV[1], ARGV[2])
+        redis.call('HINCRBY', KEYS[i], '_sum', tonumber(ARGV[2]) - tonumber(old))
+    end
+end
+return 0
+"""
+_TAKE_SHA = hashlib.sha1(_TAKE_LUA.encode()).hexdigest().encode()
+
+
+class RedisCounter:
+    backend = "redis"
+
+    def __init__(self, client: Redis, pipe: RedisPipe | None, timeout_ms: int) -> None:
+        self._client = client
+        self._pipe = pipe  # the hit path's connection, when the URL allows one
+        self._timeout_s = timeout_ms / 1000
+        self._take = client.register_script(_TAKE_LUA)
+        self._correct = client.register_script(_CORRECT_LUA)
+
+    def take(
+        self, scopes: Sequence[Scope], member: str, requests: int, tokens: int, window_ms: int
+    ) -> Awaitable[Counted]:
+        keys = [k for s in scopes for k in (f"{s.key}:r", f"{s.key}:k", f"{s.key}:a")]
+        args = [str(window_ms), member, str(requests), str(tokens)]
+        args += [str(v) for s in scopes for v in (s.rpm, s.tpm)]
+        if self._pipe is None:
+            return self._by_client(keys, args)
+        parts = [str(len(keys)).encode(), *(k.encode() for k in keys), *(a.encode() for a in args)]
+        return self._by_pipe(self._pipe, self._pipe.send_now(b"EVALSHA", _TAKE_SHA, *parts), parts)
+
+    async def _by_pipe(self, pipe: RedisPipe, sent: Awaitable[Any], parts: list[bytes]) -> Counted:
+        try:
+            try:
+                reply = await sent
+            except PipeError as exc:
+                if "NOSCRIPT" not in str(exc):
+                    raise
+                reply = await pipe.send_now(b"EVAL", _TAKE_LUA.encode(), *parts)  # loads it
+        except PipeError as exc:
+            raise CounterDown(str(exc)) from None
+        return _counted(reply)
+
+    async def _by_client(self, keys: list[str], args: list[str]) -> Counted:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                reply = await self._take(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise CounterDown(type(exc).__name__) from None
+        return _counted(reply)
+
+    async def correct(
+        self, scopes: Sequence[Scope], member: str, tokens: int, window_ms: int
+    ) -> None:
+        keys = [f"{s.key}:a" for s in scopes]
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._correct(keys=keys, args=[member, str(tokens)])
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise CounterDown(type(exc).__name__) from None
+
+
+def _counted(reply: Any) -> Counted:
+    if not isinstance(reply, list) or not all(isinstance(v, int) for v in reply):
+        raise CounterDown("Redis answered the rate-limit check with something else")
+    return reply

@@ -1,0 +1,265 @@
+"""Rate limits (docs/design.md §13): requests and tokens per window per tenant and per user,
+counted in memory or in a real Redis shared by replicas; 429 `rate_limit_exceeded` with
+Retry-After before any upstream call; the x-ratelimit-* headers on every understood answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import openai
+import pytest
+
+from proxy.limits.headers import duration
+from proxy.limits.limiter import Limiter, MemoryCounter
+from proxy.settings import RateSettings, SettingsError
+from proxy.settings_load import load_settings
+from tests.fixtures.redis_server import RedisServer
+from tests.fixtures.replicas import Replica
+from tests.fixtures.sidecar import (
+    API_KEY,
+    HttpAnswer,
+    Sidecar,
+    SidecarFactory,
+    Stub,
+    http_request,
+)
+
+CHAT = "/v1/chat/completions"
+
+
+def chat(text: str, **extra: Any) -> dict[str, Any]:
+    return {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}], **extra}
+
+
+def trio(answer: HttpAnswer, kind: str) -> tuple[str, str, str] | None:
+    headers = answer.headers
+    if f"x-ratelimit-limit-{kind}" not in headers:
+        return None
+    return (
+        headers[f"x-ratelimit-limit-{kind}"],
+        headers[f"x-ratelimit-remaining-{kind}"],
+        headers[f"x-ratelimit-reset-{kind}"],
+    )
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_no_burst_of_twice_the_limit_at_a_window_edge() -> None:
+    """A fixed window would let 3 through at 0.999 s and 3 more at 1.001 s; the sliding log
+    lets the next one through only once the first has been counted for a whole window."""
+    clock = FakeClock()
+    limiter = Limiter(RateSettings(tenant_rpm=3, window_s=1), MemoryCounter(clock))
+    scopes = limiter.scopes("acme", None)
+
+    async def allowed() -> bool:
+        decision = await limiter.check(scopes, limiter.member(), requests=1, tokens=0)
+        assert decision is not None
+        return decision.allowed
+
+    clock.now = 100.5
+    assert await allowed()
+    clock.now = 100.999
+    assert [await allowed(), await allowed(), await allowed()] == [True, True, False]
+    clock.now = 101.001
+    assert not await allowed()  # a new fixed window would start here
+    clock.now = 101.5001
+    assert await allowed()  # the first request has left the window
+    assert not await allowed()
+    clock.now = 101.9991
+    assert [await allowed(), await allowed(), await allowed()] == [True, True, False]
+
+
+async def test_tokens_are_corrected_with_the_real_usage() -> None:
+    clock = FakeClock()
+    limiter = Limiter(RateSettings(user_tpm=100, window_s=60), MemoryCounter(clock))
+    scopes = limiter.scopes("acme", "u-1")
+    assert [s.name for s in scopes] == ["user"]
+    first = limiter.member()
+    decision = await limiter.check(scopes, first, requests=0, tokens=90)
+    assert decision is not None and decision.allowed and decision.tokens is not None
+    assert (decision.tokens.limit, decision.tokens.used) == (100, 90)
+    refused = await limiter.check(scopes, limiter.member(), requests=0, tokens=20)
+    assert refused is not None and not refused.allowed
+    assert refused.retry_ms == 60_000  # when the 90 leave the window
+    await limiter.correct(scopes, first, 30)  # it used 30, not 90
+    again = await limiter.check(scopes, limiter.member(), requests=0, tokens=20)
+    assert again is not None and again.allowed and again.tokens is not None
+    assert again.tokens.used == 50
+
+
+def test_reset_durations_read_as_openai_writes_them() -> None:
+    assert [duration(ms) for ms in (0, 17, 1000, 7660, 60_000, 360_000, 179_560)] == [
+        "0s",
+        "17ms",
+        "1s",
+        "7.66s",
+        "1m0s",
+        "6m0s",
+        "2m59.56s",
+    ]
+
+
+@pytest.mark.parametrize("name", ["RATE_TENANT_RPM", "RATE_USER_TPM", "RATE_WINDOW_S"])
+def test_a_negative_limit_stops_start_up_naming_the_setting(name: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        load_settings({name: "-5"})
+
+
+def test_no_limit_means_no_headers_and_no_counting(sidecar: Sidecar) -> None:
+    answer = sidecar.request("POST", CHAT, chat("plain"))
+    assert answer.status == 200
+    assert trio(answer, "requests") is None and trio(answer, "tokens") is None
+    assert not sidecar.runtime.limiter.active
+
+
+def test_requests_limit_refuses_before_the_upstream(
+    make_sidecar: SidecarFactory, stub: Stub, request: pytest.FixtureRequest
+) -> None:
+    for env in ({}, {"REDIS_URL": request.getfixturevalue("redis_url")}):
+        side = make_sidecar(RATE_TENANT_RPM="3", **env)
+        tag = f"{time.monotonic()}"
+        answers = [side.request("POST", CHAT, chat(f"q{i} {tag}")) for i in range(3)]
+        assert [a.status for a in answers] == [200, 200, 200]
+        assert [trio(a, "requests")[:2] for a in answers] == [  # type: ignore[index]
+            ("3", "2"),
+            ("3", "1"),
+            ("3", "0"),
+        ]
+        assert all(trio(a, "tokens") is None for a in answers)  # no tokens limit set
+        calls = stub.calls
+        refused = side.request("POST", CHAT, chat(f"q3 {tag}"))
+        assert refused.status == 429
+        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert refused.json()["error"]["type"] == "rate_limit_error"
+        assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert trio(refused, "requests")[:2] == ("3", "0")  # type: ignore[index]
+        assert stub.calls == calls  # refused before any upstream call
+        limited = side.runtime.metrics.registry.get_sample_value(
+            "sidecache_rate_limited_total", {"scope": "tenant", "kind": "requests"}
+        )
+        assert limited == 1
+
+
+def test_hits_count_as_requests_not_tokens(make_sidecar: SidecarFactory, redis_url: str) -> None:
+    side = make_sidecar(REDIS_URL=redis_url, RATE_TENANT_RPM="10", RATE_TENANT_TPM="100000")
+    body = chat(f"hit me {time.monotonic()}")
+    miss = side.request("POST", CHAT, body)
+    assert miss.status == 200 and miss.headers["x-cache"] == "MISS"
+    used = miss.json()["usage"]["prompt_tokens"] + miss.json()["usage"]["completion_tokens"]
+    estimate = int(miss.headers["x-ratelimit-limit-tokens"]) - int(
+        miss.headers["x-ratelimit-remaining-tokens"]
+    )
+    assert estimate > used  # the miss was charged its (high) estimate before the call
+    hit = side.request("POST", CHAT, body)
+    assert hit.status == 200 and hit.headers["x-cache"] == "HIT"
+    assert trio(hit, "requests")[:2] == ("10", "8")  # type: ignore[index]
+    # The hit charged no tokens, and the miss's charge was corrected to its real usage.
+    assert trio(hit, "tokens")[:2] == ("100000", str(100000 - used))  # type: ignore[index]
+
+
+def test_a_tokens_limit_refuses_an_estimate_that_does_not_fit(
+    make_sidecar: SidecarFactory, stub: Stub
+) -> None:
+    side = make_sidecar(RATE_USER_TPM="50")
+    calls = stub.calls
+    refused = side.request("POST", CHAT, chat("long answer", max_tokens=1000), {"X-User-Id": "u1"})
+    assert refused.status == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "tokens" in refused.json()["error"]["message"]
+    assert stub.calls == calls
+    other = side.request("POST", CHAT, chat("short", max_tokens=5), {"X-User-Id": "u2"})
+    assert other.status == 200
+    assert trio(other, "tokens")[0] == "50"  # type: ignore[index]
+    assert trio(other, "requests") is None
+
+
+def test_the_sdk_retries_after_retry_after(make_sidecar: SidecarFactory, stub: Stub) -> None:
+    side = make_sidecar(RATE_TENANT_RPM="1", RATE_WINDOW_S="2")
+    sent: list[float] = []
+    http = httpx2.Client(event_hooks={"request": [lambda _: sent.append(time.monotonic())]})
+    client = openai.OpenAI(base_url=side.url, api_key=API_KEY, max_retries=3, http_client=http)
+    first = client.chat.completions.create(**chat("first"))  # type: ignore[call-overload]
+    assert first.choices
+    second = client.chat.completions.create(**chat("second"))  # type: ignore[call-overload]
+    assert second.choices  # answered after the SDK's own retry
+    assert len(sent) >= 3  # the second was refused at least once, then retried
+    refused = side.runtime.metrics.registry.get_sample_value(
+        "sidecache_rate_limited_total", {"scope": "tenant", "kind": "requests"}
+    )
+    assert refused is not None and refused >= 1
+
+
+def test_redis_down_serves_unlimited_and_says_so(
+    make_sidecar: SidecarFactory, private_redis: RedisServer
+) -> None:
+    side = make_sidecar(REDIS_URL=private_redis.url, RATE_TENANT_RPM="1")
+    assert side.request("POST", CHAT, chat("before")).status == 200
+    private_redis.stop()
+    answers = [side.request("POST", CHAT, chat(f"down {i}")) for i in range(3)]
+    assert [a.status for a in answers] == [200, 200, 200]  # no limit, no 5xx
+    assert all(trio(a, "requests") is None for a in answers)  # nothing was decided
+    unenforced = side.runtime.metrics.registry.get_sample_value(
+        "sidecache_rate_limit_unenforced_total"
+    )
+    assert unenforced is not None and unenforced >= 3
+
+
+WINDOW_S = 3.0
+LIMIT = 4
+
+
+@pytest.fixture
+def limited_replicas(
+    tmp_path: Path, private_redis: RedisServer, stub: Stub
+) -> Iterator[list[Replica]]:
+    env = {"RATE_TENANT_RPM": str(LIMIT), "RATE_WINDOW_S": str(WINDOW_S)}
+    started = [Replica(tmp_path, n, private_redis.url, stub.url, env) for n in ("a", "b")]
+    try:
+        for replica in started:
+            replica.wait_healthy()
+        yield started
+    finally:
+        for replica in started:
+            replica.stop()
+
+
+def test_two_replicas_share_one_limit_with_no_edge_burst(
+    limited_replicas: list[Replica],
+) -> None:
+    """Steady requests alternating between two replicas for three windows: no window's span
+    (as the client can bound it) ever holds more than the limit, whichever replica answered."""
+    allowed: list[tuple[float, float]] = []  # (sent, received) of each 200
+    refused = 0
+    end = time.monotonic() + 3 * WINDOW_S
+    i = 0
+    while time.monotonic() < end:
+        replica = limited_replicas[i % 2]
+        sent = time.monotonic()
+        answer = http_request(replica.url.removesuffix("/v1"), "POST", CHAT, chat(f"r{i}"))
+        received = time.monotonic()
+        assert answer.status in (200, 429)
+        if answer.status == 200:
+            allowed.append((sent, received))
+        else:
+            refused += 1
+            assert answer.json()["error"]["code"] == "rate_limit_exceeded"
+        i += 1
+        time.sleep(0.05)
+    assert refused > 0 and len(allowed) >= 2 * LIMIT
+    for sent_i, received_i in allowed:
+        # Every request decided surely within [decision_i, decision_i + window].
+        together = [
+            1 for sent_j, received_j in allowed
+            if sent_j >= received_i and received_j <= sent_i + WINDOW_S
+        ]  # fmt: skip
+        assert 1 + len(together) <= LIMIT
