@@ -54,6 +54,10 @@ Issue 17's `tracing_overhead` (bench/tracing.py): the hit path with OpenTelemetr
 (exporting over OTLP/HTTP to bench/otlp_sink.py, a local receiver that discards) and off, in
 alternating rounds of the wrk and hey hit loads (about 70 s).
 
+Issue 16's `rate_limits_hits` (bench/rate_limits.py): the hit path with rate limits on (far
+above the load: every hit checked and counted in Redis, in the same write as its GET) and off,
+in alternating rounds of the wrk and hey hit loads (about 70 s).
+
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
 `--only hits_vs_baseline` it runs alone (about 20 s with `--quick`, 75 s without).
@@ -91,6 +95,7 @@ from . import (
     memory,
     misses,
     overshoot,
+    rate_limits,
     report_time,
     responses,
     semantic,
@@ -132,6 +137,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     semantic.semantic_lookup_latency,
     semantic_hits.semantic_exact_hits,
     tracing.tracing_overhead,
+    rate_limits.rate_limits_hits,
     memory.peak_rss,
 )
 # Run only with `--baseline REV` (by default, or when --only names them).

@@ -28,6 +28,9 @@ from proxy.failures import RateLimited
 from proxy.settings import RateSettings
 from proxy.vocabulary import RATE_KEY_PREFIX
 
+# (tenant, user) pairs whose scopes are kept: past it the table starts again.
+_SCOPES_KEPT = 10_000
+
 
 class CounterDown(Exception):
     """The shared counter (Redis) cannot answer: the request goes on unlimited."""
@@ -97,12 +100,14 @@ class Limiter:
     _prefix: str = field(default_factory=lambda: secrets.token_hex(4))
     # Whether any limit may apply to any request: off, a request does no rate work at all.
     active: bool = False
+    _scopes: dict[tuple[str, str | None], tuple[Scope, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.active = self.settings.any or bool(self.overrides)
 
     def set_overrides(self, rows: Sequence[LimitOverride]) -> None:
         self.overrides = {(row.scope, row.id): row for row in rows}
+        self._scopes = {}
         self.active = self.settings.any or bool(self.overrides)
 
     @property
@@ -110,7 +115,16 @@ class Limiter:
         return int(self.settings.window_s * 1000)
 
     def scopes(self, tenant: str, user_id: str | None) -> tuple[Scope, ...]:
-        """The scopes with some limit (none: the request is not counted at all)."""
+        """The scopes with some limit (none: the request is not counted at all); kept per
+        (tenant, user) until the overrides change."""
+        known = self._scopes.get((tenant, user_id))
+        if known is None:
+            if len(self._scopes) >= _SCOPES_KEPT:
+                self._scopes.clear()
+            known = self._scopes[(tenant, user_id)] = self._make_scopes(tenant, user_id)
+        return known
+
+    def _make_scopes(self, tenant: str, user_id: str | None) -> tuple[Scope, ...]:
         cfg, found = self.settings, self.overrides
         base = RATE_KEY_PREFIX % key_part(tenant)
         out: list[Scope] = []

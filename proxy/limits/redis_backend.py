@@ -30,30 +30,35 @@ local member, want_r, want_t = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local since = now - window
 local n = #KEYS / 3
 local retry = 0
+local used_r, used_t, last_t = {}, {}, {}
 for i = 1, n do
     local rk, tk, ak = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
     local rpm, tpm = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
-    redis.call('ZREMRANGEBYSCORE', rk, '-inf', since)
-    while true do
-        local gone = redis.call('ZRANGEBYSCORE', tk, '-inf', since, 'LIMIT', 0, 500)
-        if #gone == 0 then break end
-        local amounts = redis.call('HMGET', ak, unpack(gone))
-        local freed = 0
-        for j = 1, #gone do freed = freed + (tonumber(amounts[j]) or 0) end
-        redis.call('HDEL', ak, unpack(gone))
-        redis.call('HINCRBY', ak, '_sum', -freed)
-        redis.call('ZREM', tk, unpack(gone))
-    end
-    if want_r > 0 and rpm > 0 then
+    used_r[i], used_t[i], last_t[i] = 0, 0, 0
+    if rpm > 0 then
+        redis.call('ZREMRANGEBYSCORE', rk, '-inf', since)
         local used = redis.call('ZCARD', rk)
-        if used + want_r > rpm then
+        used_r[i] = used
+        if want_r > 0 and used + want_r > rpm then
             local first = redis.call('ZRANGE', rk, used - rpm, used - rpm, 'WITHSCORES')
             retry = math.max(retry, tonumber(first[2]) + window - now)
         end
     end
-    if want_t > 0 and tpm > 0 then
-        local used = tonumber(redis.call('HGET', ak, '_sum') or '0')
-        if used + want_t > tpm then
+    if tpm > 0 then
+        while true do
+            local gone = redis.call('ZRANGEBYSCORE', tk, '-inf', since, 'LIMIT', 0, 500)
+            if #gone == 0 then break end
+            local amounts = redis.call('HMGET', ak, unpack(gone))
+            local freed = 0
+            for j = 1, #gone do freed = freed + (tonumber(amounts[j]) or 0) end
+            redis.call('HDEL', ak, unpack(gone))
+            redis.call('HINCRBY', ak, '_sum', -freed)
+            redis.call('ZREM', tk, unpack(gone))
+        end
+        local state = redis.call('HMGET', ak, '_sum', '_last')
+        local used = tonumber(state[1]) or 0
+        used_t[i], last_t[i] = used, tonumber(state[2]) or 0
+        if want_t > 0 and used + want_t > tpm then
             local wait = window
             if want_t <= tpm then
                 local left = used + want_t - tpm
@@ -70,27 +75,36 @@ for i = 1, n do
         end
     end
 end
-local out = {retry == 0 and 1 or 0, retry}
+local allowed = retry == 0
+local out = {allowed and 1 or 0, retry}
 for i = 1, n do
     local rk, tk, ak = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
     local rpm, tpm = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
-    if retry == 0 and want_r > 0 and rpm > 0 then
-        redis.call('ZADD', rk, now, member)
-        redis.call('PEXPIRE', rk, window)
+    local reset_r, reset_t = 0, 0
+    if rpm > 0 then
+        if allowed and want_r > 0 then
+            redis.call('ZADD', rk, now, member)
+            redis.call('PEXPIRE', rk, window)
+            used_r[i] = used_r[i] + want_r
+            reset_r = window
+        elseif used_r[i] > 0 then
+            local last = redis.call('ZRANGE', rk, -1, -1, 'WITHSCORES')
+            reset_r = tonumber(last[2]) + window - now
+        end
     end
-    if retry == 0 and want_t > 0 and tpm > 0 then
+    if tpm > 0 and allowed and want_t > 0 then
         redis.call('ZADD', tk, now, member)
-        redis.call('HSET', ak, member, want_t)
+        redis.call('HSET', ak, member, want_t, '_last', now)
         redis.call('HINCRBY', ak, '_sum', want_t)
         redis.call('PEXPIRE', tk, window)
         redis.call('PEXPIRE', ak, window)
+        used_t[i], last_t[i] = used_t[i] + want_t, now
     end
-    local last_r = redis.call('ZRANGE', rk, -1, -1, 'WITHSCORES')
-    local last_t = redis.call('ZRANGE', tk, -1, -1, 'WITHSCORES')
-    out[#out + 1] = redis.call('ZCARD', rk)
-    out[#out + 1] = last_r[2] and (tonumber(last_r[2]) + window - now) or 0
-    out[#out + 1] = tonumber(redis.call('HGET', ak, '_sum') or '0')
-    out[#out + 1] = last_t[2] and (tonumber(last_t[2]) + window - now) or 0
+    if used_t[i] > 0 and last_t[i] > since then reset_t = last_t[i] + window - now end
+    out[#out + 1] = used_r[i]
+    out[#out + 1] = reset_r
+    out[#out + 1] = used_t[i]
+    out[#out + 1] = reset_t
 end
 return out
 """
@@ -107,6 +121,7 @@ for i = 1, #KEYS do
 end
 return 0
 """
+_PARTS_KEPT = 10_000
 _TAKE_SHA = hashlib.sha1(_TAKE_LUA.encode()).hexdigest().encode()
 
 
@@ -119,17 +134,32 @@ class RedisCounter:
         self._timeout_s = timeout_ms / 1000
         self._take = client.register_script(_TAKE_LUA)
         self._correct = client.register_script(_CORRECT_LUA)
+        self._parts: dict[Sequence[Scope], tuple[list[bytes], list[bytes]]] = {}
 
     def take(
         self, scopes: Sequence[Scope], member: str, requests: int, tokens: int, window_ms: int
     ) -> Awaitable[Counted]:
-        keys = [k for s in scopes for k in (f"{s.key}:r", f"{s.key}:k", f"{s.key}:a")]
-        args = [str(window_ms), member, str(requests), str(tokens)]
-        args += [str(v) for s in scopes for v in (s.rpm, s.tpm)]
         if self._pipe is None:
+            keys = [k for s in scopes for k in (f"{s.key}:r", f"{s.key}:k", f"{s.key}:a")]
+            args = [str(window_ms), member, str(requests), str(tokens)]
+            args += [str(v) for s in scopes for v in (s.rpm, s.tpm)]
             return self._by_client(keys, args)
-        parts = [str(len(keys)).encode(), *(k.encode() for k in keys), *(a.encode() for a in args)]
+        head, limits = self._encoded(scopes)
+        parts = [*head, str(window_ms).encode(), member.encode(), b"%d" % requests]
+        parts += [b"%d" % tokens, *limits]
         return self._by_pipe(self._pipe, self._pipe.send_now(b"EVALSHA", _TAKE_SHA, *parts), parts)
+
+    def _encoded(self, scopes: Sequence[Scope]) -> tuple[list[bytes], list[bytes]]:
+        """The key count and keys, and the limits, of `scopes` as sent (kept: every hit of a
+        limited tenant sends the same)."""
+        found = self._parts.get(scopes)
+        if found is None:
+            if len(self._parts) >= _PARTS_KEPT:
+                self._parts.clear()
+            keys = [k.encode() for s in scopes for k in (f"{s.key}:r", f"{s.key}:k", f"{s.key}:a")]
+            limits = [b"%d" % v for s in scopes for v in (s.rpm, s.tpm)]
+            found = self._parts[tuple(scopes)] = ([b"%d" % len(keys), *keys], limits)
+        return found
 
     async def _by_pipe(self, pipe: RedisPipe, sent: Awaitable[Any], parts: list[bytes]) -> Counted:
         try:
