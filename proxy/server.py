@@ -65,8 +65,7 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
     app[KNOWN] = KnownRequests(TABLE_BYTES)
     app[PREPARED] = PreparedEntries(TABLE_BYTES)
     app.on_response_prepare.append(_RequestIds())
-    if runtime.limiter.active or runtime.redis is not None:  # (overrides may turn limits on)
-        app.on_response_prepare.append(RateHeaders())
+    app.on_response_prepare.append(RateHeaders())  # an admin override may turn limits on
     for endpoint, handler in UNDERSTOOD.items():
         app.router.add_post(endpoint.path, handler)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)

@@ -4,6 +4,7 @@ Retry-After before any upstream call; the x-ratelimit-* headers on every underst
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +18,13 @@ from proxy.limits.headers import duration
 from proxy.limits.limiter import Limiter, MemoryCounter
 from proxy.settings import RateSettings, SettingsError
 from proxy.settings_load import load_settings
+from tests.admin_support import BASE, TOKENS, audit_rows, call, get
 from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.replicas import Replica
+from tests.fixtures.replicas import ADMIN_TOKEN, Replica
 from tests.fixtures.sidecar import (
     API_KEY,
     HttpAnswer,
+    LoopThread,
     Sidecar,
     SidecarFactory,
     Stub,
@@ -44,6 +47,10 @@ def trio(answer: HttpAnswer, kind: str) -> tuple[str, str, str] | None:
         headers[f"x-ratelimit-remaining-{kind}"],
         headers[f"x-ratelimit-reset-{kind}"],
     )
+
+
+def as_json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
 
 
 class FakeClock:
@@ -263,3 +270,69 @@ def test_two_replicas_share_one_limit_with_no_edge_burst(
             if sent_j >= received_i and received_j <= sent_i + WINDOW_S
         ]  # fmt: skip
         assert 1 + len(together) <= LIMIT
+
+
+def test_an_admin_override_is_applied_audited_and_shown(
+    make_sidecar: SidecarFactory, loop_thread: LoopThread, redis_url: str
+) -> None:
+    side = make_sidecar(ADMIN_TOKENS=TOKENS, REDIS_URL=redis_url, RATE_TENANT_RPM="100")
+    tenant = side.runtime.keys.tenant_id(f"Bearer {API_KEY}")
+    answer = call(side, f"{BASE}/rate-limits", method="PUT", user="ops-alice",
+                  body={"scope": "tenant", "id": tenant, "rpm": 2})  # fmt: skip
+    assert answer.status == 200, answer.body
+    assert answer.json()["audited"] is True
+    tag = f"{time.monotonic()}"
+    answers = [side.request("POST", CHAT, chat(f"o{i} {tag}")) for i in range(3)]
+    assert [a.status for a in answers] == [200, 200, 429]
+    assert answers[0].headers["x-ratelimit-limit-requests"] == "2"
+    listed = get(side, "rate-limits")
+    assert listed["backend"] == "redis"
+    assert listed["overrides"] == [{"scope": "tenant", "id": tenant, "rpm": 2, "tpm": None}]
+    use = next(t for t in listed["tenants"] if t["tenant"] == tenant)
+    assert (use["requests"]["limit"], use["requests"]["used"]) == (2, 2)
+    rows = audit_rows(loop_thread, side)
+    assert [(r["admin_user"], r["action"]) for r in rows] == [("ops-alice", "rate_limits.set")]
+    assert as_json(rows[0]["detail"])["after"] == {"rpm": 2, "tpm": None}
+    removed = call(side, f"{BASE}/rate-limits", method="DELETE",
+                   body={"scope": "tenant", "id": tenant})  # fmt: skip
+    assert removed.status == 200 and removed.json()["deleted"] is True
+    assert side.request("POST", CHAT, chat(f"after {tag}")).status == 200  # back to 100
+
+
+def test_a_bad_override_is_a_400_naming_the_field(make_sidecar: SidecarFactory) -> None:
+    side = make_sidecar(ADMIN_TOKENS=TOKENS)
+    answer = call(side, f"{BASE}/rate-limits", method="PUT",
+                  body={"scope": "tenant", "id": "t", "rpm": -1})  # fmt: skip
+    assert answer.status == 400
+    assert answer.json()["error"]["param"] == "rpm"
+
+
+def test_an_override_set_on_one_replica_applies_on_both(
+    tmp_path: Path, private_redis: RedisServer, stub: Stub
+) -> None:
+    env = {"RATE_OVERRIDES_REFRESH_S": "0.2"}
+    started = [Replica(tmp_path, n, private_redis.url, stub.url, env) for n in ("a", "b")]
+    try:
+        for replica in started:
+            replica.wait_healthy()
+        a, b = started
+        root_b = b.url.removesuffix("/v1")
+        assert "x-ratelimit-limit-requests" not in http_request(root_b, "POST", CHAT,
+                                                                chat("free")).headers  # fmt: skip
+        put = http_request(
+            a.admin, "PUT", f"{BASE}/rate-limits",
+            {"scope": "user", "id": "u-7", "rpm": 1},
+            {"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        )  # fmt: skip
+        assert put.status == 200, put.body
+        time.sleep(1.0)  # several refreshes
+        first = http_request(root_b, "POST", CHAT, chat("u7 one"), {"X-User-Id": "u-7"})
+        assert first.status == 200 and first.headers["x-ratelimit-limit-requests"] == "1"
+        second = http_request(a.url.removesuffix("/v1"), "POST", CHAT, chat("u7 two"),
+                              {"X-User-Id": "u-7"})  # fmt: skip
+        assert second.status == 429  # counted on b, refused on a: one shared figure
+        other = http_request(root_b, "POST", CHAT, chat("u8"), {"X-User-Id": "u-8"})
+        assert other.status == 200
+    finally:
+        for replica in started:
+            replica.stop()

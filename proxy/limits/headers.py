@@ -41,7 +41,7 @@ def rate_headers(decision: Decision) -> dict[str, str]:
 
 
 class RateHeaders:
-    """The response signal; registered only when some limit is set (off, it costs nothing)."""
+    """The response signal: a request that no limit applies to holds no decision."""
 
     async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
         decision = request.get(RATE_DECISION)

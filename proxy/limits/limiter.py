@@ -30,6 +30,7 @@ from proxy.vocabulary import RATE_KEY_PREFIX
 
 # (tenant, user) pairs whose scopes are kept: past it the table starts again.
 _SCOPES_KEPT = 10_000
+_SEEN_KEPT = 1_000
 
 
 class CounterDown(Exception):
@@ -101,6 +102,7 @@ class Limiter:
     # Whether any limit may apply to any request: off, a request does no rate work at all.
     active: bool = False
     _scopes: dict[tuple[str, str | None], tuple[Scope, ...]] = field(default_factory=dict)
+    seen: dict[str, None] = field(default_factory=dict)  # tenants this process counted
 
     def __post_init__(self) -> None:
         self.active = self.settings.any or bool(self.overrides)
@@ -125,6 +127,9 @@ class Limiter:
         return known
 
     def _make_scopes(self, tenant: str, user_id: str | None) -> tuple[Scope, ...]:
+        self.seen[tenant] = None  # for the admin's view of current use (newest last)
+        if len(self.seen) > _SEEN_KEPT:
+            del self.seen[next(iter(self.seen))]
         cfg, found = self.settings, self.overrides
         base = RATE_KEY_PREFIX % key_part(tenant)
         out: list[Scope] = []
@@ -168,6 +173,14 @@ class Limiter:
             self.on_unenforced()
             return None
         return decision(scopes, counted)
+
+    async def usage(self, tenant: str) -> Decision | None:
+        """A tenant's current use of its own limits, counting nothing (None: no limit applies,
+        or the counter is down)."""
+        scopes = tuple(s for s in self.scopes(tenant, None) if s.name == "tenant")
+        if not scopes:
+            return None
+        return await self.check(scopes, "", requests=0, tokens=0)
 
     async def correct(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
         charged = [s for s in scopes if s.tpm]
