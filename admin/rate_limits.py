@@ -102,7 +102,7 @@ class RateLimitApi:
         return json_answer(RateLimits(defaults, limiter.counter.backend, overrides, tenants))
 
     async def put(self, request: web.Request) -> web.Response:
-        body = await read_body(request, RateLimitBody)
+        body = await read_body(request, RateLimitBody, strict=False)
         overrides = self.runtime.limit_overrides
         before = {(r.scope, r.id): r for r in overrides.rows}.get((body.scope, body.id))
         await overrides.put(LimitOverride(body.scope, body.id, body.rpm, body.tpm))
