@@ -81,6 +81,11 @@ class Metrics:
             ["op"],
             registry=registry,
         )
+        self.budget_downgrades = Counter(
+            "sidecache_budget_downgrades_total",
+            "Requests over budget sent with the cheaper model [budget.downgrade_to] names.",
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "sidecache_rate_limited_total",
             "Requests refused with 429 rate_limit_exceeded, by the limit's scope and kind.",
