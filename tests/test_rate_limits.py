@@ -336,3 +336,19 @@ def test_an_override_set_on_one_replica_applies_on_both(
     finally:
         for replica in started:
             replica.stop()
+
+
+def test_embeddings_count_too(make_sidecar: SidecarFactory, redis_url: str) -> None:
+    side = make_sidecar(REDIS_URL=redis_url, RATE_USER_RPM="2", RATE_USER_TPM="100000")
+    body = {"model": "text-embedding-3-small", "input": f"embed {time.monotonic()}"}
+    user = {"X-User-Id": "emb-user"}
+    miss = side.request("POST", "/v1/embeddings", body, user)
+    assert miss.status == 200
+    assert trio(miss, "requests")[:2] == ("2", "1")  # type: ignore[index]
+    hit = side.request("POST", "/v1/embeddings", body, user)
+    assert hit.status == 200 and hit.headers["x-cache"] == "HIT"
+    used = miss.json()["usage"]["prompt_tokens"]
+    assert trio(hit, "tokens")[:2] == ("100000", str(100000 - used))  # type: ignore[index]
+    refused = side.request("POST", "/v1/embeddings", body, user)
+    assert refused.status == 429
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"

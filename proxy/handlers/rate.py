@@ -14,7 +14,7 @@ from proxy.handlers.costing import max_output_tokens
 from proxy.handlers.parse import ParsedRequest
 from proxy.limits import RATE_DECISION, Decision, Limiter, Scope
 from proxy.runtime import Runtime
-from proxy.wire import Usage
+from proxy.vocabulary import Endpoint
 
 
 class RateCheck:
@@ -63,7 +63,9 @@ async def admit_tokens(
     if not any(scope.tpm for scope in check.scopes):
         return
     limiter = runtime.limiter
-    estimate = runtime.prices.token_estimate(len(parsed.raw), max_output_tokens(parsed))
+    # Embeddings answer no tokens: their estimate is their input's alone.
+    output = 0 if parsed.endpoint is Endpoint.EMBEDDINGS else max_output_tokens(parsed)
+    estimate = runtime.prices.token_estimate(len(parsed.raw), output)
     decision = await limiter.check(check.scopes, check.member, requests=0, tokens=estimate)
     if decision is None:
         return
@@ -76,19 +78,19 @@ async def admit_tokens(
     check.tokens = estimate
 
 
-async def settle_tokens(runtime: Runtime, check: RateCheck, usage: Usage | None) -> None:
+async def settle_tokens(runtime: Runtime, check: RateCheck, used: int) -> None:
     """The estimate replaced by what the call used (nothing, when this request made no call:
     it failed, or it shared another request's)."""
-    if not check.tokens:
-        return
-    used = 0 if usage is None else usage.prompt_tokens + (usage.completion_tokens or 0)
-    if used != check.tokens:
+    if check.tokens and used != check.tokens:
         await runtime.limiter.correct(check.scopes, check.member, used)
 
 
-def own_usage(flight: Flight, leader: bool) -> Usage | None:
-    """The usage of the call this request made itself (None: it made none, or it failed)."""
+def own_usage(flight: Flight, leader: bool) -> int:
+    """The tokens of the call this request made itself (0: it made none, or it failed)."""
     if not leader or not flight.result.done() or flight.result.cancelled():
-        return None
+        return 0
     answer = flight.result.result()
-    return answer.usage if answer.ok and not answer.from_peer else None
+    usage = answer.usage
+    if usage is None or not answer.ok or answer.from_peer:
+        return 0
+    return usage.prompt_tokens + (usage.completion_tokens or 0)
