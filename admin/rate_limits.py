@@ -61,6 +61,7 @@ class RateLimits(msgspec.Struct):
     backend: str  # where use is counted: "redis" (every replica) or "memory" (this process)
     overrides: list[RateLimitBody]
     tenants: list[TenantUse]  # tenants this replica counted lately, their current use
+    budget_downgrades: int  # this replica's over-budget downgrades since it started
 
 
 class RateLimitSaved(msgspec.Struct):
@@ -99,7 +100,11 @@ class RateLimitApi:
             cfg.tenant_rpm, cfg.tenant_tpm, cfg.user_rpm, cfg.user_tpm, cfg.window_s
         )
         overrides = [_body(row) for row in self.runtime.limit_overrides.rows]
-        return json_answer(RateLimits(defaults, limiter.counter.backend, overrides, tenants))
+        registry = self.runtime.metrics.registry
+        downgrades = registry.get_sample_value("sidecache_budget_downgrades_total") or 0
+        return json_answer(
+            RateLimits(defaults, limiter.counter.backend, overrides, tenants, int(downgrades))
+        )
 
     async def put(self, request: web.Request) -> web.Response:
         body = await read_body(request, RateLimitBody, strict=False)

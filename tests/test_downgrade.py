@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.settings import BudgetSettings
+from tests.admin_support import TOKENS, get
 from tests.fixtures.sidecar import LoopThread, Sidecar, SidecarFactory, Stub
 from tests.ledger_db import LedgerDb
 
@@ -25,7 +26,7 @@ def downgrading(make_sidecar: SidecarFactory, tmp_path: Path, daily_usd: float) 
         f"[budget]\ntenant_daily_usd = {daily_usd}\n\n"
         '[budget.downgrade_to]\n"gpt-4o*" = "gpt-4o-mini"\n"o3*" = "o4-mini"\n'
     )
-    return make_sidecar(SIDECACHE_CONFIG=str(config))
+    return make_sidecar(SIDECACHE_CONFIG=str(config), ADMIN_TOKENS=TOKENS)
 
 
 def test_the_first_matching_glob_names_the_cheaper_model() -> None:
@@ -65,6 +66,7 @@ def test_over_budget_is_served_by_the_cheaper_model(
     assert [r["model"] for r in rows] == ["gpt-4o-mini"] * 3
     downgrades = side.runtime.metrics.registry.get_sample_value("sidecache_budget_downgrades_total")
     assert downgrades == 2
+    assert get(side, "rate-limits")["budget_downgrades"] == 2  # what the dashboard shows
 
 
 def test_still_over_with_the_cheaper_model_is_the_usual_429(
