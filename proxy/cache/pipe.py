@@ -146,10 +146,10 @@ class RedisPipe:
             raise PipeError("Redis answered MGET/PTTL with something else than their values")
         return [value if isinstance(value, bytes) else None for value in reply], pttl
 
-    def send_now(self, *parts: bytes) -> Awaitable[Any]:
-        """Any one command, queued in this turn of the loop when connected (so it goes out in
-        the same write as the hit's GET queued next to it); else sent once connected."""
-        request = command(*parts)
+    def send_now(self, request: bytes) -> Awaitable[Any]:
+        """Any one command (encoded: `command`), queued in this turn of the loop when connected
+        (so it goes out in the same write as the hit's GET queued next to it); else sent once
+        connected."""
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
             return protocol.send(request)

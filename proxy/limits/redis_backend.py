@@ -16,7 +16,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from proxy.cache.pipe import PipeError, RedisPipe
+from proxy.cache.pipe import PipeError, RedisPipe, command
 from proxy.limits.limiter import Counted, CounterDown, Scope
 
 # KEYS: per scope (requests log, tokens log, token amounts). ARGV: window ms, member, requests
@@ -134,7 +134,7 @@ class RedisCounter:
         self._timeout_s = timeout_ms / 1000
         self._take = client.register_script(_TAKE_LUA)
         self._correct = client.register_script(_CORRECT_LUA)
-        self._parts: dict[Sequence[Scope], tuple[list[bytes], list[bytes]]] = {}
+        self._parts: dict[tuple[tuple[Scope, ...], int, int, int], tuple[bytes, bytes]] = {}
 
     def take(
         self, scopes: Sequence[Scope], member: str, requests: int, tokens: int, window_ms: int
@@ -144,31 +144,55 @@ class RedisCounter:
             args = [str(window_ms), member, str(requests), str(tokens)]
             args += [str(v) for s in scopes for v in (s.rpm, s.tpm)]
             return self._by_client(keys, args)
-        head, limits = self._encoded(scopes)
-        parts = [*head, str(window_ms).encode(), member.encode(), b"%d" % requests]
-        parts += [b"%d" % tokens, *limits]
-        return self._by_pipe(self._pipe, self._pipe.send_now(b"EVALSHA", _TAKE_SHA, *parts), parts)
+        prefix, suffix = self._encoded(scopes, window_ms, requests, tokens)
+        member_bytes = member.encode()
+        request = b"%s$%d\r\n%s\r\n%s" % (prefix, len(member_bytes), member_bytes, suffix)
+        return self._by_pipe(self._pipe, self._pipe.send_now(request), scopes, member, requests,
+                             tokens, window_ms)  # fmt: skip
 
-    def _encoded(self, scopes: Sequence[Scope]) -> tuple[list[bytes], list[bytes]]:
-        """The key count and keys, and the limits, of `scopes` as sent (kept: every hit of a
-        limited tenant sends the same)."""
-        found = self._parts.get(scopes)
+    def _encoded(
+        self, scopes: Sequence[Scope], window_ms: int, requests: int, tokens: int
+    ) -> tuple[bytes, bytes]:
+        """The EVALSHA command as sent, before and after its member: the same for every hit of
+        a limited tenant (tokens 0), so kept for those."""
+        key = (tuple(scopes), window_ms, requests, tokens)
+        found = self._parts.get(key) if not tokens else None
         if found is None:
-            if len(self._parts) >= _PARTS_KEPT:
-                self._parts.clear()
             keys = [k.encode() for s in scopes for k in (f"{s.key}:r", f"{s.key}:k", f"{s.key}:a")]
             limits = [b"%d" % v for s in scopes for v in (s.rpm, s.tpm)]
-            found = self._parts[tuple(scopes)] = ([b"%d" % len(keys), *keys], limits)
+            before = [b"EVALSHA", _TAKE_SHA, b"%d" % len(keys), *keys, b"%d" % window_ms]
+            after = [b"%d" % requests, b"%d" % tokens, *limits]
+            head = b"*%d\r\n" % (len(before) + 1 + len(after))
+            found = (head + _bulk(before), _bulk(after))  # the member goes between
+            if not tokens:
+                if len(self._parts) >= _PARTS_KEPT:
+                    self._parts.clear()
+                self._parts[key] = found
         return found
 
-    async def _by_pipe(self, pipe: RedisPipe, sent: Awaitable[Any], parts: list[bytes]) -> Counted:
+    async def _by_pipe(
+        self,
+        pipe: RedisPipe,
+        sent: Awaitable[Any],
+        scopes: Sequence[Scope],
+        member: str,
+        requests: int,
+        tokens: int,
+        window_ms: int,
+    ) -> Counted:
         try:
             try:
                 reply = await sent
             except PipeError as exc:
                 if "NOSCRIPT" not in str(exc):
                     raise
-                reply = await pipe.send_now(b"EVAL", _TAKE_LUA.encode(), *parts)  # loads it
+                keys = [f"{s.key}:{k}".encode() for s in scopes for k in ("r", "k", "a")]
+                args = [b"%d" % window_ms, member.encode(), b"%d" % requests, b"%d" % tokens]
+                args += [b"%d" % v for s in scopes for v in (s.rpm, s.tpm)]
+                script = _TAKE_LUA.encode()  # EVAL loads it: the next EVALSHA finds it
+                reply = await pipe.send_now(
+                    command(b"EVAL", script, b"%d" % len(keys), *keys, *args)
+                )
         except PipeError as exc:
             raise CounterDown(str(exc)) from None
         return _counted(reply)
@@ -190,6 +214,10 @@ class RedisCounter:
                 await self._correct(keys=keys, args=[member, str(tokens)])
         except (RedisError, OSError, TimeoutError) as exc:
             raise CounterDown(type(exc).__name__) from None
+
+
+def _bulk(parts: list[bytes]) -> bytes:
+    return b"".join(b"$%d\r\n%s\r\n" % (len(part), part) for part in parts)
 
 
 def _counted(reply: Any) -> Counted:
