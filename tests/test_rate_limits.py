@@ -13,9 +13,12 @@ from typing import Any
 import httpx2
 import openai
 import pytest
+import redis.asyncio as aredis
 
 from proxy.limits.headers import duration
+from proxy.limits.lease import Leases
 from proxy.limits.limiter import Limiter, MemoryCounter
+from proxy.limits.redis_backend import RedisCounter
 from proxy.settings import RateSettings, SettingsError
 from proxy.settings_load import load_settings
 from tests.admin_support import BASE, TOKENS, audit_rows, call, get
@@ -352,3 +355,52 @@ def test_embeddings_count_too(make_sidecar: SidecarFactory, redis_url: str) -> N
     refused = side.request("POST", "/v1/embeddings", body, user)
     assert refused.status == 429
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+class CountingRedisCounter(RedisCounter):
+    """The real Redis counter, counting the scripts it sends."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(aredis.Redis.from_url(url), None, 2000)
+        self.asks = 0
+
+    def take(self, *args: Any, **kwargs: Any) -> Any:
+        self.asks += 1
+        return super().take(*args, **kwargs)
+
+
+async def test_leases_take_busy_hits_a_few_at_a_time_and_count_each_once(
+    redis_url: str,
+) -> None:
+    counter = CountingRedisCounter(redis_url)
+    limiter = Limiter(RateSettings(tenant_rpm=1000), counter)
+    clock = FakeClock()
+    limiter.leases = Leases(clock)  # a lease never lapses while the clock stands still
+    scopes = limiter.scopes(f"lease-{time.monotonic()}", None)
+    remaining = []
+    for _ in range(100):
+        decision = await limiter.check_request(scopes, limiter.member())
+        assert decision is not None and decision.allowed and decision.requests is not None
+        remaining.append(decision.requests.limit - decision.requests.used)
+    assert remaining == list(range(999, 899, -1))  # the headers count what was used
+    assert counter.asks < 20  # not one script per request
+
+
+async def test_two_leasing_replicas_never_let_more_than_the_limit_through(redis_url: str) -> None:
+    tenant = f"lease-pair-{time.monotonic()}"
+    clock = FakeClock()
+    replicas = []
+    for _ in range(2):
+        limiter = Limiter(RateSettings(tenant_rpm=40), CountingRedisCounter(redis_url))
+        limiter.leases = Leases(clock)
+        replicas.append(limiter)
+    allowed = 0
+    for i in range(120):
+        limiter = replicas[i % 2]
+        scopes = limiter.scopes(tenant, None)
+        decision = await limiter.check_request(scopes, limiter.member())
+        assert decision is not None
+        allowed += decision.allowed
+        if not decision.allowed:
+            assert decision.retry_ms > 0
+    assert 20 <= allowed <= 40  # leased and unused slots count: the limit errs low, never high

@@ -43,7 +43,7 @@ def open_rate(runtime: Runtime, parsed: ParsedRequest) -> RateCheck | None:
     if not scopes:
         return None
     member = limiter.member()
-    return RateCheck(scopes, member, limiter.check(scopes, member, requests=1, tokens=0))
+    return RateCheck(scopes, member, limiter.check_request(scopes, member))
 
 
 async def admit_request(request: web.Request, limiter: Limiter, check: RateCheck) -> None:

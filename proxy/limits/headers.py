@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from proxy.limits.limiter import Decision, ScopeUse
+from proxy.limits.types import Decision, ScopeUse
 
 RATE_DECISION = web.RequestKey("sidecache_rate_decision", Decision)
 

@@ -19,12 +19,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from proxy.budget.limits import hashed_part, key_part
 from proxy.failures import RateLimited
+from proxy.limits.lease import LEASE_S, Leases
+from proxy.limits.types import Counted, Decision, Scope, ScopeUse
 from proxy.settings import RateSettings
 from proxy.vocabulary import RATE_KEY_PREFIX
 
@@ -37,43 +39,21 @@ class CounterDown(Exception):
     """The shared counter (Redis) cannot answer: the request goes on unlimited."""
 
 
-class Scope(NamedTuple):
-    """One counted scope of a request (its tenant, or its user within the tenant)."""
-
-    name: str  # "tenant" | "user"
-    key: str  # where it is counted: its Redis key prefix (all share the tenant's hash tag)
-    rpm: int
-    tpm: int
-
-
-class ScopeUse(msgspec.Struct, frozen=True):
-    """One limit as the headers report it: `used` after this request, `reset_ms` until all
-    that is counted has left the window (OpenAI's "resets to its initial state")."""
-
-    limit: int
-    used: int
-    reset_ms: int
-
-
-class Decision(msgspec.Struct):
-    allowed: bool
-    retry_ms: int = 0
-    requests: ScopeUse | None = None  # the tightest requests limit, None when none applies
-    tokens: ScopeUse | None = None
-
-
-# What a counter answers: [allowed 1|0, retry ms] + per scope [requests used, their reset ms,
-# tokens used, their reset ms] (used: after the request when allowed, before it when not).
-Counted = list[int]
-
-
 class Counter(Protocol):
     backend: str
 
     def take(
-        self, scopes: Sequence[Scope], member: str, requests: int, tokens: int, window_ms: int
+        self,
+        scopes: Sequence[Scope],
+        member: str,
+        requests: int,
+        tokens: int,
+        window_ms: int,
+        lease_ms: int = 0,
     ) -> Awaitable[Counted]:
-        """Checks and (when every limit allows it) counts; sent before this returns."""
+        """Checks and (when every limit allows it) counts; sent before this returns. `requests`
+        above one is a lease's batch: as many as fit are granted (the last item of the
+        answer), each counted as if used at the lease's end (`lease_ms` from now)."""
 
     async def correct(
         self, scopes: Sequence[Scope], member: str, tokens: int, window_ms: int
@@ -101,11 +81,15 @@ class Limiter:
     _prefix: str = field(default_factory=lambda: secrets.token_hex(4))
     # Whether any limit may apply to any request: off, a request does no rate work at all.
     active: bool = False
+    # Requests taken a few at a time (proxy/limits/lease.py): with a shared counter only.
+    leases: Leases | None = None
     _scopes: dict[tuple[str, str | None], tuple[Scope, ...]] = field(default_factory=dict)
     seen: dict[str, None] = field(default_factory=dict)  # tenants this process counted
 
     def __post_init__(self) -> None:
         self.active = self.settings.any or bool(self.overrides)
+        if self.counter.backend == "redis":
+            self.leases = Leases()
 
     def set_overrides(self, rows: Sequence[LimitOverride]) -> None:
         self.overrides = {(row.scope, row.id): row for row in rows}
@@ -146,6 +130,39 @@ class Limiter:
 
     def member(self) -> str:
         return f"{self._prefix}.{self._ids()}"
+
+    def check_request(
+        self, scopes: tuple[Scope, ...], member: str
+    ) -> Coroutine[Any, Any, Decision | None]:
+        """One request (a hit's check, sent now): from this replica's lease when it holds
+        one (proxy/limits/lease.py), else asked of the counter."""
+        leases = self.leases
+        if leases is None:
+            return self.check(scopes, member, requests=1, tokens=0)
+        held = leases.use(scopes)
+        if held is not None:
+            return _ready(held)
+        batch, asked_at = leases.batch(scopes)
+        lease_ms = int(LEASE_S * 1000) if batch > 1 else 0
+        try:
+            sent = self.counter.take(scopes, member, batch, 0, self.window_ms, lease_ms)
+        except CounterDown:
+            return self._decide(scopes, None, 1, 0)
+        return self._leased(scopes, sent, leases, asked_at)
+
+    async def _leased(
+        self,
+        scopes: tuple[Scope, ...],
+        sent: Awaitable[Counted],
+        leases: Leases,
+        asked_at: float,
+    ) -> Decision | None:
+        try:
+            counted = await sent
+        except CounterDown:
+            self.on_unenforced()
+            return None
+        return leases.granted(scopes, decision(scopes, counted), counted[-1], asked_at)
 
     def check(
         self, scopes: Sequence[Scope], member: str, *, requests: int, tokens: int
@@ -293,9 +310,16 @@ class MemoryCounter:
         return int(self._clock() * 1000)
 
     def take(
-        self, scopes: Sequence[Scope], member: str, requests: int, tokens: int, window_ms: int
+        self,
+        scopes: Sequence[Scope],
+        member: str,
+        requests: int,
+        tokens: int,
+        window_ms: int,
+        lease_ms: int = 0,
     ) -> Awaitable[Counted]:
-        return _done(self._take(scopes, member, requests, tokens, window_ms))
+        """In memory there is nothing to save by leasing: one request at a time."""
+        return _done(self._take(scopes, member, min(requests, 1), tokens, window_ms))
 
     def _take(
         self, scopes: Sequence[Scope], member: str, requests: int, tokens: int, window: int
@@ -322,6 +346,7 @@ class MemoryCounter:
             reset_r = log.requests[-1] + window - now if log.requests else 0
             reset_t = log.tokens[-1][0] + window - now if log.tokens else 0
             out += [len(log.requests), reset_r, log.tokens_sum, reset_t]
+        out.append(0 if retry else requests)
         for scope in scopes:  # forget scopes with nothing left in their window
             log = self._logs[scope.key]
             if not log.requests and not log.tokens:
@@ -339,4 +364,8 @@ class MemoryCounter:
 
 
 async def _done(value: Counted) -> Counted:
+    return value
+
+
+async def _ready(value: Decision) -> Decision | None:
     return value

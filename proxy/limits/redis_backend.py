@@ -17,11 +17,15 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from proxy.cache.pipe import PipeError, RedisPipe, command
-from proxy.limits.limiter import Counted, CounterDown, Scope
+from proxy.limits.limiter import CounterDown
+from proxy.limits.types import Counted, Scope
 
 # KEYS: per scope (requests log, tokens log, token amounts). ARGV: window ms, member, requests
-# wanted (0|1), tokens wanted, then per scope rpm, tpm (0: not limited, not counted).
-# Returns {allowed 1|0, retry ms, then per scope: requests used, reset ms, tokens used, reset ms}.
+# wanted (0, 1, or a lease's batch: granted as many as fit, at least one), tokens wanted, then
+# per scope rpm, tpm (0: not limited, not counted), then the lease's length in ms (a leased
+# request is scored at its end: counted for a whole window after its last possible use).
+# Returns {allowed 1|0, retry ms, then per scope: requests used, reset ms, tokens used, reset
+# ms, then the requests granted}.
 _TAKE_LUA = """
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -29,6 +33,8 @@ local window = tonumber(ARGV[1])
 local member, want_r, want_t = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local since = now - window
 local n = #KEYS / 3
+local lease = tonumber(ARGV[5 + 2 * n] or '0')
+local grant = want_r
 local retry = 0
 local used_r, used_t, last_t = {}, {}, {}
 for i = 1, n do
@@ -39,9 +45,11 @@ for i = 1, n do
         redis.call('ZREMRANGEBYSCORE', rk, '-inf', since)
         local used = redis.call('ZCARD', rk)
         used_r[i] = used
-        if want_r > 0 and used + want_r > rpm then
+        if want_r > 0 and used + 1 > rpm then
             local first = redis.call('ZRANGE', rk, used - rpm, used - rpm, 'WITHSCORES')
             retry = math.max(retry, tonumber(first[2]) + window - now)
+        elseif want_r > 0 and used + grant > rpm then
+            grant = rpm - used  -- a lease takes what is left, never less than one
         end
     end
     if tpm > 0 then
@@ -83,10 +91,15 @@ for i = 1, n do
     local reset_r, reset_t = 0, 0
     if rpm > 0 then
         if allowed and want_r > 0 then
-            redis.call('ZADD', rk, now, member)
-            redis.call('PEXPIRE', rk, window)
-            used_r[i] = used_r[i] + want_r
-            reset_r = window
+            local entries = {}
+            for j = 1, grant do
+                entries[2 * j - 1] = now + lease
+                entries[2 * j] = member .. '#' .. j
+            end
+            redis.call('ZADD', rk, unpack(entries))
+            redis.call('PEXPIRE', rk, window + lease)
+            used_r[i] = used_r[i] + grant
+            reset_r = window + lease
         elseif used_r[i] > 0 then
             local last = redis.call('ZRANGE', rk, -1, -1, 'WITHSCORES')
             reset_r = tonumber(last[2]) + window - now
@@ -106,6 +119,7 @@ for i = 1, n do
     out[#out + 1] = used_t[i]
     out[#out + 1] = reset_t
 end
+out[#out + 1] = allowed and grant or 0
 return out
 """
 
@@ -134,34 +148,40 @@ class RedisCounter:
         self._timeout_s = timeout_ms / 1000
         self._take = client.register_script(_TAKE_LUA)
         self._correct = client.register_script(_CORRECT_LUA)
-        self._parts: dict[tuple[tuple[Scope, ...], int, int, int], tuple[bytes, bytes]] = {}
+        self._parts: dict[tuple[tuple[Scope, ...], int, int, int, int], tuple[bytes, bytes]] = {}
 
     def take(
-        self, scopes: Sequence[Scope], member: str, requests: int, tokens: int, window_ms: int
+        self,
+        scopes: Sequence[Scope],
+        member: str,
+        requests: int,
+        tokens: int,
+        window_ms: int,
+        lease_ms: int = 0,
     ) -> Awaitable[Counted]:
         if self._pipe is None:
             keys = [k for s in scopes for k in (f"{s.key}:r", f"{s.key}:k", f"{s.key}:a")]
             args = [str(window_ms), member, str(requests), str(tokens)]
             args += [str(v) for s in scopes for v in (s.rpm, s.tpm)]
-            return self._by_client(keys, args)
-        prefix, suffix = self._encoded(scopes, window_ms, requests, tokens)
+            return self._by_client(keys, [*args, str(lease_ms)])
+        prefix, suffix = self._encoded(scopes, window_ms, requests, tokens, lease_ms)
         member_bytes = member.encode()
         request = b"%s$%d\r\n%s\r\n%s" % (prefix, len(member_bytes), member_bytes, suffix)
         return self._by_pipe(self._pipe, self._pipe.send_now(request), scopes, member, requests,
-                             tokens, window_ms)  # fmt: skip
+                             tokens, window_ms, lease_ms)  # fmt: skip
 
     def _encoded(
-        self, scopes: Sequence[Scope], window_ms: int, requests: int, tokens: int
+        self, scopes: Sequence[Scope], window_ms: int, requests: int, tokens: int, lease_ms: int
     ) -> tuple[bytes, bytes]:
         """The EVALSHA command as sent, before and after its member: the same for every hit of
         a limited tenant (tokens 0), so kept for those."""
-        key = (tuple(scopes), window_ms, requests, tokens)
+        key = (tuple(scopes), window_ms, requests, tokens, lease_ms)
         found = self._parts.get(key) if not tokens else None
         if found is None:
             keys = [k.encode() for s in scopes for k in (f"{s.key}:r", f"{s.key}:k", f"{s.key}:a")]
             limits = [b"%d" % v for s in scopes for v in (s.rpm, s.tpm)]
             before = [b"EVALSHA", _TAKE_SHA, b"%d" % len(keys), *keys, b"%d" % window_ms]
-            after = [b"%d" % requests, b"%d" % tokens, *limits]
+            after = [b"%d" % requests, b"%d" % tokens, *limits, b"%d" % lease_ms]
             head = b"*%d\r\n" % (len(before) + 1 + len(after))
             found = (head + _bulk(before), _bulk(after))  # the member goes between
             if not tokens:
@@ -179,6 +199,7 @@ class RedisCounter:
         requests: int,
         tokens: int,
         window_ms: int,
+        lease_ms: int,
     ) -> Counted:
         try:
             try:
@@ -189,6 +210,7 @@ class RedisCounter:
                 keys = [f"{s.key}:{k}".encode() for s in scopes for k in ("r", "k", "a")]
                 args = [b"%d" % window_ms, member.encode(), b"%d" % requests, b"%d" % tokens]
                 args += [b"%d" % v for s in scopes for v in (s.rpm, s.tpm)]
+                args.append(b"%d" % lease_ms)
                 script = _TAKE_LUA.encode()  # EVAL loads it: the next EVALSHA finds it
                 reply = await pipe.send_now(
                     command(b"EVAL", script, b"%d" % len(keys), *keys, *args)
