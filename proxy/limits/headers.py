@@ -24,20 +24,31 @@ def duration(ms: int) -> str:
     return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
 
 
-def _trio(headers: dict[str, str], kind: str, use: ScopeUse) -> None:
+def _trio(headers: dict[str, str], kind: str, use: ScopeUse, unused: int = 0) -> None:
     headers[f"x-ratelimit-limit-{kind}"] = str(use.limit)
-    headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, use.limit - use.used))
+    headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, use.limit - use.used + unused))
     headers[f"x-ratelimit-reset-{kind}"] = duration(use.reset_ms)
 
 
 def rate_headers(decision: Decision) -> dict[str, str]:
-    """Each trio only where a limit of its kind applies to the request."""
-    headers: dict[str, str] = {}
-    if decision.requests is not None:
-        _trio(headers, "requests", decision.requests)
-    if decision.tokens is not None:
-        _trio(headers, "tokens", decision.tokens)
-    return headers
+    """Each trio only where a limit of its kind applies to the request (made once per
+    decision: every request served from one lease shares its decision's)."""
+    base = decision.base
+    if base is not None and decision.requests is not None:
+        headers = {**rate_headers(base)}
+        use = decision.requests
+        headers["x-ratelimit-remaining-requests"] = str(
+            max(0, use.limit - use.used + decision.left)
+        )
+        return headers
+    made = decision.headers
+    if made is None:
+        made = decision.headers = {}
+        if decision.requests is not None:
+            _trio(made, "requests", decision.requests, decision.left)
+        if decision.tokens is not None:
+            _trio(made, "tokens", decision.tokens)
+    return made
 
 
 class RateHeaders:

@@ -13,10 +13,11 @@ at a time, exactly as without leases.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from proxy.limits.types import Decision, Scope, ScopeUse
+from proxy.limits.types import Decision, Scope
 
 LEASE_S = 0.05
 MAX_BATCH = 64
@@ -24,13 +25,15 @@ _LEASES_KEPT = 10_000
 
 
 class _Lease:
-    __slots__ = ("batch", "decision", "left", "until")
+    __slots__ = ("asking", "batch", "decision", "left", "missed", "until")
 
     def __init__(self) -> None:
+        self.asking: asyncio.Future[None] | None = None  # an ask in flight
         self.decision: Decision | None = None  # the ask's decision (its `used`: all granted)
         self.left = 0  # granted, not yet used
         self.until = 0.0  # when the lease lapses (the clock's time)
         self.batch = 1  # the last ask's size
+        self.missed = 0  # requests that waited for the last ask and found its batch used up
 
 
 class Leases:
@@ -49,6 +52,38 @@ class Leases:
         lease.left -= 1
         return _with_left(lease.decision, lease.left)
 
+    def asking(self, scopes: Sequence[Scope]) -> asyncio.Future[None] | None:
+        """The ask in flight for `scopes`: requests that come meanwhile wait for its batch
+        rather than each asking for its own."""
+        lease = self._table.get(scopes)
+        return None if lease is None else lease.asking
+
+    def ask(self, scopes: Sequence[Scope]) -> asyncio.Future[None]:
+        lease = self._lease(scopes)
+        lease.asking = asking = asyncio.get_running_loop().create_future()
+        return asking
+
+    def answered(self, scopes: Sequence[Scope], asking: asyncio.Future[None]) -> None:
+        lease = self._table.get(scopes)
+        if lease is not None and lease.asking is asking:
+            lease.asking = None
+        if not asking.done():
+            asking.set_result(None)
+
+    def missed(self, scopes: Sequence[Scope]) -> None:
+        """A request waited for an ask whose batch was used up before its turn."""
+        lease = self._table.get(scopes)
+        if lease is not None:
+            lease.missed += 1
+
+    def _lease(self, scopes: Sequence[Scope]) -> _Lease:
+        lease = self._table.get(scopes)
+        if lease is None:
+            if len(self._table) >= _LEASES_KEPT:
+                self._table.clear()
+            lease = self._table[tuple(scopes)] = _Lease()
+        return lease
+
     def batch(self, scopes: Sequence[Scope]) -> tuple[int, float]:
         """How many requests to ask for, and when the ask was made."""
         now = self._clock()
@@ -56,7 +91,8 @@ class Leases:
         if lease is None:
             return 1, now
         # Run out before it lapsed: busy, ask for more; else start again from one.
-        size = min(lease.batch * 2, MAX_BATCH) if now < lease.until else 1
+        size = min(max(lease.batch * 2, lease.missed + 1), MAX_BATCH) if now < lease.until else 1
+        lease.missed = 0
         use = lease.decision.requests if lease.decision is not None else None
         if use is not None:
             size = min(size, max(1, (use.limit - use.used + lease.left) // 4))
@@ -66,11 +102,7 @@ class Leases:
         self, scopes: Sequence[Scope], decision: Decision, granted: int, asked_at: float
     ) -> Decision:
         """Keeps what an ask granted beyond the request that made it; the request's decision."""
-        lease = self._table.get(scopes)
-        if lease is None:
-            if len(self._table) >= _LEASES_KEPT:
-                self._table.clear()
-            lease = self._table[tuple(scopes)] = _Lease()
+        lease = self._lease(scopes)
         lease.batch = max(1, granted)
         lease.left = max(0, granted - 1)
         lease.until = asked_at + LEASE_S
@@ -79,13 +111,7 @@ class Leases:
 
 
 def _with_left(decision: Decision, left: int) -> Decision:
-    """The decision as the headers tell it: the lease's unused requests are not `used`."""
-    use = decision.requests
-    if use is None or not left:
+    """One request's decision from a lease: the lease's, but the unused requests not `used`."""
+    if decision.requests is None or not left:
         return decision
-    return Decision(
-        decision.allowed,
-        decision.retry_ms,
-        ScopeUse(use.limit, use.used - left, use.reset_ms),
-        decision.tokens,
-    )
+    return Decision(True, 0, decision.requests, decision.tokens, base=decision, left=left)

@@ -12,6 +12,7 @@ answer is awaited: on the hit path the check goes to Redis in the same write as 
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import secrets
@@ -135,20 +136,24 @@ class Limiter:
         self, scopes: tuple[Scope, ...], member: str
     ) -> Coroutine[Any, Any, Decision | None]:
         """One request (a hit's check, sent now): from this replica's lease when it holds
-        one (proxy/limits/lease.py), else asked of the counter."""
+        one (proxy/limits/lease.py), after the lease being asked for when one is in flight,
+        else asked of the counter."""
         leases = self.leases
         if leases is None:
             return self.check(scopes, member, requests=1, tokens=0)
         held = leases.use(scopes)
         if held is not None:
             return _ready(held)
+        asking = leases.asking(scopes)
+        if asking is not None:
+            return self._after(scopes, member, leases, asking)
         batch, asked_at = leases.batch(scopes)
         lease_ms = int(LEASE_S * 1000) if batch > 1 else 0
         try:
             sent = self.counter.take(scopes, member, batch, 0, self.window_ms, lease_ms)
         except CounterDown:
             return self._decide(scopes, None, 1, 0)
-        return self._leased(scopes, sent, leases, asked_at)
+        return self._leased(scopes, sent, leases, asked_at, leases.ask(scopes))
 
     async def _leased(
         self,
@@ -156,13 +161,28 @@ class Limiter:
         sent: Awaitable[Counted],
         leases: Leases,
         asked_at: float,
+        asked: asyncio.Future[None],
     ) -> Decision | None:
         try:
             counted = await sent
         except CounterDown:
             self.on_unenforced()
             return None
+        finally:
+            leases.answered(scopes, asked)
         return leases.granted(scopes, decision(scopes, counted), counted[-1], asked_at)
+
+    async def _after(
+        self, scopes: tuple[Scope, ...], member: str, leases: Leases, asking: asyncio.Future[None]
+    ) -> Decision | None:
+        """A request that came while its lease was being asked for: from the new lease, else
+        asked for alone (the batch was too small for every request that waited)."""
+        await asyncio.shield(asking)
+        held = leases.use(scopes)
+        if held is not None:
+            return held
+        leases.missed(scopes)
+        return await self.check(scopes, member, requests=1, tokens=0)
 
     def check(
         self, scopes: Sequence[Scope], member: str, *, requests: int, tokens: int

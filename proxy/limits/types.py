@@ -30,6 +30,11 @@ class Decision(msgspec.Struct):
     retry_ms: int = 0
     requests: ScopeUse | None = None  # the tightest requests limit, None when none applies
     tokens: ScopeUse | None = None
+    # A request served from a lease (proxy/limits/lease.py): the lease's decision, whose
+    # `used` counts every leased request, and how many of them are still unused.
+    base: Decision | None = None
+    left: int = 0
+    headers: dict[str, str] | None = None  # its x-ratelimit-* headers, once made
 
 
 # What a counter answers: [allowed 1|0, retry ms] + per scope [requests used, their reset ms,
