@@ -18,20 +18,20 @@ from proxy.vocabulary import Endpoint
 
 
 class RateCheck:
-    """One request's place in its limits: its scopes, its member in their logs, and the
-    requests check, sent already (awaited by `admit_request`)."""
+    """One request's place in its limits: its scopes, the requests check (decided already
+    from a lease, or sent and awaited by `admit_request`), and its token charge's member in
+    the logs, once it has one."""
 
     __slots__ = ("member", "pending", "scopes", "tokens")
 
     def __init__(
         self,
         scopes: tuple[Scope, ...],
-        member: str,
-        pending: Coroutine[Any, Any, Decision | None],
+        pending: Decision | Coroutine[Any, Any, Decision | None],
     ) -> None:
         self.scopes = scopes
-        self.member = member
         self.pending = pending
+        self.member = ""  # the token charge's, made when it is charged
         self.tokens = 0  # charged for it: the estimate, until corrected
 
 
@@ -42,13 +42,13 @@ def open_rate(runtime: Runtime, parsed: ParsedRequest) -> RateCheck | None:
     scopes = limiter.scopes(parsed.identity.tenant, parsed.user_id)
     if not scopes:
         return None
-    member = limiter.member()
-    return RateCheck(scopes, member, limiter.check_request(scopes, member))
+    return RateCheck(scopes, limiter.check_request(scopes))
 
 
 async def admit_request(request: web.Request, limiter: Limiter, check: RateCheck) -> None:
     """429 `rate_limit_exceeded` when a requests limit is reached; the headers either way."""
-    decision = await check.pending
+    pending = check.pending
+    decision = pending if isinstance(pending, Decision) else await pending
     if decision is None:
         return  # the counter is down: not enforced (counted in a metric)
     request[RATE_DECISION] = decision
@@ -66,6 +66,7 @@ async def admit_tokens(
     # Embeddings answer no tokens: their estimate is their input's alone.
     output = 0 if parsed.endpoint is Endpoint.EMBEDDINGS else max_output_tokens(parsed)
     estimate = runtime.prices.token_estimate(len(parsed.raw), output)
+    check.member = limiter.member()
     decision = await limiter.check(check.scopes, check.member, requests=0, tokens=estimate)
     if decision is None:
         return

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from proxy.limits.types import Decision, Scope
 
 LEASE_S = 0.05
-MAX_BATCH = 64
+MAX_BATCH = 256
 _LEASES_KEPT = 10_000
 
 

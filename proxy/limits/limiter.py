@@ -13,6 +13,7 @@ answer is awaited: on the hit path the check goes to Redis in the same write as 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import secrets
@@ -34,6 +35,7 @@ from proxy.vocabulary import RATE_KEY_PREFIX
 # (tenant, user) pairs whose scopes are kept: past it the table starts again.
 _SCOPES_KEPT = 10_000
 _SEEN_KEPT = 1_000
+_WAIT_FOR_ASK_S = 1.0
 
 
 class CounterDown(Exception):
@@ -133,20 +135,21 @@ class Limiter:
         return f"{self._prefix}.{self._ids()}"
 
     def check_request(
-        self, scopes: tuple[Scope, ...], member: str
-    ) -> Coroutine[Any, Any, Decision | None]:
-        """One request (a hit's check, sent now): from this replica's lease when it holds
-        one (proxy/limits/lease.py), after the lease being asked for when one is in flight,
-        else asked of the counter."""
+        self, scopes: tuple[Scope, ...]
+    ) -> Decision | Coroutine[Any, Any, Decision | None]:
+        """One request (a hit's check): decided at once from this replica's lease when it
+        holds one (proxy/limits/lease.py); else after the lease being asked for, when one is in
+        flight; else asked of the counter, sent before this returns."""
         leases = self.leases
         if leases is None:
-            return self.check(scopes, member, requests=1, tokens=0)
+            return self.check(scopes, self.member(), requests=1, tokens=0)
         held = leases.use(scopes)
         if held is not None:
-            return _ready(held)
+            return held  # decided here: nothing to await, nothing sent
         asking = leases.asking(scopes)
         if asking is not None:
-            return self._after(scopes, member, leases, asking)
+            return self._after(scopes, leases, asking)
+        member = self.member()
         batch, asked_at = leases.batch(scopes)
         lease_ms = int(LEASE_S * 1000) if batch > 1 else 0
         try:
@@ -173,16 +176,19 @@ class Limiter:
         return leases.granted(scopes, decision(scopes, counted), counted[-1], asked_at)
 
     async def _after(
-        self, scopes: tuple[Scope, ...], member: str, leases: Leases, asking: asyncio.Future[None]
+        self, scopes: tuple[Scope, ...], leases: Leases, asking: asyncio.Future[None]
     ) -> Decision | None:
         """A request that came while its lease was being asked for: from the new lease, else
         asked for alone (the batch was too small for every request that waited)."""
-        await asyncio.shield(asking)
+        # Bounded: should the asking request never await its ask, waiters ask for themselves.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_WAIT_FOR_ASK_S):
+                await asyncio.shield(asking)
         held = leases.use(scopes)
         if held is not None:
             return held
         leases.missed(scopes)
-        return await self.check(scopes, member, requests=1, tokens=0)
+        return await self.check(scopes, self.member(), requests=1, tokens=0)
 
     def check(
         self, scopes: Sequence[Scope], member: str, *, requests: int, tokens: int
@@ -384,8 +390,4 @@ class MemoryCounter:
 
 
 async def _done(value: Counted) -> Counted:
-    return value
-
-
-async def _ready(value: Decision) -> Decision | None:
     return value
