@@ -31,7 +31,8 @@ from proxy.keys import KeyMaker
 from proxy.ledger import LedgerWriter, PriceTable, open_ledger
 from proxy.ledger.collector import register_ledger_metrics
 from proxy.limits import Limiter
-from proxy.limits.limiter import Counter, MemoryCounter
+from proxy.limits.limiter import Counter
+from proxy.limits.memory import MemoryCounter
 from proxy.limits.overrides import LimitOverrides
 from proxy.limits.redis_backend import RedisCounter
 from proxy.metrics import Metrics

@@ -19,7 +19,8 @@ import redis.asyncio as aredis
 from proxy.limits import Decision
 from proxy.limits.headers import duration, rate_headers
 from proxy.limits.lease import Leases
-from proxy.limits.limiter import Limiter, MemoryCounter
+from proxy.limits.limiter import Limiter
+from proxy.limits.memory import MemoryCounter
 from proxy.limits.redis_backend import RedisCounter
 from proxy.settings import RateSettings, SettingsError
 from proxy.settings_load import load_settings
