@@ -10,6 +10,7 @@ from admin.circuits import CircuitApi
 from admin.dashboard import Dashboard
 from admin.openapi import PREFIX, openapi_document
 from admin.queries import QueryRunner
+from admin.rate_limits import RateLimitApi
 from admin.report.route import REPORT_PATH, ReportApi
 from admin.warming import Warmer
 from proxy.runtime import Runtime
@@ -52,3 +53,7 @@ def add_api_routes(
     app.router.add_post(f"{PREFIX}/circuits/reset", breakers.reset)
     app.router.add_get(f"{PREFIX}/upstreams", breakers.upstreams)
     app.router.add_get(REPORT_PATH, ReportApi(runtime).report)
+    limits = RateLimitApi(runtime)
+    app.router.add_get(f"{PREFIX}/rate-limits", limits.list)
+    app.router.add_put(f"{PREFIX}/rate-limits", limits.put)
+    app.router.add_delete(f"{PREFIX}/rate-limits", limits.delete)

@@ -11,6 +11,7 @@ import msgspec
 
 from admin import cache_models as c
 from admin import models as m
+from admin import rate_limits as r
 from admin.report.model import Report
 from admin.report.route import HTML, MARKDOWN, REPORT_PATH, ReportParams
 from admin.schema_rules import tighten
@@ -41,6 +42,12 @@ ROUTES: list[tuple[str, str, str, type | None, type | None, type]] = [
      c.WarmJob),
     ("/cache/warm", "get", "The warming jobs of this replica", None, None, c.WarmJobs),
     ("/cache/warm/{job}", "get", "One warming job's progress", None, None, c.WarmJob),
+    ("/rate-limits", "get", "Rate limits, overrides and each tenant's current use", None, None,
+     r.RateLimits),
+    ("/rate-limits", "put", "Set a tenant's or user's rate limits, on every replica (audited)",
+     None, r.RateLimitBody, r.RateLimitSaved),
+    ("/rate-limits", "delete", "Remove a tenant's or user's rate-limit override (audited)",
+     None, r.RateLimitTarget, r.RateLimitDeleted),
     (REPORT_PATH, "get", "The optimisation report over a window (docs/design.md §14)",
      ReportParams, None, Report),
 ]  # fmt: skip
@@ -50,7 +57,7 @@ _ERRORS = {
     "401": "Missing or invalid admin token",
     "403": "X-Admin-User is not in ADMIN_USER_IDS",
     "404": "No such route, or no such warming job on this replica",
-    "503": "The ledger database (or, to invalidate, Redis) cannot answer",
+    "503": "The ledger database (or, to invalidate or set rate limits, Redis) cannot answer",
 }
 # Answers in other forms besides JSON, chosen by a query parameter (the report's `format`).
 _TEXT = {"schema": {"type": "string"}}

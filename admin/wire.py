@@ -30,14 +30,17 @@ def params(request: web.Request, kind: type[P]) -> P:
         raise invalid(exc) from None
 
 
-async def read_body(request: web.Request, kind: type[P], *, optional: bool = False) -> P:
+async def read_body(
+    request: web.Request, kind: type[P], *, optional: bool = False, strict: bool = True
+) -> P:
     """The JSON body as `kind` (an empty body is `kind()` when `optional`); a bad field is a
-    400 naming it, a body that is not JSON a 400 naming `body`."""
+    400 naming it, a body that is not JSON a 400 naming `body`. Not `strict`: an integer may
+    be written as JSON Schema allows it (`7.0`)."""
     raw = await read_inflated(request, ADMIN_BODY_BYTES)
     if optional and not raw.strip():
         return kind()
     try:
-        return msgspec.json.decode(raw, type=kind)
+        return msgspec.json.decode(raw, type=kind, strict=strict)
     except msgspec.ValidationError as exc:
         raise invalid(exc) from None
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):

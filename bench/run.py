@@ -73,6 +73,9 @@ load (5xx count, seconds until the hit is back); about 45 s with `--quick`.
 Issue 15's `sentinel_failover` (bench/sentinel_failover.py): a Sentinel group and a sidecar of
 their own under steady hits and misses, the primary killed: non-200 answers (none expected) and
 the seconds from the promotion until hits resume (about 15 s).
+Issue 16's `rate_limits_hits` (bench/rate_limits.py): the hit path with rate limits on (far
+above the load: every hit checked and counted in Redis, in the same write as its GET) and off,
+in alternating rounds of the wrk and hey hit loads (about 70 s).
 
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with
@@ -114,6 +117,7 @@ from . import (
     memory,
     misses,
     overshoot,
+    rate_limits,
     report_time,
     responses,
     semantic,
@@ -163,6 +167,7 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     semantic_hits.semantic_exact_hits,
     tracing.tracing_overhead,
     sentinel_failover.sentinel_failover,
+    rate_limits.rate_limits_hits,
     memory.peak_rss,
 )
 # Run only with `--baseline REV` (by default, or when --only names them).

@@ -105,6 +105,19 @@ UPSTREAMS: dict[str, Any] = {
     "retries": 4,
     "fallbacks_total": 12,
 }  # fmt: skip
+RATE_LIMITS: dict[str, Any] = {
+    "defaults": {"tenant_rpm": 60, "tenant_tpm": 0, "user_rpm": 0, "user_tpm": 0, "window_s": 60},
+    "backend": "redis",
+    "overrides": [],
+    "tenants": [
+        {
+            "tenant": "t-acme",
+            "requests": {"limit": 60, "used": 12, "remaining": 48, "reset_ms": 41500},
+            "tokens": None,
+        }
+    ],
+    "budget_downgrades": 3,
+}
 INVALIDATED = {"invalidated": {"entries": 7, "generations": 2}}
 
 
@@ -125,6 +138,7 @@ class FakeApi:
         app.router.add_get(f"{base}/cache", self._answer(lambda: CACHE))
         app.router.add_get(f"{base}/circuits", self._answer(lambda: self.circuits))
         app.router.add_get(f"{base}/upstreams", self._answer(lambda: UPSTREAMS))
+        app.router.add_get(f"{base}/rate-limits", self._answer(lambda: RATE_LIMITS))
         app.router.add_post(f"{base}/circuits/reset", self._reset)
         app.router.add_post(f"{base}/cache/invalidate", self._invalidate)
         return app
@@ -273,12 +287,18 @@ def test_page_shows_the_figures_and_charts_the_api_returns(
     expect(primary.nth(4)).to_have_text("25.0 %")
     expect(primary.nth(5)).to_have_text("4")
     expect(page.locator("#fallbacks")).to_have_text("Fallbacks: primary → backup: 12")
+    # Rate limits: each tenant's use, and the replica's over-budget downgrades.
+    expect(page.locator("#fig-downgrades")).to_have_text("3")
+    expect(page.locator("#rate-limits tbody tr td")).to_have_text(
+        ["t-acme", "12 / 60", "—", "41.5 s"]
+    )
     assert sorted(fake.gets) == [
         "/api/admin/dashboard/cache?window=24h",
         "/api/admin/dashboard/circuits",
         "/api/admin/dashboard/costs?window=24h&bucket=day&group_by=request_type",
         "/api/admin/dashboard/costs?window=24h&bucket=hour&group_by=model",
         "/api/admin/dashboard/overview?window=24h",
+        "/api/admin/dashboard/rate-limits",
         "/api/admin/dashboard/upstreams",
     ]
     assert page.evaluate("sessionStorage.getItem('sidecache.adminToken')") == TOKEN

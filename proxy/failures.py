@@ -12,6 +12,7 @@ proxy/errors.py, the way httpx maps its transport's errors once at the boundary:
     ├── NotFound                no such thing (404)
     ├── Conflict                not possible in the sidecar's present state (409)
     ├── BudgetExceeded          the estimate does not fit a budget (429)
+    ├── RateLimited             over a requests- or tokens-per-minute limit (429)
     ├── ClientGone              everyone who wanted the answer has left (499)
     ├── StoreUnavailable        Redis (or the ledger database) cannot answer (503)
     ├── Overloaded              the sidecar holds as much work as it may; retry shortly (503)
@@ -89,6 +90,10 @@ class Conflict(Failure):
 
 class BudgetExceeded(Failure):
     default_code = "budget_exceeded"
+
+
+class RateLimited(Failure):
+    default_code = "rate_limit_exceeded"
 
 
 class ClientGone(Failure):

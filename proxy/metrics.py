@@ -94,6 +94,23 @@ class Metrics:
             ["op"],
             registry=registry,
         )
+        self.budget_downgrades = Counter(
+            "sidecache_budget_downgrades_total",
+            "Requests over budget sent with the cheaper model [budget.downgrade_to] names.",
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "sidecache_rate_limited_total",
+            "Requests refused with 429 rate_limit_exceeded, by the limit's scope and kind.",
+            ["scope", "kind"],
+            registry=registry,
+        )
+        self.rate_limit_unenforced = Counter(
+            "sidecache_rate_limit_unenforced_total",
+            "Rate-limit checks not made because the counter (Redis) could not answer: those "
+            "requests were served unlimited.",
+            registry=registry,
+        )
         self.cache_up = Gauge(
             "sidecache_cache_backend_up",
             "1 while the cache backend answers, 0 while the proxy runs as a pass-through.",

@@ -33,6 +33,11 @@ from proxy.invalidation.invalidator import Invalidator
 from proxy.keys import KeyMaker
 from proxy.ledger import LedgerWriter, PriceTable, open_ledger
 from proxy.ledger.collector import register_ledger_metrics
+from proxy.limits import Limiter
+from proxy.limits.limiter import Counter
+from proxy.limits.memory import MemoryCounter
+from proxy.limits.overrides import LimitOverrides
+from proxy.limits.redis_backend import RedisCounter
 from proxy.metrics import Metrics
 from proxy.persona import PersonaParser
 from proxy.semantic.build import open_semantic
@@ -76,6 +81,8 @@ class Runtime:
     budgets: BudgetBook
     invalidations: Invalidator
     bodies: InflightBodies  # request-body bytes held at once (MAX_INFLIGHT_BODY_MB)
+    limiter: Limiter  # rate limits (docs/design.md §13); `active` false: no work at all
+    limit_overrides: LimitOverrides  # the admin's per-tenant and per-user limits
     semantic: SemanticCache | None = None  # with SEMANTIC_CACHE=on
     # Traces (proxy/tracing.py): Untraced unless an OTLP endpoint is configured.
     tracer: Tracer = field(default_factory=Untraced)
@@ -93,6 +100,7 @@ async def open_runtime(
     tracer = open_tracer()
     redis: RedisClient | None = None
     store: CacheStore
+    counter: Counter = MemoryCounter()
     if settings.cache.redis_url:
         cache = settings.cache
         link = _redis_link(cache)
@@ -107,6 +115,9 @@ async def open_runtime(
             redis, pipe = await open_cluster(single, link, timeout_ms, cache.redis_max_connections)
         else:
             pipe = RedisPipe(link, timeout_ms / 1000)
+        # The rate check shares the hit's connection (one write with its GET); on a cluster it
+        # goes through redis-py (its keys share the tenant's slot, not the entry's).
+        counter = RedisCounter(redis, pipe if isinstance(pipe, RedisPipe) else None, timeout_ms)
         store = RedisStore(
             redis,
             on_error=lambda op: errors.labels(op).inc(),
@@ -185,6 +196,14 @@ async def open_runtime(
     await budgets.start()
     register_ledger_metrics(metrics.registry, writer=ledger, prices=prices, budgets=budgets)
     semantic = await open_semantic(settings, store, redis, keys, metrics.registry, proxy_url)
+    limiter = Limiter(
+        settings.rate,
+        counter,
+        on_unenforced=metrics.rate_limit_unenforced.inc,
+        on_limited=lambda scope, kind: metrics.rate_limited.labels(scope, kind).inc(),
+    )
+    limit_overrides = LimitOverrides(limiter, redis, settings.rate.overrides_refresh_s)
+    await limit_overrides.start()
     return Runtime(
         settings=settings,
         store=store,
@@ -216,6 +235,8 @@ async def open_runtime(
         bodies=InflightBodies(
             settings.server.max_inflight_body_bytes, settings.server.max_body_bytes
         ),
+        limiter=limiter,
+        limit_overrides=limit_overrides,
         semantic=semantic,
         tracer=tracer,
     )
@@ -229,6 +250,7 @@ async def close_runtime(runtime: Runtime) -> None:
     if runtime.peers is not None:
         await runtime.peers.close()
     await runtime.invalidations.close()
+    await runtime.limit_overrides.close()
     await runtime.upstream_client.close()
     await runtime.budgets.close()
     await runtime.ledger.close()  # flushes every record (to the journal if the DB is down)

@@ -19,6 +19,7 @@ from proxy.errors import (
 )
 from proxy.failures import BodyTooLarge, ClientGone, Failure, UnreadableBody
 from proxy.handlers.answers import MISS_HEADERS
+from proxy.handlers.downgrade import DowngradeHeader
 from proxy.handlers.embeddings import embeddings
 from proxy.handlers.generative import chat_completions, completions
 from proxy.handlers.hot import PREPARED, TABLE_BYTES, KnownRequests, PreparedEntries
@@ -29,6 +30,7 @@ from proxy.handlers.pipeline import KNOWN
 from proxy.handlers.responses import responses
 from proxy.health import healthz, readyz
 from proxy.ids import SerialIds
+from proxy.limits import RateHeaders
 from proxy.runtime import RUNTIME, Runtime
 from proxy.spans import answer_body, finish_server_span, operation
 from proxy.vocabulary import PASSTHROUGH, Endpoint
@@ -64,6 +66,9 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
     app[KNOWN] = KnownRequests(TABLE_BYTES)
     app[PREPARED] = PreparedEntries(TABLE_BYTES)
     app.on_response_prepare.append(_RequestIds())
+    app.on_response_prepare.append(RateHeaders())  # an admin override may turn limits on
+    if runtime.settings.budget.downgrade_to:
+        app.on_response_prepare.append(DowngradeHeader())
     for endpoint, handler in UNDERSTOOD.items():
         app.router.add_post(endpoint.path, handler)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)

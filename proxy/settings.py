@@ -5,6 +5,7 @@ Reading them (defaults <- TOML <- environment) is `proxy.settings_load`.
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Annotated, Literal
 
 import msgspec
@@ -250,6 +251,33 @@ class BudgetSettings(msgspec.Struct, forbid_unknown_fields=True):
     # How long a pre-flight reservation holds its estimate when no settle comes (the process
     # died mid-call): longer than any upstream call.
     reservation_hold_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
+    # Over budget, a request for a model matching a glob is sent with the cheaper model named
+    # instead of answered 429 (the first glob that matches, in the file's order).
+    downgrade_to: dict[str, Annotated[str, msgspec.Meta(min_length=1)]] = {}
+
+    def downgrade_for(self, model: str) -> str | None:
+        """The cheaper model for `model` over budget; None where none is configured."""
+        for glob, cheaper in self.downgrade_to.items():
+            if fnmatch.fnmatchcase(model, glob):
+                return cheaper if cheaper != model else None
+        return None
+
+
+class RateSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Requests and tokens per window (a minute) per tenant and per user; 0 means no limit."""
+
+    tenant_rpm: Annotated[int, msgspec.Meta(ge=0)] = 0
+    tenant_tpm: Annotated[int, msgspec.Meta(ge=0)] = 0
+    user_rpm: Annotated[int, msgspec.Meta(ge=0)] = 0
+    user_tpm: Annotated[int, msgspec.Meta(ge=0)] = 0
+    # The limits' window: a minute, as the names say; shorter only to test them quickly.
+    window_s: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 60.0
+    # How often each replica re-reads the admin's limit overrides from Redis.
+    overrides_refresh_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+
+    @property
+    def any(self) -> bool:
+        return bool(self.tenant_rpm or self.tenant_tpm or self.user_rpm or self.user_tpm)
 
 
 class ModelPriceSetting(msgspec.Struct, forbid_unknown_fields=True):
@@ -310,6 +338,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True):
     batch: BatchSettings = msgspec.field(default_factory=BatchSettings)
     ledger: LedgerSettings = msgspec.field(default_factory=LedgerSettings)
     budget: BudgetSettings = msgspec.field(default_factory=BudgetSettings)
+    rate: RateSettings = msgspec.field(default_factory=RateSettings)
     pricing: PricingSettings = msgspec.field(default_factory=PricingSettings)
     invalidation: InvalidationSettings = msgspec.field(default_factory=InvalidationSettings)
     semantic: SemanticSettings = msgspec.field(default_factory=SemanticSettings)

@@ -61,3 +61,5 @@ SEMANTIC_LOG_KEY = "sc:s:{%s}"  # a semantic partition's vectors, appended in or
 SEMANTIC_WRONG_KEY = "sc:w:%s"
 LOCK_KEY = "sc:l:{%s}"  # an entry's cross-replica single-flight lock: the entry's slot
 BUDGET_KEY_PREFIX = "sc:b:{%s}"  # every spend counter of one tenant (and its users): one slot
+RATE_KEY_PREFIX = "sc:rl:{%s}"  # every rate-limit log of one tenant (and its users): one slot
+RATE_OVERRIDES_KEY = "sc:rl:overrides"  # the admin's per-tenant and per-user limits (a hash)

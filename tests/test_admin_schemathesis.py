@@ -61,7 +61,7 @@ def test_every_check_passes_on_every_operation(make_sidecar: SidecarFactory) -> 
     assert answer.status == 200
     schema = schemathesis.openapi.from_dict(answer.json())
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 14
+    assert len(operations) == 17
     assert {"ignored_auth", "negative_data_rejection", "unsupported_method"} <= {
         check.__name__ for check in ALL_CHECKS
     }

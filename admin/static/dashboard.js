@@ -211,6 +211,25 @@ export async function loadUpstreams() {
       from: String(pick(row, "from") ?? "?"),
       to: String(pick(row, "to") ?? "?"),
       count: number(row, "count"),
+      })),
+    };
+}
+
+// GET /api/admin/dashboard/rate-limits
+//   {"tenants": [{"tenant", "requests": {limit, used, remaining, reset_ms} | null, "tokens": …}],
+//    "budget_downgrades": 3, …}
+export async function loadRateLimits() {
+  const json = await call("/rate-limits");
+  const use = (u) => (u ? `${count.format(number(u, "used"))} / ${count.format(number(u, "limit"))}`
+    : "—");
+  return {
+    downgrades: number(json, "budget_downgrades"),
+    tenants: (pick(json, "tenants") ?? []).map((t) => ({
+      tenant: String(pick(t, "tenant") ?? "?"),
+      requests: use(t.requests),
+      tokens: use(t.tokens),
+      reset: `${(Math.max(number(t.requests, "reset_ms"), number(t.tokens, "reset_ms")) / 1000)
+        .toFixed(1)} s`,
     })),
   };
 }
@@ -325,6 +344,15 @@ function renderUpstreams({ upstreams, fallbacks }) {
     : "Fallbacks: " + fallbacks.map((f) => `${f.from} → ${f.to}: ${f.count}`).join(", ");
 }
 
+function renderRateLimits(view) {
+  $("fig-downgrades").textContent = count.format(view.downgrades);
+  $("rate-limits").tBodies[0].replaceChildren(...view.tenants.map((t) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(t.tenant), cell(t.requests), cell(t.tokens), cell(t.reset));
+    return tr;
+  }));
+}
+
 // ---- wiring -------------------------------------------------------------------------------
 
 function signedIn(yes) {
@@ -351,6 +379,7 @@ async function refresh() {
     loadCache(span).then(renderCache),
     loadCircuits().then(renderBreakers),
     loadUpstreams().then(renderUpstreams),
+    loadRateLimits().then(renderRateLimits),
   ]);
   const failure = results.find((r) => r.status === "rejected");
   if (failure) failed(failure.reason);

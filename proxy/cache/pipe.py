@@ -1,4 +1,5 @@
-"""A pipelined Redis connection for the hit path's one command, GET.
+"""A pipelined Redis connection for the hit path's one command, GET (and the rate limiter's
+check sent with it).
 
 redis-py spends most of a hit's time in its pool, its per-command bookkeeping and (with a socket
 timeout) a Task per command (docs/design.md §9). Here every GET is written to one connection as it
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, cast
 
 import hiredis
@@ -155,6 +157,15 @@ class RedisPipe:
         if len(requests) == 1:
             return [await protocol.send(requests[0])]  # no gather on the hit path
         return list(await asyncio.gather(*(protocol.send(request) for request in requests)))
+
+    def send_now(self, request: bytes) -> Awaitable[Any]:
+        """Any one command (encoded: `command`), queued in this turn of the loop when connected
+        (so it goes out in the same write as the hit's GET queued next to it); else sent once
+        connected."""
+        protocol = self._protocol
+        if protocol is not None and protocol.transport is not None:
+            return protocol.send(request)
+        return self._send(request)
 
     async def _send_two(self, first: bytes, second: bytes) -> tuple[Any, Any]:
         protocol = self._protocol

@@ -49,13 +49,16 @@ async def preflight(runtime: Runtime, parsed: ParsedRequest, model: str) -> Rese
     """429 `budget_exceeded` before the upstream is asked, when the estimate would not fit;
     else the estimate is held against the budgets until the request settles (the returned
     hold, for `count_flight` or `budgets.settle`)."""
+    estimate = runtime.prices.estimate(model, len(parsed.raw), max_output_tokens(parsed))
+    return await runtime.budgets.preflight(parsed.identity.tenant, parsed.user_id, estimate)
+
+
+def max_output_tokens(parsed: ParsedRequest) -> int | None:
     body = parsed.body  # chat's names, the Responses API's, Messages' (max_tokens)
     limit = (
         body.get("max_completion_tokens") or body.get("max_output_tokens") or body.get("max_tokens")
     )
-    max_tokens = limit if isinstance(limit, int) and not isinstance(limit, bool) else None
-    estimate = runtime.prices.estimate(model, len(parsed.raw), max_tokens)
-    return await runtime.budgets.preflight(parsed.identity.tenant, parsed.user_id, estimate)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
 
 
 async def count_flight(

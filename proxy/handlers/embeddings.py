@@ -43,6 +43,7 @@ from proxy.handlers.parse import (
     view,
 )
 from proxy.handlers.pipeline import submit_share
+from proxy.handlers.rate import admit_request, admit_tokens, open_rate, settle_tokens
 from proxy.keys import NON_SEMANTIC_FIELDS, CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
@@ -67,15 +68,26 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     req = view(EmbeddingRequest, parsed.body)
     items = input_items(req.input)
     keys = _Keys.of(runtime, parsed, items)
-    found = await _lookup(runtime, parsed, keys)
+    rate = open_rate(runtime, parsed) if runtime.limiter.active else None
+    try:
+        found = await _lookup(runtime, parsed, keys)
+    finally:
+        if rate is not None:  # every request counts, whatever it found (docs/design.md §13)
+            await admit_request(request, runtime.limiter, rate)
     missing = [i for i, vector in enumerate(found) if vector is None]
     outcome = open_outcome(request, parsed, req.model)
     cached_tokens = _count_hits(runtime, outcome, found)
     if not missing:
         return _answer(parsed, req, keys.request, found, 0, None, cached_tokens)
     refuse_repeated_keys(parsed.raw, parsed.body)  # the upstream must read what the key read
+    if rate is not None:
+        await admit_tokens(request, runtime, parsed, rate)
     request[MISS_HEADERS] = cache_headers(parsed.miss_status, keys.request)
     fetched = await _fill(request, runtime, parsed, outcome, req.model, keys, items, found)
+    if rate is not None:
+        await settle_tokens(
+            runtime, rate, 0 if isinstance(fetched, web.Response) else fetched.spent
+        )
     if isinstance(fetched, web.Response):
         fetched.headers.update(request[MISS_HEADERS])
         return fetched  # the upstream's error, unchanged

@@ -23,7 +23,10 @@ import msgspec
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy.accounting import Outcome
 from proxy.body import read_body
+from proxy.budget import Reservation
+from proxy.cache.entry import EntryMeta
 from proxy.dispatch.batch_shapes import (
     BATCH_SIZE_HEADER,
     UNBATCHED_FIELDS,
@@ -34,15 +37,26 @@ from proxy.dispatch.batch_shapes import (
 from proxy.dispatch.call import StorePlan, UpstreamCall, Validator, store_answer
 from proxy.dispatch.flight import Answer, Flight
 from proxy.dispatch.runner import Sender
+from proxy.failures import BudgetExceeded
 from proxy.handlers.answers import MISS_HEADERS, cache_headers, entry_meta, lookup, serve_stored
 from proxy.handlers.costing import count_flight, count_hit, open_outcome, preflight
+from proxy.handlers.downgrade import DOWNGRADED_FROM, with_model
 from proxy.handlers.hot import PREPARED, KnownRequests
 from proxy.handlers.json_body import refuse_repeated_keys
 from proxy.handlers.parse import ParsedRequest, parse_request, upstream_headers
+from proxy.handlers.rate import (
+    RateCheck,
+    admit_request,
+    admit_tokens,
+    open_rate,
+    own_usage,
+    settle_tokens,
+)
 from proxy.handlers.respond import flight_for, respond
 from proxy.handlers.semantic import remember_answer, semantic_headers, semantic_lookup
 from proxy.keys import CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime
+from proxy.semantic.cache import Probe
 from proxy.spans import ANSWER_BODY
 from proxy.ttl import Kind
 from proxy.upstream.exchange import UpstreamRequest
@@ -128,13 +142,19 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
             known_requests.put(route.endpoint, sent, request.raw_headers, known, len(raw))
     parsed, asked, scope, key = known.parsed, known.asked, known.scope, known.key
     outcome = open_outcome(request, parsed, asked.model)
-    if runtime.tracer.on:
-        with runtime.tracer.span("sidecache.cache.lookup"):
+    # Sent before the lookup's GET, so both go to Redis in one write (one round trip).
+    rate = open_rate(runtime, parsed) if runtime.limiter.active else None
+    try:
+        if runtime.tracer.on:
+            with runtime.tracer.span("sidecache.cache.lookup"):
+                found = await lookup(runtime, prepared, parsed, key)
+            if found is not None:  # the span's response model (and content), a stream's too
+                request[ANSWER_BODY] = found.entry.body
+        else:  # the hit path, untraced: not even a no-op context
             found = await lookup(runtime, prepared, parsed, key)
-        if found is not None:  # the span's response model (and content), a stream's too
-            request[ANSWER_BODY] = found.entry.body
-    else:  # the hit path, untraced: not even a no-op context
-        found = await lookup(runtime, prepared, parsed, key)
+    finally:
+        if rate is not None:  # 429 before the stored answer is served or anything is spent
+            await admit_request(request, runtime.limiter, rate)
     if found is not None:
         count_hit(runtime, outcome, found)
         return await serve_stored(
@@ -159,8 +179,61 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
                 match=semantic_headers(probe.chosen),
             )
     refuse_repeated_keys(parsed.raw, parsed.body)  # the upstream must read what the key read
+    if rate is not None:  # before any budget hold, queue slot or upstream call
+        await admit_tokens(request, runtime, parsed, rate)
     meta = entry_meta(parsed, asked.model, scope, runtime.invalidations.generation)
+    try:
+        held = await preflight(runtime, parsed, asked.model)
+    except BudgetExceeded:
+        cheaper = runtime.settings.budget.downgrade_for(asked.model)
+        if cheaper is None:
+            raise
+        return await _downgraded(request, runtime, route, known, cheaper, outcome, rate)
+    return await _call(request, runtime, route, known, meta, outcome, held, rate, probe)
+
+
+async def _downgraded(
+    request: web.Request,
+    runtime: Runtime,
+    route: CachedRoute,
+    known: Known,
+    cheaper: str,
+    outcome: Outcome,
+    rate: RateCheck | None,
+) -> web.StreamResponse:
+    """Over budget (docs/design.md §13): the request as if it had asked for `cheaper`, with
+    that model's key and price, answered with X-Downgraded-From; the usual 429 when `cheaper`
+    does not fit the budget either."""
+    served = _known(request, runtime, route, with_model(known.parsed, cheaper))
+    parsed, asked = served.parsed, served.asked
+    request[DOWNGRADED_FROM] = known.asked.model
+    outcome.model = asked.model  # the ledger records the model that served the request
+    meta = entry_meta(parsed, asked.model, served.scope, runtime.invalidations.generation)
+    found = await lookup(runtime, request.app[PREPARED], parsed, served.key)
+    if found is not None:
+        count_hit(runtime, outcome, found)
+        runtime.metrics.budget_downgrades.inc()
+        return await serve_stored(
+            request, found, stream=asked.stream, include_usage=asked.include_usage
+        )
     held = await preflight(runtime, parsed, asked.model)
+    runtime.metrics.budget_downgrades.inc()
+    return await _call(request, runtime, route, served, meta, outcome, held, rate, None)
+
+
+async def _call(
+    request: web.Request,
+    runtime: Runtime,
+    route: CachedRoute,
+    known: Known,
+    meta: EntryMeta,
+    outcome: Outcome,
+    held: Reservation | None,
+    rate: RateCheck | None,
+    probe: Probe | None,
+) -> web.StreamResponse:
+    """The miss: one flight per key, its leader's upstream call, everyone's answer."""
+    parsed, asked, key = known.parsed, known.asked, known.key
     plan = None
     if parsed.directives.write:
         ttl = runtime.ttl.seconds(asked.ttl_kind, parsed.persona.score, parsed.directives.max_age)
@@ -196,6 +269,9 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
         await count_flight(runtime, outcome, parsed, flight, leader, held)
         if runtime.tracer.on:
             _keep_answer(request, flight)
+        if rate is not None:
+            await settle_tokens(runtime, rate, own_usage(flight, leader))
+        semantic = runtime.semantic
         if probe is not None and semantic is not None and leader and plan is not None:
             remember_answer(semantic, probe, flight, plan)
 
@@ -213,6 +289,12 @@ async def _parse(request: web.Request, runtime: Runtime, route: CachedRoute) -> 
     parsed = await parse_request(
         request, runtime, route.endpoint, persona_aware=route.persona_aware
     )
+    return _known(request, runtime, route, parsed)
+
+
+def _known(
+    request: web.Request, runtime: Runtime, route: CachedRoute, parsed: ParsedRequest
+) -> Known:
     asked = route.adapter.read(parsed)
     keys = runtime.keys
     dims = keys.persona_dims(route.endpoint, asked.model) if route.persona_aware else ()

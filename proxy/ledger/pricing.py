@@ -223,6 +223,12 @@ class PriceTable:
         prompt_tokens = math.ceil(max(0, prompt_chars) / self.chars_per_token)
         return self.estimate_tokens(model, prompt_tokens, max_tokens)
 
+    def token_estimate(self, prompt_chars: int, max_tokens: int | None = None) -> int:
+        """The tokens `estimate` prices (the rate limits' pre-flight charge)."""
+        prompt_tokens = math.ceil(max(0, prompt_chars) / self.chars_per_token)
+        output = self.default_output_tokens if max_tokens is None else max(0, max_tokens)
+        return prompt_tokens + output
+
     def estimate_tokens(self, model: str, prompt_tokens: int, max_tokens: int | None) -> float:
         price = self.price_for(model)
         if price is None:

@@ -1,0 +1,30 @@
+"""Over-budget downgrade (docs/design.md §13): the request as sent with a cheaper model, and
+the `X-Downgraded-From` header its answer carries."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import msgspec
+from aiohttp import web
+
+from proxy.handlers.parse import ParsedRequest
+
+DOWNGRADED_FROM = web.RequestKey("sidecache_downgraded_from", str)
+_encode = msgspec.json.Encoder().encode
+
+
+def with_model(parsed: ParsedRequest, model: str) -> ParsedRequest:
+    """`parsed` asking for `model`: its body, and the bytes sent upstream, say so."""
+    body = {**parsed.body, "model": model}
+    return dataclasses.replace(parsed, body=body, raw=_encode(body))
+
+
+class DowngradeHeader:
+    """The response signal: the model the client asked for, on a downgraded request's answer
+    (its hit, its miss, its error alike)."""
+
+    async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
+        requested = request.get(DOWNGRADED_FROM)
+        if requested is not None:
+            response.headers["X-Downgraded-From"] = requested

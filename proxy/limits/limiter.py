@@ -1,0 +1,290 @@
+"""Sliding-log rate limits: which limits apply to a request, and the decision
+(docs/design.md §13). The logs live in a counter: Redis (proxy/limits/redis_backend.py) or
+this process's memory without it (proxy/limits/memory.py).
+
+A sliding log keeps every counted request (and its tokens) for one window, so in ANY window's
+span no more than the limit is ever let through: no burst of twice the limit at a window's
+edge (as fixed windows allow), and no approximation (as two weighted windows are). What it costs
+is memory of one entry per counted request, which the limit itself bounds.
+
+The counter is sent the request's check when `check` is called, not when its answer is
+awaited: on the hit path the check goes to Redis in the same write as the cache GET (or is
+decided from this replica's lease, proxy/limits/lease.py, without Redis at all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import secrets
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import msgspec
+
+from proxy.budget.limits import hashed_part, key_part
+from proxy.failures import RateLimited
+from proxy.limits.lease import LEASE_S, Leases
+from proxy.limits.types import Counted, Decision, Scope, ScopeUse
+from proxy.settings import RateSettings
+from proxy.vocabulary import RATE_KEY_PREFIX
+
+# (tenant, user) pairs whose scopes are kept: past it the table starts again.
+_SCOPES_KEPT = 10_000
+_SEEN_KEPT = 1_000
+_WAIT_FOR_ASK_S = 1.0
+
+
+class CounterDown(Exception):
+    """The shared counter (Redis) cannot answer: the request goes on unlimited."""
+
+
+class Counter(Protocol):
+    backend: str
+
+    def take(
+        self,
+        scopes: Sequence[Scope],
+        member: str,
+        requests: int,
+        tokens: int,
+        window_ms: int,
+        lease_ms: int = 0,
+    ) -> Awaitable[Counted]:
+        """Checks and (when every limit allows it) counts; sent before this returns. `requests`
+        above one is a lease's batch: as many as fit are granted (the last item of the
+        answer), each counted as if used at the lease's end (`lease_ms` from now)."""
+
+    async def correct(
+        self, scopes: Sequence[Scope], member: str, tokens: int, window_ms: int
+    ) -> None:
+        """Replaces `member`'s counted tokens (the estimate) by `tokens` (the real usage)."""
+
+
+class LimitOverride(msgspec.Struct, frozen=True):
+    """An operator's limits for one tenant or user; None keeps the setting's."""
+
+    scope: str  # "tenant" | "user"
+    id: str
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+@dataclass
+class Limiter:
+    settings: RateSettings
+    counter: Counter
+    on_unenforced: Callable[[], None] = lambda: None
+    on_limited: Callable[[str, str], None] = lambda scope, kind: None
+    overrides: dict[tuple[str, str], LimitOverride] = field(default_factory=dict)
+    _ids: Callable[[], int] = field(default_factory=lambda: itertools.count().__next__)
+    _prefix: str = field(default_factory=lambda: secrets.token_hex(4))
+    # Whether any limit may apply to any request: off, a request does no rate work at all.
+    active: bool = False
+    # Requests taken a few at a time (proxy/limits/lease.py): with a shared counter only.
+    leases: Leases | None = None
+    _scopes: dict[tuple[str, str | None], tuple[Scope, ...]] = field(default_factory=dict)
+    seen: dict[str, None] = field(default_factory=dict)  # tenants this process counted
+
+    def __post_init__(self) -> None:
+        self.active = self.settings.any or bool(self.overrides)
+        if self.counter.backend == "redis":
+            self.leases = Leases()
+
+    def set_overrides(self, rows: Sequence[LimitOverride]) -> None:
+        self.overrides = {(row.scope, row.id): row for row in rows}
+        self._scopes = {}
+        self.active = self.settings.any or bool(self.overrides)
+
+    @property
+    def window_ms(self) -> int:
+        return int(self.settings.window_s * 1000)
+
+    def scopes(self, tenant: str, user_id: str | None) -> tuple[Scope, ...]:
+        """The scopes with some limit (none: the request is not counted at all); kept per
+        (tenant, user) until the overrides change."""
+        known = self._scopes.get((tenant, user_id))
+        if known is None:
+            if len(self._scopes) >= _SCOPES_KEPT:
+                self._scopes.clear()
+            known = self._scopes[(tenant, user_id)] = self._make_scopes(tenant, user_id)
+        return known
+
+    def _make_scopes(self, tenant: str, user_id: str | None) -> tuple[Scope, ...]:
+        self.seen[tenant] = None  # for the admin's view of current use (newest last)
+        if len(self.seen) > _SEEN_KEPT:
+            del self.seen[next(iter(self.seen))]
+        cfg, found = self.settings, self.overrides
+        base = RATE_KEY_PREFIX % key_part(tenant)
+        out: list[Scope] = []
+        row = found.get(("tenant", tenant)) if found else None
+        rpm, tpm = _limits(row, cfg.tenant_rpm, cfg.tenant_tpm)
+        if rpm or tpm:
+            out.append(Scope("tenant", f"{base}:t", rpm, tpm))
+        if user_id:
+            row = found.get(("user", user_id)) if found else None
+            rpm, tpm = _limits(row, cfg.user_rpm, cfg.user_tpm)
+            if rpm or tpm:  # user ids never appear in Redis keys
+                out.append(Scope("user", f"{base}:u:{hashed_part(user_id)}", rpm, tpm))
+        return tuple(out)
+
+    def member(self) -> str:
+        return f"{self._prefix}.{self._ids()}"
+
+    def check_request(
+        self, scopes: tuple[Scope, ...]
+    ) -> Decision | Coroutine[Any, Any, Decision | None]:
+        """One request (a hit's check): decided at once from this replica's lease when it
+        holds one (proxy/limits/lease.py); else after the lease being asked for, when one is in
+        flight; else asked of the counter, sent before this returns."""
+        leases = self.leases
+        if leases is None:
+            return self.check(scopes, self.member(), requests=1, tokens=0)
+        held = leases.use(scopes)
+        if held is not None:
+            return held  # decided here: nothing to await, nothing sent
+        asking = leases.asking(scopes)
+        if asking is not None:
+            return self._after(scopes, leases, asking)
+        member = self.member()
+        batch, asked_at = leases.batch(scopes)
+        lease_ms = int(LEASE_S * 1000) if batch > 1 else 0
+        try:
+            sent = self.counter.take(scopes, member, batch, 0, self.window_ms, lease_ms)
+        except CounterDown:
+            return self._decide(scopes, None, 1, 0)
+        return self._leased(scopes, sent, leases, asked_at, leases.ask(scopes))
+
+    async def _leased(
+        self,
+        scopes: tuple[Scope, ...],
+        sent: Awaitable[Counted],
+        leases: Leases,
+        asked_at: float,
+        asked: asyncio.Future[None],
+    ) -> Decision | None:
+        try:
+            counted = await sent
+        except CounterDown:
+            self.on_unenforced()
+            return None
+        finally:
+            leases.answered(scopes, asked)
+        return leases.granted(scopes, decision(scopes, counted), counted[-1], asked_at)
+
+    async def _after(
+        self, scopes: tuple[Scope, ...], leases: Leases, asking: asyncio.Future[None]
+    ) -> Decision | None:
+        """A request that came while its lease was being asked for: from the new lease, else
+        asked for alone (the batch was too small for every request that waited)."""
+        # Bounded: should the asking request never await its ask, waiters ask for themselves.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(_WAIT_FOR_ASK_S):
+                await asyncio.shield(asking)
+        held = leases.use(scopes)
+        if held is not None:
+            return held
+        leases.missed(scopes)
+        return await self.check(scopes, self.member(), requests=1, tokens=0)
+
+    def check(
+        self, scopes: Sequence[Scope], member: str, *, requests: int, tokens: int
+    ) -> Coroutine[Any, Any, Decision | None]:
+        """Sends the check now; awaiting the result gives the decision (None: not enforced,
+        the counter is down)."""
+        try:
+            sent = self.counter.take(scopes, member, requests, tokens, self.window_ms)
+        except CounterDown:
+            sent = None
+        return self._decide(scopes, sent, requests, tokens)
+
+    async def _decide(
+        self,
+        scopes: Sequence[Scope],
+        sent: Awaitable[Counted] | None,
+        requests: int,
+        tokens: int,
+    ) -> Decision | None:
+        try:
+            if sent is None:
+                raise CounterDown("not sent")
+            counted = await sent
+        except CounterDown:
+            self.on_unenforced()
+            return None
+        return decision(scopes, counted)
+
+    async def usage(self, tenant: str) -> Decision | None:
+        """A tenant's current use of its own limits, counting nothing (None: no limit applies,
+        or the counter is down)."""
+        scopes = tuple(s for s in self.scopes(tenant, None) if s.name == "tenant")
+        if not scopes:
+            return None
+        return await self.check(scopes, "", requests=0, tokens=0)
+
+    async def correct(self, scopes: Sequence[Scope], member: str, tokens: int) -> None:
+        charged = [s for s in scopes if s.tpm]
+        if not charged:
+            return
+        try:
+            await self.counter.correct(charged, member, tokens, self.window_ms)
+        except CounterDown:
+            self.on_unenforced()
+
+    def refusal(
+        self, scopes: Sequence[Scope], counted: Decision, requests: int, tokens: int
+    ) -> RateLimited:
+        """429 `rate_limit_exceeded`, naming the limit (never an id)."""
+        scope, kind, limit = _refused(scopes, counted, requests, tokens)
+        self.on_limited(scope, kind)
+        wait_s = max(1, math.ceil(counted.retry_ms / 1000))
+        return RateLimited(
+            f"Rate limit reached: the {scope}'s limit of {limit} {kind} per "
+            f"{_window(self.settings.window_s)}. Please try again in {wait_s} s.",
+            retry_after_s=wait_s,
+        )
+
+
+def _limits(row: LimitOverride | None, rpm: int, tpm: int) -> tuple[int, int]:
+    if row is None:
+        return rpm, tpm
+    return (rpm if row.rpm is None else row.rpm), (tpm if row.tpm is None else row.tpm)
+
+
+def _window(seconds: float) -> str:
+    return "minute" if seconds == 60 else f"{seconds:g} s"
+
+
+def decision(scopes: Sequence[Scope], counted: Counted) -> Decision:
+    """The decision, with the tightest limit of each kind (least remaining) for the headers."""
+    requests: ScopeUse | None = None
+    tokens: ScopeUse | None = None
+    for i, scope in enumerate(scopes):
+        used_r, reset_r, used_t, reset_t = counted[2 + 4 * i : 6 + 4 * i]
+        if scope.rpm and (requests is None or scope.rpm - used_r < requests.limit - requests.used):
+            requests = ScopeUse(scope.rpm, used_r, reset_r)
+        if scope.tpm and (tokens is None or scope.tpm - used_t < tokens.limit - tokens.used):
+            tokens = ScopeUse(scope.tpm, used_t, reset_t)
+    return Decision(bool(counted[0]), counted[1], requests, tokens)
+
+
+def _refused(
+    scopes: Sequence[Scope], counted: Decision, requests: int, tokens: int
+) -> tuple[str, str, int]:
+    """Which limit refused: the reported use of each kind is the tightest one."""
+    use = counted.requests
+    if requests and use is not None and use.used + requests > use.limit:
+        return _scope_of(scopes, use.limit, rpm=True), "requests", use.limit
+    use = counted.tokens
+    limit = use.limit if use is not None else 0
+    return _scope_of(scopes, limit, rpm=False), "tokens", limit
+
+
+def _scope_of(scopes: Sequence[Scope], limit: int, *, rpm: bool) -> str:
+    for scope in scopes:
+        if (scope.rpm if rpm else scope.tpm) == limit:
+            return scope.name
+    return "tenant"
