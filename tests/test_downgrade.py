@@ -98,7 +98,7 @@ def test_within_budget_nothing_is_downgraded(make_sidecar: SidecarFactory, tmp_p
     assert not answer.json()["model"].startswith("gpt-4o-mini")
 
 
-TENANT, OTHER = "3f1c9a7d5e2b4c60", "9e8d7c6b5a493827"
+TENANT, OTHER, QUIET = "3f1c9a7d5e2b4c60", "9e8d7c6b5a493827", "0a1b2c3d4e5f6071"
 # What a column may hold that is not a table: SQLite's TEXT takes anything, PostgreSQL's jsonb
 # any JSON value.
 MALFORMED = {"sqlite": "{not json", "postgres": '["gpt-4o-mini"]'}
@@ -134,6 +134,8 @@ async def test_an_override_table_comes_before_the_configured_one(
         db, "tenant", TENANT, '{"gpt-*": "gpt-3.5-turbo", "gpt-4o*": "gpt-4o-mini"}'
     )
     await store_override(db, "user", "frugal", "{}")  # no downgrade for this user
+    await store_override(db, "user", "own", '{"gpt-4o*": "gpt-4o-mini-2024-07-18"}')
+    await store_override(db, "tenant", QUIET, "{}")  # no downgrade for this tenant
     await store_override(db, "user", "broken", MALFORMED[database])
     await store_override(db, "user", "empty-name", '{"gpt-4o*": ""}')
     await store_override(db, "user", "limits-only", None, daily=5.0)  # defers: NULL table
@@ -153,6 +155,10 @@ async def test_an_override_table_comes_before_the_configured_one(
     # The user's empty table turns downgrades off, the tenant's and the configured alike.
     assert cheaper(TENANT, "frugal", "gpt-4o") is None
     assert cheaper(OTHER, "frugal", "o3") is None
+    assert cheaper(QUIET, None, "o3") is None
+    # The user's own table comes before the tenant's.
+    assert cheaper(TENANT, "own", "gpt-4o") == "gpt-4o-mini-2024-07-18"
+    assert cheaper(TENANT, "own", "gpt-4.1") is None
     # A malformed table is ignored: the row defers to the tenant's, then the configured one.
     for user in ("broken", "empty-name"):
         assert cheaper(TENANT, user, "gpt-4o") == "gpt-4o-mini"
