@@ -67,8 +67,7 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
     app[PREPARED] = PreparedEntries(TABLE_BYTES)
     app.on_response_prepare.append(_RequestIds())
     app.on_response_prepare.append(RateHeaders())  # an admin override may turn limits on
-    if runtime.settings.budget.downgrade_to:
-        app.on_response_prepare.append(DowngradeHeader())
+    app.on_response_prepare.append(DowngradeHeader())  # a budget override may bring a table
     for endpoint, handler in UNDERSTOOD.items():
         app.router.add_post(endpoint.path, handler)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)

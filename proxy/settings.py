@@ -5,7 +5,6 @@ Reading them (defaults <- TOML <- environment) is `proxy.settings_load`.
 
 from __future__ import annotations
 
-import fnmatch
 from typing import Annotated, Literal
 
 import msgspec
@@ -252,15 +251,9 @@ class BudgetSettings(msgspec.Struct, forbid_unknown_fields=True):
     # died mid-call): longer than any upstream call.
     reservation_hold_s: Annotated[float, msgspec.Meta(gt=0)] = 300.0
     # Over budget, a request for a model matching a glob is sent with the cheaper model named
-    # instead of answered 429 (the first glob that matches, in the file's order).
+    # instead of answered 429 (the first glob that matches, in the file's order; a budget
+    # override's own table comes first: proxy/budget/downgrades.py).
     downgrade_to: dict[str, Annotated[str, msgspec.Meta(min_length=1)]] = {}
-
-    def downgrade_for(self, model: str) -> str | None:
-        """The cheaper model for `model` over budget; None where none is configured."""
-        for glob, cheaper in self.downgrade_to.items():
-            if fnmatch.fnmatchcase(model, glob):
-                return cheaper if cheaper != model else None
-        return None
 
 
 class RateSettings(msgspec.Struct, forbid_unknown_fields=True):

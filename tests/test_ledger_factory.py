@@ -69,7 +69,7 @@ async def test_without_migrations_records_wait_in_the_journal(tmp_path: Path) ->
     await writer.flush()
     assert writer.stats.journal_pending == 20  # no tables yet: nothing can be written
     # The operator runs `sidecache migrate`.
-    assert (await migrate_ledger(settings))[1] == [1, 2, 3, 4, 5, 6]
+    assert (await migrate_ledger(settings))[1] == [1, 2, 3, 4, 5, 6, 7]
     for rec in records[20:]:
         writer.record(rec)
     await writer.close()

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 
 from proxy.ledger.migrate import load_migrations, split_sqlite
@@ -23,7 +24,7 @@ TABLES = {"ai_requests", "ai_usage_hourly", "ai_usage_tenant_hourly", "admin_aud
           "budget_overrides", "schema_migrations"}  # fmt: skip
 INDEXES = {"ai_requests_user_created", "ai_requests_tenant_created"}
 
-ALL = [1, 2, 3, 4, 5, 6]  # every migration shipped, in order
+ALL = [1, 2, 3, 4, 5, 6, 7]  # every migration shipped, in order
 _PG_MIGRATIONS_TABLE = """
 CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,
                                 applied_at timestamptz NOT NULL DEFAULT now())"""
@@ -155,11 +156,66 @@ def test_cli_migrate_fails_with_one_line_when_the_database_is_down(tmp_path: Pat
     assert "hunter2" not in failed.stderr + failed.stdout
 
 
+async def migrated_upto(db: LedgerDb, version: int, *statements: str) -> None:
+    """A ledger as an older release left it: the migrations up to `version`, then
+    `statements` (its rows)."""
+    dialect = "postgres" if db.kind == "postgres" else "sqlite"
+    older = [m for m in load_migrations(dialect) if m.version <= version]
+    if db.kind == "postgres":
+        conn = await asyncpg.connect(db.target)
+        try:
+            await conn.execute(_PG_MIGRATIONS_TABLE)
+            for m in older:
+                await conn.execute(m.sql)
+                await conn.execute(
+                    "INSERT INTO schema_migrations VALUES ($1, $2)", m.version, m.name
+                )
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+    else:
+        with sqlite3.connect(db.target) as conn:
+            conn.execute(_SQLITE_MIGRATIONS_TABLE)
+            for m in older:
+                for statement in split_sqlite(m.sql):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, '')", (m.version, m.name))
+            for statement in statements:
+                conn.execute(statement)
+
+
+async def test_migration_007_keeps_the_budget_overrides(db: LedgerDb) -> None:
+    """An override written before 007 keeps its limits and has no downgrade table of its own
+    (NULL: the configured `[budget.downgrade_to]` applies); a table written after reads back."""
+    await migrated_upto(
+        db,
+        6,
+        "INSERT INTO budget_overrides (scope, subject, daily_usd) VALUES ('tenant', 't-old', 2.5)",
+    )
+    sink = db.sink()
+    assert await sink.migrate() == [7]
+    (old,) = await sink.fetch_overrides()
+    assert (old.scope, old.subject, old.daily_usd, old.downgrade_to) == (
+        "tenant",
+        "t-old",
+        2.5,
+        None,
+    )
+    await db.execute(
+        "INSERT INTO budget_overrides (scope, subject, downgrade_to) "
+        """VALUES ('user', 'u-new', '{"o3*": "o4-mini"}')"""
+    )
+    tables = {row.subject: row.downgrade_to for row in await sink.fetch_overrides()}
+    await sink.close()
+    assert tables["t-old"] is None
+    assert tables["u-new"] is not None
+    assert msgspec.json.decode(tables["u-new"]) == {"o3*": "o4-mini"}
+
+
 async def test_migration_004_over_a_003_ledger_keeps_its_rows(db: LedgerDb) -> None:
     """A ledger at 003 with rows in it: 004 adds the token kinds and the tier (0, 0 and NULL
     on the old rows and roll-ups), and both sinks write and roll up the new columns."""
-    dialect = "postgres" if db.kind == "postgres" else "sqlite"
-    upto_003 = [m for m in load_migrations(dialect) if m.version <= 3]
     old_row = (
         "INSERT INTO ai_requests (id, tenant, persona, request_type, model, prompt_tokens, "
         "completion_tokens, cost, cache_hit, cache_status, status, created_at) VALUES "
@@ -171,30 +227,10 @@ async def test_migration_004_over_a_003_ledger_keeps_its_rows(db: LedgerDb) -> N
         "prompt_tokens, cost) VALUES ('2026-11-24T09:00:00.000000Z', 't-old', 'm', "
         "'chat.completions', 1, 40, 0.5)"
     )
-    if db.kind == "postgres":
-        conn = await asyncpg.connect(db.target)
-        try:
-            await conn.execute(_PG_MIGRATIONS_TABLE)
-            for m in upto_003:
-                await conn.execute(m.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations VALUES ($1, $2)", m.version, m.name
-                )
-            await conn.execute(old_row.replace("{false}", "false"))
-            await conn.execute(old_rollup)
-        finally:
-            await conn.close()
-    else:
-        with sqlite3.connect(db.target) as conn:
-            conn.execute(_SQLITE_MIGRATIONS_TABLE)
-            for m in upto_003:
-                for statement in split_sqlite(m.sql):
-                    conn.execute(statement)
-                conn.execute("INSERT INTO schema_migrations VALUES (?, ?, '')", (m.version, m.name))
-            conn.execute(old_row.replace("{false}", "0"))
-            conn.execute(old_rollup)
+    false = "false" if db.kind == "postgres" else "0"
+    await migrated_upto(db, 3, old_row.replace("{false}", false), old_rollup)
     sink = db.sink()
-    assert await sink.migrate() == [4, 5, 6]
+    assert await sink.migrate() == [4, 5, 6, 7]
     records = make_records(20, seed=14)
     assert any(r.reasoning_tokens and r.cache_write_tokens for r in records)
     assert any(r.service_tier == "flex" for r in records)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 from proxy.budget.alerts import Alerter
 from proxy.budget.backlog import SettleBacklog
 from proxy.budget.crossings import Crossings
+from proxy.budget.downgrades import DowngradeTables
 from proxy.budget.limits import Budget, exceeded, hashed_part, key_part, limit_for, seconds
 from proxy.budget.restore import LedgerRestore
 from proxy.budget.spend import Check, MemorySpend, SpendStore, SpendUnavailable
@@ -83,6 +84,7 @@ class BudgetBook:
         self._source = overrides
         self._clock = clock
         self._overrides: dict[tuple[str, str], BudgetOverride] = {}
+        self.downgrades = DowngradeTables(settings)  # the cheaper model over budget
         self.crossings = Crossings(settings.alert_thresholds, store, self.alerter, clock)
         self._refresh: asyncio.Task[None] | None = None
         self._logged_at = -_LOG_EVERY_S
@@ -131,6 +133,7 @@ class BudgetBook:
             log.warning("cannot read budget overrides (%s: %s)", type(exc).__name__, exc)
             return False
         self._overrides = {(row.scope, row.subject): row for row in rows}
+        self.downgrades.load(rows)
         return True
 
     async def _refresh_loop(self) -> None:

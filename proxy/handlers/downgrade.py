@@ -1,17 +1,27 @@
-"""Over-budget downgrade (docs/design.md §13): the request as sent with a cheaper model, and
-the `X-Downgraded-From` header its answer carries."""
+"""Over-budget downgrade (docs/design.md §13): which cheaper model, the request as sent with
+it, and the `X-Downgraded-From` header its answer carries."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
 
 from proxy.handlers.parse import ParsedRequest
 
+if TYPE_CHECKING:
+    from proxy.runtime import Runtime
+
 DOWNGRADED_FROM = web.RequestKey("sidecache_downgraded_from", str)
 _encode = msgspec.json.Encoder().encode
+
+
+def downgrade_for(runtime: Runtime, parsed: ParsedRequest, model: str) -> str | None:
+    """The cheaper model a request over budget is sent with (its user's or tenant's budget
+    override's table, else `[budget.downgrade_to]`); None: the 429 stands."""
+    return runtime.budgets.downgrades.cheaper(parsed.identity.tenant, parsed.user_id, model)
 
 
 def with_model(parsed: ParsedRequest, model: str) -> ParsedRequest:

@@ -40,7 +40,7 @@ from proxy.dispatch.runner import Sender
 from proxy.failures import BudgetExceeded
 from proxy.handlers.answers import MISS_HEADERS, cache_headers, entry_meta, lookup, serve_stored
 from proxy.handlers.costing import count_flight, count_hit, open_outcome, preflight
-from proxy.handlers.downgrade import DOWNGRADED_FROM, with_model
+from proxy.handlers.downgrade import DOWNGRADED_FROM, downgrade_for, with_model
 from proxy.handlers.hot import PREPARED, KnownRequests
 from proxy.handlers.json_body import refuse_repeated_keys
 from proxy.handlers.parse import ParsedRequest, parse_request, upstream_headers
@@ -185,7 +185,7 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
     try:
         held = await preflight(runtime, parsed, asked.model)
     except BudgetExceeded:
-        cheaper = runtime.settings.budget.downgrade_for(asked.model)
+        cheaper = downgrade_for(runtime, parsed, asked.model)
         if cheaper is None:
             raise
         return await _downgraded(request, runtime, route, known, cheaper, outcome, rate)

@@ -215,8 +215,9 @@ class PostgresSink:
 
     async def fetch_overrides(self) -> list[BudgetOverride]:
         pool = await self._ready()
-        rows = await pool.fetch(
-            "SELECT scope, subject, daily_usd, monthly_usd, updated_at FROM budget_overrides"
+        rows = await pool.fetch(  # the table as text: the book validates it (jsonb takes any JSON)
+            "SELECT scope, subject, daily_usd, monthly_usd, updated_at,"
+            " downgrade_to::text AS downgrade_to FROM budget_overrides"
         )
         return [BudgetOverride(**dict(row)) for row in rows]
 

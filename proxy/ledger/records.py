@@ -166,12 +166,14 @@ def as_utc(moment: datetime) -> datetime:
 
 class BudgetOverride(msgspec.Struct, kw_only=True):
     """A row of `budget_overrides`: a limit of None falls back to the configured default, 0
-    means unlimited."""
+    means unlimited. `downgrade_to` is the row's own downgrade table as stored (JSON text;
+    None: the configured one applies), validated by proxy/budget/downgrades.py."""
 
     scope: Literal["tenant", "user"]
     subject: str
     daily_usd: float | None = None
     monthly_usd: float | None = None
+    downgrade_to: str | None = None
     updated_at: datetime = msgspec.field(default_factory=utc_now)
 
 

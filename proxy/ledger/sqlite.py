@@ -78,7 +78,8 @@ class SqliteSink:
         if self._migrate and not self._migrated:
             self._migrate_sync()
         rows = self._connection().execute(
-            "SELECT scope, subject, daily_usd, monthly_usd, updated_at FROM budget_overrides"
+            "SELECT scope, subject, daily_usd, monthly_usd, updated_at, downgrade_to"
+            " FROM budget_overrides"
         )
         return [
             BudgetOverride(
@@ -87,8 +88,9 @@ class SqliteSink:
                 daily_usd=daily,
                 monthly_usd=monthly,
                 updated_at=datetime.fromisoformat(updated),
+                downgrade_to=None if table is None else str(table),
             )
-            for scope, subject, daily, monthly, updated in rows
+            for scope, subject, daily, monthly, updated, table in rows
         ]
 
     def timestamp_param(self, moment: datetime) -> str:
