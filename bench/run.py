@@ -146,8 +146,10 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     versus.hits_vs_baseline,
     stores.hits_by_store,
     workers.workers_hits,
+    rate_limits.rate_limits_hits,
     cluster.cluster_hits,
     cluster.cluster_failover,
+    sentinel_failover.sentinel_failover,
     misses.miss_overhead,
     batching.embeddings_batching,
     embeddings_burst.embeddings_burst,
@@ -166,8 +168,6 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     semantic.semantic_lookup_latency,
     semantic_hits.semantic_exact_hits,
     tracing.tracing_overhead,
-    sentinel_failover.sentinel_failover,
-    rate_limits.rate_limits_hits,
     memory.peak_rss,
 )
 # Run only with `--baseline REV` (by default, or when --only names them).
