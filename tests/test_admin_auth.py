@@ -18,6 +18,8 @@ ACCEPTED: dict[tuple[str, str], tuple[Any, int]] = {
     ("post", "/cache/warm"): ({"api_key": "sk-k", "requests": [
         {"endpoint": "moderations", "body": {"input": "hi"}}]}, 202),
     ("get", "/cache/warm/{job}"): (None, 404),  # no such job: but past the token check
+    ("put", "/rate-limits"): ({"scope": "tenant", "id": "t-acme", "rpm": 60}, 200),
+    ("delete", "/rate-limits"): ({"scope": "tenant", "id": "t-acme"}, 200),
     # The semantic cache is off by default: past the token check, a 409.
     ("post", "/cache/feedback"): ({"key": "0123456789abcdef", "wrong": True}, 409),
 }  # fmt: skip

@@ -91,7 +91,7 @@ async def test_migration_003_over_a_002_ledger_and_both_sinks_write_the_columns(
 ) -> None:
     await at_002(db)
     sink = db.sink()
-    assert await sink.migrate() == [3, 4, 5, 6]
+    assert await sink.migrate() == [3, 4, 5, 6, 7]
     written = [
         record(CacheMatch.SEMANTIC, 0.9312, saved=0.002),
         record(CacheMatch.EXACT, None, saved=0.001),
