@@ -29,14 +29,7 @@ from tests.fixtures.redis_cluster import ClusterServers
 
 from .procs import HarnessError, request
 from .report import Check, Row, ms
-from .rounds import (
-    ROUNDS,
-    Contender,
-    median_percentile,
-    median_rate,
-    run_rounds,
-    start_warm_sidecar,
-)
+from .rounds import ROUNDS, Contender, Figures, run_rounds, start_warm_sidecar
 from .stack import Bench
 
 MIN_RATIO = 0.9
@@ -74,11 +67,11 @@ def cluster_hits(bench: Bench) -> list[Row]:
         ]
         run_rounds(bench, contenders)
     rows = []
-    rates = {c.name: median_rate(c.wrk) for c in contenders}
+    figures = {c.name: Figures.of(c) for c in contenders}
     for n, contender in enumerate(contenders):
-        rate = rates[contender.name]
-        p50, p99 = median_percentile(contender.hey, 50), median_percentile(contender.hey, 99)
-        ratio = rate / rates[SINGLE]
+        mine = figures[contender.name]
+        rate, p50, p99 = mine.requests_per_s, mine.p50_ms, mine.p99_ms
+        ratio = rate / figures[SINGLE].requests_per_s
         label = (
             f"cluster hits, median of {ROUNDS}: {contender.name}"
             if n == 0
