@@ -48,19 +48,20 @@ def _cluster(stack: ExitStack) -> ClusterServers:
     return cluster
 
 
+def _cluster_sidecar(stack: ExitStack, bench: Bench, name: str, cluster: ClusterServers) -> Bench:
+    """A warm sidecar on the cluster, its near cache off (every hit goes to Redis)."""
+    return start_warm_sidecar(
+        stack, bench, name, redis_url=cluster.url, settings={**NO_NEAR, "REDIS_CLUSTER": "on"}
+    )
+
+
 def cluster_hits(bench: Bench) -> list[Row]:
     with ExitStack() as stack:
         cluster = _cluster(stack)
         single = start_warm_sidecar(
             stack, bench, "single-node-sidecar", redis_url=bench.redis_url, settings=NO_NEAR
         )
-        clustered = start_warm_sidecar(
-            stack,
-            bench,
-            "cluster-sidecar",
-            redis_url=cluster.url,
-            settings={**NO_NEAR, "REDIS_CLUSTER": "on"},
-        )
+        clustered = _cluster_sidecar(stack, bench, "cluster-sidecar", cluster)
         contenders = [
             Contender.of_sidecar(SINGLE, single),
             Contender.of_sidecar(CLUSTER, clustered),
@@ -137,13 +138,7 @@ def _is_hit(url: str, bench: Bench) -> bool:
 def cluster_failover(bench: Bench) -> list[Row]:
     with ExitStack() as stack:
         cluster = _cluster(stack)
-        side = start_warm_sidecar(
-            stack,
-            bench,
-            "failover-sidecar",
-            redis_url=cluster.url,
-            settings={**NO_NEAR, "REDIS_CLUSTER": "on"},
-        )
+        side = _cluster_sidecar(stack, bench, "failover-sidecar", cluster)
         url = side.sidecar + "/chat/completions"
         if not _is_hit(url, bench):
             raise HarnessError("no cache hit on the cluster after warm-up")
