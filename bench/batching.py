@@ -13,10 +13,8 @@ Standalone: `python -m bench.batching [--quick]`.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,7 +23,7 @@ import msgspec
 
 from .parse import ParseError, WrkResult, parse_wrk
 from .procs import HarnessError, answers_200, clean_env, free_port, request, spawn, wait_until
-from .report import Check, Row, format_table, ms
+from .report import Check, Row, in_temp_dir, ms, run_standalone
 from .stack import AUTH, SETTING_NAMES, Bench, start_fake_upstream
 
 TARGET_RATIO = 10.0
@@ -189,15 +187,9 @@ def embeddings_batching(bench: Bench) -> list[Row]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.batching", description=__doc__.split("\n")[0]
+    return run_standalone(
+        "python -m bench.batching", __doc__, in_temp_dir("sidecache-batching-", measure)
     )
-    parser.add_argument("--quick", action="store_true", help="shorter runs")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="sidecache-batching-") as workdir:
-        rows = measure(Path(workdir), 0.2 if args.quick else 1.0)
-    print(format_table(rows, []))
-    return 0
 
 
 if __name__ == "__main__":

@@ -29,14 +29,7 @@ from tests.fixtures.redis_cluster import ClusterServers
 
 from .procs import HarnessError, request
 from .report import Check, Row, ms
-from .rounds import (
-    ROUNDS,
-    Contender,
-    median_percentile,
-    median_rate,
-    run_rounds,
-    start_warm_sidecar,
-)
+from .rounds import ROUNDS, Contender, Figures, run_rounds, start_warm_sidecar
 from .stack import Bench
 
 MIN_RATIO = 0.9
@@ -55,30 +48,31 @@ def _cluster(stack: ExitStack) -> ClusterServers:
     return cluster
 
 
+def _cluster_sidecar(stack: ExitStack, bench: Bench, name: str, cluster: ClusterServers) -> Bench:
+    """A warm sidecar on the cluster, its near cache off (every hit goes to Redis)."""
+    return start_warm_sidecar(
+        stack, bench, name, redis_url=cluster.url, settings={**NO_NEAR, "REDIS_CLUSTER": "on"}
+    )
+
+
 def cluster_hits(bench: Bench) -> list[Row]:
     with ExitStack() as stack:
         cluster = _cluster(stack)
         single = start_warm_sidecar(
             stack, bench, "single-node-sidecar", redis_url=bench.redis_url, settings=NO_NEAR
         )
-        clustered = start_warm_sidecar(
-            stack,
-            bench,
-            "cluster-sidecar",
-            redis_url=cluster.url,
-            settings={**NO_NEAR, "REDIS_CLUSTER": "on"},
-        )
+        clustered = _cluster_sidecar(stack, bench, "cluster-sidecar", cluster)
         contenders = [
             Contender.of_sidecar(SINGLE, single),
             Contender.of_sidecar(CLUSTER, clustered),
         ]
         run_rounds(bench, contenders)
     rows = []
-    rates = {c.name: median_rate(c.wrk) for c in contenders}
+    figures = {c.name: Figures.of(c) for c in contenders}
     for n, contender in enumerate(contenders):
-        rate = rates[contender.name]
-        p50, p99 = median_percentile(contender.hey, 50), median_percentile(contender.hey, 99)
-        ratio = rate / rates[SINGLE]
+        mine = figures[contender.name]
+        rate, p50, p99 = mine.requests_per_s, mine.p50_ms, mine.p99_ms
+        ratio = rate / figures[SINGLE].requests_per_s
         label = (
             f"cluster hits, median of {ROUNDS}: {contender.name}"
             if n == 0
@@ -144,13 +138,7 @@ def _is_hit(url: str, bench: Bench) -> bool:
 def cluster_failover(bench: Bench) -> list[Row]:
     with ExitStack() as stack:
         cluster = _cluster(stack)
-        side = start_warm_sidecar(
-            stack,
-            bench,
-            "failover-sidecar",
-            redis_url=cluster.url,
-            settings={**NO_NEAR, "REDIS_CLUSTER": "on"},
-        )
+        side = _cluster_sidecar(stack, bench, "failover-sidecar", cluster)
         url = side.sidecar + "/chat/completions"
         if not _is_hit(url, bench):
             raise HarnessError("no cache hit on the cluster after warm-up")

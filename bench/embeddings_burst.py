@@ -20,10 +20,8 @@ minus the lone p50. Standalone: `python -m bench.embeddings_burst [--quick]`.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -33,7 +31,7 @@ from tests.fixtures.burst import Burst, Outcome, burst
 
 from .batching import embedding_calls, start_batching_sidecar
 from .procs import HarnessError
-from .report import Check, Row, format_table, ms
+from .report import Check, Row, in_temp_dir, ms, run_standalone
 from .stack import AUTH, Bench, start_fake_upstream
 
 CLIENTS, SIZE = 40, 10
@@ -152,15 +150,9 @@ def embeddings_burst(bench: Bench) -> list[Row]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m bench.embeddings_burst", description=__doc__.split("\n")[0]
+    return run_standalone(
+        "python -m bench.embeddings_burst", __doc__, in_temp_dir("sidecache-burst-", measure)
     )
-    parser.add_argument("--quick", action="store_true", help="fewer bursts")
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="sidecache-burst-") as workdir:
-        rows = measure(Path(workdir), 0.2 if args.quick else 1.0)
-    print(format_table(rows, []))
-    return 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,8 @@ from contextlib import ExitStack
 import aiohttp
 import msgspec
 
+from tests.fixtures.upstreams import routing_toml
+
 from .procs import HarnessError, request
 from .report import Check, Row, ms
 from .stack import Bench, start_fake_upstream, start_sidecar
@@ -27,20 +29,6 @@ FAIL_RATE = 0.3
 REQUESTS = 400  # per round, scaled by --quick
 ROUNDS = 2
 CONCURRENCY = 4
-CONFIG = """
-[[upstreams]]
-name = "primary"
-base_url = "{primary}"
-models = ["gpt-*"]
-
-[[upstreams]]
-name = "backup"
-base_url = "{backup}"
-models = ["*"]
-
-[fallbacks]
-"gpt-4o-mini" = ["backup"]
-"""
 
 
 def _knobs(upstream: str, knobs: dict[str, object]) -> None:
@@ -93,7 +81,7 @@ def miss_failover(bench: Bench) -> list[Row]:
         primary = start_fake_upstream(stack, workdir, name="fake-upstream-primary")
         backup = start_fake_upstream(stack, workdir, name="fake-upstream-backup")
         config = workdir / "routes.toml"
-        config.write_text(CONFIG.format(primary=primary, backup=backup))
+        config.write_text(routing_toml(primary, backup))  # gpt-4o-mini falls back to backup
         sidecar = start_sidecar(
             stack,
             workdir,

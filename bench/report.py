@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -117,7 +118,7 @@ def run_standalone(
     prog: str,
     doc: str | None,
     measure: Callable[[ExitStack, float], list[Row]],
-    note: str,
+    note: str = "",
     argv: Sequence[str] | None = None,
 ) -> int:
     """`python -m bench.<module> [--quick]` for a measurement that starts its own servers:
@@ -131,5 +132,17 @@ def run_standalone(
         except HarnessError as err:
             print(f"bench: {err}", file=sys.stderr)
             return 1
-    print(format_table(rows, [note]))
+    print(format_table(rows, [note] if note else []))
     return 0
+
+
+def in_temp_dir(
+    prefix: str, measure: Callable[[Path, float], list[Row]]
+) -> Callable[[ExitStack, float], list[Row]]:
+    """`measure(workdir, scale)` as run_standalone wants it: in a temporary dir of its own."""
+
+    def run(stack: ExitStack, scale: float) -> list[Row]:
+        workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix=prefix))
+        return measure(Path(workdir), scale)
+
+    return run

@@ -105,6 +105,25 @@ class Contender:
         }
 
 
+@dataclass(frozen=True)
+class Figures:
+    """One server's medians over the rounds."""
+
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us: float
+
+    @classmethod
+    def of(cls, contender: Contender) -> Figures:
+        return cls(
+            median_rate(contender.wrk),
+            median_percentile(contender.hey, 50),
+            median_percentile(contender.hey, 99),
+            contender.cpu_us_per_hit(),
+        )
+
+
 def start_warm_sidecar(
     stack: ExitStack,
     bench: Bench,

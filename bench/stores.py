@@ -24,20 +24,12 @@ sidecar's own CPU time is counted per hit, not Redis's.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .floor import DICT_STORE
 from .report import Check, Row, ms
-from .rounds import (
-    ROUNDS,
-    Contender,
-    median_percentile,
-    median_rate,
-    run_rounds,
-    start_warm_sidecar,
-)
+from .rounds import ROUNDS, Contender, Figures, run_rounds, start_warm_sidecar
 from .stack import Bench, spawn_floor
 
 NEAR_CACHE_MB = 64
@@ -49,25 +41,6 @@ HEY_STEP_MS = 0.1  # hey's latency resolution: the tolerance of memory vs Redis 
 MEMORY, REDIS, NEAR = "memory store", "Redis store", "Redis + near cache"
 REDIS_FLOOR, DICT_FLOOR = "floor: aiohttp + redis-py GET", "floor: aiohttp + dict"
 SIDECARS = (MEMORY, REDIS, NEAR)
-
-
-@dataclass(frozen=True)
-class Figures:
-    """One server's medians over the rounds."""
-
-    requests_per_s: float
-    p50_ms: float
-    p99_ms: float
-    cpu_us: float
-
-    @classmethod
-    def of(cls, contender: Contender) -> Figures:
-        return cls(
-            median_rate(contender.wrk),
-            median_percentile(contender.hey, 50),
-            median_percentile(contender.hey, 99),
-            contender.cpu_us_per_hit(),
-        )
 
 
 def reads_setting(proxy_file: Path, name: str) -> bool:

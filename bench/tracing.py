@@ -13,14 +13,7 @@ from contextlib import ExitStack
 
 from .procs import HarnessError, free_port, request, spawn, wait_until
 from .report import Row
-from .rounds import (
-    ROUNDS,
-    Contender,
-    median_percentile,
-    median_rate,
-    run_rounds,
-    start_warm_sidecar,
-)
+from .rounds import ROUNDS, Contender, Figures, run_rounds, start_warm_sidecar
 from .stack import Bench
 
 # No target: "off" against today's code is `--baseline REV` (bench/versus.py); this row gives
@@ -68,27 +61,26 @@ def tracing_overhead(bench: Bench) -> list[Row]:
     if exports == 0:
         raise HarnessError("the tracing sidecar exported no spans to the OTLP sink")
     on, off = contenders
-    rate = {c.name: median_rate(c.wrk) for c in contenders}
-    p50 = {c.name: median_percentile(c.hey, 50) for c in contenders}
-    p99 = {c.name: median_percentile(c.hey, 99) for c in contenders}
-    ratio = rate["on"] / rate["off"]
+    fig_on, fig_off = Figures.of(on), Figures.of(off)
+    ratio = fig_on.requests_per_s / fig_off.requests_per_s
     return [
         Row(
             f"hit max req/s, tracing on (OTLP to a local sink) vs off (wrk -t1 -c32, "
             f"median of {ROUNDS})",
-            f"{rate['on']:,.0f} vs {rate['off']:,.0f} req/s (x{ratio:.2f})",
+            f"{fig_on.requests_per_s:,.0f} vs {fig_off.requests_per_s:,.0f} req/s (x{ratio:.2f})",
             data={
                 "requests_per_s": {c.name: [r.requests_per_s for r in c.wrk] for c in contenders}
             },
         ),
         Row(
             "  paced hit p50 / p99, tracing on vs off (hey -c1 -q1000)",
-            f"{p50['on']:.2f} / {p99['on']:.2f} vs {p50['off']:.2f} / {p99['off']:.2f} ms",
+            f"{fig_on.p50_ms:.2f} / {fig_on.p99_ms:.2f} vs "
+            f"{fig_off.p50_ms:.2f} / {fig_off.p99_ms:.2f} ms",
             data={"on": on.runs(), "off": off.runs()},
         ),
         Row(
             "  sidecar CPU per hit, tracing on vs off",
-            f"{on.cpu_us_per_hit():.0f} vs {off.cpu_us_per_hit():.0f} us "
+            f"{fig_on.cpu_us:.0f} vs {fig_off.cpu_us:.0f} us "
             f"({exports:,} exports, {size / 1e6:.1f} MB received)",
         ),
     ]

@@ -16,7 +16,7 @@ from bench.overshoot import chat_body, estimate_usd
 from bench.parse import ParseError, parse_hey, parse_wrk
 from bench.procs import REPO, HarnessError
 from bench.report import Check, Row, format_table
-from bench.rounds import best_rate, median_percentile, median_rate
+from bench.rounds import Figures, best_rate, median_percentile, median_rate
 from bench.run import parse_args
 from bench.stores import (
     DICT_FLOOR,
@@ -24,7 +24,6 @@ from bench.stores import (
     NEAR,
     REDIS,
     REDIS_FLOOR,
-    Figures,
     reads_setting,
     store_rows,
 )

@@ -15,7 +15,7 @@ import pytest
 from proxy.cache.slots import keyslot
 from proxy.vocabulary import INVALIDATION_GENERATION_KEY
 from tests.fixtures.redis_cluster import ClusterServers, SharedRedis
-from tests.fixtures.replicas import ADMIN_TOKEN, Replica
+from tests.fixtures.replicas import ADMIN_TOKEN, Replica, healthy_replicas
 from tests.fixtures.sidecar import Stub, http_request
 from tests.invalidation_support import invalidate
 
@@ -77,16 +77,8 @@ def three(
     tmp_path: Path, redis_cluster: ClusterServers, cluster_url: str, stub: Stub
 ) -> Iterator[list[Replica]]:
     shared = SharedRedis(cluster_url, {"REDIS_CLUSTER": "on"}, redis_cluster.primaries)
-    started = [
-        Replica(tmp_path, name, shared.url, stub.url, shared.env) for name in ("a", "b", "c")
-    ]
-    try:
-        for replica in started:
-            replica.wait_healthy()
+    with healthy_replicas(tmp_path, ("a", "b", "c"), shared.url, stub.url, shared.env) as started:
         yield started
-    finally:
-        for replica in started:
-            replica.stop()
 
 
 def test_a_primary_killed_under_load(

@@ -6,10 +6,11 @@ on loopback; the answer says X-Upstream and X-Fallback-From."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from tests.admin_support import BASE, TOKENS, call, get
 from tests.fixtures.server_base import free_port
-from tests.fixtures.sidecar import LoopThread, Stub
+from tests.fixtures.sidecar import LoopThread, Sidecar, Stub
 from tests.fixtures.upstreams import Routed, chat, sample
 from tests.test_ledger_e2e import flush, ledger_of
 
@@ -23,9 +24,16 @@ def served_by_backup(answer_headers: dict[str, str]) -> bool:
     )
 
 
+def failing_primary(routed: Routed, stub: Stub, status: int, **options: Any) -> Sidecar:
+    """A routed sidecar without retries (`options` as `routed` takes them) whose primary fails
+    its next call with `status`."""
+    sidecar = routed(UPSTREAM_RETRIES="0", **options)
+    stub.fake.fail_next, stub.fake.fail_status = 1, status
+    return sidecar
+
+
 def test_a_503_falls_back(routed: Routed, stub: Stub, backup: Stub) -> None:
-    sidecar = routed(UPSTREAM_RETRIES="0")
-    stub.fake.fail_next, stub.fake.fail_status = 1, 503
+    sidecar = failing_primary(routed, stub, 503)
     answer = chat(sidecar, "primary fails")
     assert answer.status == 200 and served_by_backup(answer.headers)
     assert (stub.calls, backup.calls) == (1, 1)
@@ -35,8 +43,7 @@ def test_a_503_falls_back(routed: Routed, stub: Stub, backup: Stub) -> None:
 def test_an_open_breaker_falls_back_without_calling_the_upstream(
     routed: Routed, stub: Stub, backup: Stub
 ) -> None:
-    sidecar = routed(UPSTREAM_RETRIES="0", BREAKER_FAIL_MAX="1")
-    stub.fake.fail_next, stub.fake.fail_status = 1, 500
+    sidecar = failing_primary(routed, stub, 500, BREAKER_FAIL_MAX="1")
     assert served_by_backup(chat(sidecar, "opens the breaker").headers)
     assert sidecar.runtime.breakers.breakers["primary/chat"].state == "open"
     answer = chat(sidecar, "breaker open")
@@ -102,8 +109,7 @@ def test_no_fallback_once_a_stream_started(routed: Routed, stub: Stub, backup: S
 def test_a_fallback_may_name_another_model(
     routed: Routed, stub: Stub, backup: Stub, loop_thread: LoopThread
 ) -> None:
-    sidecar = routed(fallbacks={"gpt-4o-mini": ["backup:o4-mini"]}, UPSTREAM_RETRIES="0")
-    stub.fake.fail_next, stub.fake.fail_status = 1, 502
+    sidecar = failing_primary(routed, stub, 502, fallbacks={"gpt-4o-mini": ["backup:o4-mini"]})
     answer = chat(sidecar, "cheaper elsewhere")
     assert answer.status == 200 and served_by_backup(answer.headers)
     assert backup.fake.requests[-1].body["model"] == "o4-mini"
@@ -117,8 +123,7 @@ def test_a_fallback_may_name_another_model(
 def test_fallback_answers_are_cached_under_the_requested_model(
     routed: Routed, stub: Stub, backup: Stub
 ) -> None:
-    sidecar = routed(UPSTREAM_RETRIES="0")
-    stub.fake.fail_next, stub.fake.fail_status = 1, 503
+    sidecar = failing_primary(routed, stub, 503)
     first = chat(sidecar, "stored from the backup")
     again = chat(sidecar, "stored from the backup")
     assert served_by_backup(first.headers) and again.headers["x-cache"] == "HIT"
@@ -128,8 +133,7 @@ def test_fallback_answers_are_cached_under_the_requested_model(
 def test_cache_fallbacks_off_stores_no_fallback_answer(
     routed: Routed, stub: Stub, backup: Stub
 ) -> None:
-    sidecar = routed(UPSTREAM_RETRIES="0", UPSTREAM_CACHE_FALLBACKS="off")
-    stub.fake.fail_next, stub.fake.fail_status = 1, 503
+    sidecar = failing_primary(routed, stub, 503, UPSTREAM_CACHE_FALLBACKS="off")
     assert served_by_backup(chat(sidecar, "not stored").headers)
     again = chat(sidecar, "not stored")
     assert again.headers["x-cache"] == "MISS" and again.headers["x-upstream"] == "primary"
@@ -140,8 +144,7 @@ def test_cache_fallbacks_off_stores_no_fallback_answer(
 def test_admin_shows_upstream_health_shares_and_fallbacks(
     routed: Routed, stub: Stub, backup: Stub
 ) -> None:
-    sidecar = routed(UPSTREAM_RETRIES="0", BREAKER_FAIL_MAX="1", ADMIN_TOKENS=TOKENS)
-    stub.fake.fail_next, stub.fake.fail_status = 1, 503
+    sidecar = failing_primary(routed, stub, 503, BREAKER_FAIL_MAX="1", ADMIN_TOKENS=TOKENS)
     chat(sidecar, "one falls back")
     chat(sidecar, "two falls back too")  # the breaker is open now
     listing = get(sidecar, "upstreams")

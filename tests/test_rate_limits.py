@@ -26,7 +26,7 @@ from proxy.settings import RateSettings, SettingsError
 from proxy.settings_load import load_settings
 from tests.admin_support import BASE, TOKENS, audit_rows, call, get
 from tests.fixtures.redis_server import RedisServer
-from tests.fixtures.replicas import ADMIN_TOKEN, Replica
+from tests.fixtures.replicas import ADMIN_TOKEN, Replica, healthy_replicas
 from tests.fixtures.sidecar import (
     API_KEY,
     HttpAnswer,
@@ -236,14 +236,8 @@ def limited_replicas(
     tmp_path: Path, private_redis: RedisServer, stub: Stub
 ) -> Iterator[list[Replica]]:
     env = {"RATE_TENANT_RPM": str(LIMIT), "RATE_WINDOW_S": str(WINDOW_S)}
-    started = [Replica(tmp_path, n, private_redis.url, stub.url, env) for n in ("a", "b")]
-    try:
-        for replica in started:
-            replica.wait_healthy()
+    with healthy_replicas(tmp_path, ("a", "b"), private_redis.url, stub.url, env) as started:
         yield started
-    finally:
-        for replica in started:
-            replica.stop()
 
 
 def test_two_replicas_share_one_limit_with_no_edge_burst(
