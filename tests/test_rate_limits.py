@@ -430,3 +430,26 @@ async def test_concurrent_hits_wait_for_the_lease_in_flight(redis_url: str) -> N
     second = await wave()
     assert counter.asks - asks == 1  # one batch for the whole wave, sized by what waited
     assert min(second) >= 1000 - 100  # every request counted once, none lost
+
+
+async def test_a_busy_lease_asks_for_the_next_one_ahead(redis_url: str) -> None:
+    """Half used, a lease asks for the next one in the background: the hit that finds the
+    current one used up is decided from the lease ahead, with nothing to await, and the headers
+    still count each request once."""
+    counter = CountingRedisCounter(redis_url)
+    limiter = Limiter(RateSettings(tenant_rpm=1000), counter)
+    limiter.leases = Leases(FakeClock())
+    scopes = limiter.scopes(f"lease-ahead-{time.monotonic()}", None)
+    remaining = []
+    waited = 0
+    for _ in range(60):
+        pending = limiter.check_request(scopes)
+        waited += not isinstance(pending, Decision)
+        decision = await checked(pending)
+        assert decision is not None and decision.allowed
+        remaining.append(int(rate_headers(decision)["x-ratelimit-remaining-requests"]))
+        while limiter._asks:  # the ask ahead answered before the next hit, as under load
+            await asyncio.sleep(0.001)
+    assert remaining == list(range(999, 939, -1))
+    assert waited == 2  # the first two asks (batches of one, then two); every later one ahead
+    assert counter.asks < 12

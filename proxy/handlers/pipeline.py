@@ -46,6 +46,7 @@ from proxy.handlers.json_body import refuse_repeated_keys
 from proxy.handlers.parse import ParsedRequest, parse_request, upstream_headers
 from proxy.handlers.rate import (
     RateCheck,
+    admit,
     admit_request,
     admit_tokens,
     open_rate,
@@ -55,6 +56,7 @@ from proxy.handlers.rate import (
 from proxy.handlers.respond import flight_for, respond
 from proxy.handlers.semantic import remember_answer, semantic_headers, semantic_lookup
 from proxy.keys import CacheKey, ScopePart
+from proxy.limits import Decision
 from proxy.runtime import RUNTIME, Runtime
 from proxy.semantic.cache import Probe
 from proxy.spans import ANSWER_BODY
@@ -154,7 +156,10 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
             found = await lookup(runtime, prepared, parsed, key)
     finally:
         if rate is not None:  # 429 before the stored answer is served or anything is spent
-            await admit_request(request, runtime.limiter, rate)
+            if isinstance(rate.pending, Decision):  # decided from a lease: nothing to await
+                admit(request, runtime.limiter, rate, rate.pending)
+            else:
+                await admit_request(request, runtime.limiter, rate)
     if found is not None:
         count_hit(runtime, outcome, found)
         return await serve_stored(
