@@ -452,3 +452,18 @@ async def test_a_busy_lease_asks_for_the_next_one_ahead(redis_url: str) -> None:
     assert remaining == list(range(999, 939, -1))
     assert waited == 2  # the first two asks (batches of one, then two); every later one ahead
     assert counter.asks < 12
+
+
+async def test_a_lease_is_counted_as_its_requests_and_refusals_wait_for_it(redis_url: str) -> None:
+    """A lease is one member of the log counting its whole batch: the limit is reached by
+    requests, not by asks, and a refusal waits until the oldest asks leave the window."""
+    limiter = Limiter(RateSettings(tenant_rpm=12), CountingRedisCounter(redis_url))
+    limiter.leases = Leases(FakeClock())
+    scopes = limiter.scopes(f"lease-count-{time.monotonic()}", None)
+    decisions = [await checked(limiter.check_request(scopes)) for _ in range(20)]
+    allowed = [d for d in decisions if d is not None and d.allowed]
+    refused = [d for d in decisions if d is not None and not d.allowed]
+    assert len(allowed) == 12 and len(refused) == 8
+    window_ms = limiter.window_ms
+    assert all(0 < d.retry_ms <= window_ms + 50 for d in refused)
+    assert all(rate_headers(d)["x-ratelimit-remaining-requests"] == "0" for d in refused)
