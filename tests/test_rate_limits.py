@@ -467,3 +467,30 @@ async def test_a_lease_is_counted_as_its_requests_and_refusals_wait_for_it(redis
     window_ms = limiter.window_ms
     assert all(0 < d.retry_ms <= window_ms + 50 for d in refused)
     assert all(rate_headers(d)["x-ratelimit-remaining-requests"] == "0" for d in refused)
+
+
+async def test_after_a_lapse_a_lease_asks_for_what_the_lapsed_one_served(redis_url: str) -> None:
+    """A moderately busy scope whose lease lapsed with slots unused does not start again from a
+    batch of one (a round trip waited for at each doubling): it asks for what it served."""
+    counter = CountingRedisCounter(redis_url)
+    asked: list[int] = []
+    take = counter.take
+
+    def recording_take(scopes: Any, member: str, requests: int, *rest: Any) -> Any:
+        asked.append(requests)
+        return take(scopes, member, requests, *rest)
+
+    counter.take = recording_take  # type: ignore[method-assign]
+    limiter = Limiter(RateSettings(tenant_rpm=100_000), counter)
+    clock = FakeClock()
+    limiter.leases = Leases(clock)
+    scopes = limiter.scopes(f"lease-lapse-{time.monotonic()}", None)
+    for _ in range(40):
+        assert await checked(limiter.check_request(scopes)) is not None
+        await asyncio.gather(*limiter._asks)
+    served_before = len(asked)
+    clock.now += 1.0  # every lease lapses, its unused slots with it
+    decision = await checked(limiter.check_request(scopes))
+    assert decision is not None and decision.allowed
+    assert len(asked) == served_before + 1
+    assert asked[-1] > 1  # sized by what the lapsed lease served, not one again

@@ -6,9 +6,9 @@ least one) and scores each at the lease's END (`LEASE_S` after the ask), so ever
 request, used whenever within the lease, is counted for at least a whole window after its use:
 the log's guarantee (never more than the limit in any window's span, across replicas) holds.
 A slot leased and not used is counted all the same (the limit errs low, never high). Batches
-start at one and double only while a lease runs out before it lapses, and never exceed a
-quarter of what the limit has left, so a quiet or tightly limited tenant is counted one request
-at a time, exactly as without leases.
+start at one, double only while a lease runs out before it lapses, after a lapse are as many
+as the lapsed lease served, and never exceed a quarter of what the limit has left, so a quiet
+or tightly limited tenant is counted one request at a time, exactly as without leases.
 
 A busy lease asks for the next one AHEAD, once half of it is used (`ahead_wanted`): the next
 batch is granted, and scored at its own end, while the current one still serves, so a busy
@@ -56,11 +56,11 @@ class Leases:
             return None
         decision = lease.decision
         if lease.left <= 0 or decision is None or self._clock() >= lease.until:
-            ahead, lease.ahead, lease.left = lease.ahead, None, 0
+            ahead, lease.ahead = lease.ahead, None
             if ahead is None or self._clock() >= ahead[2]:
-                return None
+                return None  # `left` stays: how much of a lapsed lease was used sizes the next
             decision, lease.left, lease.until = ahead
-            lease.decision = decision
+            lease.decision, lease.batch = decision, lease.left
         lease.left -= 1
         return _with_left(decision, lease.left)
 
@@ -114,12 +114,15 @@ class Leases:
         lease = self._table.get(scopes)
         if lease is None:
             return 1, now
-        # Run out before it lapsed: busy, ask for more; else start again from one.
-        size = min(max(lease.batch * 2, lease.missed + 1), MAX_BATCH) if now < lease.until else 1
+        unused = lease.left if now < lease.until else 0
+        if now < lease.until:  # run out (or half used, asking ahead) before it lapsed: busy
+            size = min(max(lease.batch * 2, lease.missed + 1), MAX_BATCH)
+        else:  # lapsed: as many as it served (one, for a quiet scope)
+            size = min(max(1, lease.batch - lease.left), MAX_BATCH)
         lease.missed = 0
         use = lease.decision.requests if lease.decision is not None else None
         if use is not None:
-            size = min(size, max(1, (use.limit - use.used + lease.left) // 4))
+            size = min(size, max(1, (use.limit - use.used + unused) // 4))
         return size, now
 
     def granted(
@@ -138,10 +141,8 @@ class Leases:
     ) -> None:
         """Keeps what an ask made ahead granted (every slot unused), to serve once the current
         lease is used up; nothing when it was refused (the next request asks for itself)."""
-        lease = self._lease(scopes)
-        lease.batch = max(1, granted)
-        if decision.allowed and granted > 0:
-            lease.ahead = (decision, granted, asked_at + LEASE_S)
+        if decision.allowed and granted > 0:  # its size is the lease's batch once it serves
+            self._lease(scopes).ahead = (decision, granted, asked_at + LEASE_S)
 
 
 def _with_left(decision: Decision, left: int) -> Decision:
