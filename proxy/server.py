@@ -19,7 +19,7 @@ from proxy.errors import (
 )
 from proxy.failures import BodyTooLarge, ClientGone, Failure, UnreadableBody
 from proxy.handlers.answers import MISS_HEADERS
-from proxy.handlers.downgrade import DowngradeHeader
+from proxy.handlers.downgrade import DOWNGRADED_FROM, DOWNGRADED_FROM_HEADER
 from proxy.handlers.embeddings import embeddings
 from proxy.handlers.generative import chat_completions, completions
 from proxy.handlers.hot import PREPARED, TABLE_BYTES, KnownRequests, PreparedEntries
@@ -30,7 +30,7 @@ from proxy.handlers.pipeline import KNOWN
 from proxy.handlers.responses import responses
 from proxy.health import healthz, readyz
 from proxy.ids import SerialIds
-from proxy.limits import RateHeaders
+from proxy.limits import Limiter, add_rate_headers
 from proxy.runtime import RUNTIME, Runtime
 from proxy.spans import answer_body, finish_server_span, operation
 from proxy.vocabulary import PASSTHROUGH, Endpoint
@@ -65,9 +65,7 @@ def create_proxy_app(runtime: Runtime) -> web.Application:
     app[RUNTIME] = runtime
     app[KNOWN] = KnownRequests(TABLE_BYTES)
     app[PREPARED] = PreparedEntries(TABLE_BYTES)
-    app.on_response_prepare.append(_RequestIds())
-    app.on_response_prepare.append(RateHeaders())  # an admin override may turn limits on
-    app.on_response_prepare.append(DowngradeHeader())  # a budget override may bring a table
+    app.on_response_prepare.append(_AnswerHeaders(runtime.limiter))
     for endpoint, handler in UNDERSTOOD.items():
         app.router.add_post(endpoint.path, handler)
     app.router.add_route("*", "/v1/{tail:.*}", passthrough)
@@ -147,20 +145,30 @@ async def _answer_and_observe(request: web.Request, handler: Handler) -> web.Str
     return response
 
 
-class _RequestIds:
+class _AnswerHeaders:
     """Every answer of the proxy port carries an `X-Request-ID`: the upstream's when it is
     relayed (a miss, a pass-through, an upstream error), else one of the sidecar's own (a hit,
-    the sidecar's own errors), so the SDKs' `_request_id` is set on every answer. A response
-    signal rather than the middleware: streamed answers send their headers inside the handler,
-    and this runs just before any answer's headers are sent."""
+    the sidecar's own errors), so the SDKs' `_request_id` is set on every answer; and, while any
+    limit may apply (an admin override may turn limits on), the `x-ratelimit-*` headers of what
+    was decided; on a downgraded request's answer (hit, miss or error alike), the model the
+    client asked for (a budget override read at run time may bring a downgrade table). A
+    response signal rather than the middleware: streamed answers send their headers inside the
+    handler, and this runs just before any answer's headers are sent. One signal for all: each
+    costs every answer a coroutine."""
 
-    def __init__(self) -> None:
+    def __init__(self, limiter: Limiter) -> None:
         self._ids = SerialIds("req_")
+        self._limiter = limiter
 
     async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
         headers = response.headers
         if REQUEST_ID not in headers:
             headers[REQUEST_ID] = self._ids()
+        if self._limiter.active:
+            add_rate_headers(request, response)
+        requested = request.get(DOWNGRADED_FROM)
+        if requested is not None:
+            headers[DOWNGRADED_FROM_HEADER] = requested
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:

@@ -424,3 +424,67 @@ async def test_concurrent_hits_wait_for_the_lease_in_flight(redis_url: str) -> N
     second = await wave()
     assert counter.asks - asks == 1  # one batch for the whole wave, sized by what waited
     assert min(second) >= 1000 - 100  # every request counted once, none lost
+
+
+async def test_a_busy_lease_asks_for_the_next_one_ahead(redis_url: str) -> None:
+    """Half used, a lease asks for the next one in the background: the hit that finds the
+    current one used up is decided from the lease ahead, with nothing to await, and the headers
+    still count each request once."""
+    counter = CountingRedisCounter(redis_url)
+    limiter = Limiter(RateSettings(tenant_rpm=1000), counter)
+    limiter.leases = Leases(FakeClock())
+    scopes = limiter.scopes(f"lease-ahead-{time.monotonic()}", None)
+    remaining = []
+    waited = 0
+    for _ in range(60):
+        pending = limiter.check_request(scopes)
+        waited += not isinstance(pending, Decision)
+        decision = await checked(pending)
+        assert decision is not None and decision.allowed
+        remaining.append(int(rate_headers(decision)["x-ratelimit-remaining-requests"]))
+        await asyncio.gather(*limiter._asks)  # answered before the next hit, as under load
+    assert remaining == list(range(999, 939, -1))
+    assert waited == 2  # the first two asks (batches of one, then two); every later one ahead
+    assert counter.asks < 12
+
+
+async def test_a_lease_is_counted_as_its_requests_and_refusals_wait_for_it(redis_url: str) -> None:
+    """A lease is one member of the log counting its whole batch: the limit is reached by
+    requests, not by asks, and a refusal waits until the oldest asks leave the window."""
+    limiter = Limiter(RateSettings(tenant_rpm=12), CountingRedisCounter(redis_url))
+    limiter.leases = Leases(FakeClock())
+    scopes = limiter.scopes(f"lease-count-{time.monotonic()}", None)
+    decisions = [await checked(limiter.check_request(scopes)) for _ in range(20)]
+    allowed = [d for d in decisions if d is not None and d.allowed]
+    refused = [d for d in decisions if d is not None and not d.allowed]
+    assert len(allowed) == 12 and len(refused) == 8
+    window_ms = limiter.window_ms
+    assert all(0 < d.retry_ms <= window_ms + 50 for d in refused)
+    assert all(rate_headers(d)["x-ratelimit-remaining-requests"] == "0" for d in refused)
+
+
+async def test_after_a_lapse_a_lease_asks_for_what_the_lapsed_one_served(redis_url: str) -> None:
+    """A moderately busy scope whose lease lapsed with slots unused does not start again from a
+    batch of one (a round trip waited for at each doubling): it asks for what it served."""
+    counter = CountingRedisCounter(redis_url)
+    asked: list[int] = []
+    take = counter.take
+
+    def recording_take(scopes: Any, member: str, requests: int, *rest: Any) -> Any:
+        asked.append(requests)
+        return take(scopes, member, requests, *rest)
+
+    counter.take = recording_take  # type: ignore[method-assign]
+    limiter = Limiter(RateSettings(tenant_rpm=100_000), counter)
+    clock = FakeClock()
+    limiter.leases = Leases(clock)
+    scopes = limiter.scopes(f"lease-lapse-{time.monotonic()}", None)
+    for _ in range(40):
+        assert await checked(limiter.check_request(scopes)) is not None
+        await asyncio.gather(*limiter._asks)
+    served_before = len(asked)
+    clock.now += 1.0  # every lease lapses, its unused slots with it
+    decision = await checked(limiter.check_request(scopes))
+    assert decision is not None and decision.allowed
+    assert len(asked) == served_before + 1
+    assert asked[-1] > 1  # sized by what the lapsed lease served, not one again

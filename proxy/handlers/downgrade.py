@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from proxy.runtime import Runtime
 
 DOWNGRADED_FROM = web.RequestKey("sidecache_downgraded_from", str)
+DOWNGRADED_FROM_HEADER = "X-Downgraded-From"  # set by the proxy's answer-headers signal
 _encode = msgspec.json.Encoder().encode
 
 
@@ -28,13 +29,3 @@ def with_model(parsed: ParsedRequest, model: str) -> ParsedRequest:
     """`parsed` asking for `model`: its body, and the bytes sent upstream, say so."""
     body = {**parsed.body, "model": model}
     return dataclasses.replace(parsed, body=body, raw=_encode(body))
-
-
-class DowngradeHeader:
-    """The response signal: the model the client asked for, on a downgraded request's answer
-    (its hit, its miss, its error alike)."""
-
-    async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
-        requested = request.get(DOWNGRADED_FROM)
-        if requested is not None:
-            response.headers["X-Downgraded-From"] = requested

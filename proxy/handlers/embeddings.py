@@ -35,6 +35,7 @@ from proxy.handlers.answers import MISS_HEADERS, cache_headers, entry_meta
 from proxy.handlers.costing import open_outcome, preflight
 from proxy.handlers.freshness import still_valid
 from proxy.handlers.json_body import refuse_repeated_keys
+from proxy.handlers.miss import submit_share
 from proxy.handlers.parse import (
     ParsedRequest,
     client_connected,
@@ -42,7 +43,6 @@ from proxy.handlers.parse import (
     upstream_headers,
     view,
 )
-from proxy.handlers.pipeline import submit_share
 from proxy.handlers.rate import admit_request, admit_tokens, open_rate, settle_tokens
 from proxy.keys import NON_SEMANTIC_FIELDS, CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime

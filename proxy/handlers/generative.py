@@ -12,8 +12,9 @@ from aiohttp import web
 from proxy.cache.replay import CHAT, TEXT
 from proxy.dispatch.call import Validator, validator
 from proxy.handlers.parse import ParsedRequest, view
-from proxy.handlers.pipeline import Asked, Batching, CachedRoute, serve_cached
+from proxy.handlers.pipeline import serve_cached
 from proxy.handlers.prompt_cache import with_prompt_cache_key
+from proxy.handlers.route import Asked, Batching, CachedRoute
 from proxy.runtime import RUNTIME
 from proxy.ttl import chat_kind
 from proxy.vocabulary import Endpoint

@@ -18,7 +18,8 @@ from aiohttp import web
 from proxy.cache.messages_stream import MESSAGE
 from proxy.dispatch.call import Validator
 from proxy.handlers.parse import ParsedRequest, view
-from proxy.handlers.pipeline import Asked, Batching, CachedRoute, serve_cached
+from proxy.handlers.pipeline import serve_cached
+from proxy.handlers.route import Asked, Batching, CachedRoute
 from proxy.ttl import chat_kind
 from proxy.vocabulary import Endpoint
 from proxy.wire import PromptTokensDetails, Usage

@@ -20,7 +20,8 @@ from aiohttp import web
 from proxy.dispatch.batch_shapes import BatchKind, Share, Split
 from proxy.dispatch.call import Validator, validator
 from proxy.handlers.parse import ParsedRequest, view
-from proxy.handlers.pipeline import Asked, Batching, CachedRoute, serve_cached
+from proxy.handlers.pipeline import serve_cached
+from proxy.handlers.route import Asked, Batching, CachedRoute
 from proxy.ids import SerialIds
 from proxy.ttl import Kind
 from proxy.vocabulary import Endpoint

@@ -46,9 +46,16 @@ def open_rate(runtime: Runtime, parsed: ParsedRequest) -> RateCheck | None:
 
 
 async def admit_request(request: web.Request, limiter: Limiter, check: RateCheck) -> None:
-    """429 `rate_limit_exceeded` when a requests limit is reached; the headers either way."""
+    """`admit` once the request's check is answered (a leased hit's is decided already: the
+    caller may call `admit` itself, sparing a coroutine per hit)."""
     pending = check.pending
-    decision = pending if isinstance(pending, Decision) else await pending
+    admit(request, limiter, check, pending if isinstance(pending, Decision) else await pending)
+
+
+def admit(
+    request: web.Request, limiter: Limiter, check: RateCheck, decision: Decision | None
+) -> None:
+    """429 `rate_limit_exceeded` when a requests limit is reached; the headers either way."""
     if decision is None:
         return  # the counter is down: not enforced (counted in a metric)
     request[RATE_DECISION] = decision

@@ -1,7 +1,7 @@
 """Requests and tokens per minute per tenant and per user (docs/design.md §13)."""
 
-from proxy.limits.headers import RATE_DECISION, RateHeaders
+from proxy.limits.headers import RATE_DECISION, add_rate_headers
 from proxy.limits.limiter import Limiter
 from proxy.limits.types import Decision, Scope, ScopeUse
 
-__all__ = ["RATE_DECISION", "Decision", "Limiter", "RateHeaders", "Scope", "ScopeUse"]
+__all__ = ["RATE_DECISION", "Decision", "Limiter", "Scope", "ScopeUse", "add_rate_headers"]

@@ -1,8 +1,8 @@
 """The `x-ratelimit-*` headers OpenAI's API sends, from what the limiter decided for a request.
 
-Set by a response signal rather than by each handler: streamed answers send their headers
-inside the handler, and the signal runs just before any answer's headers go out (hits, misses
-and the sidecar's own errors alike)."""
+Set by the proxy's response signal (proxy/server.py) rather than by each handler: streamed
+answers send their headers inside the handler, and the signal runs just before any answer's
+headers go out (hits, misses and the sidecar's own errors alike)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from aiohttp import web
 from proxy.limits.types import Decision, ScopeUse
 
 RATE_DECISION = web.RequestKey("sidecache_rate_decision", Decision)
+_REMAINING = "x-ratelimit-remaining-requests"
 
 
 def duration(ms: int) -> str:
@@ -26,7 +27,7 @@ def duration(ms: int) -> str:
 
 def _trio(headers: dict[str, str], kind: str, use: ScopeUse, unused: int = 0) -> None:
     headers[f"x-ratelimit-limit-{kind}"] = str(use.limit)
-    headers[f"x-ratelimit-remaining-{kind}"] = str(max(0, use.limit - use.used + unused))
+    headers[f"x-ratelimit-remaining-{kind}"] = _remaining(use, unused)
     headers[f"x-ratelimit-reset-{kind}"] = duration(use.reset_ms)
 
 
@@ -35,12 +36,7 @@ def rate_headers(decision: Decision) -> dict[str, str]:
     decision: every request served from one lease shares its decision's)."""
     base = decision.base
     if base is not None and decision.requests is not None:
-        headers = {**rate_headers(base)}
-        use = decision.requests
-        headers["x-ratelimit-remaining-requests"] = str(
-            max(0, use.limit - use.used + decision.left)
-        )
-        return headers
+        return {**rate_headers(base), _REMAINING: _remaining(decision.requests, decision.left)}
     made = decision.headers
     if made is None:
         made = decision.headers = {}
@@ -51,10 +47,20 @@ def rate_headers(decision: Decision) -> dict[str, str]:
     return made
 
 
-class RateHeaders:
-    """The response signal: a request that no limit applies to holds no decision."""
+def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The headers of what was decided for `request`, when anything was (a leased hit's are its
+    lease's, made once, and its own remaining requests: no dict made per hit)."""
+    decision = request.get(RATE_DECISION)
+    if decision is None:
+        return
+    base = decision.base
+    if base is not None and decision.requests is not None:
+        headers = response.headers
+        headers.update(rate_headers(base))
+        headers[_REMAINING] = _remaining(decision.requests, decision.left)
+    else:
+        response.headers.update(rate_headers(decision))
 
-    async def __call__(self, request: web.Request, response: web.StreamResponse) -> None:
-        decision = request.get(RATE_DECISION)
-        if decision is not None:
-            response.headers.update(rate_headers(decision))
+
+def _remaining(use: ScopeUse, unused: int) -> str:
+    return str(max(0, use.limit - use.used + unused))

@@ -6,9 +6,15 @@ least one) and scores each at the lease's END (`LEASE_S` after the ask), so ever
 request, used whenever within the lease, is counted for at least a whole window after its use:
 the log's guarantee (never more than the limit in any window's span, across replicas) holds.
 A slot leased and not used is counted all the same (the limit errs low, never high). Batches
-start at one and double only while a lease runs out before it lapses, and never exceed a
-quarter of what the limit has left, so a quiet or tightly limited tenant is counted one request
-at a time, exactly as without leases.
+start at one, double only while a lease runs out before it lapses, after a lapse are as many
+as the lapsed lease served, and never exceed a quarter of what the limit has left, so a quiet
+or tightly limited tenant is counted one request at a time, exactly as without leases.
+
+A busy lease asks for the next one AHEAD, once half of it is used (`ahead_wanted`): the next
+batch is granted, and scored at its own end, while the current one still serves, so a busy
+scope's hits do not stall for a script's round trip each time a lease runs out. The lease
+ahead serves once the current one is used up or lapsed (its slots are scored at the end of
+its own ask's lease, so the guarantee is the same).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ _LEASES_KEPT = 10_000
 
 
 class _Lease:
-    __slots__ = ("asking", "batch", "decision", "left", "missed", "until")
+    __slots__ = ("ahead", "asking", "batch", "decision", "left", "missed", "until")
 
     def __init__(self) -> None:
         self.asking: asyncio.Future[None] | None = None  # an ask in flight
@@ -34,6 +40,8 @@ class _Lease:
         self.until = 0.0  # when the lease lapses (the clock's time)
         self.batch = 1  # the last ask's size
         self.missed = 0  # requests that waited for the last ask and found its batch used up
+        # The next lease, asked for before this one ran out: its decision, slots and end.
+        self.ahead: tuple[Decision, int, float] | None = None
 
 
 class Leases:
@@ -44,13 +52,29 @@ class Leases:
     def use(self, scopes: Sequence[Scope]) -> Decision | None:
         """One request from this replica's lease on `scopes`; None when it has none left."""
         lease = self._table.get(scopes)
-        if lease is None or lease.left <= 0 or lease.decision is None:
+        if lease is None:
             return None
-        if self._clock() >= lease.until:
-            lease.left = 0
-            return None
+        decision = lease.decision
+        if lease.left <= 0 or decision is None or self._clock() >= lease.until:
+            ahead, lease.ahead = lease.ahead, None
+            if ahead is None or self._clock() >= ahead[2]:
+                return None  # `left` stays: how much of a lapsed lease was used sizes the next
+            decision, lease.left, lease.until = ahead
+            lease.decision, lease.batch = decision, lease.left
         lease.left -= 1
-        return _with_left(lease.decision, lease.left)
+        return _with_left(decision, lease.left)
+
+    def ahead_wanted(self, scopes: Sequence[Scope]) -> bool:
+        """Whether a busy lease is half used with no ask in flight nor lease ahead: time to ask
+        for the next one."""
+        lease = self._table.get(scopes)
+        return (
+            lease is not None
+            and lease.batch > 1
+            and lease.left <= lease.batch // 2
+            and lease.asking is None
+            and lease.ahead is None
+        )
 
     def asking(self, scopes: Sequence[Scope]) -> asyncio.Future[None] | None:
         """The ask in flight for `scopes`: requests that come meanwhile wait for its batch
@@ -90,12 +114,15 @@ class Leases:
         lease = self._table.get(scopes)
         if lease is None:
             return 1, now
-        # Run out before it lapsed: busy, ask for more; else start again from one.
-        size = min(max(lease.batch * 2, lease.missed + 1), MAX_BATCH) if now < lease.until else 1
+        unused = lease.left if now < lease.until else 0
+        if now < lease.until:  # run out (or half used, asking ahead) before it lapsed: busy
+            size = min(max(lease.batch * 2, lease.missed + 1), MAX_BATCH)
+        else:  # lapsed: as many as it served (one, for a quiet scope)
+            size = min(max(1, lease.batch - lease.left), MAX_BATCH)
         lease.missed = 0
         use = lease.decision.requests if lease.decision is not None else None
         if use is not None:
-            size = min(size, max(1, (use.limit - use.used + lease.left) // 4))
+            size = min(size, max(1, (use.limit - use.used + unused) // 4))
         return size, now
 
     def granted(
@@ -108,6 +135,14 @@ class Leases:
         lease.until = asked_at + LEASE_S
         lease.decision = decision if decision.allowed else None
         return _with_left(decision, lease.left) if lease.left else decision
+
+    def granted_ahead(
+        self, scopes: Sequence[Scope], decision: Decision, granted: int, asked_at: float
+    ) -> None:
+        """Keeps what an ask made ahead granted (every slot unused), to serve once the current
+        lease is used up; nothing when it was refused (the next request asks for itself)."""
+        if decision.allowed and granted > 0:  # its size is the lease's batch once it serves
+            self._lease(scopes).ahead = (decision, granted, asked_at + LEASE_S)
 
 
 def _with_left(decision: Decision, left: int) -> Decision:

@@ -88,6 +88,7 @@ class Limiter:
     leases: Leases | None = None
     _scopes: dict[tuple[str, str | None], tuple[Scope, ...]] = field(default_factory=dict)
     seen: dict[str, None] = field(default_factory=dict)  # tenants this process counted
+    _asks: set[asyncio.Future[None]] = field(default_factory=set)  # asks ahead, in flight
 
     def __post_init__(self) -> None:
         self.active = self.settings.any or bool(self.overrides)
@@ -145,7 +146,9 @@ class Limiter:
             return self.check(scopes, self.member(), requests=1, tokens=0)
         held = leases.use(scopes)
         if held is not None:
-            return held  # decided here: nothing to await, nothing sent
+            if leases.ahead_wanted(scopes):
+                self._ask_ahead(scopes, leases)
+            return held  # decided here: nothing to await
         asking = leases.asking(scopes)
         if asking is not None:
             return self._after(scopes, leases, asking)
@@ -174,6 +177,37 @@ class Limiter:
         finally:
             leases.answered(scopes, asked)
         return leases.granted(scopes, decision(scopes, counted), counted[-1], asked_at)
+
+    def _ask_ahead(self, scopes: tuple[Scope, ...], leases: Leases) -> None:
+        """Asks for the next lease while the current one still serves (proxy/limits/lease.py);
+        its answer is kept by a task of its own, one per batch."""
+        batch, asked_at = leases.batch(scopes)
+        lease_ms = int(LEASE_S * 1000)
+        try:
+            sent = self.counter.take(scopes, self.member(), batch, 0, self.window_ms, lease_ms)
+        except CounterDown:
+            return  # the request that finds the lease used up asks, and finds out
+        task = asyncio.ensure_future(
+            self._ahead(scopes, sent, leases, asked_at, leases.ask(scopes))
+        )
+        self._asks.add(task)
+        task.add_done_callback(self._asks.discard)
+
+    async def _ahead(
+        self,
+        scopes: tuple[Scope, ...],
+        sent: Awaitable[Counted],
+        leases: Leases,
+        asked_at: float,
+        asked: asyncio.Future[None],
+    ) -> None:
+        try:
+            counted = await sent
+            leases.granted_ahead(scopes, decision(scopes, counted), counted[-1], asked_at)
+        except CounterDown:
+            pass  # no lease ahead: the request that finds the lease used up asks itself
+        finally:
+            leases.answered(scopes, asked)
 
     async def _after(
         self, scopes: tuple[Scope, ...], leases: Leases, asking: asyncio.Future[None]

@@ -1,9 +1,11 @@
 """The rate limits' logs in Redis, shared by every replica (docs/design.md §13). Each scope's
 keys carry its tenant's hash tag (RATE_KEY_PREFIX), so one script touches one Cluster slot.
 
-Per scope: `<key>:r`, a sorted set of the counted requests (score: when, Redis time, ms);
-`<key>:k`, the same for token charges; `<key>:a`, a hash of each charge's tokens (by member)
-plus their running sum (field `_sum`), so a check reads a sum instead of adding up the log.
+Per scope: `<key>:r`, a sorted set of the counted requests (score: when, Redis time, ms), one
+member per ask, and `<key>:n`, a hash of how many requests each member counts (a lease's batch
+is one member, not one per request: its script costs the same for 1 or 256) plus their running
+sum (field `_sum`); `<key>:k` and `<key>:a`, the same for token charges. A check reads the sums
+instead of adding up the logs.
 On the hit path the check goes out on the lean pipe (proxy/cache/pipe.py) next to the GET."""
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from proxy.cache.pipe import PipeError, RedisPipe, command
 from proxy.limits.limiter import CounterDown
 from proxy.limits.types import Counted, Scope
 
-# KEYS: per scope (requests log, tokens log, token amounts). ARGV: window ms, member, requests
-# wanted (0, 1, or a lease's batch: granted as many as fit, at least one), tokens wanted, then
-# per scope rpm, tpm (0: not limited, not counted), then the lease's length in ms (a leased
-# request is scored at its end: counted for a whole window after its last possible use).
+# KEYS: per scope (requests log, tokens log, token amounts, request counts). ARGV: window ms,
+# member, requests wanted (0, 1, or a lease's batch: granted as many as fit, at least one, and
+# counted as one member of the log), tokens wanted, then per scope rpm, tpm (0: not limited,
+# not counted), then the lease's length in ms (a leased request is scored at its end: counted
+# for a whole window after its last possible use).
 # Returns {allowed 1|0, retry ms, then per scope: requests used, reset ms, tokens used, reset
 # ms, then the requests granted}.
 _TAKE_LUA = """
@@ -32,22 +35,47 @@ local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local window = tonumber(ARGV[1])
 local member, want_r, want_t = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local since = now - window
-local n = #KEYS / 3
+local n = #KEYS / 4
 local lease = tonumber(ARGV[5 + 2 * n] or '0')
 local grant = want_r
 local retry = 0
 local used_r, used_t, last_t = {}, {}, {}
 for i = 1, n do
-    local rk, tk, ak = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+    local rk, tk, ak, nk = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
     local rpm, tpm = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
     used_r[i], used_t[i], last_t[i] = 0, 0, 0
     if rpm > 0 then
-        redis.call('ZREMRANGEBYSCORE', rk, '-inf', since)
-        local used = redis.call('ZCARD', rk)
+        while true do
+            local gone = redis.call('ZRANGEBYSCORE', rk, '-inf', since, 'LIMIT', 0, 500)
+            if #gone == 0 then break end
+            local counts = redis.call('HMGET', nk, unpack(gone))
+            local freed = 0
+            for j = 1, #gone do freed = freed + (tonumber(counts[j]) or 0) end
+            redis.call('HDEL', nk, unpack(gone))
+            redis.call('HINCRBY', nk, '_sum', -freed)
+            redis.call('ZREM', rk, unpack(gone))
+        end
+        local used = tonumber(redis.call('HGET', nk, '_sum')) or 0
         used_r[i] = used
         if want_r > 0 and used + 1 > rpm then
-            local first = redis.call('ZRANGE', rk, used - rpm, used - rpm, 'WITHSCORES')
-            retry = math.max(retry, tonumber(first[2]) + window - now)
+            -- the oldest members, until enough leave the window for one request
+            local left, wait, from = used + 1 - rpm, window, 0
+            while left > 0 do
+                local log = redis.call('ZRANGE', rk, from, from + 99, 'WITHSCORES')
+                if #log == 0 then break end
+                local counts = {}
+                for j = 1, #log, 2 do counts[#counts + 1] = log[j] end
+                counts = redis.call('HMGET', nk, unpack(counts))
+                for j = 1, #log, 2 do
+                    left = left - (tonumber(counts[(j + 1) / 2]) or 0)
+                    if left <= 0 then
+                        wait = tonumber(log[j + 1]) + window - now
+                        break
+                    end
+                end
+                from = from + 100
+            end
+            retry = math.max(retry, wait)
         elseif want_r > 0 and used + grant > rpm then
             grant = rpm - used  -- a lease takes what is left, never less than one
         end
@@ -86,18 +114,16 @@ end
 local allowed = retry == 0
 local out = {allowed and 1 or 0, retry}
 for i = 1, n do
-    local rk, tk, ak = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
+    local rk, tk, ak, nk = KEYS[4 * i - 3], KEYS[4 * i - 2], KEYS[4 * i - 1], KEYS[4 * i]
     local rpm, tpm = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
     local reset_r, reset_t = 0, 0
     if rpm > 0 then
         if allowed and want_r > 0 then
-            local entries = {}
-            for j = 1, grant do
-                entries[2 * j - 1] = now + lease
-                entries[2 * j] = member .. '#' .. j
-            end
-            redis.call('ZADD', rk, unpack(entries))
+            redis.call('ZADD', rk, now + lease, member)
+            redis.call('HSET', nk, member, grant)
+            redis.call('HINCRBY', nk, '_sum', grant)
             redis.call('PEXPIRE', rk, window + lease)
+            redis.call('PEXPIRE', nk, window + lease)
             used_r[i] = used_r[i] + grant
             reset_r = window + lease
         elseif used_r[i] > 0 then
@@ -136,6 +162,8 @@ end
 return 0
 """
 _PARTS_KEPT = 10_000
+# A scope's keys, in the order the take script reads them.
+_SUFFIXES = ("r", "k", "a", "n")
 _TAKE_SHA = hashlib.sha1(_TAKE_LUA.encode()).hexdigest().encode()
 
 
@@ -160,7 +188,7 @@ class RedisCounter:
         lease_ms: int = 0,
     ) -> Awaitable[Counted]:
         if self._pipe is None:
-            keys = [k for s in scopes for k in (f"{s.key}:r", f"{s.key}:k", f"{s.key}:a")]
+            keys = [f"{s.key}:{k}" for s in scopes for k in _SUFFIXES]
             args = [str(window_ms), member, str(requests), str(tokens)]
             args += [str(v) for s in scopes for v in (s.rpm, s.tpm)]
             return self._by_client(keys, [*args, str(lease_ms)])
@@ -178,7 +206,7 @@ class RedisCounter:
         key = (tuple(scopes), window_ms, requests, tokens, lease_ms)
         found = self._parts.get(key) if not tokens else None
         if found is None:
-            keys = [k.encode() for s in scopes for k in (f"{s.key}:r", f"{s.key}:k", f"{s.key}:a")]
+            keys = [f"{s.key}:{k}".encode() for s in scopes for k in _SUFFIXES]
             limits = [b"%d" % v for s in scopes for v in (s.rpm, s.tpm)]
             before = [b"EVALSHA", _TAKE_SHA, b"%d" % len(keys), *keys, b"%d" % window_ms]
             after = [b"%d" % requests, b"%d" % tokens, *limits, b"%d" % lease_ms]
@@ -207,7 +235,7 @@ class RedisCounter:
             except PipeError as exc:
                 if "NOSCRIPT" not in str(exc):
                     raise
-                keys = [f"{s.key}:{k}".encode() for s in scopes for k in ("r", "k", "a")]
+                keys = [f"{s.key}:{k}".encode() for s in scopes for k in _SUFFIXES]
                 args = [b"%d" % window_ms, member.encode(), b"%d" % requests, b"%d" % tokens]
                 args += [b"%d" % v for s in scopes for v in (s.rpm, s.tpm)]
                 args.append(b"%d" % lease_ms)
