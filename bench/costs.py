@@ -83,8 +83,9 @@ CREATE TEMP TABLE bench_kinds (
 )"""
 # $1..$2: row numbers; $3: the first row's time; $4: seconds between rows; $5 users; $6 tenants;
 # $7: the kinds' lower bounds in [0, 1), in k order (width_bucket picks a kind by its share).
-# The columns of migrations 003 to 005: no semantic hits or token kinds; a miss's digests repeat
-# every 100,000 rows (the report's repeated misses and persona advice read them).
+# The columns of migrations 003 to 006: no semantic hits or token kinds; a miss's digests repeat
+# every 100,000 rows (the report's repeated misses and persona advice read them); no upstream
+# or served model recorded (one upstream).
 _GENERATE = f"""
 INSERT INTO {STAGE} ({", ".join(COLUMNS)})
 SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
@@ -101,7 +102,8 @@ SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(i), 12, '0'))::uuid,
        $3::timestamptz + make_interval(secs => i * $4::float8),
        NULL, NULL, 0, 0, NULL,
        CASE WHEN s = 'MISS' AND ok THEN 'q' || (i % 100000) END,
-       CASE WHEN s = 'MISS' AND ok THEN 'a' || (i % 100000) END
+       CASE WHEN s = 'MISS' AND ok THEN 'a' || (i % 100000) END,
+       NULL, NULL
 FROM (
     SELECT *, s IN ('HIT', 'COALESCED') AS saved, s <> 'MISS' OR e >= 0.01 AS ok,
            (p * input_usd + c * output_usd) / 1e6 AS price
