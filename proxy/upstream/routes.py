@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from proxy.settings import RouteSettings, Settings, SettingsError
+from proxy.settings import Settings, SettingsError
+from proxy.settings_upstream import RouteSettings
 
 DEFAULT = "default"
 
