@@ -84,7 +84,7 @@ class RouteSettings(msgspec.Struct, forbid_unknown_fields=True):
     breaker_fail_max: Positive | None = None
     breaker_reset_s: Seconds | None = None
     max_in_flight: Positive | None = None
-    # Filled in at start-up from api_key_env (proxy/settings_load.py); not a config field.
+    # Filled in at start-up from api_key_env (proxy/settings_checks.py); not a config field.
     api_key: str | None = None
 
 
