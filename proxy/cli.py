@@ -22,11 +22,12 @@ from aiohttp import web
 from admin.app import create_admin_app
 from admin.report.build import WINDOWS
 from admin.report.command import report_text, write_report
+from proxy.cache.open_redis import check_redis
 from proxy.connection import GuardedAppRunner
 from proxy.fake_upstream import FakeUpstream, start_fake_upstream
 from proxy.ledger.factory import migrate_ledger
 from proxy.logs import configure_logging
-from proxy.runtime import check_redis, close_runtime, open_runtime
+from proxy.runtime import close_runtime, open_runtime
 from proxy.server import create_proxy_app
 from proxy.settings import Settings, SettingsError
 from proxy.settings_load import load_settings
@@ -163,7 +164,7 @@ def supervise(settings: Settings, upstream: str | None) -> int:
         (server.admin_host, server.admin_port, "ADMIN_PORT"),
     ):
         _listen(host, port, setting).close()  # without SO_REUSEPORT: fails if anyone holds it
-    asyncio.run(check_redis(settings))  # a wrong password or certificate: once, here
+    asyncio.run(check_redis(settings.cache))  # a wrong password or certificate: once, here
     if settings.cache.redis_url is None:
         log.warning(
             "WORKERS=%d without REDIS_URL: the memory cache, budgets and single-flight are "

@@ -14,17 +14,10 @@ from redis.exceptions import RedisError
 
 from proxy.body import InflightBodies
 from proxy.budget import BudgetBook
-from proxy.cache.cluster import RedisClient, is_cluster, open_cluster
-from proxy.cache.cluster_pipe import ClusterPipe
+from proxy.cache.cluster import RedisClient
 from proxy.cache.memory import MemoryStore
-from proxy.cache.near import NearCache
-from proxy.cache.near_store import NearStore
-from proxy.cache.pipe import RedisPipe
-from proxy.cache.redis import RedisStore, connect_redis
-from proxy.cache.redis_link import RedisLink, RedisRefused
-from proxy.cache.redis_url import TlsFiles
+from proxy.cache.open_redis import open_redis
 from proxy.cache.store import CacheStore
-from proxy.cache.tracking import TrackingListener
 from proxy.dispatch.batcher import Batcher
 from proxy.dispatch.flight import FlightTable
 from proxy.dispatch.peers import PeerFlights
@@ -42,7 +35,7 @@ from proxy.metrics import Metrics
 from proxy.persona import PersonaParser
 from proxy.semantic.build import open_semantic
 from proxy.semantic.cache import SemanticCache
-from proxy.settings import NEAR_CACHE_MB_DEFAULT, CacheSettings, Settings
+from proxy.settings import Settings
 from proxy.tenancy import TenantResolver
 from proxy.tracing import Tracer, Untraced, open_tracer
 from proxy.ttl import TtlPolicy
@@ -53,7 +46,7 @@ from proxy.upstream.gate import UpstreamGate
 from proxy.upstream.guarded import GuardedUpstream
 from proxy.upstream.lanes import Lane
 from proxy.upstream.routes import DEFAULT, RouteTable
-from proxy.vocabulary import INVALIDATION_GENERATION_KEY, SHARED_SECRET_KEY
+from proxy.vocabulary import SHARED_SECRET_KEY
 
 log = logging.getLogger("sidecache")
 
@@ -102,32 +95,16 @@ async def open_runtime(
     store: CacheStore
     counter: Counter = MemoryCounter()
     if settings.cache.redis_url:
-        cache = settings.cache
-        link = _redis_link(cache)
-        single = connect_redis(link, cache.redis_timeout_ms, cache.redis_max_connections)
-        await link.verify(single)  # a wrong password or certificate stops start-up here
         errors = metrics.cache_errors
-        timeout_ms = cache.redis_timeout_ms
-        pipe: RedisPipe | ClusterPipe
-        redis = single
-        clustered = await is_cluster(single, cache.redis_cluster)
-        if clustered:
-            redis, pipe = await open_cluster(single, link, timeout_ms, cache.redis_max_connections)
-        else:
-            pipe = RedisPipe(link, timeout_ms / 1000)
+        opened = await open_redis(
+            settings.cache,
+            on_error=lambda op: errors.labels(op).inc(),
+            watch_near=metrics.watch_near,
+        )
+        redis, store = opened.client, opened.store
         # The rate check shares the hit's connection (one write with its GET); on a cluster it
         # goes through redis-py (its keys share the tenant's slot, not the entry's).
-        counter = RedisCounter(redis, pipe if isinstance(pipe, RedisPipe) else None, timeout_ms)
-        store = RedisStore(
-            redis,
-            on_error=lambda op: errors.labels(op).inc(),
-            timeout_ms=timeout_ms,
-            pipe=pipe,
-            generation_key=INVALIDATION_GENERATION_KEY,
-        )
-        if cache.near_cache_mb > 0:
-            near_mb = cache.near_cache_mb
-            store = _near_store(store, link, near_mb, timeout_ms, metrics, clustered=clustered)
+        counter = RedisCounter(redis, opened.pipe, settings.cache.redis_timeout_ms)
     else:
         store = MemoryStore(int(settings.cache.memory_mb * 1024 * 1024))
     metrics.cache_up.labels(store.backend).set_function(lambda: float(store.available))
@@ -282,57 +259,6 @@ def open_lanes(
             route.name, client.for_route(route), lane_gate, route.api_key, route.api == "azure"
         )
     return lanes
-
-
-def _near_store(
-    store: RedisStore,
-    link: RedisLink,
-    megabytes: float,
-    timeout_ms: int,
-    metrics: Metrics,
-    *,
-    clustered: bool,
-) -> CacheStore:
-    if clustered:
-        # Said louder when it was asked for than when it is only the default. Not on a cluster:
-        # Redis reports changes per node (README: Redis Cluster).
-        level = logging.INFO if megabytes == NEAR_CACHE_MB_DEFAULT else logging.WARNING
-        log.log(level, "NEAR_CACHE_MB is ignored on a Redis Cluster")
-        return store
-    near = NearCache(int(megabytes * 1024 * 1024))
-    metrics.watch_near(near)
-    # Tracking sets up more than one command: a longer bound than a hit's.
-    near_store = NearStore(store, near, TrackingListener(link, near, max(timeout_ms, 1000) / 1000))
-    near_store.start()
-    return near_store
-
-
-async def check_redis(settings: Settings) -> None:
-    """The Redis start-up check alone, for the supervisor of `--workers N`: a refusal stops it
-    once (RedisRefused) rather than every worker failing and being restarted forever."""
-    cache = settings.cache
-    if not cache.redis_url:
-        return
-    link = _redis_link(cache)
-    client = connect_redis(link, cache.redis_timeout_ms, 1)
-    try:
-        await link.verify(client)
-    finally:
-        await client.aclose()
-
-
-def _redis_link(cache: CacheSettings) -> RedisLink:
-    """REDIS_URL and the TLS files, read once; the SSL context is built here, once. A TLS file
-    that does not load stops start-up naming it."""
-    assert cache.redis_url is not None
-    files = TlsFiles(cache.redis_ca_file, cache.redis_cert_file, cache.redis_key_file)
-    try:
-        return RedisLink.from_url(cache.redis_url, files, cache.redis_timeout_ms / 1000)
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise RedisRefused(
-            f"the TLS files for Redis do not load (REDIS_CA_FILE={files.ca_file!r}, "
-            f"REDIS_CERT_FILE={files.cert_file!r}, REDIS_KEY_FILE={files.key_file!r}): {exc}"
-        ) from None
 
 
 async def _key_secret(settings: Settings, redis: RedisClient | None) -> bytes:

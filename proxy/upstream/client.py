@@ -13,7 +13,7 @@ from collections.abc import AsyncIterable, Mapping
 import aiohttp
 
 from proxy.failures import UpstreamTimeout, UpstreamUnreachable
-from proxy.settings import UpstreamSettings, base_root
+from proxy.settings_upstream import UpstreamSettings, base_root
 from proxy.upstream.routes import Route
 
 # The paths that go to ANTHROPIC_BASE_URL when it is set apart (docs/design.md §11).

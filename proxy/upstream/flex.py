@@ -18,7 +18,7 @@ from fnmatch import fnmatchcase
 
 import msgspec
 
-from proxy.settings import UpstreamSettings
+from proxy.settings_upstream import UpstreamSettings
 from proxy.upstream.exchange import UpstreamRequest
 from proxy.upstream.gate import Priority
 from proxy.vocabulary import Endpoint

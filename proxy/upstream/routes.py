@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-from proxy.settings import RouteSettings, Settings, SettingsError
+from proxy.settings import Settings, SettingsError
+from proxy.settings_upstream import RouteSettings
 
 DEFAULT = "default"
 
@@ -60,7 +61,7 @@ class RouteTable:
     @classmethod
     def from_settings(cls, settings: Settings) -> RouteTable:
         """Raises SettingsError naming the setting when the routing is not usable (keys are
-        read from the environment by proxy/settings_load.py into `api_key`)."""
+        read from the environment by proxy/settings_checks.py into `api_key`)."""
         configured = settings.upstreams
         if not configured:
             default = Route(DEFAULT, settings.upstream.base_url, ("*",))
