@@ -19,7 +19,7 @@ semantic partition) is made of what `canonical_body` returns. The rules:
   model's generation config when those are absent).
 - The non-semantic fields (`NON_SEMANTIC_FIELDS`) are left out.
 - Input forms the API treats as one are one: for moderations a one-item list of a string is
-  that string (embeddings key each input item on its own, proxy/handlers/embeddings.py); for
+  that string (embeddings key each input item on its own, proxy/handlers/embeddings_items.py); for
   Responses an `input` of one plain user message is its text.
 - Responses' `store: false` counts (see `_responses_forms`), though `store` is non-semantic
   everywhere else.

@@ -17,13 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from proxy.dispatch.batch_shapes import Share, batch_key
 from proxy.dispatch.batcher import Batcher
-from proxy.handlers import embeddings as embeddings_handler
+from proxy.handlers import embeddings_fetch
 from proxy.metrics import Metrics
 from proxy.settings_load import load_settings
 from proxy.upstream.breakers import BreakerBoard
 from proxy.upstream.client import UpstreamClient
 from proxy.upstream.gate import Priority, UpstreamGate
 from proxy.upstream.guarded import GuardedUpstream
+from proxy.vectors import from_wire
 from tests.fixtures.burst import Burst, burst
 from tests.fixtures.sidecar import (
     API_KEY,
@@ -474,7 +475,7 @@ async def test_wait_zero_still_merges_one_loop_turn(stub: Stub) -> None:
             *(
                 batcher.submit(
                     key,
-                    embeddings_handler.BATCHED,
+                    embeddings_fetch.BATCHED,
                     item,
                     params=params,
                     headers=CIMultiDict(headers),
@@ -490,7 +491,7 @@ async def test_wait_zero_still_merges_one_loop_turn(stub: Stub) -> None:
     assert stub.fake.embedding_inputs_per_call == [5]
     assert all(isinstance(share, Share) and share.requests == 5 for share in shares)
     assert [s.part for s in shares if isinstance(s, Share)] == [
-        embeddings_handler.from_wire(v) for v in direct_vectors(stub, texts(5))
+        from_wire(v) for v in direct_vectors(stub, texts(5))
     ]
 
 

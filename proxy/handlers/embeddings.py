@@ -13,61 +13,43 @@ its `usage` is then its own part of that call's, and the answer says `X-Batch-Si
 A multi-input request makes one upstream call of its own.
 
 The steps are the pipeline's (proxy/handlers/pipeline.py), per item: parse, keys, lookup,
-budget pre-flight, upstream call, store, answer, ledger outcome.
+budget pre-flight, upstream call, store, answer, ledger outcome. This module runs them and
+assembles the answer; what the items are and how each is keyed is embeddings_items.py's, the
+missing items' upstream call, charge and store embeddings_fetch.py's.
 """
 
 from __future__ import annotations
 
-import binascii
-import time
-from dataclasses import dataclass
-from typing import Any
-
 import msgspec
 from aiohttp import web
-from multidict import CIMultiDict
 
 from proxy.accounting import Outcome
-from proxy.cache.entry import EntryMeta, StoredVector, decode_vector, encode_entry
-from proxy.dispatch.batch_shapes import BATCH_SIZE_HEADER, BatchKind, Share, Split
-from proxy.failures import BadUpstreamAnswer, InvalidRequest
-from proxy.handlers.answers import MISS_HEADERS, cache_headers, entry_meta
-from proxy.handlers.costing import open_outcome, preflight
+from proxy.cache.entry import StoredVector, decode_vector
+from proxy.dispatch.batch_shapes import BATCH_SIZE_HEADER
+from proxy.handlers.answers import MISS_HEADERS, cache_headers
+from proxy.handlers.costing import open_outcome
+from proxy.handlers.embeddings_fetch import Fetched, fill_missing
+from proxy.handlers.embeddings_items import ItemKeys, input_items
 from proxy.handlers.freshness import still_valid
 from proxy.handlers.json_body import refuse_repeated_keys
-from proxy.handlers.miss import submit_share
-from proxy.handlers.parse import (
-    ParsedRequest,
-    client_connected,
-    parse_request,
-    upstream_headers,
-    view,
-)
+from proxy.handlers.parse import ParsedRequest, parse_request, view
 from proxy.handlers.rate import admit_request, admit_tokens, open_rate, settle_tokens
-from proxy.keys import NON_SEMANTIC_FIELDS, CacheKey, ScopePart
+from proxy.keys import CacheKey
 from proxy.runtime import RUNTIME, Runtime
-from proxy.ttl import Kind
-from proxy.upstream.exchange import UpstreamRequest
-from proxy.upstream.guarded import UPSTREAM_HEADER
 from proxy.upstream.headers import client_response_headers
-from proxy.vectors import apportion, from_wire, to_wire
+from proxy.vectors import to_wire
 from proxy.vocabulary import CacheStatus, Endpoint
-from proxy.wire import EmbeddingAnswer, EmbeddingRequest
+from proxy.wire import EmbeddingRequest
 
-ENDPOINT = Endpoint.EMBEDDINGS
-MAX_INPUTS = 2048
-MAX_CALL_TOKENS = 300_000  # the upstream's limit on one call's inputs together
 _encode = msgspec.json.Encoder().encode
-_decode_answer = msgspec.json.Decoder(EmbeddingAnswer).decode
-_NOT_KEYED = NON_SEMANTIC_FIELDS | {"input", "encoding_format"}
 
 
 async def embeddings(request: web.Request) -> web.StreamResponse:
     runtime = request.app[RUNTIME]
-    parsed = await parse_request(request, runtime, ENDPOINT, persona_aware=False)
+    parsed = await parse_request(request, runtime, Endpoint.EMBEDDINGS, persona_aware=False)
     req = view(EmbeddingRequest, parsed.body)
     items = input_items(req.input)
-    keys = _Keys.of(runtime, parsed, items)
+    keys = ItemKeys.of(runtime, parsed, items)
     rate = open_rate(runtime, parsed) if runtime.limiter.active else None
     try:
         found = await _lookup(runtime, parsed, keys)
@@ -83,7 +65,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     if rate is not None:
         await admit_tokens(request, runtime, parsed, rate)
     request[MISS_HEADERS] = cache_headers(parsed.miss_status, keys.request)
-    fetched = await _fill(request, runtime, parsed, outcome, req.model, keys, items, found)
+    fetched = await fill_missing(request, runtime, parsed, outcome, req.model, keys, items, found)
     if rate is not None:
         await settle_tokens(
             runtime, rate, 0 if isinstance(fetched, web.Response) else fetched.spent
@@ -94,50 +76,8 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     return _answer(parsed, req, keys.request, found, len(missing), fetched, cached_tokens)
 
 
-def input_items(value: str | list[Any]) -> list[Any]:
-    """The separate inputs of an embeddings request: strings or token arrays."""
-    if isinstance(value, str):
-        items: list[Any] = [value]
-    elif value and all(isinstance(x, int) and not isinstance(x, bool) for x in value):
-        items = [value]  # one token array
-    else:
-        items = value
-    if not items:
-        raise InvalidRequest("input must not be empty.", param="input")
-    if len(items) > MAX_INPUTS:
-        raise InvalidRequest(f"input takes at most {MAX_INPUTS} items.", param="input")
-    for index, item in enumerate(items):
-        ok = (isinstance(item, str) and item) or (
-            isinstance(item, list)
-            and item
-            and all(isinstance(x, int) and not isinstance(x, bool) for x in item)
-        )
-        if not ok:
-            raise InvalidRequest(
-                f"input[{index}] must be a non-empty string or a non-empty array of token ids.",
-                param="input",
-            )
-    return items
-
-
-@dataclass(frozen=True, slots=True)
-class _Keys:
-    scope: ScopePart
-    items: list[str]  # each input's entry key
-    request: CacheKey  # the whole request's (X-Cache-Key)
-
-    @classmethod
-    def of(cls, runtime: Runtime, parsed: ParsedRequest, items: list[Any]) -> _Keys:
-        tenant, keys = parsed.identity.tenant, runtime.keys
-        scope = keys.scope_part(parsed.directives, parsed.persona, parsed.user_id, ())
-        params = {k: v for k, v in parsed.body.items() if k not in _NOT_KEYED}
-        entries = [keys.item_key(tenant, ENDPOINT, params, item, scope).entry for item in items]
-        request_key = keys.request_key(tenant, ENDPOINT, {**params, "input": items}, scope)
-        return cls(scope, entries, request_key)
-
-
 async def _lookup(
-    runtime: Runtime, parsed: ParsedRequest, keys: _Keys
+    runtime: Runtime, parsed: ParsedRequest, keys: ItemKeys
 ) -> list[StoredVector | None]:
     found: list[StoredVector | None] = [None] * len(keys.items)
     if parsed.directives.read:
@@ -159,102 +99,13 @@ def _count_hits(runtime: Runtime, outcome: Outcome, found: list[StoredVector | N
     return saved_tokens
 
 
-@dataclass(frozen=True, slots=True)
-class _Fetched:
-    model: str
-    spent: int  # the prompt tokens this request is charged
-    parts: list[tuple[bytes, int]]  # per missing item: its float32 vector and its tokens
-    relayed: CIMultiDict[str]  # the upstream's headers fit for the client
-    shared: int = 0  # how many requests shared the call (0: not batched)
-
-    def vectors(self, meta: EntryMeta) -> list[StoredVector]:
-        now = time.time()
-        return [StoredVector(vector, tokens, now, meta) for vector, tokens in self.parts]
-
-
-async def _fill(
-    request: web.Request,
-    runtime: Runtime,
-    parsed: ParsedRequest,
-    outcome: Outcome,
-    model: str,
-    keys: _Keys,
-    items: list[Any],
-    found: list[StoredVector | None],
-) -> _Fetched | web.Response:
-    """Fetches the items not `found` into it, charges them and stores them; or the upstream's
-    error answer."""
-    missing = [i for i, vector in enumerate(found) if vector is None]
-    meta = entry_meta(parsed, model, keys.scope, runtime.invalidations.generation)
-    held = await preflight(runtime, parsed, model)
-    if len(items) == 1:
-        fetched = await _fetch_batched(request, runtime, parsed, items[0])
-    else:
-        fetched = await _fetch(request, runtime, parsed, [items[i] for i in missing])
-    if isinstance(fetched, web.Response):  # the upstream's error answer: release the hold
-        await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, 0.0, held)
-        return fetched
-    outcome.upstream = fetched.relayed.get(UPSTREAM_HEADER)  # the ledger's (migration 006)
-    cost = outcome.paid(runtime.prices, fetched.spent, 0, 0)
-    await runtime.budgets.settle(parsed.identity.tenant, parsed.user_id, cost, held)
-    new = fetched.vectors(meta)
-    for i, vector in zip(missing, new, strict=True):
-        found[i] = vector
-    if parsed.directives.write:
-        ttl = runtime.ttl.seconds(Kind.EMBEDDINGS, 0.0, parsed.directives.max_age)
-        stored = [(keys.items[i], encode_entry(v), ttl) for i, v in zip(missing, new, strict=True)]
-        await runtime.store.put_many(stored)
-    return fetched
-
-
-async def _fetch(
-    request: web.Request, runtime: Runtime, parsed: ParsedRequest, inputs: list[Any]
-) -> _Fetched | web.Response:
-    """The inputs of a multi-input request, in one upstream call of their own."""
-    body = {**parsed.body, "input": inputs, "encoding_format": "base64"}
-    call = UpstreamRequest(
-        endpoint=ENDPOINT,
-        path=request.path,
-        headers=upstream_headers(request, parsed),
-        body=_encode(body),
-        priority=parsed.priority,
-        tenant=parsed.identity.tenant,
-        model=model if isinstance(model := parsed.body.get("model"), str) else None,
-    )
-    reply = await runtime.upstream.call(call, lambda: client_connected(request))
-    if reply.status != 200:
-        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
-    try:
-        split = split_answer(reply.body, len(inputs))
-    except ValueError as exc:
-        raise BadUpstreamAnswer(f"The upstream API sent {exc}.") from None
-    spent = split.prompt_tokens or 0
-    shares = apportion(spent, [len(item) for item in inputs])
-    parts = list(zip(split.parts, shares, strict=True))
-    return _Fetched(split.rest["model"], spent, parts, reply.headers)
-
-
-async def _fetch_batched(
-    request: web.Request, runtime: Runtime, parsed: ParsedRequest, item: Any
-) -> _Fetched | web.Response:
-    """The one input of a single-input request, in a call it may share (micro-batching)."""
-    headers = upstream_headers(request, parsed)
-    share = await submit_share(
-        runtime, BATCHED, parsed, headers, item, lambda: client_connected(request)
-    )
-    if not isinstance(share, Share):
-        return web.Response(status=share.status, body=share.body, headers=share.headers)
-    parts = [(share.part, share.item_tokens)]
-    return _Fetched(share.rest["model"], share.tokens, parts, share.headers, share.requests)
-
-
 def _answer(
     parsed: ParsedRequest,
     req: EmbeddingRequest,
     key: CacheKey,
     found: list[StoredVector | None],
     missed: int,
-    fetched: _Fetched | None,
+    fetched: Fetched | None,
     cached_tokens: int,
 ) -> web.Response:
     encoding = req.encoding_format or "float"
@@ -283,29 +134,3 @@ def _answer(
     response.headers.update(cache_headers(status, key, stored_at))
     response.headers["X-Cache-Hits"] = f"{len(found) - missed}/{len(found)}"
     return response
-
-
-def split_answer(payload: bytes, count: int) -> Split:
-    """An embeddings answer for `count` inputs as float32 vectors in input order."""
-    try:
-        answer = _decode_answer(payload)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"an unreadable embeddings answer ({exc})") from None
-    by_index = {item.index: item.embedding for item in answer.data}
-    if len(answer.data) != count or sorted(by_index) != list(range(count)):
-        raise ValueError(f"{len(answer.data)} embeddings for {count} inputs")
-    try:
-        vectors = [from_wire(by_index[n]) for n in range(count)]
-    except (binascii.Error, ValueError, TypeError) as exc:
-        raise ValueError(f"an embedding that is not float32 data ({exc})") from None
-    tokens = answer.usage.prompt_tokens if answer.usage else None
-    return Split(vectors, {"model": answer.model}, tokens)
-
-
-BATCHED = BatchKind(
-    endpoint=ENDPOINT,
-    split=split_answer,
-    max_inputs=MAX_INPUTS,
-    max_tokens=MAX_CALL_TOKENS,
-    extra={"encoding_format": "base64"},
-)
