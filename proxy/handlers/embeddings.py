@@ -48,8 +48,7 @@ from proxy.keys import NON_SEMANTIC_FIELDS, CacheKey, ScopePart
 from proxy.runtime import RUNTIME, Runtime
 from proxy.ttl import Kind
 from proxy.upstream.exchange import UpstreamRequest
-from proxy.upstream.guarded import UPSTREAM_HEADER
-from proxy.upstream.headers import client_response_headers
+from proxy.upstream.headers import UPSTREAM_HEADER, client_response_headers
 from proxy.vectors import apportion, from_wire, to_wire
 from proxy.vocabulary import CacheStatus, Endpoint
 from proxy.wire import EmbeddingAnswer, EmbeddingRequest
