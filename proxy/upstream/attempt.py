@@ -67,6 +67,9 @@ def fits(wait_s: float, deadline: float) -> bool:
 
 
 class Attempts:
+    """Single tries of calls, each on one upstream: the guarded upstream's own breakers,
+    metrics and back-off randomness (for the wait a retry answer asks for)."""
+
     def __init__(self, breakers: BreakerBoard, metrics: Metrics, rng: random.Random) -> None:
         self.breakers = breakers
         self.metrics = metrics
