@@ -12,7 +12,7 @@ from admin.audit import audit
 from admin.auth import CALLER
 from admin.wire import json_answer, read_body
 from proxy.limits import ScopeUse
-from proxy.limits.limiter import LimitOverride
+from proxy.limits.scopes import LimitOverride
 from proxy.runtime import Runtime
 
 Limit = Annotated[int, msgspec.Meta(ge=0, le=10**12)]

@@ -31,7 +31,7 @@ from proxy.handlers.parse import ParsedRequest, client_connected, upstream_heade
 from proxy.runtime import Runtime
 from proxy.ttl import Kind
 from proxy.upstream.exchange import UpstreamRequest
-from proxy.upstream.guarded import UPSTREAM_HEADER
+from proxy.upstream.headers import UPSTREAM_HEADER
 from proxy.vectors import apportion, from_wire
 from proxy.vocabulary import Endpoint
 from proxy.wire import EmbeddingAnswer

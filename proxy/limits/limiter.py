@@ -1,6 +1,7 @@
-"""Sliding-log rate limits: which limits apply to a request, and the decision
-(docs/design.md §13). The logs live in a counter: Redis (proxy/limits/redis_backend.py) or
-this process's memory without it (proxy/limits/memory.py).
+"""Sliding-log rate limits: a request's check, asked of the counter or decided from this
+replica's lease (docs/design.md §13). Which limits apply is proxy/limits/scopes.py, reading the
+counter's answer proxy/limits/decision.py. The logs live in a counter: Redis
+(proxy/limits/redis_backend.py) or this process's memory without it (proxy/limits/memory.py).
 
 A sliding log keeps every counted request (and its tokens) for one window, so in ANY window's
 span no more than the limit is ever let through: no burst of twice the limit at a window's
@@ -23,14 +24,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import msgspec
-
-from proxy.budget.limits import hashed_part, key_part
 from proxy.failures import RateLimited
+from proxy.limits.decision import decision, refused_limit
 from proxy.limits.lease import LEASE_S, Leases
-from proxy.limits.types import Counted, Decision, Scope, ScopeUse
+from proxy.limits.scopes import LimitOverride, limited_scopes
+from proxy.limits.types import Counted, Decision, Scope
 from proxy.settings import RateSettings
-from proxy.vocabulary import RATE_KEY_PREFIX
 
 # (tenant, user) pairs whose scopes are kept: past it the table starts again.
 _SCOPES_KEPT = 10_000
@@ -62,15 +61,6 @@ class Counter(Protocol):
         self, scopes: Sequence[Scope], member: str, tokens: int, window_ms: int
     ) -> None:
         """Replaces `member`'s counted tokens (the estimate) by `tokens` (the real usage)."""
-
-
-class LimitOverride(msgspec.Struct, frozen=True):
-    """An operator's limits for one tenant or user; None keeps the setting's."""
-
-    scope: str  # "tenant" | "user"
-    id: str
-    rpm: int | None = None
-    tpm: int | None = None
 
 
 @dataclass
@@ -118,19 +108,7 @@ class Limiter:
         self.seen[tenant] = None  # for the admin's view of current use (newest last)
         if len(self.seen) > _SEEN_KEPT:
             del self.seen[next(iter(self.seen))]
-        cfg, found = self.settings, self.overrides
-        base = RATE_KEY_PREFIX % key_part(tenant)
-        out: list[Scope] = []
-        row = found.get(("tenant", tenant)) if found else None
-        rpm, tpm = _limits(row, cfg.tenant_rpm, cfg.tenant_tpm)
-        if rpm or tpm:
-            out.append(Scope("tenant", f"{base}:t", rpm, tpm))
-        if user_id:
-            row = found.get(("user", user_id)) if found else None
-            rpm, tpm = _limits(row, cfg.user_rpm, cfg.user_tpm)
-            if rpm or tpm:  # user ids never appear in Redis keys
-                out.append(Scope("user", f"{base}:u:{hashed_part(user_id)}", rpm, tpm))
-        return tuple(out)
+        return limited_scopes(self.settings, self.overrides, tenant, user_id)
 
     def member(self) -> str:
         return f"{self._prefix}.{self._ids()}"
@@ -272,7 +250,7 @@ class Limiter:
         self, scopes: Sequence[Scope], counted: Decision, requests: int, tokens: int
     ) -> RateLimited:
         """429 `rate_limit_exceeded`, naming the limit (never an id)."""
-        scope, kind, limit = _refused(scopes, counted, requests, tokens)
+        scope, kind, limit = refused_limit(scopes, counted, requests, tokens)
         self.on_limited(scope, kind)
         wait_s = max(1, math.ceil(counted.retry_ms / 1000))
         return RateLimited(
@@ -282,43 +260,5 @@ class Limiter:
         )
 
 
-def _limits(row: LimitOverride | None, rpm: int, tpm: int) -> tuple[int, int]:
-    if row is None:
-        return rpm, tpm
-    return (rpm if row.rpm is None else row.rpm), (tpm if row.tpm is None else row.tpm)
-
-
 def _window(seconds: float) -> str:
     return "minute" if seconds == 60 else f"{seconds:g} s"
-
-
-def decision(scopes: Sequence[Scope], counted: Counted) -> Decision:
-    """The decision, with the tightest limit of each kind (least remaining) for the headers."""
-    requests: ScopeUse | None = None
-    tokens: ScopeUse | None = None
-    for i, scope in enumerate(scopes):
-        used_r, reset_r, used_t, reset_t = counted[2 + 4 * i : 6 + 4 * i]
-        if scope.rpm and (requests is None or scope.rpm - used_r < requests.limit - requests.used):
-            requests = ScopeUse(scope.rpm, used_r, reset_r)
-        if scope.tpm and (tokens is None or scope.tpm - used_t < tokens.limit - tokens.used):
-            tokens = ScopeUse(scope.tpm, used_t, reset_t)
-    return Decision(bool(counted[0]), counted[1], requests, tokens)
-
-
-def _refused(
-    scopes: Sequence[Scope], counted: Decision, requests: int, tokens: int
-) -> tuple[str, str, int]:
-    """Which limit refused: the reported use of each kind is the tightest one."""
-    use = counted.requests
-    if requests and use is not None and use.used + requests > use.limit:
-        return _scope_of(scopes, use.limit, rpm=True), "requests", use.limit
-    use = counted.tokens
-    limit = use.limit if use is not None else 0
-    return _scope_of(scopes, limit, rpm=False), "tokens", limit
-
-
-def _scope_of(scopes: Sequence[Scope], limit: int, *, rpm: bool) -> str:
-    for scope in scopes:
-        if (scope.rpm if rpm else scope.tpm) == limit:
-            return scope.name
-    return "tenant"

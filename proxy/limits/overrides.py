@@ -15,7 +15,8 @@ from redis.exceptions import RedisError
 
 from proxy.cache.cluster import RedisClient
 from proxy.failures import StoreUnavailable
-from proxy.limits.limiter import Limiter, LimitOverride
+from proxy.limits.limiter import Limiter
+from proxy.limits.scopes import LimitOverride
 from proxy.vocabulary import RATE_OVERRIDES_KEY
 
 log = logging.getLogger("sidecache")

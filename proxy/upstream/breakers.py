@@ -2,7 +2,7 @@
 
 pybreaker has no asyncio support, so a call is guarded with `with breaker.guard():` (pybreaker's
 `calling()` plus the probe gate below) around the awaited upstream call only, never around
-writes to a client; proxy/upstream/guarded.py is the one caller. Timeouts and connection errors
+writes to a client; proxy/upstream/attempt.py is the one caller. Timeouts and connection errors
 count as failures; 5xx answers count only when they are not one tenant's alone (`counts_5xx`,
 docs/design.md §4); 4xx answers return normally and do not. A call cancelled because its
 clients left is no failure (pybreaker then counts it as a success). While a breaker is open,

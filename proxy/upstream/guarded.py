@@ -21,64 +21,33 @@ connection error) moves to the next upstream of its model's fallback chain. Both
 before the answer is handed to the reader, so nothing of a failed try ever reached a client
 and a stream is never tried again once relayed. The answer's relayed headers say
 `X-Upstream` (and `X-Fallback-From` when it fell back).
+
+This module walks the chain and retries; one try on one upstream (breaker, gate slot, send
+under the deadline, what to do with the answer) is proxy/upstream/attempt.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import TypeVar, cast
-
-import aiohttp
+from dataclasses import replace
+from typing import TypeVar
 
 from proxy.failures import BreakerOpen, InvalidRequest, UpstreamTimeout, UpstreamUnreachable
 from proxy.metrics import Metrics
 from proxy.tracing import Tracer, Untraced
-from proxy.upstream.breakers import Breaker, BreakerBoard
-from proxy.upstream.client import UpstreamClient, read_body
-from proxy.upstream.exchange import (
-    Exchange,
-    Reader,
-    Reply,
-    UpstreamFailure,
-    UpstreamRequest,
-    read_reply,
-)
+from proxy.upstream.attempt import Again, Attempts, Step, fits
+from proxy.upstream.breakers import BreakerBoard
+from proxy.upstream.client import UpstreamClient
+from proxy.upstream.exchange import Reader, Reply, UpstreamRequest, read_reply
 from proxy.upstream.gate import UpstreamGate, Wanted
-from proxy.upstream.headers import client_response_headers
 from proxy.upstream.lanes import Lane, RequestBody
-from proxy.upstream.retries import (
-    MOVE_STATUSES,
-    RETRY_STATUSES,
-    RouteStats,
-    backoff_s,
-    retry_after_s,
-)
+from proxy.upstream.retries import RouteStats, backoff_s
 from proxy.upstream.routes import DEFAULT, Route, RouteTable, Target
 
 T = TypeVar("T")
-UPSTREAM_HEADER = "X-Upstream"
-FALLBACK_HEADER = "X-Fallback-From"
 _MOVE = (BreakerOpen, UpstreamTimeout, UpstreamUnreachable)  # failures a fallback may follow
-
-
-@dataclass(frozen=True, slots=True)
-class _Again:
-    """An answer not handed to the reader: the call is retried or moves on."""
-
-    status: int
-    wait_s: float | None  # the back-off before a retry on the same upstream; None: move on
-
-
-class _Counted(Exception):
-    """Raised inside the breaker for a 5xx that counts against it, then unwrapped."""
-
-    def __init__(self, again: _Again) -> None:
-        super().__init__("the upstream answered 5xx")
-        self.again = again
 
 
 class GuardedUpstream:
@@ -108,6 +77,7 @@ class GuardedUpstream:
         self.retries = retries
         self.stats = RouteStats()
         self._rng = rng or random.Random()
+        self._attempts = Attempts(breakers, metrics, self._rng)
 
     async def call(self, request: UpstreamRequest, wanted: Wanted) -> Reply:
         """The upstream's whole answer. Raises UpstreamTimeout, UpstreamUnreachable,
@@ -144,7 +114,7 @@ class GuardedUpstream:
         for index, target in enumerate(chain):
             last = index == len(chain) - 1
             fell_back = None if target.upstream == origin else origin
-            step = _Step(target, request.model, fell_back)
+            step = Step(target, request.model, fell_back)
             try:
                 outcome = await self._on_lane(request, step, body, wanted, read, deadline, last)
             except _MOVE as exc:
@@ -152,7 +122,7 @@ class GuardedUpstream:
                     raise
                 self._moved(target, chain[index + 1], type(exc).__name__)
                 continue
-            if isinstance(outcome, _Again):
+            if isinstance(outcome, Again):
                 self._moved(target, chain[index + 1], str(outcome.status))
                 continue
             self.stats.served[target.upstream] += 1
@@ -169,20 +139,20 @@ class GuardedUpstream:
     async def _on_lane(
         self,
         request: UpstreamRequest,
-        step: _Step,
+        step: Step,
         body: RequestBody,
         wanted: Wanted,
         read: Reader[T],
         deadline: float,
         last: bool,
-    ) -> T | _Again:
+    ) -> T | Again:
         """One upstream's tries: retried while retries are left and the wait fits the deadline."""
         lane = self.lanes[step.target.upstream]
         attempt = 0
         while True:
             retry_left = attempt < self.retries
             try:
-                outcome = await self._attempt(
+                outcome = await self._attempts.attempt(
                     request,
                     lane,
                     step,
@@ -196,10 +166,10 @@ class GuardedUpstream:
             except UpstreamUnreachable:
                 wait = backoff_s(attempt, None, self._rng)
                 breaker = self.breakers.for_endpoint(request.endpoint, lane.name)
-                if not retry_left or not self._fits(wait, deadline) or breaker.state != "closed":
+                if not retry_left or not fits(wait, deadline) or breaker.state != "closed":
                     raise  # (a breaker its own tries opened would only refuse the retry)
-                outcome = _Again(0, wait)
-            if not isinstance(outcome, _Again) or outcome.wait_s is None:
+                outcome = Again(0, wait)
+            if not isinstance(outcome, Again) or outcome.wait_s is None:
                 return outcome
             attempt += 1
             self.stats.retries[lane.name] += 1
@@ -209,113 +179,3 @@ class GuardedUpstream:
                 "sidecache.retry", {"upstream": lane.name, "attempt": attempt, "reason": reason}
             )
             await asyncio.sleep(outcome.wait_s)
-
-    def _fits(self, wait_s: float, deadline: float) -> bool:
-        return asyncio.get_running_loop().time() + wait_s < deadline
-
-    async def _attempt(
-        self,
-        request: UpstreamRequest,
-        lane: Lane,
-        step: _Step,
-        body: RequestBody,
-        wanted: Wanted,
-        read: Reader[T],
-        deadline: float,
-        attempt: int | None,
-        last: bool,
-    ) -> T | _Again:
-        breaker = self.breakers.for_endpoint(request.endpoint, lane.name)
-        breaker.admit()  # refuses at once rather than after waiting for a slot
-        async with lane.gate.slot(request.priority, wanted):
-            sent = body.for_model(step.target.model)
-            breaker.saw_call(request.tenant)
-            try:
-                with breaker.guard():
-                    return await self._send(
-                        request, lane, step, sent, read, breaker, deadline, attempt, last
-                    )
-            except UpstreamFailure as failure:
-                return cast(T, failure.result)
-            except _Counted as counted:
-                return counted.again
-
-    def _again(
-        self,
-        response: aiohttp.ClientResponse,
-        breaker: Breaker,
-        deadline: float,
-        attempt: int | None,
-        last: bool,
-    ) -> _Again | None:
-        """What to do instead of reading this answer: retry (`wait_s`), move on, or neither.
-        No retry when this failure opens the breaker: the client gets the answer instead."""
-        status = response.status
-        if attempt is not None and status in RETRY_STATUSES and not breaker.near_open():
-            wait = backoff_s(attempt, retry_after_s(response.headers), self._rng)
-            if self._fits(wait, deadline):
-                return _Again(status, wait)
-        if not last and status in MOVE_STATUSES:
-            return _Again(status, None)
-        return None
-
-    async def _send(
-        self,
-        request: UpstreamRequest,
-        lane: Lane,
-        step: _Step,
-        body: bytes,
-        read: Reader[T],
-        breaker: Breaker,
-        deadline: float,
-        attempt: int | None,
-        last: bool,
-    ) -> T | _Again:
-        started = time.perf_counter()
-        headers = lane.headers(request.headers)
-        try:
-            async with asyncio.timeout_at(deadline):
-                response = await lane.client.send(
-                    "POST", request.path, headers, body, model=step.served_model
-                )
-                self.metrics.observe_upstream(
-                    request.endpoint, response.status, time.perf_counter() - started
-                )
-                again = self._again(response, breaker, deadline, attempt, last)
-                if again is not None:
-                    await read_body(response)  # keeps the connection for the next call
-                    if response.status >= 500 and breaker.counts_5xx(request.tenant):
-                        raise _Counted(again)
-                    return again
-                relayed = client_response_headers(response.headers, decoded=True)
-                relayed[UPSTREAM_HEADER] = lane.name
-                if step.fallback_from is not None:
-                    relayed[FALLBACK_HEADER] = step.fallback_from
-                exchange = Exchange(
-                    relayed, started, lane.name, step.served_model, step.fallback_from
-                )
-                try:
-                    result = await read(response, exchange)
-                except BaseException:
-                    response.close()  # cancelled or timed out mid-body: stop the upstream too
-                    raise
-        except UpstreamTimeout:
-            raise
-        except TimeoutError as exc:  # the total deadline
-            raise UpstreamTimeout() from exc
-        if response.status >= 500 and breaker.counts_5xx(request.tenant):
-            raise UpstreamFailure(result)
-        return result
-
-
-@dataclass(frozen=True, slots=True)
-class _Step:
-    """A chain's step as a call makes it: the model asked for there, and whose call it was."""
-
-    target: Target
-    requested: str | None
-    fallback_from: str | None
-
-    @property
-    def served_model(self) -> str | None:
-        return self.target.model or self.requested

@@ -6,6 +6,10 @@ from collections.abc import Mapping
 
 from multidict import CIMultiDict
 
+# Set by the sidecar on an upstream's answer (proxy/upstream/attempt.py): which upstream
+# answered, and the model's own upstream when the call fell back to another.
+UPSTREAM_HEADER = "X-Upstream"
+FALLBACK_HEADER = "X-Fallback-From"
 # RFC 9110 §7.6.1 hop-by-hop headers, plus the ones the HTTP client sets for itself.
 HOP_BY_HOP = frozenset(
     {
