@@ -38,6 +38,20 @@ local since = now - window
 local n = #KEYS / 4
 local lease = tonumber(ARGV[5 + 2 * n] or '0')
 local grant = want_r
+-- Drops the members that left the window from a log and their amounts (requests or tokens)
+-- from its hash, keeping the hash's running '_sum'.
+local function expire(log, amounts)
+    while true do
+        local gone = redis.call('ZRANGEBYSCORE', log, '-inf', since, 'LIMIT', 0, 500)
+        if #gone == 0 then return end
+        local held = redis.call('HMGET', amounts, unpack(gone))
+        local freed = 0
+        for j = 1, #gone do freed = freed + (tonumber(held[j]) or 0) end
+        redis.call('HDEL', amounts, unpack(gone))
+        redis.call('HINCRBY', amounts, '_sum', -freed)
+        redis.call('ZREM', log, unpack(gone))
+    end
+end
 local retry = 0
 local used_r, used_t, last_t = {}, {}, {}
 for i = 1, n do
@@ -45,16 +59,7 @@ for i = 1, n do
     local rpm, tpm = tonumber(ARGV[3 + 2 * i]), tonumber(ARGV[4 + 2 * i])
     used_r[i], used_t[i], last_t[i] = 0, 0, 0
     if rpm > 0 then
-        while true do
-            local gone = redis.call('ZRANGEBYSCORE', rk, '-inf', since, 'LIMIT', 0, 500)
-            if #gone == 0 then break end
-            local counts = redis.call('HMGET', nk, unpack(gone))
-            local freed = 0
-            for j = 1, #gone do freed = freed + (tonumber(counts[j]) or 0) end
-            redis.call('HDEL', nk, unpack(gone))
-            redis.call('HINCRBY', nk, '_sum', -freed)
-            redis.call('ZREM', rk, unpack(gone))
-        end
+        expire(rk, nk)
         local used = tonumber(redis.call('HGET', nk, '_sum')) or 0
         used_r[i] = used
         if want_r > 0 and used + 1 > rpm then
@@ -81,16 +86,7 @@ for i = 1, n do
         end
     end
     if tpm > 0 then
-        while true do
-            local gone = redis.call('ZRANGEBYSCORE', tk, '-inf', since, 'LIMIT', 0, 500)
-            if #gone == 0 then break end
-            local amounts = redis.call('HMGET', ak, unpack(gone))
-            local freed = 0
-            for j = 1, #gone do freed = freed + (tonumber(amounts[j]) or 0) end
-            redis.call('HDEL', ak, unpack(gone))
-            redis.call('HINCRBY', ak, '_sum', -freed)
-            redis.call('ZREM', tk, unpack(gone))
-        end
+        expire(tk, ak)
         local state = redis.call('HMGET', ak, '_sum', '_last')
         local used = tonumber(state[1]) or 0
         used_t[i], last_t[i] = used, tonumber(state[2]) or 0
