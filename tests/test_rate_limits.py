@@ -16,9 +16,8 @@ import openai
 import pytest
 import redis.asyncio as aredis
 
-from proxy.limits import Decision
+from proxy.limits import Decision, Limits
 from proxy.limits.headers import duration, rate_headers
-from proxy.limits.lease import Leases
 from proxy.limits.limiter import Limiter
 from proxy.limits.memory import MemoryCounter
 from proxy.limits.redis_backend import RedisCounter
@@ -358,6 +357,12 @@ async def checked(pending: Decision | Coroutine[Any, Any, Decision | None]) -> D
     return pending if isinstance(pending, Decision) else await pending
 
 
+def checked_limits(limiter: Limiter, tenant: str, user_id: str | None) -> Limits:
+    limits = limiter.limits(tenant, user_id)
+    assert limits is not None
+    return limits
+
+
 class CountingRedisCounter(RedisCounter):
     """The real Redis counter, counting the scripts it sends."""
 
@@ -376,11 +381,11 @@ async def test_leases_take_busy_hits_a_few_at_a_time_and_count_each_once(
     counter = CountingRedisCounter(redis_url)
     limiter = Limiter(RateSettings(tenant_rpm=1000), counter)
     clock = FakeClock()
-    limiter.leases = Leases(clock)  # a lease never lapses while the clock stands still
-    scopes = limiter.scopes(f"lease-{time.monotonic()}", None)
+    limiter.lease_clock = clock  # a lease never lapses while the clock stands still
+    limits = checked_limits(limiter, f"lease-{time.monotonic()}", None)
     remaining = []
     for _ in range(100):
-        decision = await checked(limiter.check_request(scopes))
+        decision = await checked(limiter.check_request(limits))
         assert decision is not None and decision.allowed
         remaining.append(int(rate_headers(decision)["x-ratelimit-remaining-requests"]))
     assert remaining == list(range(999, 899, -1))  # the headers count what was used
@@ -393,13 +398,13 @@ async def test_two_leasing_replicas_never_let_more_than_the_limit_through(redis_
     replicas = []
     for _ in range(2):
         limiter = Limiter(RateSettings(tenant_rpm=40), CountingRedisCounter(redis_url))
-        limiter.leases = Leases(clock)
+        limiter.lease_clock = clock
         replicas.append(limiter)
     allowed = 0
     for i in range(120):
         limiter = replicas[i % 2]
-        scopes = limiter.scopes(tenant, None)
-        decision = await checked(limiter.check_request(scopes))
+        limits = checked_limits(limiter, tenant, None)
+        decision = await checked(limiter.check_request(limits))
         assert decision is not None
         allowed += decision.allowed
         if not decision.allowed:
@@ -410,11 +415,11 @@ async def test_two_leasing_replicas_never_let_more_than_the_limit_through(redis_
 async def test_concurrent_hits_wait_for_the_lease_in_flight(redis_url: str) -> None:
     counter = CountingRedisCounter(redis_url)
     limiter = Limiter(RateSettings(tenant_rpm=1000), counter)
-    limiter.leases = Leases(FakeClock())
-    scopes = limiter.scopes(f"lease-wave-{time.monotonic()}", None)
+    limiter.lease_clock = FakeClock()
+    limits = checked_limits(limiter, f"lease-wave-{time.monotonic()}", None)
 
     async def wave() -> list[int]:
-        checks = [checked(limiter.check_request(scopes)) for _ in range(50)]
+        checks = [checked(limiter.check_request(limits)) for _ in range(50)]
         decisions = await asyncio.gather(*checks)
         assert all(d is not None and d.allowed for d in decisions)
         return [int(rate_headers(d)["x-ratelimit-remaining-requests"]) for d in decisions if d]
@@ -432,12 +437,12 @@ async def test_a_busy_lease_asks_for_the_next_one_ahead(redis_url: str) -> None:
     still count each request once."""
     counter = CountingRedisCounter(redis_url)
     limiter = Limiter(RateSettings(tenant_rpm=1000), counter)
-    limiter.leases = Leases(FakeClock())
-    scopes = limiter.scopes(f"lease-ahead-{time.monotonic()}", None)
+    limiter.lease_clock = FakeClock()
+    limits = checked_limits(limiter, f"lease-ahead-{time.monotonic()}", None)
     remaining = []
     waited = 0
     for _ in range(60):
-        pending = limiter.check_request(scopes)
+        pending = limiter.check_request(limits)
         waited += not isinstance(pending, Decision)
         decision = await checked(pending)
         assert decision is not None and decision.allowed
@@ -452,9 +457,9 @@ async def test_a_lease_is_counted_as_its_requests_and_refusals_wait_for_it(redis
     """A lease is one member of the log counting its whole batch: the limit is reached by
     requests, not by asks, and a refusal waits until the oldest asks leave the window."""
     limiter = Limiter(RateSettings(tenant_rpm=12), CountingRedisCounter(redis_url))
-    limiter.leases = Leases(FakeClock())
-    scopes = limiter.scopes(f"lease-count-{time.monotonic()}", None)
-    decisions = [await checked(limiter.check_request(scopes)) for _ in range(20)]
+    limiter.lease_clock = FakeClock()
+    limits = checked_limits(limiter, f"lease-count-{time.monotonic()}", None)
+    decisions = [await checked(limiter.check_request(limits)) for _ in range(20)]
     allowed = [d for d in decisions if d is not None and d.allowed]
     refused = [d for d in decisions if d is not None and not d.allowed]
     assert len(allowed) == 12 and len(refused) == 8
@@ -477,14 +482,14 @@ async def test_after_a_lapse_a_lease_asks_for_what_the_lapsed_one_served(redis_u
     counter.take = recording_take  # type: ignore[method-assign]
     limiter = Limiter(RateSettings(tenant_rpm=100_000), counter)
     clock = FakeClock()
-    limiter.leases = Leases(clock)
-    scopes = limiter.scopes(f"lease-lapse-{time.monotonic()}", None)
+    limiter.lease_clock = clock
+    limits = checked_limits(limiter, f"lease-lapse-{time.monotonic()}", None)
     for _ in range(40):
-        assert await checked(limiter.check_request(scopes)) is not None
+        assert await checked(limiter.check_request(limits)) is not None
         await asyncio.gather(*limiter._asks)
     served_before = len(asked)
     clock.now += 1.0  # every lease lapses, its unused slots with it
-    decision = await checked(limiter.check_request(scopes))
+    decision = await checked(limiter.check_request(limits))
     assert decision is not None and decision.allowed
     assert len(asked) == served_before + 1
     assert asked[-1] > 1  # sized by what the lapsed lease served, not one again

@@ -58,7 +58,7 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
     parsed, asked, scope, key = known.parsed, known.asked, known.scope, known.key
     outcome = open_outcome(request, parsed, asked.model)
     # Sent before the lookup's GET, so both go to Redis in one write (one round trip).
-    rate = open_rate(runtime, parsed) if runtime.limiter.active else None
+    opened = open_rate(runtime, parsed) if runtime.limiter.active else None
     try:
         if runtime.tracer.on:
             with runtime.tracer.span("sidecache.cache.lookup"):
@@ -68,11 +68,12 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
         else:  # the hit path, untraced: not even a no-op context
             found = await lookup(runtime, prepared, parsed, key)
     finally:
-        if rate is not None:  # 429 before the stored answer is served or anything is spent
-            if isinstance(rate.pending, Decision):  # decided from a lease: nothing to await
-                admit(request, runtime.limiter, rate, rate.pending)
+        if opened is not None:  # 429 before the stored answer is served or anything is spent
+            limits, counted = opened
+            if isinstance(counted, Decision):  # decided from a lease: nothing to await
+                admit(request, runtime.limiter, limits, counted)
             else:
-                await admit_request(request, runtime.limiter, rate)
+                await admit_request(request, runtime.limiter, opened)
     if found is not None:
         count_hit(runtime, outcome, found)
         return await serve_stored(
@@ -97,6 +98,7 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
                 match=semantic_headers(probe.chosen),
             )
     refuse_repeated_keys(parsed.raw, parsed.body)  # the upstream must read what the key read
+    rate = RateCheck(opened[0].scopes) if opened is not None else None
     if rate is not None:  # before any budget hold, queue slot or upstream call
         await admit_tokens(request, runtime, parsed, rate)
     meta = entry_meta(parsed, asked.model, scope, runtime.invalidations.generation)

@@ -5,62 +5,60 @@ charged before a miss goes upstream, and the charge corrected with the real usag
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeAlias
 
 from aiohttp import web
 
 from proxy.dispatch.flight import Flight
 from proxy.handlers.costing import max_output_tokens
 from proxy.handlers.parse import ParsedRequest
-from proxy.limits import RATE_DECISION, Decision, Limiter, Scope
+from proxy.limits import RATE_DECISION, Decision, Limiter, Limits, Scope
 from proxy.runtime import Runtime
 from proxy.vocabulary import Endpoint
 
+# A request's limits and its requests check: decided (from a lease) or sent and to be awaited.
+RateOpened: TypeAlias = tuple[Limits, Decision | Coroutine[Any, Any, Decision | None]]
+
 
 class RateCheck:
-    """One request's place in its limits: its scopes, the requests check (decided already
-    from a lease, or sent and awaited by `admit_request`), and its token charge's member in
-    the logs, once it has one."""
+    """A miss's place in its limits: its scopes, and its token charge's member in the logs,
+    once it has one (a hit needs none of this: its one request is decided before it)."""
 
-    __slots__ = ("member", "pending", "scopes", "tokens")
+    __slots__ = ("member", "scopes", "tokens")
 
-    def __init__(
-        self,
-        scopes: tuple[Scope, ...],
-        pending: Decision | Coroutine[Any, Any, Decision | None],
-    ) -> None:
+    def __init__(self, scopes: tuple[Scope, ...]) -> None:
         self.scopes = scopes
-        self.pending = pending
         self.member = ""  # the token charge's, made when it is charged
         self.tokens = 0  # charged for it: the estimate, until corrected
 
 
-def open_rate(runtime: Runtime, parsed: ParsedRequest) -> RateCheck | None:
+def open_rate(runtime: Runtime, parsed: ParsedRequest) -> RateOpened | None:
     """Sends the request's check (in the same write as the cache GET that follows it on the
-    hit path's connection); None when no limit applies to it."""
+    hit path's connection), or decides it from this replica's lease; None when no limit applies
+    to it (nothing is counted)."""
     limiter = runtime.limiter
-    scopes = limiter.scopes(parsed.identity.tenant, parsed.user_id)
-    if not scopes:
+    limits = limiter.limits(parsed.identity.tenant, parsed.user_id)
+    if limits is None:
         return None
-    return RateCheck(scopes, limiter.check_request(scopes))
+    return limits, limiter.check_request(limits)
 
 
-async def admit_request(request: web.Request, limiter: Limiter, check: RateCheck) -> None:
+async def admit_request(request: web.Request, limiter: Limiter, opened: RateOpened) -> None:
     """`admit` once the request's check is answered (a leased hit's is decided already: the
     caller may call `admit` itself, sparing a coroutine per hit)."""
-    pending = check.pending
-    admit(request, limiter, check, pending if isinstance(pending, Decision) else await pending)
+    limits, pending = opened
+    admit(request, limiter, limits, pending if isinstance(pending, Decision) else await pending)
 
 
 def admit(
-    request: web.Request, limiter: Limiter, check: RateCheck, decision: Decision | None
+    request: web.Request, limiter: Limiter, limits: Limits, decision: Decision | None
 ) -> None:
     """429 `rate_limit_exceeded` when a requests limit is reached; the headers either way."""
     if decision is None:
         return  # the counter is down: not enforced (counted in a metric)
     request[RATE_DECISION] = decision
     if not decision.allowed:
-        raise limiter.refusal(check.scopes, decision, 1, 0)
+        raise limiter.refusal(limits.scopes, decision, 1, 0)
 
 
 async def admit_tokens(

@@ -25,41 +25,42 @@ def duration(ms: int) -> str:
     return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
 
 
-def _trio(headers: dict[str, str], kind: str, use: ScopeUse, unused: int = 0) -> None:
-    headers[f"x-ratelimit-limit-{kind}"] = str(use.limit)
-    headers[f"x-ratelimit-remaining-{kind}"] = _remaining(use, unused)
-    headers[f"x-ratelimit-reset-{kind}"] = duration(use.reset_ms)
-
-
 def rate_headers(decision: Decision) -> dict[str, str]:
-    """Each trio only where a limit of its kind applies to the request (made once per
-    decision: every request served from one lease shares its decision's)."""
-    base = decision.base
-    if base is not None and decision.requests is not None:
-        return {**rate_headers(base), _REMAINING: _remaining(decision.requests, decision.left)}
+    """Each trio only where a limit of its kind applies to the request."""
+    headers = dict(_others(decision.base or decision))
+    if decision.requests is not None:
+        headers[_REMAINING] = _remaining(decision.requests, decision.left)
+    return headers
+
+
+def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """The headers of what was decided for `request`, when anything was: all but the remaining
+    requests are made once per decision (every request served from one lease shares its
+    decision's), so a leased hit adds a dict made already and one number."""
+    decision = request.get(RATE_DECISION)
+    if decision is None:
+        return
+    headers = response.headers
+    headers.update(_others(decision.base or decision))
+    if decision.requests is not None:
+        headers[_REMAINING] = _remaining(decision.requests, decision.left)
+
+
+def _others(decision: Decision) -> dict[str, str]:
+    """The headers but `x-ratelimit-remaining-requests`, made once per decision."""
     made = decision.headers
     if made is None:
         made = decision.headers = {}
         if decision.requests is not None:
-            _trio(made, "requests", decision.requests, decision.left)
+            use = decision.requests
+            made["x-ratelimit-limit-requests"] = str(use.limit)
+            made["x-ratelimit-reset-requests"] = duration(use.reset_ms)
         if decision.tokens is not None:
-            _trio(made, "tokens", decision.tokens)
+            use = decision.tokens
+            made["x-ratelimit-limit-tokens"] = str(use.limit)
+            made["x-ratelimit-remaining-tokens"] = _remaining(use, 0)
+            made["x-ratelimit-reset-tokens"] = duration(use.reset_ms)
     return made
-
-
-def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """The headers of what was decided for `request`, when anything was (a leased hit's are its
-    lease's, made once, and its own remaining requests: no dict made per hit)."""
-    decision = request.get(RATE_DECISION)
-    if decision is None:
-        return
-    base = decision.base
-    if base is not None and decision.requests is not None:
-        headers = response.headers
-        headers.update(rate_headers(base))
-        headers[_REMAINING] = _remaining(decision.requests, decision.left)
-    else:
-        response.headers.update(rate_headers(decision))
 
 
 def _remaining(use: ScopeUse, unused: int) -> str:

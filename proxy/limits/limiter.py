@@ -20,13 +20,14 @@ import contextlib
 import itertools
 import math
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from proxy.failures import RateLimited
 from proxy.limits.decision import decision, refused_limit
-from proxy.limits.lease import LEASE_S, Leases
+from proxy.limits.lease import LEASE_S, Lease, Limits
 from proxy.limits.scopes import LimitOverride, limited_scopes
 from proxy.limits.types import Counted, Decision, Scope
 from proxy.settings import RateSettings
@@ -75,34 +76,42 @@ class Limiter:
     # Whether any limit may apply to any request: off, a request does no rate work at all.
     active: bool = False
     # Requests taken a few at a time (proxy/limits/lease.py): with a shared counter only.
-    leases: Leases | None = None
-    _scopes: dict[tuple[str, str | None], tuple[Scope, ...]] = field(default_factory=dict)
+    leasing: bool = field(default=False, init=False)
+    lease_clock: Callable[[], float] = time.monotonic
+    _limits: dict[tuple[str, str | None], Limits | None] = field(default_factory=dict)
     seen: dict[str, None] = field(default_factory=dict)  # tenants this process counted
     _asks: set[asyncio.Future[None]] = field(default_factory=set)  # asks ahead, in flight
 
     def __post_init__(self) -> None:
         self.active = self.settings.any or bool(self.overrides)
-        if self.counter.backend == "redis":
-            self.leases = Leases()
+        self.leasing = self.counter.backend == "redis"
 
     def set_overrides(self, rows: Sequence[LimitOverride]) -> None:
         self.overrides = {(row.scope, row.id): row for row in rows}
-        self._scopes = {}
+        self._limits = {}
         self.active = self.settings.any or bool(self.overrides)
 
     @property
     def window_ms(self) -> int:
         return int(self.settings.window_s * 1000)
 
-    def scopes(self, tenant: str, user_id: str | None) -> tuple[Scope, ...]:
-        """The scopes with some limit (none: the request is not counted at all); kept per
-        (tenant, user) until the overrides change."""
-        known = self._scopes.get((tenant, user_id))
-        if known is None:
-            if len(self._scopes) >= _SCOPES_KEPT:
-                self._scopes.clear()
-            known = self._scopes[(tenant, user_id)] = self._make_scopes(tenant, user_id)
+    def limits(self, tenant: str, user_id: str | None) -> Limits | None:
+        """The scopes with some limit and their lease (None: no limit applies, the request is
+        not counted at all); kept per (tenant, user) until the overrides change."""
+        try:
+            return self._limits[(tenant, user_id)]
+        except KeyError:
+            pass
+        if len(self._limits) >= _SCOPES_KEPT:
+            self._limits.clear()
+        scopes = self._make_scopes(tenant, user_id)
+        lease = Lease(self.lease_clock) if self.leasing else None
+        known = self._limits[(tenant, user_id)] = Limits(scopes, lease) if scopes else None
         return known
+
+    def scopes(self, tenant: str, user_id: str | None) -> tuple[Scope, ...]:
+        limits = self.limits(tenant, user_id)
+        return () if limits is None else limits.scopes
 
     def _make_scopes(self, tenant: str, user_id: str | None) -> tuple[Scope, ...]:
         self.seen[tenant] = None  # for the admin's view of current use (newest last)
@@ -113,37 +122,35 @@ class Limiter:
     def member(self) -> str:
         return f"{self._prefix}.{self._ids()}"
 
-    def check_request(
-        self, scopes: tuple[Scope, ...]
-    ) -> Decision | Coroutine[Any, Any, Decision | None]:
+    def check_request(self, limits: Limits) -> Decision | Coroutine[Any, Any, Decision | None]:
         """One request (a hit's check): decided at once from this replica's lease when it
         holds one (proxy/limits/lease.py); else after the lease being asked for, when one is in
         flight; else asked of the counter, sent before this returns."""
-        leases = self.leases
-        if leases is None:
-            return self.check(scopes, self.member(), requests=1, tokens=0)
-        held = leases.use(scopes)
+        lease = limits.lease
+        if lease is None:
+            return self.check(limits.scopes, self.member(), requests=1, tokens=0)
+        held = lease.use()
         if held is not None:
-            if leases.ahead_wanted(scopes):
-                self._ask_ahead(scopes, leases)
+            if lease.ahead_wanted():
+                self._ask_ahead(limits.scopes, lease)
             return held  # decided here: nothing to await
-        asking = leases.asking(scopes)
-        if asking is not None:
-            return self._after(scopes, leases, asking)
-        member = self.member()
-        batch, asked_at = leases.batch(scopes)
+        if lease.asking is not None:
+            return self._after(limits.scopes, lease, lease.asking)
+        batch, asked_at = lease.sizing()
         lease_ms = int(LEASE_S * 1000) if batch > 1 else 0
         try:
-            sent = self.counter.take(scopes, member, batch, 0, self.window_ms, lease_ms)
+            sent = self.counter.take(
+                limits.scopes, self.member(), batch, 0, self.window_ms, lease_ms
+            )
         except CounterDown:
-            return self._decide(scopes, None, 1, 0)
-        return self._leased(scopes, sent, leases, asked_at, leases.ask(scopes))
+            return self._decide(limits.scopes, None, 1, 0)
+        return self._leased(limits.scopes, lease, sent, asked_at, lease.ask())
 
     async def _leased(
         self,
         scopes: tuple[Scope, ...],
+        lease: Lease,
         sent: Awaitable[Counted],
-        leases: Leases,
         asked_at: float,
         asked: asyncio.Future[None],
     ) -> Decision | None:
@@ -153,21 +160,19 @@ class Limiter:
             self.on_unenforced()
             return None
         finally:
-            leases.answered(scopes, asked)
-        return leases.granted(scopes, decision(scopes, counted), counted[-1], asked_at)
+            lease.answered(asked)
+        return lease.granted(decision(scopes, counted), counted[-1], asked_at)
 
-    def _ask_ahead(self, scopes: tuple[Scope, ...], leases: Leases) -> None:
+    def _ask_ahead(self, scopes: tuple[Scope, ...], lease: Lease) -> None:
         """Asks for the next lease while the current one still serves (proxy/limits/lease.py);
         its answer is kept by a task of its own, one per batch."""
-        batch, asked_at = leases.batch(scopes)
+        batch, asked_at = lease.sizing()
         lease_ms = int(LEASE_S * 1000)
         try:
             sent = self.counter.take(scopes, self.member(), batch, 0, self.window_ms, lease_ms)
         except CounterDown:
             return  # the request that finds the lease used up asks, and finds out
-        task = asyncio.ensure_future(
-            self._ahead(scopes, sent, leases, asked_at, leases.ask(scopes))
-        )
+        task = asyncio.ensure_future(self._ahead(scopes, sent, lease, asked_at, lease.ask()))
         self._asks.add(task)
         task.add_done_callback(self._asks.discard)
 
@@ -175,20 +180,20 @@ class Limiter:
         self,
         scopes: tuple[Scope, ...],
         sent: Awaitable[Counted],
-        leases: Leases,
+        lease: Lease,
         asked_at: float,
         asked: asyncio.Future[None],
     ) -> None:
         try:
             counted = await sent
-            leases.granted_ahead(scopes, decision(scopes, counted), counted[-1], asked_at)
+            lease.granted_ahead(decision(scopes, counted), counted[-1], asked_at)
         except CounterDown:
             pass  # no lease ahead: the request that finds the lease used up asks itself
         finally:
-            leases.answered(scopes, asked)
+            lease.answered(asked)
 
     async def _after(
-        self, scopes: tuple[Scope, ...], leases: Leases, asking: asyncio.Future[None]
+        self, scopes: tuple[Scope, ...], lease: Lease, asking: asyncio.Future[None]
     ) -> Decision | None:
         """A request that came while its lease was being asked for: from the new lease, else
         asked for alone (the batch was too small for every request that waited)."""
@@ -196,10 +201,10 @@ class Limiter:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(_WAIT_FOR_ASK_S):
                 await asyncio.shield(asking)
-        held = leases.use(scopes)
+        held = lease.use()
         if held is not None:
             return held
-        leases.missed(scopes)
+        lease.missed += 1  # sizes its next ask
         return await self.check(scopes, self.member(), requests=1, tokens=0)
 
     def check(

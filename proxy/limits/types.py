@@ -34,7 +34,8 @@ class Decision(msgspec.Struct):
     # `used` counts every leased request, and how many of them are still unused.
     base: Decision | None = None
     left: int = 0
-    headers: dict[str, str] | None = None  # its x-ratelimit-* headers, once made
+    # Its x-ratelimit-* headers but the remaining requests (proxy/limits/headers.py), once made.
+    headers: dict[str, str] | None = None
 
 
 # What a counter answers: [allowed 1|0, retry ms] + per scope [requests used, their reset ms,
