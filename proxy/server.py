@@ -165,7 +165,7 @@ class _AnswerHeaders:
         if REQUEST_ID not in headers:
             headers[REQUEST_ID] = self._ids()
         if self._limiter.active:
-            add_rate_headers(request, response)
+            add_rate_headers(request, headers)
         requested = request.get(DOWNGRADED_FROM)
         if requested is not None:
             headers[DOWNGRADED_FROM_HEADER] = requested

@@ -34,10 +34,9 @@ from proxy.handlers.freshness import still_valid
 from proxy.handlers.json_body import refuse_repeated_keys
 from proxy.handlers.parse import ParsedRequest, parse_request, view
 from proxy.handlers.rate import (
-    RateCheck,
     admit_request,
     admit_tokens,
-    open_rate,
+    charged,
     settle_tokens,
 )
 from proxy.keys import CacheKey
@@ -56,19 +55,21 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     req = view(EmbeddingRequest, parsed.body)
     items = input_items(req.input)
     keys = ItemKeys.of(runtime, parsed, items)
-    opened = open_rate(runtime, parsed) if runtime.limiter.active else None
+    limiter = runtime.limiter
+    tenant, user_id = parsed.identity.tenant, parsed.user_id
+    counting = limiter.check_request(tenant, user_id) if limiter.active else None
     try:
         found = await _lookup(runtime, parsed, keys)
     finally:
-        if opened is not None:  # every request counts, whatever it found (docs/design.md §13)
-            await admit_request(request, runtime.limiter, opened)
+        if counting is not None:  # every request counts, whatever it found (docs/design.md §13)
+            await admit_request(request, runtime, parsed, counting)
     missing = [i for i, vector in enumerate(found) if vector is None]
     outcome = open_outcome(request, parsed, req.model)
     cached_tokens = _count_hits(runtime, outcome, found)
     if not missing:
         return _answer(parsed, req, keys.request, found, 0, None, cached_tokens)
     refuse_repeated_keys(parsed.raw, parsed.body)  # the upstream must read what the key read
-    rate = RateCheck(opened[0].scopes) if opened is not None else None
+    rate = charged(runtime, parsed) if counting is not None else None
     if rate is not None:
         await admit_tokens(request, runtime, parsed, rate)
     request[MISS_HEADERS] = cache_headers(parsed.miss_status, keys.request)

@@ -29,14 +29,13 @@ from proxy.handlers.miss import call_upstream
 from proxy.handlers.parse import ParsedRequest, parse_request
 from proxy.handlers.rate import (
     RateCheck,
-    admit,
     admit_request,
     admit_tokens,
-    open_rate,
+    charged,
 )
 from proxy.handlers.route import CachedRoute, Known
 from proxy.handlers.semantic import semantic_headers, semantic_lookup
-from proxy.limits import Decision
+from proxy.limits import RATE_DECISION, Decision
 from proxy.runtime import RUNTIME, Runtime
 from proxy.spans import ANSWER_BODY
 from proxy.vocabulary import CacheMatch
@@ -58,7 +57,10 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
     parsed, asked, scope, key = known.parsed, known.asked, known.scope, known.key
     outcome = open_outcome(request, parsed, asked.model)
     # Sent before the lookup's GET, so both go to Redis in one write (one round trip).
-    opened = open_rate(runtime, parsed) if runtime.limiter.active else None
+    limiter = runtime.limiter
+    counting = (
+        limiter.check_request(parsed.identity.tenant, parsed.user_id) if limiter.active else None
+    )
     try:
         if runtime.tracer.on:
             with runtime.tracer.span("sidecache.cache.lookup"):
@@ -68,12 +70,11 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
         else:  # the hit path, untraced: not even a no-op context
             found = await lookup(runtime, prepared, parsed, key)
     finally:
-        if opened is not None:  # 429 before the stored answer is served or anything is spent
-            limits, counted = opened
-            if isinstance(counted, Decision):  # decided from a lease: nothing to await
-                admit(request, runtime.limiter, limits, counted)
+        if counting is not None:  # 429 before the stored answer is served or anything is spent
+            if isinstance(counting, Decision):  # a lease's: allowed, nothing to await
+                request[RATE_DECISION] = counting
             else:
-                await admit_request(request, runtime.limiter, opened)
+                await admit_request(request, runtime, parsed, counting)
     if found is not None:
         count_hit(runtime, outcome, found)
         return await serve_stored(
@@ -98,7 +99,7 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
                 match=semantic_headers(probe.chosen),
             )
     refuse_repeated_keys(parsed.raw, parsed.body)  # the upstream must read what the key read
-    rate = RateCheck(opened[0].scopes) if opened is not None else None
+    rate = charged(runtime, parsed) if counting is not None else None
     if rate is not None:  # before any budget hold, queue slot or upstream call
         await admit_tokens(request, runtime, parsed, rate)
     meta = entry_meta(parsed, asked.model, scope, runtime.invalidations.generation)

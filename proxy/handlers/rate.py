@@ -12,12 +12,12 @@ from aiohttp import web
 from proxy.dispatch.flight import Flight
 from proxy.handlers.costing import max_output_tokens
 from proxy.handlers.parse import ParsedRequest
-from proxy.limits import RATE_DECISION, Decision, Limiter, Limits, Scope
+from proxy.limits import RATE_DECISION, Decision, Scope
 from proxy.runtime import Runtime
 from proxy.vocabulary import Endpoint
 
-# A request's limits and its requests check: decided (from a lease) or sent and to be awaited.
-RateOpened: TypeAlias = tuple[Limits, Decision | Coroutine[Any, Any, Decision | None]]
+# A request's requests check: decided (from a lease), or sent and to be awaited.
+Counting: TypeAlias = Decision | Coroutine[Any, Any, Decision | None]
 
 
 class RateCheck:
@@ -32,33 +32,26 @@ class RateCheck:
         self.tokens = 0  # charged for it: the estimate, until corrected
 
 
-def open_rate(runtime: Runtime, parsed: ParsedRequest) -> RateOpened | None:
-    """Sends the request's check (in the same write as the cache GET that follows it on the
-    hit path's connection), or decides it from this replica's lease; None when no limit applies
-    to it (nothing is counted)."""
-    limiter = runtime.limiter
-    limits = limiter.limits(parsed.identity.tenant, parsed.user_id)
-    if limits is None:
-        return None
-    return limits, limiter.check_request(limits)
-
-
-async def admit_request(request: web.Request, limiter: Limiter, opened: RateOpened) -> None:
-    """`admit` once the request's check is answered (a leased hit's is decided already: the
-    caller may call `admit` itself, sparing a coroutine per hit)."""
-    limits, pending = opened
-    admit(request, limiter, limits, pending if isinstance(pending, Decision) else await pending)
-
-
-def admit(
-    request: web.Request, limiter: Limiter, limits: Limits, decision: Decision | None
+async def admit_request(
+    request: web.Request, runtime: Runtime, parsed: ParsedRequest, counting: Counting
 ) -> None:
-    """429 `rate_limit_exceeded` when a requests limit is reached; the headers either way."""
+    """429 `rate_limit_exceeded` when a requests limit is reached; the headers either way (a
+    leased hit's check is decided already, and allowed: the hit path keeps its decision itself,
+    sparing a coroutine per hit)."""
+    decision = counting if isinstance(counting, Decision) else await counting
     if decision is None:
         return  # the counter is down: not enforced (counted in a metric)
     request[RATE_DECISION] = decision
     if not decision.allowed:
-        raise limiter.refusal(limits.scopes, decision, 1, 0)
+        limiter = runtime.limiter
+        scopes = limiter.scopes(parsed.identity.tenant, parsed.user_id)
+        raise limiter.refusal(scopes, decision, 1, 0)
+
+
+def charged(runtime: Runtime, parsed: ParsedRequest) -> RateCheck | None:
+    """A miss's token charge, when any limit applies to it."""
+    scopes = runtime.limiter.scopes(parsed.identity.tenant, parsed.user_id)
+    return RateCheck(scopes) if scopes else None
 
 
 async def admit_tokens(

@@ -7,11 +7,17 @@ headers go out (hits, misses and the sidecar's own errors alike)."""
 from __future__ import annotations
 
 from aiohttp import web
+from multidict import CIMultiDict, istr
 
 from proxy.limits.types import Decision, ScopeUse
 
 RATE_DECISION = web.RequestKey("sidecache_rate_decision", Decision)
-_REMAINING = "x-ratelimit-remaining-requests"
+_LIMIT_REQUESTS = istr("x-ratelimit-limit-requests")
+_REMAINING = istr("x-ratelimit-remaining-requests")
+_RESET_REQUESTS = istr("x-ratelimit-reset-requests")
+_LIMIT_TOKENS = istr("x-ratelimit-limit-tokens")
+_REMAINING_TOKENS = istr("x-ratelimit-remaining-tokens")
+_RESET_TOKENS = istr("x-ratelimit-reset-tokens")
 
 
 def duration(ms: int) -> str:
@@ -27,39 +33,41 @@ def duration(ms: int) -> str:
 
 def rate_headers(decision: Decision) -> dict[str, str]:
     """Each trio only where a limit of its kind applies to the request."""
-    headers = dict(_others(decision.base or decision))
+    headers = {str(name): value for name, value in _others(decision.base or decision).items()}
     if decision.requests is not None:
-        headers[_REMAINING] = _remaining(decision.requests, decision.left)
+        headers[str(_REMAINING)] = _remaining(decision.requests, decision.left)
     return headers
 
 
-def add_rate_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """The headers of what was decided for `request`, when anything was: all but the remaining
-    requests are made once per decision (every request served from one lease shares its
-    decision's), so a leased hit adds a dict made already and one number."""
+def add_rate_headers(request: web.Request, headers: CIMultiDict[str]) -> None:
+    """The headers of what was decided for `request`, when anything was, to its answer's: all
+    but the remaining requests are made once per decision (every request served from one lease
+    shares its decision's), so a leased hit adds a dict made already and one number."""
     decision = request.get(RATE_DECISION)
     if decision is None:
         return
-    headers = response.headers
-    headers.update(_others(decision.base or decision))
-    if decision.requests is not None:
-        headers[_REMAINING] = _remaining(decision.requests, decision.left)
+    made = (decision.base or decision).headers
+    headers.update(made if made is not None else _others(decision.base or decision))
+    use = decision.requests
+    if use is not None:
+        headers[_REMAINING] = str(max(0, use.limit - use.used + decision.left))
 
 
-def _others(decision: Decision) -> dict[str, str]:
-    """The headers but `x-ratelimit-remaining-requests`, made once per decision."""
+def _others(decision: Decision) -> dict[istr, str]:
+    """The headers but `x-ratelimit-remaining-requests`, made once per decision (with `istr`
+    names: a response's headers take them as they are, where a `str` is folded per answer)."""
     made = decision.headers
     if made is None:
         made = decision.headers = {}
         if decision.requests is not None:
             use = decision.requests
-            made["x-ratelimit-limit-requests"] = str(use.limit)
-            made["x-ratelimit-reset-requests"] = duration(use.reset_ms)
+            made[_LIMIT_REQUESTS] = str(use.limit)
+            made[_RESET_REQUESTS] = duration(use.reset_ms)
         if decision.tokens is not None:
             use = decision.tokens
-            made["x-ratelimit-limit-tokens"] = str(use.limit)
-            made["x-ratelimit-remaining-tokens"] = _remaining(use, 0)
-            made["x-ratelimit-reset-tokens"] = duration(use.reset_ms)
+            made[_LIMIT_TOKENS] = str(use.limit)
+            made[_REMAINING_TOKENS] = _remaining(use, 0)
+            made[_RESET_TOKENS] = duration(use.reset_ms)
     return made
 
 

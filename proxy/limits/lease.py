@@ -29,44 +29,63 @@ from collections.abc import Callable
 from proxy.limits.types import Decision, Scope
 
 LEASE_S = 0.05
-MAX_BATCH = 256
+# A batch's bound: a 50 ms lease of 1,024 serves one scope's hits at up to ~20k per second.
+MAX_BATCH = 1024
 _NOT_GRANTED = Decision(False)  # a lease's decision before (or after a refused) ask
 
 
 class Lease:
-    __slots__ = ("_clock", "ahead", "asking", "batch", "decision", "left", "missed", "until")
+    __slots__ = (
+        "_ask_ahead",
+        "_clock",
+        "ahead",
+        "ahead_at",
+        "asking",
+        "batch",
+        "decision",
+        "left",
+        "missed",
+        "until",
+    )
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], ask_ahead: Callable[[Lease], None]) -> None:
         self._clock = clock
+        self._ask_ahead = ask_ahead  # sends the ask for the lease ahead (the limiter's)
         self.asking: asyncio.Future[None] | None = None  # an ask in flight
         self.decision = _NOT_GRANTED  # the ask's decision (its `used`: all granted)
         self.left = 0  # granted, not yet used
         self.until = 0.0  # when the lease lapses (the clock's time)
         self.batch = 1  # the last ask's size
+        self.ahead_at = -1  # `left` at which to ask ahead: half used (-1: never, a batch of 1)
         self.missed = 0  # requests that waited for the last ask and found its batch used up
         # The next lease, asked for before this one ran out: its decision, slots and end.
         self.ahead: tuple[Decision, int, float] | None = None
 
     def use(self) -> Decision | None:
-        """One request from this lease; None when it has none left."""
-        if self.left <= 0 or self._clock() >= self.until:
+        """One request from this lease (asking for the lease ahead once half of it is used);
+        None when it has none left. The whole of a leased hit's check, so kept to a few reads:
+        its decision is the lease's, with the requests still unused for its own headers."""
+        left = self.left - 1
+        if left < 0 or self._clock() >= self.until:
             ahead, self.ahead = self.ahead, None
             if ahead is None or self._clock() >= ahead[2]:
                 return None  # `left` stays: how much of a lapsed lease was used sizes the next
-            self.decision, self.left, self.until = ahead
-            self.batch = self.left
-        self.left = left = self.left - 1
-        return _with_left(self.decision, left)
+            self.decision, granted, self.until = ahead
+            self._fill(granted, granted)
+            left = granted - 1
+        self.left = left
+        if left == self.ahead_at and self.asking is None and self.ahead is None:
+            self._ask_ahead(self)
+        decision = self.decision  # `_with_left(self.decision, left)`, inlined: the hit path
+        if not left or decision.requests is None:
+            return decision
+        return Decision(True, 0, decision.requests, decision.tokens, decision, left)
 
-    def ahead_wanted(self) -> bool:
-        """Whether a busy lease is half used with no ask in flight nor lease ahead: time to ask
-        for the next one."""
-        return (
-            self.batch > 1
-            and self.left <= self.batch // 2
-            and self.asking is None
-            and self.ahead is None
-        )
+    def _fill(self, batch: int, left: int) -> None:
+        """A new lease of `batch` with `left` unused: it asks ahead once half used (at its first
+        use, when a small batch is that already)."""
+        self.batch, self.left = batch, left
+        self.ahead_at = min(batch // 2, left - 1) if batch > 1 else -1
 
     def ask(self) -> asyncio.Future[None]:
         """An ask is in flight: requests that come meanwhile wait for its batch (`asking`)
@@ -96,12 +115,13 @@ class Lease:
 
     def granted(self, decision: Decision, granted: int, asked_at: float) -> Decision:
         """Keeps what an ask granted beyond the request that made it; the request's decision."""
-        self.batch = max(1, granted)
         self.until = asked_at + LEASE_S
         if not decision.allowed:
-            self.decision, self.left = _NOT_GRANTED, 0
+            self.decision = _NOT_GRANTED
+            self._fill(max(1, granted), 0)
             return decision
-        self.decision, self.left = decision, max(0, granted - 1)
+        self.decision = decision
+        self._fill(max(1, granted), max(0, granted - 1))
         return _with_left(decision, self.left)
 
     def granted_ahead(self, decision: Decision, granted: int, asked_at: float) -> None:
@@ -124,6 +144,6 @@ class Limits:
 
 def _with_left(decision: Decision, left: int) -> Decision:
     """One request's decision from a lease: the lease's, but the unused requests not `used`."""
-    if decision.requests is None or not left:
+    if not left or decision.requests is None:
         return decision
-    return Decision(True, 0, decision.requests, decision.tokens, base=decision, left=left)
+    return Decision(True, 0, decision.requests, decision.tokens, decision, left)

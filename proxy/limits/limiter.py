@@ -23,6 +23,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from proxy.failures import RateLimited
@@ -99,14 +100,14 @@ class Limiter:
         """The scopes with some limit and their lease (None: no limit applies, the request is
         not counted at all); kept per (tenant, user) until the overrides change."""
         try:
-            return self._limits[(tenant, user_id)]
+            return self._limits[tenant, user_id]
         except KeyError:
             pass
         if len(self._limits) >= _SCOPES_KEPT:
             self._limits.clear()
         scopes = self._make_scopes(tenant, user_id)
-        lease = Lease(self.lease_clock) if self.leasing else None
-        known = self._limits[(tenant, user_id)] = Limits(scopes, lease) if scopes else None
+        lease = Lease(self.lease_clock, partial(self._ask_ahead, scopes)) if self.leasing else None
+        known = self._limits[tenant, user_id] = Limits(scopes, lease) if scopes else None
         return known
 
     def scopes(self, tenant: str, user_id: str | None) -> tuple[Scope, ...]:
@@ -122,17 +123,24 @@ class Limiter:
     def member(self) -> str:
         return f"{self._prefix}.{self._ids()}"
 
-    def check_request(self, limits: Limits) -> Decision | Coroutine[Any, Any, Decision | None]:
-        """One request (a hit's check): decided at once from this replica's lease when it
-        holds one (proxy/limits/lease.py); else after the lease being asked for, when one is in
-        flight; else asked of the counter, sent before this returns."""
+    def check_request(
+        self, tenant: str, user_id: str | None
+    ) -> Decision | Coroutine[Any, Any, Decision | None] | None:
+        """One request (a hit's check) of `tenant`'s `user_id`; None when no limit applies.
+        Decided at once from this replica's lease when it holds one (proxy/limits/lease.py: a
+        Decision returned, never a refusal); else after the lease being asked for, when one is
+        in flight; else asked of the counter, sent before this returns."""
+        try:
+            limits = self._limits[tenant, user_id]
+        except KeyError:
+            limits = self.limits(tenant, user_id)
+        if limits is None:
+            return None
         lease = limits.lease
         if lease is None:
             return self.check(limits.scopes, self.member(), requests=1, tokens=0)
         held = lease.use()
         if held is not None:
-            if lease.ahead_wanted():
-                self._ask_ahead(limits.scopes, lease)
             return held  # decided here: nothing to await
         if lease.asking is not None:
             return self._after(limits.scopes, lease, lease.asking)

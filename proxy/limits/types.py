@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import msgspec
+from multidict import istr
 
 
 class Scope(NamedTuple):
@@ -35,7 +36,7 @@ class Decision(msgspec.Struct):
     base: Decision | None = None
     left: int = 0
     # Its x-ratelimit-* headers but the remaining requests (proxy/limits/headers.py), once made.
-    headers: dict[str, str] | None = None
+    headers: dict[istr, str] | None = None
 
 
 # What a counter answers: [allowed 1|0, retry ms] + per scope [requests used, their reset ms,
