@@ -50,7 +50,8 @@ def add_rate_headers(request: web.Request, headers: CIMultiDict[str]) -> None:
     headers.update(made if made is not None else _others(decision.base or decision))
     use = decision.requests
     if use is not None:
-        headers[_REMAINING] = str(max(0, use.limit - use.used + decision.left))
+        remaining = use.limit - use.used + decision.left
+        headers[_REMAINING] = str(remaining) if remaining > 0 else "0"
 
 
 def _others(decision: Decision) -> dict[istr, str]:
