@@ -12,10 +12,10 @@ from contextlib import ExitStack
 from .procs import HarnessError, request
 from .report import Check, Row
 from .rounds import (
-    ROUNDS,
     Contender,
     median_percentile,
     median_rate,
+    paired_ratio,
     run_rounds,
     start_warm_sidecar,
 )
@@ -25,6 +25,7 @@ from .stack import Bench
 MIN_RATIO = 0.95
 # Far above what one process answers in a minute: checked and counted, never refused.
 HIGH_LIMIT = "1000000000"
+RATE_ROUNDS = 9
 
 
 def _limited(side: Bench) -> bool:
@@ -50,7 +51,7 @@ def rate_limits_hits(bench: Bench) -> list[Row]:
         }
         contenders = [Contender.of_sidecar(name, side) for name, side in sides.items()]
         on, off = contenders
-        run_rounds(bench, contenders)
+        run_rounds(bench, contenders, RATE_ROUNDS)
         if not _limited(sides["on"]) or _limited(sides["off"]):
             raise HarnessError("only the rate-limited sidecar's hits carry x-ratelimit headers")
     if bench.upstream_calls() != calls:
@@ -58,11 +59,12 @@ def rate_limits_hits(bench: Bench) -> list[Row]:
     rate = {c.name: median_rate(c.wrk) for c in contenders}
     p50 = {c.name: median_percentile(c.hey, 50) for c in contenders}
     p99 = {c.name: median_percentile(c.hey, 99) for c in contenders}
-    ratio = rate["on"] / rate["off"]
+    ratio = paired_ratio(on.wrk, off.wrk)
     return [
         Row(
-            f"hit max req/s, rate limits on vs off (wrk -t1 -c32, median of {ROUNDS})",
-            f"{rate['on']:,.0f} vs {rate['off']:,.0f} req/s (x{ratio:.2f})",
+            f"hit max req/s, rate limits on vs off (wrk -t1 -c32, {RATE_ROUNDS} rounds; ratio: "
+            "median of the rounds' on/off)",
+            f"{rate['on']:,.0f} vs {rate['off']:,.0f} req/s (x{ratio:.3f})",
             (Check("on/off", ratio, MIN_RATIO, "", at_least=True),),
             data={
                 "requests_per_s": {c.name: [r.requests_per_s for r in c.wrk] for c in contenders}

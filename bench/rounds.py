@@ -42,6 +42,16 @@ def best_rate(runs: Sequence[WrkResult]) -> WrkResult:
     return max(runs, key=lambda run: run.requests_per_s)
 
 
+def paired_ratio(runs: Sequence[WrkResult], baseline: Sequence[WrkResult]) -> float:
+    """The median over rounds of one round's rate over the baseline's in the same round: the
+    machine's drift from round to round (seen here: +-10 % over a minute) falls out."""
+    if not runs or len(runs) != len(baseline):
+        raise ValueError("runs and baseline differ in rounds")
+    return statistics.median(
+        run.requests_per_s / base.requests_per_s for run, base in zip(runs, baseline, strict=True)
+    )
+
+
 def median_rate(runs: Sequence[WrkResult]) -> float:
     """The median over `runs` of the request rate, in req/s."""
     if not runs:
@@ -150,11 +160,11 @@ def start_warm_sidecar(
     return side
 
 
-def run_rounds(bench: Bench, contenders: Sequence[Contender]) -> None:
-    """Warms every contender up, then runs `ROUNDS` alternating rounds (scaled by the bench)."""
+def run_rounds(bench: Bench, contenders: Sequence[Contender], rounds: int = ROUNDS) -> None:
+    """Warms every contender up, then runs `rounds` alternating rounds (scaled by the bench)."""
     for contender in contenders:
         contender.warm_up(bench)
-    for n in range(ROUNDS):
+    for n in range(rounds):
         order = contenders if n % 2 == 0 else contenders[::-1]
         for contender in order:
             contender.max_rate(bench)

@@ -13,10 +13,10 @@ import pytest
 
 from bench.bodies import BigBody, filler
 from bench.overshoot import chat_body, estimate_usd
-from bench.parse import ParseError, parse_hey, parse_wrk
+from bench.parse import ParseError, WrkResult, parse_hey, parse_wrk
 from bench.procs import REPO, HarnessError
 from bench.report import Check, Row, format_table
-from bench.rounds import Figures, best_rate, median_percentile, median_rate
+from bench.rounds import Figures, best_rate, median_percentile, median_rate, paired_ratio
 from bench.run import parse_args
 from bench.stores import (
     DICT_FLOOR,
@@ -201,6 +201,21 @@ def test_max_rate_runs_give_the_best() -> None:
     fast = msgspec.structs.replace(slow, requests=slow.requests * 2)
     assert best_rate([slow, fast, slow]) is fast
     assert median_rate([fast, slow, slow]) == pytest.approx(slow.requests_per_s)
+
+
+def test_paired_rounds_give_the_median_of_each_rounds_ratio() -> None:
+    """The machine slows down in the second round: each round's pair is compared, so the
+    drift falls out (the medians taken apart would say 1.0)."""
+    base = parse_wrk(_sample("wrk_hits.txt"))
+
+    def at(scale: float) -> WrkResult:
+        return msgspec.structs.replace(base, requests=int(base.requests * scale))
+
+    runs = [at(0.95), at(0.475), at(0.95)]
+    baseline = [at(1.0), at(0.5), at(0.5)]
+    assert paired_ratio(runs, baseline) == pytest.approx(0.95, abs=1e-3)
+    with pytest.raises(ValueError):
+        paired_ratio(runs, baseline[:2])
 
 
 def _store_rows(memory: Figures, near: Figures, *, near_read: bool = True) -> list[Row]:
