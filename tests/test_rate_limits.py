@@ -467,6 +467,28 @@ async def test_a_lease_is_counted_as_its_requests_and_refusals_wait_for_it(redis
     assert all(rate_headers(d)["x-ratelimit-remaining-requests"] == "0" for d in refused)
 
 
+async def test_a_steady_busy_scope_does_not_wait_for_asks(redis_url: str) -> None:
+    """At a steady 10 hits per ms for 2 s (a busy replica), each lease is used up before it
+    lapses and the next was asked for ahead: a hit waits for an ask only while the batches
+    grow. (With 50 ms leases a lease of 1,024 lapsed before it was half used, nothing was
+    asked ahead, and hits waited at every lapse: 27 times here.)"""
+    counter = CountingRedisCounter(redis_url)
+    limiter = Limiter(RateSettings(tenant_rpm=10**9), counter)
+    clock = FakeClock()
+    limiter.lease_clock = clock
+    tenant = f"lease-steady-{time.monotonic()}"
+    waited = 0
+    for _ in range(2000):
+        clock.now += 0.001
+        for _ in range(10):
+            pending = limiter.check_request(tenant, None)
+            waited += not isinstance(pending, Decision)
+            assert await checked(pending) is not None
+        await asyncio.gather(*limiter._asks)  # answered within the ms, as a round trip is
+    assert waited <= 6  # while batches are smaller than a ms of hits (1, 2, 4, 8, ...)
+    assert counter.asks < 40  # batches of up to 1,024: 20,000 hits in a few dozen scripts
+
+
 async def test_after_a_lapse_a_lease_asks_for_what_the_lapsed_one_served(redis_url: str) -> None:
     """A moderately busy scope whose lease lapsed with slots unused does not start again from a
     batch of one (a round trip waited for at each doubling): it asks for what it served."""
