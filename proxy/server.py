@@ -30,7 +30,7 @@ from proxy.handlers.pipeline import KNOWN
 from proxy.handlers.responses import responses
 from proxy.health import healthz, readyz
 from proxy.ids import SerialIds
-from proxy.limits import Limiter, add_rate_headers
+from proxy.limits import Limiter, RatedResponse, add_rate_headers
 from proxy.runtime import RUNTIME, Runtime
 from proxy.spans import answer_body, finish_server_span, operation
 from proxy.vocabulary import PASSTHROUGH, Endpoint
@@ -164,7 +164,7 @@ class _AnswerHeaders:
         headers = response.headers
         if REQUEST_ID not in headers:
             headers[REQUEST_ID] = self._ids()
-        if self._limiter.active:
+        if self._limiter.active and type(response) is not RatedResponse:
             add_rate_headers(request, headers)
         requested = request.get(DOWNGRADED_FROM)
         if requested is not None:

@@ -13,6 +13,7 @@ from proxy.handlers.freshness import still_valid
 from proxy.handlers.hot import Prepared, PreparedEntries
 from proxy.handlers.parse import ParsedRequest
 from proxy.keys import CacheKey, ScopePart
+from proxy.limits import RATE_DECISION, Decision, rated_response
 from proxy.runtime import Runtime
 from proxy.vocabulary import CacheMatch, CacheStatus
 
@@ -80,13 +81,20 @@ async def serve_stored(
     stream: bool = False,
     include_usage: bool = False,
     match: dict[str, str] | None = None,
+    rated: Decision | None = None,
 ) -> web.StreamResponse:
-    """`match`: a semantic hit's X-Cache-Match and X-Cache-Similarity."""
+    """`match`: a semantic hit's X-Cache-Match and X-Cache-Similarity. `rated`: a leased
+    request's rate decision, whose headers a JSON answer writes itself (proxy/limits/headers.py);
+    a stream's are added by the proxy's response signal, as every other answer's are."""
     headers = {**found.headers, "Age": _age(found.entry.stored_at)}
     if match is not None:
         headers.update(match)
     if not stream:
+        if rated is not None:
+            return rated_response(found.entry.body, headers, rated)
         return web.Response(body=found.entry.body, headers=headers)
+    if rated is not None:
+        request[RATE_DECISION] = rated
     headers.update(SSE_HEADERS)
     return await _write_sse(request, found.replay(include_usage), headers)
 

@@ -61,6 +61,9 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
     counting = (
         limiter.check_request(parsed.identity.tenant, parsed.user_id) if limiter.active else None
     )
+    leased = None  # a lease's decision: allowed, nothing to await; a JSON hit writes it itself
+    if isinstance(counting, Decision):
+        leased, counting = counting, None
     try:
         if runtime.tracer.on:
             with runtime.tracer.span("sidecache.cache.lookup"):
@@ -69,17 +72,20 @@ async def serve_cached(request: web.Request, route: CachedRoute) -> web.StreamRe
                 request[ANSWER_BODY] = found.entry.body
         else:  # the hit path, untraced: not even a no-op context
             found = await lookup(runtime, prepared, parsed, key)
+    except BaseException:
+        if leased is not None:  # the failure's answer carries the headers too
+            request[RATE_DECISION] = leased
+        raise
     finally:
         if counting is not None:  # 429 before the stored answer is served or anything is spent
-            if isinstance(counting, Decision):  # a lease's: allowed, nothing to await
-                request[RATE_DECISION] = counting
-            else:
-                await admit_request(request, runtime, parsed, counting)
+            await admit_request(request, runtime, parsed, counting)
     if found is not None:
         count_hit(runtime, outcome, found)
         return await serve_stored(
-            request, found, stream=asked.stream, include_usage=asked.include_usage
+            request, found, stream=asked.stream, include_usage=asked.include_usage, rated=leased
         )
+    if leased is not None:
+        request[RATE_DECISION] = leased
     semantic, probe = runtime.semantic, None
     if semantic is not None and route.semantic:  # after the exact miss, before any spending
         with runtime.tracer.span("sidecache.semantic.lookup"):

@@ -1,6 +1,6 @@
 """Requests and tokens per minute per tenant and per user (docs/design.md §13)."""
 
-from proxy.limits.headers import RATE_DECISION, add_rate_headers
+from proxy.limits.headers import RATE_DECISION, RatedResponse, add_rate_headers, rated_response
 from proxy.limits.lease import Limits
 from proxy.limits.limiter import Limiter
 from proxy.limits.types import Decision, Scope, ScopeUse
@@ -10,7 +10,9 @@ __all__ = [
     "Decision",
     "Limiter",
     "Limits",
+    "RatedResponse",
     "Scope",
     "ScopeUse",
     "add_rate_headers",
+    "rated_response",
 ]

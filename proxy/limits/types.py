@@ -37,6 +37,7 @@ class Decision(msgspec.Struct):
     left: int = 0
     # Its x-ratelimit-* headers but the remaining requests (proxy/limits/headers.py), once made.
     headers: dict[istr, str] | None = None
+    lines: bytes | None = None  # the same as header lines, and the remaining requests' name
 
 
 # What a counter answers: [allowed 1|0, retry ms] + per scope [requests used, their reset ms,
