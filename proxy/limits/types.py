@@ -26,7 +26,10 @@ class ScopeUse(msgspec.Struct, frozen=True):
     reset_ms: int
 
 
-class Decision(msgspec.Struct):
+class Decision(msgspec.Struct, gc=False):
+    """`gc=False`: a leased hit makes one, and none can be part of a cycle (its `base` is an
+    older decision, its `headers` hold strings), so the collector need not scan them."""
+
     allowed: bool
     retry_ms: int = 0
     requests: ScopeUse | None = None  # the tightest requests limit, None when none applies
