@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -72,8 +73,54 @@ def wrk(
 ) -> WrkResult:
     """Repeats one POST as fast as `connections` keep-alive connections allow (bench/hit.lua).
     Every answer must be a 2xx/3xx and no connection may fail."""
+    argv = _wrk_argv(
+        url, body, auth=auth, threads=threads, connections=connections, seconds=seconds
+    )
+    return _wrk_result(_run(argv, timeout_s=seconds + SLACK_S))
+
+
+def wrk_together(
+    urls: Sequence[str], body: Path, *, auth: str, connections: int, seconds: int, cpus: set[int]
+) -> list[WrkResult]:
+    """One `wrk -t1` per URL, all at once and all on `cpus`, so the servers are measured at the
+    same moment on the same machine; checked as `wrk`'s. In `urls`' order."""
+    argv = [
+        _wrk_argv(url, body, auth=auth, threads=1, connections=connections, seconds=seconds)
+        for url in urls
+    ]
+    procs = [
+        subprocess.Popen(
+            one,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
+        )
+        for one in argv
+    ]
+    outs = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=seconds + SLACK_S)
+        except subprocess.TimeoutExpired as exc:
+            for each in procs:
+                each.kill()
+            raise HarnessError(f"wrk did not finish in {seconds + SLACK_S:.0f} s") from exc
+        if proc.returncode != 0:
+            raise HarnessError(f"wrk exited with status {proc.returncode}: {err.strip()[-500:]}")
+        outs.append(out)
+    return [_wrk_result(out) for out in outs]
+
+
+def _wrk_argv(
+    url: str, body: Path, *, auth: str, threads: int, connections: int, seconds: int
+) -> list[str]:
     argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", str(HIT_LUA)]
-    out = _run([*argv, url, "--", str(body), auth], timeout_s=seconds + SLACK_S)
+    return [*argv, url, "--", str(body), auth]
+
+
+def _wrk_result(out: str) -> WrkResult:
     try:
         result = parse_wrk(out)
     except ParseError as err:

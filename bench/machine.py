@@ -23,6 +23,19 @@ def _busy_s() -> float:
     return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a running process onto `cpus` (threads it starts later inherit it)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        os.sched_setaffinity(int(task.name), cpus)
+
+
+def split_cpus() -> tuple[set[int], set[int]]:
+    """This machine's CPUs as (one for the servers, the rest for the load generators); both
+    the one CPU on a machine of one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return {cpus[0]}, set(cpus[1:]) or {cpus[0]}
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU time of a running process (/proc/PID/stat fields 14 and 15)."""
     stat = Path(f"/proc/{pid}/stat").read_text()

@@ -42,13 +42,15 @@ def best_rate(runs: Sequence[WrkResult]) -> WrkResult:
     return max(runs, key=lambda run: run.requests_per_s)
 
 
-def paired_ratio(runs: Sequence[WrkResult], baseline: Sequence[WrkResult]) -> float:
-    """The median over rounds of one round's rate over the baseline's in the same round: the
-    machine's drift from round to round (seen here: +-10 % over a minute) falls out."""
-    if not runs or len(runs) != len(baseline):
-        raise ValueError("runs and baseline differ in rounds")
+def paired_ratio(runs: Sequence[WrkResult], *baselines: Sequence[WrkResult]) -> float:
+    """The median over rounds of one round's rate over the baselines' (their mean, when more
+    than one) in the same round: the machine's drift from round to round (seen here: +-10 %
+    over a minute) falls out, and two baseline processes halve either one's own bias."""
+    if not runs or not baselines or any(len(runs) != len(base) for base in baselines):
+        raise ValueError("runs and baselines differ in rounds")
     return statistics.median(
-        run.requests_per_s / base.requests_per_s for run, base in zip(runs, baseline, strict=True)
+        run.requests_per_s / statistics.fmean(base.requests_per_s for base in same)
+        for run, *same in zip(runs, *baselines, strict=True)
     )
 
 
@@ -158,6 +160,28 @@ def start_warm_sidecar(
     side = replace(side, scale=bench.scale)
     warm_cache(side)
     return side
+
+
+def side_by_side(
+    bench: Bench, contenders: Sequence[Contender], seconds: int, cpus: set[int]
+) -> None:
+    """The maximum hit rate of every contender at the same moment: each under its own
+    `wrk -t1 -c16` on `cpus`, the contenders sharing the CPU they were pinned to
+    (bench/machine.py: `pin`), so each gets an even share of the same CPU over the same
+    seconds and their rates compare as their costs per hit do. What alternating runs cannot
+    give on a shared VM: two identical sidecars measured one after the other read x0.78 to
+    x1.28 from one 6 s run to the next; side by side, x0.95 to x1.03."""
+    before = [process_cpu_s(c.pid) for c in contenders]
+    urls = [c.url for c in contenders]
+    results = all_hits(
+        bench,
+        lambda: loadgen.wrk_together(
+            urls, bench.body, auth=bench.auth, connections=16, seconds=seconds, cpus=cpus
+        ),
+    )
+    for contender, result, cpu_s in zip(contenders, results, before, strict=True):
+        contender.wrk.append(result)
+        contender.cpu_s += process_cpu_s(contender.pid) - cpu_s
 
 
 def run_rounds(bench: Bench, contenders: Sequence[Contender], rounds: int = ROUNDS) -> None:

@@ -75,7 +75,8 @@ their own under steady hits and misses, the primary killed: non-200 answers (non
 the seconds from the promotion until hits resume (about 15 s).
 Issue 16's `rate_limits_hits` (bench/rate_limits.py): the hit path with rate limits on (far
 above the load: every hit checked and counted in Redis, in the same write as its GET) and off,
-in alternating rounds of the wrk and hey hit loads (about 70 s).
+with a second "off" as the control: their maximum hit rates side by side on one CPU, three sets
+of fresh processes, three rounds each; paced hey runs after each round (about 5 min).
 
 `--baseline REV` adds `hits_vs_baseline` (bench/versus.py): REV's sidecar, run from a temporary
 `git worktree`, against the working tree's, on the same hit loads in alternating rounds; with

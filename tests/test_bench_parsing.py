@@ -218,6 +218,23 @@ def test_paired_rounds_give_the_median_of_each_rounds_ratio() -> None:
         paired_ratio(runs, baseline[:2])
 
 
+def test_two_baselines_are_taken_at_their_mean_in_each_round() -> None:
+    """One baseline process 10 % fast, the other 10 % slow: their mean is the comparison."""
+    base = parse_wrk(_sample("wrk_hits.txt"))
+
+    def at(scale: float) -> WrkResult:
+        return msgspec.structs.replace(base, requests=int(base.requests * scale))
+
+    runs = [at(0.95), at(0.475), at(0.95)]
+    fast, slow = [at(1.1), at(0.55), at(1.1)], [at(0.9), at(0.45), at(0.9)]
+    assert paired_ratio(runs, fast, slow) == pytest.approx(0.95, abs=1e-3)
+    assert paired_ratio(runs, fast) == pytest.approx(0.864, abs=1e-3)
+    with pytest.raises(ValueError):
+        paired_ratio(runs, fast, slow[:2])
+    with pytest.raises(ValueError):
+        paired_ratio(runs)
+
+
 def _store_rows(memory: Figures, near: Figures, *, near_read: bool = True) -> list[Row]:
     figures = {
         MEMORY: memory,
