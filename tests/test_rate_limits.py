@@ -16,8 +16,9 @@ import openai
 import pytest
 import redis.asyncio as aredis
 
-from proxy.limits import Decision
+from proxy.limits import Decision, ScopeUse
 from proxy.limits.headers import duration, rate_headers
+from proxy.limits.lease import AHEAD_S, LEASE_S, Lease
 from proxy.limits.limiter import Limiter
 from proxy.limits.memory import MemoryCounter
 from proxy.limits.redis_backend import RedisCounter
@@ -514,3 +515,51 @@ async def test_after_a_lapse_a_lease_asks_for_what_the_lapsed_one_served(redis_u
     assert decision is not None and decision.allowed
     assert len(asked) == served_before + 1
     assert asked[-1] > 1  # sized by what the lapsed lease served, not one again
+
+
+async def test_a_lease_larger_than_its_hits_asks_ahead_before_it_lapses(redis_url: str) -> None:
+    """At a steady 2 hits per ms, a lease of 1,024 lapses before it is half used: it asks for
+    the next one `AHEAD_S` before it lapses, sized by what it served, so no hit waits for an
+    ask once the batches have grown (before: one wait at every lapse, ~2.5 a second), and the
+    slots leased and never used stay a fraction of those used."""
+    counter = CountingRedisCounter(redis_url)
+    limiter = Limiter(RateSettings(tenant_rpm=10**9), counter)
+    clock = FakeClock()
+    limiter.lease_clock = clock
+    tenant = f"lease-early-{time.monotonic()}"
+
+    async def run(ms: int) -> tuple[int, Decision]:
+        waited, last = 0, None
+        for _ in range(ms):
+            clock.now += 0.001
+            for _ in range(2):
+                pending = limiter.check_request(tenant, None)
+                waited += not isinstance(pending, Decision)
+                last = await checked(pending)
+                assert last is not None and last.allowed
+            await asyncio.gather(*limiter._asks)  # answered within the ms, as a round trip is
+        assert last is not None
+        return waited, last
+
+    await run(1000)  # the batches grow
+    asks, (_, first) = counter.asks, await run(1)
+    waited, last = await run(3000)
+    assert waited == 0
+    assert counter.asks - asks <= 3 / (LEASE_S - AHEAD_S) + 3  # about one ask per lease
+    remaining = [int(rate_headers(d)["x-ratelimit-remaining-requests"]) for d in (first, last)]
+    leased = remaining[0] - remaining[1]  # counted over those 3 s: used, and leased unused
+    assert 6000 <= leased <= 6000 * 2
+
+
+def test_a_lease_asks_ahead_on_time_once() -> None:
+    """An ask made ahead on time that brought nothing back (refused, or Redis down) is not
+    made again by every hit until the lease lapses."""
+    clock = FakeClock()
+    asked: list[Lease] = []
+    lease = Lease(clock, asked.append)  # asks that come back with nothing
+    granted = Decision(True, 0, ScopeUse(limit=10**6, used=100, reset_ms=60_000))
+    lease.granted(granted, 100, clock())
+    clock.now += LEASE_S - AHEAD_S / 2  # on time, less than half used
+    for _ in range(10):
+        assert lease.use() is not None
+    assert len(asked) == 1

@@ -10,11 +10,13 @@ start at one, double only while a lease runs out before it lapses, after a lapse
 as the lapsed lease served, and never exceed a quarter of what the limit has left, so a quiet
 or tightly limited tenant is counted one request at a time, exactly as without leases.
 
-A busy lease asks for the next one AHEAD, once half of it is used (`ahead_wanted`): the next
-batch is granted, and scored at its own end, while the current one still serves, so a busy
-scope's hits do not stall for a script's round trip each time a lease runs out. The lease
-ahead serves once the current one is used up or lapsed (its slots are scored at the end of
-its own ask's lease, so the guarantee is the same).
+A busy lease asks for the next one AHEAD, once half of it is used or once it has `AHEAD_S`
+left to run, whichever comes first: the next batch is granted, and scored at its own end,
+while the current one still serves, so a busy scope's hits do not stall for a script's round
+trip each time a lease runs out or lapses. The lease ahead serves once the current one is
+used up or lapsed (its slots are scored at the end of its own ask's lease, so the guarantee is
+the same). Asked for on time, it is sized by what the current lease has served so far, not
+doubled: that lease did not run out.
 
 A `Lease` belongs to one set of scopes and is kept with them (`Limits`), so a leased hit finds
 it without a lookup of its own: the hit path's whole rate check is one attribute read, one
@@ -24,6 +26,7 @@ clock read and one decrement.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 
 from proxy.limits.types import Decision, Scope
@@ -33,6 +36,12 @@ from proxy.limits.types import Decision, Scope
 # at 200 ms, 0.07 %. The price: a leased slot is counted up to 200 ms later than its use (the
 # limit errs low, never high), and the requests' reset header reads 200 ms longer.
 LEASE_S = 0.2
+# A busy lease asks for the next one this long before it lapses, if it has not yet (half used):
+# a lease larger than its scope's hits in `LEASE_S` would otherwise lapse with no lease ahead,
+# and the hits that came during the next ask's round trip waited for it (~1 % of hits at ~3k
+# hits/s, for a round trip each 0.4 s). Far longer than a round trip; a lease asked for then
+# serves the last `LEASE_S - AHEAD_S` of its own.
+AHEAD_S = 0.04
 # A batch's bound: a lease of 1,024 runs out before it lapses from ~5k hits per second.
 MAX_BATCH = 1024
 _NOT_GRANTED = Decision(False)  # a lease's decision before (or after a refused) ask
@@ -44,6 +53,7 @@ class Lease:
         "_clock",
         "ahead",
         "ahead_at",
+        "ahead_by",
         "asking",
         "batch",
         "decision",
@@ -61,6 +71,7 @@ class Lease:
         self.until = 0.0  # when the lease lapses (the clock's time)
         self.batch = 1  # the last ask's size
         self.ahead_at = -1  # `left` at which to ask ahead: half used (-1: never, a batch of 1)
+        self.ahead_by = math.inf  # when to ask ahead if not half used by then (never: a batch of 1)
         self.missed = 0  # requests that waited for the last ask and found its batch used up
         # The next lease, asked for before this one ran out: its decision, slots and end.
         self.ahead: tuple[Decision, int, float] | None = None
@@ -70,15 +81,21 @@ class Lease:
         None when it has none left. The whole of a leased hit's check, so kept to a few reads:
         its decision is the lease's, with the requests still unused for its own headers."""
         left = self.left - 1
-        if left < 0 or self._clock() >= self.until:
+        now = self._clock()
+        if left < 0 or now >= self.until:
             ahead, self.ahead = self.ahead, None
-            if ahead is None or self._clock() >= ahead[2]:
+            if ahead is None or now >= ahead[2]:
                 return None  # `left` stays: how much of a lapsed lease was used sizes the next
             self.decision, granted, self.until = ahead
             self._fill(granted, granted)
             left = granted - 1
         self.left = left
-        if left == self.ahead_at and self.asking is None and self.ahead is None:
+        if (
+            (left == self.ahead_at or now >= self.ahead_by)
+            and self.asking is None
+            and self.ahead is None
+        ):
+            self.ahead_by = math.inf  # on time, once per lease (a refused ask is not repeated)
             self._ask_ahead(self)
         decision = self.decision  # `_with_left(self.decision, left)`, inlined: the hit path
         if not left or decision.requests is None:
@@ -86,10 +103,13 @@ class Lease:
         return Decision(True, 0, decision.requests, decision.tokens, decision, left)
 
     def _fill(self, batch: int, left: int) -> None:
-        """A new lease of `batch` with `left` unused: it asks ahead once half used (at its first
-        use, when a small batch is that already)."""
+        """A new lease of `batch` with `left` unused, lapsing at `until`: it asks ahead once half
+        used (at its first use, when a small batch is that already) or `AHEAD_S` before it
+        lapses; a batch of one never does (a quiet scope is counted a request at a time)."""
         self.batch, self.left = batch, left
-        self.ahead_at = min(batch // 2, left - 1) if batch > 1 else -1
+        busy = batch > 1
+        self.ahead_at = min(batch // 2, left - 1) if busy else -1
+        self.ahead_by = self.until - AHEAD_S if busy else math.inf
 
     def ask(self) -> asyncio.Future[None]:
         """An ask is in flight: requests that come meanwhile wait for its batch (`asking`)
@@ -106,11 +126,15 @@ class Lease:
     def sizing(self) -> tuple[int, float]:
         """How many requests to ask for, and when the ask was made."""
         now = self._clock()
-        unused = self.left if now < self.until else 0
-        if now < self.until:  # run out (or half used, asking ahead) before it lapsed: busy
+        live = now < self.until
+        unused = self.left if live else 0
+        served = self.batch - self.left
+        if live and self.left > self.ahead_at:  # asked ahead on time, less than half used
+            size = min(max(2 * served, self.missed + 1), MAX_BATCH)
+        elif live:  # run out (or half used, asking ahead) before it lapsed: busy
             size = min(max(self.batch * 2, self.missed + 1), MAX_BATCH)
         else:  # lapsed: as many as it served (one, for a quiet scope)
-            size = min(max(1, self.batch - self.left), MAX_BATCH)
+            size = min(max(1, served), MAX_BATCH)
         self.missed = 0
         use = self.decision.requests
         if use is not None:
