@@ -6,18 +6,17 @@ least one) and scores each at the lease's END (`LEASE_S` after the ask), so ever
 request, used whenever within the lease, is counted for at least a whole window after its use:
 the log's guarantee (never more than the limit in any window's span, across replicas) holds.
 A slot leased and not used is counted all the same (the limit errs low, never high). Batches
-start at one; asked for while a lease still runs, the next is what the scope's pace over that
-lease uses in a whole `LEASE_S` (so a growing scope's batches grow as fast as its pace, and a
-steady one's leave few slots unused); after a lapse it is as many as the lapsed lease served;
-and it never exceeds a quarter of what the limit has left, so a quiet or tightly limited
-tenant is counted one request at a time, exactly as without leases.
+start at one, double only while a lease runs out before it lapses, after a lapse are as many
+as the lapsed lease served, and never exceed a quarter of what the limit has left, so a quiet
+or tightly limited tenant is counted one request at a time, exactly as without leases.
 
 A busy lease asks for the next one AHEAD, once half of it is used or once it has `AHEAD_S`
 left to run, whichever comes first: the next batch is granted, and scored at its own end,
 while the current one still serves, so a busy scope's hits do not stall for a script's round
 trip each time a lease runs out or lapses. The lease ahead serves once the current one is
 used up or lapsed (its slots are scored at the end of its own ask's lease, so the guarantee is
-the same).
+the same). Asked for on time, it is sized by what the current lease has served so far, not
+doubled: that lease did not run out.
 
 A `Lease` belongs to one set of scopes and is kept with them (`Limits`), so a leased hit finds
 it without a lookup of its own: the hit path's whole rate check is one attribute read, one
@@ -60,7 +59,6 @@ class Lease:
         "decision",
         "left",
         "missed",
-        "since",
         "until",
     )
 
@@ -72,7 +70,6 @@ class Lease:
         self.left = 0  # granted, not yet used
         self.until = 0.0  # when the lease lapses (the clock's time)
         self.batch = 1  # the last ask's size
-        self.since = 0.0  # when the lease began to serve (the clock's time)
         self.ahead_at = -1  # `left` at which to ask ahead: half used (-1: never, a batch of 1)
         self.ahead_by = math.inf  # when to ask ahead if not half used by then (never: a batch of 1)
         self.missed = 0  # requests that waited for the last ask and found its batch used up
@@ -90,7 +87,7 @@ class Lease:
             if ahead is None or now >= ahead[2]:
                 return None  # `left` stays: how much of a lapsed lease was used sizes the next
             self.decision, granted, self.until = ahead
-            self._fill(granted, granted, now)
+            self._fill(granted, granted)
             left = granted - 1
         self.left = left
         if (
@@ -105,12 +102,11 @@ class Lease:
             return decision
         return Decision(True, 0, decision.requests, decision.tokens, decision, left)
 
-    def _fill(self, batch: int, left: int, since: float) -> None:
-        """A new lease of `batch` with `left` unused, serving from `since` until it lapses at
-        `until`: it asks ahead once half
+    def _fill(self, batch: int, left: int) -> None:
+        """A new lease of `batch` with `left` unused, lapsing at `until`: it asks ahead once half
         used (at its first use, when a small batch is that already) or `AHEAD_S` before it
         lapses; a batch of one never does (a quiet scope is counted a request at a time)."""
-        self.batch, self.left, self.since = batch, left, since
+        self.batch, self.left = batch, left
         busy = batch > 1
         self.ahead_at = min(batch // 2, left - 1) if busy else -1
         self.ahead_by = self.until - AHEAD_S if busy else math.inf
@@ -133,10 +129,10 @@ class Lease:
         live = now < self.until
         unused = self.left if live else 0
         served = self.batch - self.left
-        if live:  # asking ahead, or run out: what this lease's pace uses in a whole lease
-            elapsed = now - self.since
-            pace = math.ceil(served * LEASE_S / elapsed) if elapsed > 0 else MAX_BATCH
-            size = min(max(pace, self.missed + 1), MAX_BATCH)
+        if live and self.left > self.ahead_at:  # asked ahead on time, less than half used
+            size = min(max(2 * served, self.missed + 1), MAX_BATCH)
+        elif live:  # run out (or half used, asking ahead) before it lapsed: busy
+            size = min(max(self.batch * 2, self.missed + 1), MAX_BATCH)
         else:  # lapsed: as many as it served (one, for a quiet scope)
             size = min(max(1, served), MAX_BATCH)
         self.missed = 0
@@ -150,10 +146,10 @@ class Lease:
         self.until = asked_at + LEASE_S
         if not decision.allowed:
             self.decision = _NOT_GRANTED
-            self._fill(max(1, granted), 0, asked_at)
+            self._fill(max(1, granted), 0)
             return decision
         self.decision = decision
-        self._fill(max(1, granted), max(0, granted - 1), asked_at)
+        self._fill(max(1, granted), max(0, granted - 1))
         return _with_left(decision, self.left)
 
     def granted_ahead(self, decision: Decision, granted: int, asked_at: float) -> None:
