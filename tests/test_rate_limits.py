@@ -563,3 +563,20 @@ def test_a_lease_asks_ahead_on_time_once() -> None:
     for _ in range(10):
         assert lease.use() is not None
     assert len(asked) == 1
+
+
+async def test_leases_asked_ahead_on_time_keep_the_limit(redis_url: str) -> None:
+    """A hit every 2 ms: leases lapse and are asked for ahead on time, up to the limit and
+    past it; the limit holds, and what it lets through is never far under it."""
+    limiter = Limiter(RateSettings(tenant_rpm=60), CountingRedisCounter(redis_url))
+    clock = FakeClock()
+    limiter.lease_clock = clock
+    tenant = f"lease-near-{time.monotonic()}"
+    allowed = 0
+    for _ in range(400):  # 0.8 s, all within one window
+        clock.now += 0.002
+        decision = await checked(limiter.check_request(tenant, None))
+        assert decision is not None
+        allowed += decision.allowed
+        await asyncio.gather(*limiter._asks)
+    assert 30 <= allowed <= 60
