@@ -21,7 +21,9 @@ from proxy.limits.headers import duration, rate_headers
 from proxy.limits.lease import AHEAD_S, LEASE_S, Lease
 from proxy.limits.limiter import Limiter
 from proxy.limits.memory import MemoryCounter
+from proxy.limits.overrides import LimitOverrides
 from proxy.limits.redis_backend import RedisCounter
+from proxy.limits.scopes import LimitOverride
 from proxy.settings import RateSettings, SettingsError
 from proxy.settings_load import load_settings
 from tests.admin_support import BASE, TOKENS, audit_rows, call, get
@@ -580,3 +582,30 @@ async def test_leases_asked_ahead_on_time_keep_the_limit(redis_url: str) -> None
         allowed += decision.allowed
         await asyncio.gather(*limiter._asks)
     assert 30 <= allowed <= 60
+
+
+async def test_a_reread_of_unchanged_overrides_keeps_the_leases(redis_url: str) -> None:
+    """Every replica re-reads the overrides every few seconds. Unchanged, its leases stay (a
+    lease dropped wastes its unused slots, counted all the same, and its scope asks again from
+    one request); changed, they go, so the new limits apply at once."""
+    counter = CountingRedisCounter(redis_url)
+    limiter = Limiter(RateSettings(tenant_rpm=1000), counter)
+    limiter.lease_clock = FakeClock()
+    overrides = LimitOverrides(limiter, aredis.Redis.from_url(redis_url), refresh_s=60)
+    await overrides.refresh()  # whatever other tests left stored, before any lease
+    tenant = f"lease-kept-{time.monotonic()}"
+    for _ in range(20):
+        await checked(limiter.check_request(tenant, None))
+        await asyncio.gather(*limiter._asks)
+    asks = counter.asks
+    await overrides.refresh()
+    kept = limiter.check_request(tenant, None)
+    assert isinstance(kept, Decision) and counter.asks == asks  # from the lease: no ask
+    await overrides.put(LimitOverride(scope="tenant", id=tenant, rpm=500))
+    try:
+        changed = await checked(limiter.check_request(tenant, None))
+        assert counter.asks == asks + 1
+        assert changed is not None and changed.requests is not None
+        assert changed.requests.limit == 500
+    finally:
+        await overrides.delete("tenant", tenant)

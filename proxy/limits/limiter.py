@@ -88,7 +88,13 @@ class Limiter:
         self.leasing = self.counter.backend == "redis"
 
     def set_overrides(self, rows: Sequence[LimitOverride]) -> None:
-        self.overrides = {(row.scope, row.id): row for row in rows}
+        """The operator's overrides, from the admin API or a periodic re-read: the scopes kept
+        (and their leases) are dropped only when the overrides changed. A lease dropped loses
+        its unused slots (counted all the same) and its scope asks again from one request."""
+        overrides = {(row.scope, row.id): row for row in rows}
+        if overrides == self.overrides:
+            return
+        self.overrides = overrides
         self._limits = {}
         self.active = self.settings.any or bool(self.overrides)
 
