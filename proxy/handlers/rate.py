@@ -70,7 +70,7 @@ async def admit_tokens(
         return
     before = request.get(RATE_DECISION)
     if before is not None:  # the requests trio is the one the request was counted by
-        decision.requests, decision.left = before.requests, before.left
+        decision.requests = before.requests
     request[RATE_DECISION] = decision
     if not decision.allowed:
         raise limiter.refusal(check.scopes, decision, 0, estimate)

@@ -33,10 +33,7 @@ def duration(ms: int) -> str:
 
 def rate_headers(decision: Decision) -> dict[str, str]:
     """Each trio only where a limit of its kind applies to the request."""
-    headers = {str(name): value for name, value in _others(decision.base or decision).items()}
-    if decision.requests is not None:
-        headers[str(_REMAINING)] = str(_remaining(decision.requests, decision.left))
-    return headers
+    return {str(name): value for name, value in _made(decision).items()}
 
 
 class RatedResponse(web.Response):
@@ -64,63 +61,49 @@ class RatedResponse(web.Response):
 def rated_response(body: bytes, headers: dict[str, str], decision: Decision) -> RatedResponse:
     """`decision`'s headers as lines ending the header block (its blank line included)."""
     response = RatedResponse(body=body, headers=headers)
-    base = decision.base or decision
-    lines = base.lines  # `_lines` and `_remaining` inlined: the hit path (the two calls
-    if lines is None:  # cost a hit ~170 ns)
-        lines = _lines(base)
-    use = decision.requests
-    if use is None:
-        response.rate_lines = lines + b"\r\n"
-    else:
-        remaining = use.limit - use.used + decision.left
-        response.rate_lines = b"%s%d\r\n\r\n" % (lines, remaining if remaining > 0 else 0)
+    lines = decision.lines  # `_lines` inlined: the hit path
+    response.rate_lines = _lines(decision) if lines is None else lines
     return response
 
 
 def _lines(decision: Decision) -> bytes:
-    """The headers of `_others` as lines, then the remaining requests' name when a requests
-    limit applies (its number is the request's own); made once per decision."""
+    """The headers of `_made` as lines, then the blank line ending the block; made once per
+    decision (every request served from one lease shares its decision's)."""
     made = decision.lines
     if made is None:
-        pairs = _others(decision).items()
-        made = b"".join(f"{name}: {value}\r\n".encode() for name, value in pairs)
-        if decision.requests is not None:
-            made += f"{_REMAINING}: ".encode()
-        decision.lines = made
+        pairs = _made(decision).items()
+        made = decision.lines = b"".join(f"{n}: {v}\r\n".encode() for n, v in pairs) + b"\r\n"
     return made
 
 
 def add_rate_headers(request: web.Request, headers: CIMultiDict[str]) -> None:
-    """The headers of what was decided for `request`, when anything was, to its answer's: all
-    but the remaining requests are made once per decision (every request served from one lease
-    shares its decision's). A leased JSON hit writes its own (`RatedResponse`)."""
+    """The headers of what was decided for `request`, when anything was, to its answer's: made
+    once per decision. A leased JSON hit writes its own (`RatedResponse`)."""
     decision = request.get(RATE_DECISION)
-    if decision is None:
-        return
-    headers.update(_others(decision.base or decision))
-    if decision.requests is not None:
-        headers[_REMAINING] = str(_remaining(decision.requests, decision.left))
+    if decision is not None:
+        headers.update(_made(decision))
 
 
-def _others(decision: Decision) -> dict[istr, str]:
-    """The headers but `x-ratelimit-remaining-requests`, made once per decision (with `istr`
-    names: a response's headers take them as they are, where a `str` is folded per answer)."""
+def _made(decision: Decision) -> dict[istr, str]:
+    """The headers, made once per decision (with `istr` names: a response's headers take them
+    as they are, where a `str` is folded per answer)."""
     made = decision.headers
     if made is None:
         made = decision.headers = {}
         if decision.requests is not None:
             use = decision.requests
             made[_LIMIT_REQUESTS] = str(use.limit)
+            made[_REMAINING] = str(_remaining(use))
             made[_RESET_REQUESTS] = duration(use.reset_ms)
         if decision.tokens is not None:
             use = decision.tokens
             made[_LIMIT_TOKENS] = str(use.limit)
-            made[_REMAINING_TOKENS] = str(_remaining(use, 0))
+            made[_REMAINING_TOKENS] = str(_remaining(use))
             made[_RESET_TOKENS] = duration(use.reset_ms)
     return made
 
 
-def _remaining(use: ScopeUse, unused: int) -> int:
-    """What `use`'s limit has left, a lease's `unused` slots back in: never below 0 (the count
-    may run over the limit, e.g. leased slots counted before their use)."""
-    return max(0, use.limit - use.used + unused)
+def _remaining(use: ScopeUse) -> int:
+    """What `use`'s limit has left: never below 0 (the count may run over the limit, e.g.
+    leased slots counted before their use)."""
+    return max(0, use.limit - use.used)

@@ -21,6 +21,12 @@ doubled: that lease did not run out.
 A `Lease` belongs to one set of scopes and is kept with them (`Limits`), so a leased hit finds
 it without a lookup of its own: the hit path's whole rate check is one attribute read, one
 clock read and one decrement.
+
+Every request a lease serves answers with the lease's decision: its remaining requests header
+is what the shared log had left once the whole batch was counted, never more than the limit has
+left, on every replica alike (docs/design.md §13, "Headers"). It falls a lease at a time: one
+request at a time for a quiet scope, and in ever smaller steps near the limit (a batch is at
+most a quarter of what is left).
 """
 
 from __future__ import annotations
@@ -79,7 +85,7 @@ class Lease:
     def use(self) -> Decision | None:
         """One request from this lease (asking for the lease ahead once half of it is used);
         None when it has none left. The whole of a leased hit's check, so kept to a few reads:
-        its decision is the lease's, with the requests still unused for its own headers."""
+        its decision is the lease's own, shared by every request the lease serves."""
         left = self.left - 1
         now = self._clock()
         if left < 0 or now >= self.until:
@@ -97,10 +103,7 @@ class Lease:
         ):
             self.ahead_by = math.inf  # on time, once per lease (a refused ask is not repeated)
             self._ask_ahead(self)
-        decision = self.decision  # `_with_left(self.decision, left)`, inlined: the hit path
-        if not left or decision.requests is None:
-            return decision
-        return Decision(True, 0, decision.requests, decision.tokens, decision, left)
+        return self.decision
 
     def _fill(self, batch: int, left: int) -> None:
         """A new lease of `batch` with `left` unused, lapsing at `until`: it asks ahead once half
@@ -150,7 +153,7 @@ class Lease:
             return decision
         self.decision = decision
         self._fill(max(1, granted), max(0, granted - 1))
-        return _with_left(decision, self.left)
+        return decision
 
     def granted_ahead(self, decision: Decision, granted: int, asked_at: float) -> None:
         """Keeps what an ask made ahead granted (every slot unused), to serve once the current
@@ -168,10 +171,3 @@ class Limits:
     def __init__(self, scopes: tuple[Scope, ...], lease: Lease | None) -> None:
         self.scopes = scopes
         self.lease = lease
-
-
-def _with_left(decision: Decision, left: int) -> Decision:
-    """One request's decision from a lease: the lease's, but the unused requests not `used`."""
-    if not left or decision.requests is None:
-        return decision
-    return Decision(True, 0, decision.requests, decision.tokens, decision, left)

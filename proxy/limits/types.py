@@ -27,20 +27,17 @@ class ScopeUse(msgspec.Struct, frozen=True):
 
 
 class Decision(msgspec.Struct, gc=False):
-    """`gc=False`: a leased hit makes one, and none can be part of a cycle (its `base` is an
-    older decision, its `headers` hold strings), so the collector need not scan them."""
+    """`gc=False`: none can be part of a cycle (its `headers` hold strings), so the collector
+    need not scan them. Every request served from one lease (proxy/limits/lease.py) shares the
+    lease's decision, whose `used` counts every leased request."""
 
     allowed: bool
     retry_ms: int = 0
     requests: ScopeUse | None = None  # the tightest requests limit, None when none applies
     tokens: ScopeUse | None = None
-    # A request served from a lease (proxy/limits/lease.py): the lease's decision, whose
-    # `used` counts every leased request, and how many of them are still unused.
-    base: Decision | None = None
-    left: int = 0
-    # Its x-ratelimit-* headers but the remaining requests (proxy/limits/headers.py), once made.
+    # Its x-ratelimit-* headers (proxy/limits/headers.py), once made.
     headers: dict[istr, str] | None = None
-    lines: bytes | None = None  # the same as header lines, and the remaining requests' name
+    lines: bytes | None = None  # the same as header lines ending a header block
 
 
 # What a counter answers: [allowed 1|0, retry ms] + per scope [requests used, their reset ms,
