@@ -53,6 +53,9 @@ class Outcome:
     # was asked for there (a fallback's may differ from `model`, the requested one).
     upstream: str | None = None
     served_model: str | None = None
+    # Over budget, served a cheaper model (docs/design.md §13): the one the client asked for,
+    # which its answer's X-Downgraded-From names (the proxy's answer-headers signal).
+    downgraded_from: str | None = None
 
     def paid(
         self,

@@ -19,7 +19,7 @@ from proxy.errors import (
 )
 from proxy.failures import BodyTooLarge, ClientGone, Failure, UnreadableBody
 from proxy.handlers.answers import MISS_HEADERS
-from proxy.handlers.downgrade import DOWNGRADED_FROM, DOWNGRADED_FROM_HEADER
+from proxy.handlers.downgrade import DOWNGRADED_FROM_HEADER
 from proxy.handlers.embeddings import embeddings
 from proxy.handlers.generative import chat_completions, completions
 from proxy.handlers.hot import PREPARED, TABLE_BYTES, KnownRequests, PreparedEntries
@@ -166,9 +166,9 @@ class _AnswerHeaders:
             headers[REQUEST_ID] = self._ids()
         if self._limiter.active and type(response) is not RatedResponse:
             add_rate_headers(request, headers)
-        requested = request.get(DOWNGRADED_FROM)
-        if requested is not None:
-            headers[DOWNGRADED_FROM_HEADER] = requested
+        outcome = request.get(OUTCOME)  # an understood request's: no absent key raised
+        if outcome is not None and outcome.downgraded_from is not None:
+            headers[DOWNGRADED_FROM_HEADER] = outcome.downgraded_from
 
 
 def _http_error(request: web.Request, exc: web.HTTPException) -> web.Response:

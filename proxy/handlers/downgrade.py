@@ -7,14 +7,12 @@ import dataclasses
 from typing import TYPE_CHECKING
 
 import msgspec
-from aiohttp import web
 
 from proxy.handlers.parse import ParsedRequest
 
 if TYPE_CHECKING:
     from proxy.runtime import Runtime
 
-DOWNGRADED_FROM = web.RequestKey("sidecache_downgraded_from", str)
 DOWNGRADED_FROM_HEADER = "X-Downgraded-From"  # set by the proxy's answer-headers signal
 _encode = msgspec.json.Encoder().encode
 

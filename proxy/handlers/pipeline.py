@@ -22,7 +22,7 @@ from proxy.body import read_body
 from proxy.failures import BudgetExceeded
 from proxy.handlers.answers import entry_meta, lookup, serve_stored
 from proxy.handlers.costing import count_hit, open_outcome, preflight
-from proxy.handlers.downgrade import DOWNGRADED_FROM, downgrade_for, with_model
+from proxy.handlers.downgrade import downgrade_for, with_model
 from proxy.handlers.hot import PREPARED, KnownRequests
 from proxy.handlers.json_body import refuse_repeated_keys
 from proxy.handlers.miss import call_upstream
@@ -133,7 +133,7 @@ async def _downgraded(
     does not fit the budget either."""
     served = _known(request, runtime, route, with_model(known.parsed, cheaper))
     parsed, asked = served.parsed, served.asked
-    request[DOWNGRADED_FROM] = known.asked.model
+    outcome.downgraded_from = known.asked.model
     outcome.model = asked.model  # the ledger records the model that served the request
     meta = entry_meta(parsed, asked.model, served.scope, runtime.invalidations.generation)
     found = await lookup(runtime, request.app[PREPARED], parsed, served.key)
